@@ -1,0 +1,150 @@
+"""The in-process bus: publish to a topic, subscribe with a pattern.
+
+Delivery is a synchronous call of each matching subscriber's handler, in the
+publisher's thread, under one lock. Handlers must not block: they hand the
+message to a queue (a module's mailbox, a client's send queue) and return.
+Holding the lock across a publish gives every subscriber one total order of
+messages, so each sees a topic's messages in publish order even when several
+threads publish at once. A handler returns False when its queue refused the
+message; the bus counts that as dropped (the handler itself logs why).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from bus.exceptions import BusClosedError
+from bus.topics import TopicIndex, validate_pattern, validate_topic
+
+__all__ = ["Bus", "BusStats", "Handler", "Subscription"]
+
+log = logging.getLogger("tinywasm.bus")
+
+Handler = Callable[[str, bytes], "bool | None"]
+"""Called with (topic, payload); return False if the message could not be queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """Counters since the bus was created."""
+
+    published: int
+    delivered: int
+    dropped: int
+    subscriptions: int
+
+
+class Subscription:
+    """One live (pattern, handler) pair. `cancel()` is safe to call twice."""
+
+    __slots__ = ("_bus", "delivered", "dropped", "handler", "pattern")
+
+    def __init__(self, bus: Bus, pattern: str, handler: Handler) -> None:
+        self._bus: Bus | None = bus
+        self.pattern = pattern
+        self.handler = handler
+        self.delivered = 0
+        self.dropped = 0
+
+    @property
+    def active(self) -> bool:
+        return self._bus is not None
+
+    def cancel(self) -> None:
+        """Stop delivery to this subscription; no call of its handler starts afterwards."""
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus._remove(self)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cancelled"
+        return f"<Subscription {self.pattern!r} {state}>"
+
+
+class Bus:
+    """An in-process publish/subscribe bus with NATS-style wildcards.
+
+    All methods are thread-safe. It is the seam where a distributed backend
+    plugs in: `publish`, `subscribe`, `swap`, `stats` and `close` are the
+    whole surface the server uses.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._index: TopicIndex[Subscription] = TopicIndex()
+        self._published = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._closed = False
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Deliver `payload` to every subscription matching `topic`.
+
+        Returns how many handlers accepted it. Raises TopicError for an
+        invalid topic and BusClosedError after close().
+        """
+        validate_topic(topic)
+        with self._lock:
+            if self._closed:
+                raise BusClosedError("cannot publish: the bus is closed")
+            self._published += 1
+            accepted = 0
+            for sub in self._index.match(topic):
+                try:
+                    ok = sub.handler(topic, payload) is not False
+                except Exception:
+                    log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
+                    ok = False
+                if ok:
+                    sub.delivered += 1
+                    accepted += 1
+                else:
+                    sub.dropped += 1
+                    self._dropped += 1
+            self._delivered += accepted
+            return accepted
+
+    def subscribe(self, pattern: str, handler: Handler) -> Subscription:
+        """Call `handler(topic, payload)` for every message matching `pattern`."""
+        return self.swap((), [(pattern, handler)])[0]
+
+    def swap(
+        self, cancel: Iterable[Subscription], add: Iterable[tuple[str, Handler]]
+    ) -> list[Subscription]:
+        """Cancel some subscriptions and create others in one step.
+
+        No publish sees a state in between: a message goes either to the old
+        set or to the new one, never to both and never to neither. This is
+        the cut-over of a module swap.
+        """
+        new_specs = [(validate_pattern(p), h) for p, h in add]
+        with self._lock:
+            if self._closed:
+                raise BusClosedError("cannot subscribe: the bus is closed")
+            for sub in cancel:
+                if sub._bus is self:
+                    sub._bus = None
+                    self._index.remove(sub.pattern, sub)
+            created = []
+            for pattern, handler in new_specs:
+                sub = Subscription(self, pattern, handler)
+                self._index.add(pattern, sub)
+                created.append(sub)
+            return created
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            self._index.remove(sub.pattern, sub)
+
+    def stats(self) -> BusStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return BusStats(self._published, self._delivered, self._dropped, len(self._index))
+
+    def close(self) -> None:
+        """Refuse further publishes and subscriptions. Safe to call twice."""
+        with self._lock:
+            self._closed = True
