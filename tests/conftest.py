@@ -1,0 +1,87 @@
+"""Shared fixtures: a module host or a whole server on loopback, on real modules."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bus import Bus
+from tinywasm_wasi.config import Config
+from tinywasm_wasi.host import ModuleHost
+from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.server import WasiServer
+
+
+class Broadcasts:
+    """Collects what modules ws_broadcast, thread-safely, and waits for it."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.items.append((topic, payload))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p in self.items if t == topic]
+
+    async def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[bytes]:
+        async def poll() -> list[bytes]:
+            while len(self.on(topic)) < count:
+                await asyncio.sleep(0.002)
+            return self.on(topic)
+
+        return await asyncio.wait_for(poll(), timeout)
+
+
+HostFactory = Callable[..., Awaitable[ModuleHost]]
+
+
+@pytest.fixture
+def broadcasts() -> Broadcasts:
+    return Broadcasts()
+
+
+@pytest.fixture
+async def make_host(broadcasts: Broadcasts) -> AsyncIterator[HostFactory]:
+    """Load a folder of modules into a ModuleHost on a real bus; stopped after the test."""
+    hosts: list[ModuleHost] = []
+
+    async def make(directory: Path, *, mailbox_size: int = 10_000,
+                   drain_timeout: float = 2.0) -> ModuleHost:
+        host = ModuleHost(Runtime(), Bus(), broadcasts, mailbox_size=mailbox_size,
+                          drain_timeout=drain_timeout)
+        hosts.append(host)
+        await host.load_dir(directory)
+        return host
+
+    yield make
+    for host in hosts:
+        await host.stop()
+
+
+ServerFactory = Callable[..., Awaitable[WasiServer]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Start a WasiServer on 127.0.0.1 and a free port; stopped after the test."""
+    servers: list[WasiServer] = []
+
+    async def make(**settings: object) -> WasiServer:
+        settings.setdefault("port", 0)
+        settings.setdefault("host", "127.0.0.1")
+        server = WasiServer(Config(**settings))  # type: ignore[arg-type]
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()

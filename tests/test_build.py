@@ -1,0 +1,198 @@
+"""Tests for tinywasm_wasi.build: the example modules compile and honour the guest interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from tinywasm_wasi.build import BuildError, build_module, main, zig_cc_command
+
+# The first zig build on a machine fills its cache (about 20 s); later ones take ~50 ms.
+pytestmark = pytest.mark.timeout(300)
+
+MODULES = Path(__file__).resolve().parent.parent / "modules"
+EXAMPLES = {
+    "sender": None,
+    "receiver": "on_message",
+    "chat": "on_message",
+    "monitor": "on_topic_message",
+}
+HOST_IMPORTS = {"publish", "subscribe", "unsubscribe", "ws_broadcast", "log"}
+I32 = wasmtime.ValType.i32()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out_dir = tmp_path_factory.mktemp("dist")
+    return {name: build_module(MODULES / name, out_dir) for name in EXAMPLES}
+
+
+def _params(t: wasmtime.FuncType) -> list[str]:
+    return [str(p) for p in t.params]
+
+
+def _results(t: wasmtime.FuncType) -> list[str]:
+    return [str(r) for r in t.results]
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_follows_guest_interface(built: dict[str, Path], name: str) -> None:
+    path = built[name]
+    assert path == path.parent / f"{name}.wasm"
+    assert 0 < path.stat().st_size < 4096
+    module = wasmtime.Module.from_file(wasmtime.Engine(), str(path))
+
+    for imp in module.imports:
+        if imp.module == "env":
+            assert imp.name in HOST_IMPORTS, f"{name} imports unknown env.{imp.name}"
+            assert isinstance(imp.type, wasmtime.FuncType)
+            assert set(_params(imp.type)) == {"i32"} and _results(imp.type) == []
+        else:
+            assert imp.module == "wasi_snapshot_preview1", f"{name} imports {imp.module}"
+
+    exports = {exp.name: exp.type for exp in module.exports}
+    assert isinstance(exports["memory"], wasmtime.MemoryType)
+    expected = {"_initialize": ([], []), "init": ([], []), "malloc": (["i32"], ["i32"])}
+    expected["free"] = (["i32"], [])
+    handler = EXAMPLES[name]
+    if handler == "on_message":
+        expected[handler] = (["i32"] * 2, [])
+    elif handler == "on_topic_message":
+        expected[handler] = (["i32"] * 4, [])
+    for export, (params, results) in expected.items():
+        func_type = exports.get(export)
+        assert isinstance(func_type, wasmtime.FuncType), f"{name} does not export {export}"
+        assert (_params(func_type), _results(func_type)) == (params, results), export
+
+
+class _Host:
+    """Stub host functions that record what a guest called."""
+
+    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+        self.calls: list[tuple[str, bytes, bytes]] = []
+        self.store = wasmtime.Store(engine)
+        linker = wasmtime.Linker(engine)
+        arity = {"publish": 4, "ws_broadcast": 4, "subscribe": 3, "log": 2}
+        for name, count in arity.items():
+            func_type = wasmtime.FuncType([I32] * count, [])
+            linker.define_func("env", name, func_type, self._record(name), access_caller=True)
+        self.exports = linker.instantiate(self.store, module).exports(self.store)
+        memory = self.exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
+        self.call("_initialize")
+        self.call("init")
+
+    def _record(self, name: str) -> Callable[..., None]:
+        def host(caller: wasmtime.Caller, ptr: int, length: int, *rest: int) -> None:
+            def read(at: int, size: int) -> bytes:
+                return bytes(self.memory.read(caller, at, at + size))
+
+            self.calls.append((name, read(ptr, length), read(*rest) if len(rest) == 2 else b""))
+
+        return host
+
+    def call(self, export: str, *args: int) -> Any:
+        func = self.exports[export]
+        assert isinstance(func, wasmtime.Func), export
+        return func(self.store, *args)
+
+    def deliver(self, *parts: bytes) -> int:
+        data = b"".join(parts)
+        ptr = self.call("malloc", len(data) or 1)
+        assert isinstance(ptr, int) and ptr > 0
+        self.memory.write(self.store, data, ptr)
+        offsets, at = [], ptr
+        for part in parts:
+            offsets += [at, len(part)]
+            at += len(part)
+        self.call("on_topic_message" if len(parts) == 2 else "on_message", *offsets)
+        self.call("free", ptr)
+        return ptr
+
+
+def test_examples_run_against_a_stub_host(built: dict[str, Path]) -> None:
+    engine = wasmtime.Engine()
+
+    def load(name: str) -> _Host:
+        return _Host(engine, wasmtime.Module.from_file(engine, str(built[name])))
+
+    sender = load("sender")
+    assert sender.calls[0] == ("publish", b"events", b"hello from sender")
+    assert sender.calls[1][0] == "log"
+
+    chat = load("chat")
+    assert chat.calls == [("subscribe", b"chat", b"")]
+    first = chat.deliver(b"hi all")
+    assert chat.deliver(b"again") == first, "free() should let malloc reuse the block"
+    assert chat.calls[1:] == [
+        ("ws_broadcast", b"chat", b"hi all"),
+        ("ws_broadcast", b"chat", b"again"),
+    ]
+
+    receiver = load("receiver")
+    receiver.deliver(b"x")
+    assert receiver.calls == [("subscribe", b"events", b""), ("ws_broadcast", b"events", b"x")]
+
+    monitor = load("monitor")
+    monitor.deliver(b"users.created", b"{}")
+    monitor.deliver(b"big", b"y" * 5000)
+    assert monitor.calls[0] == ("subscribe", b">", b"")
+    assert monitor.calls[1] == ("ws_broadcast", b"monitor", b"users.created: {}")
+    assert monitor.calls[2][1:] == (b"monitor", (b"big: " + b"y" * 5000)[:1024])
+
+
+def test_committed_dist_is_built_from_current_sources(built: dict[str, Path]) -> None:
+    source_dirs = sorted(p.parent.name for p in MODULES.glob("*/*.c"))
+    assert set(EXAMPLES) <= set(source_dirs)
+    for name in source_dirs:
+        committed = MODULES / "dist" / f"{name}.wasm"
+        assert committed.is_file(), f"missing {committed}: run python -m cmd.tinywasm build"
+        if name in built:
+            assert committed.read_bytes() == built[name].read_bytes(), (
+                f"{committed} is stale: run python -m cmd.tinywasm build modules/{name}"
+            )
+
+
+def test_zig_cc_command() -> None:
+    command = zig_cc_command([Path("a.c"), Path("b.c")], Path("out.wasm"), Path("inc"))
+    assert command[1:5] == ["-m", "ziglang", "cc", "--target=wasm32-wasi"]
+    assert "-mexec-model=reactor" in command and "-s" in command
+    assert command[-5:] == ["inc", "-o", "out.wasm", "a.c", "b.c"]
+
+
+def test_directory_without_sources(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match=r"cannot build .*empty: it has no \.c files"):
+        build_module(tmp_path / "empty")
+    with pytest.raises(BuildError, match="is not a directory"):
+        build_module(tmp_path / "missing")
+
+
+def test_syntax_error_shows_compiler_output(tmp_path: Path) -> None:
+    module_dir = tmp_path / "broken"
+    module_dir.mkdir()
+    (module_dir / "broken.c").write_text("int f(void) { return 1 }\n")
+    out_dir = tmp_path / "dist"
+    with pytest.raises(BuildError) as info:
+        build_module(module_dir, out_dir)
+    message = str(info.value)
+    assert message.startswith("building broken failed: zig cc exited with code")
+    assert "broken.c:1:" in message and "error: expected ';'" in message
+    assert list(out_dir.iterdir()) == [], "no output or temporary file may be left behind"
+
+
+def test_main_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    assert main([str(MODULES / "chat"), "-o", str(out_dir)]) == 0
+    output = out_dir / "chat.wasm"
+    assert output.is_file()
+    assert capsys.readouterr().out == f"built {output} ({output.stat().st_size} bytes)\n"
+
+    assert main([str(tmp_path / "nothing"), "-o", str(out_dir)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: cannot build ")

@@ -1,0 +1,263 @@
+"""One instantiated module: its wasmtime Store, its exports and the host functions it calls.
+
+A `Guest` is confined to one thread (its mailbox's): wasmtime stores are not
+thread-safe, and the mailbox guarantees calls never overlap. Everything the
+guest asks of the outside world goes through a `GuestEffects` object, so this
+file knows nothing of the bus, the WebSocket hub or asyncio.
+
+Host functions validate every pointer and length against the guest's memory.
+A bad one traps the guest call; the message is recorded on the Guest first,
+because wasmtime-py passes host exceptions through a process-wide global that
+another thread may overwrite.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Any, Protocol
+
+import wasmtime
+
+from tinywasm_wasi.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError
+
+__all__ = ["Guest", "GuestEffects"]
+
+log = logging.getLogger("tinywasm.guest")
+
+U32 = 0xFFFFFFFF
+MAX_LOG_LINE = 4096
+ERRNO_SUCCESS = 0
+ERRNO_BADF = 8
+ERRNO_FAULT = 21
+STDOUT, STDERR = 1, 2
+
+
+class GuestEffects(Protocol):
+    """What a guest may do to the world; implemented by the module that owns it."""
+
+    def publish(self, topic: bytes, payload: bytes) -> None: ...
+    def broadcast(self, topic: bytes, payload: bytes) -> None: ...
+    def subscribe(self, pattern: bytes) -> None: ...
+    def unsubscribe(self, pattern: bytes) -> None: ...
+    def log(self, line: str, *, stream: str) -> None: ...
+
+
+class _HostFault(wasmtime.Trap):
+    """Raised inside a host function to trap the calling guest."""
+
+
+class Guest:
+    """A live instance of one compiled module. Use only from its owner thread."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: wasmtime.Engine,
+        module: wasmtime.Module,
+        interface: ModuleInterface,
+        effects: GuestEffects,
+    ) -> None:
+        self.name = name
+        self.interface = interface
+        self._effects = effects
+        self._fault: str | None = None
+        self._partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+        self._store: wasmtime.Store | None = wasmtime.Store(engine)
+        self._store.set_wasi(wasmtime.WasiConfig())  # empty: no dirs, env or args
+        linker = self._linker(engine)
+        try:
+            instance = linker.instantiate(self._store, module)
+        except wasmtime.Trap as exc:
+            raise self._trap("start", exc) from None
+        exports = instance.exports(self._store)
+        self._memory: wasmtime.Memory = exports["memory"]
+        self._funcs: dict[str, wasmtime.Func] = {
+            name: exports[name] for name in interface.exports if isinstance(exports[name], wasmtime.Func)
+        }
+
+    # -- calls into the guest -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run `_initialize` or `_start` (once), then `init()`. `proc_exit(0)` is success."""
+        entry = self.interface.entry
+        if entry is not None:
+            try:
+                self._call(entry)
+            except GuestTrap as exc:
+                if exc.code != "exit 0":
+                    raise
+        if self.interface.has_init:
+            self._call("init")
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """Hand one message to the guest's handler, through guest memory."""
+        handler = self.interface.handler
+        if handler is None:
+            raise GuestTrap(self.name, "on_message", "it subscribed but exports neither "
+                            "on_message nor on_topic_message", None)
+        if self.interface.allocator is None:
+            raise GuestTrap(self.name, handler, "it exports no malloc or alloc, so the host "
+                            "cannot place the message in its memory", None)
+        if handler == "on_topic_message":
+            tbytes = topic.encode()
+            ptr = self._place(tbytes + payload)
+            self._call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
+        else:
+            ptr = self._place(payload)
+            self._call(handler, ptr, len(payload))
+        if self.interface.has_free:
+            self._call("free", ptr)
+
+    def drain(self) -> int:
+        """Milliseconds the guest asks to wait before it is idle (0 = idle or no export)."""
+        if not self.interface.has_drain:
+            return 0
+        result = self._call("drain")
+        return max(0, int(result))
+
+    def close(self) -> None:
+        """Release the store; flush a partial output line. Safe to call twice."""
+        for fd, rest in self._partial.items():
+            if rest:
+                self._emit_output(fd, rest)
+        self._partial = {STDOUT: b"", STDERR: b""}
+        self._store = None
+        self._funcs = {}
+
+    @property
+    def memory_size(self) -> int:
+        return 0 if self._store is None else int(self._memory.data_len(self._store))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _call(self, export: str, *args: int) -> Any:
+        store = self._store
+        if store is None:
+            raise ModuleClosedError(f"cannot call {export}() of module {self.name!r}: it is closed")
+        self._fault = None
+        try:
+            return self._funcs[export](store, *args)
+        except wasmtime.ExitTrap as exc:
+            raise GuestTrap(self.name, export, f"proc_exit({exc.code})", f"exit {exc.code}") from None
+        except wasmtime.Trap as exc:
+            raise self._trap(export, exc) from None
+        except wasmtime.WasmtimeError as exc:
+            raise GuestTrap(self.name, export, str(exc).splitlines()[0], None) from None
+
+    def _trap(self, call: str, exc: wasmtime.Trap) -> GuestTrap:
+        if self._fault is not None:
+            return GuestTrap(self.name, call, self._fault, "host fault")
+        code = exc.trap_code
+        first = str(exc).splitlines()[0] if str(exc) else "trap"
+        return GuestTrap(self.name, call, first, code.name if code is not None else None)
+
+    def _place(self, data: bytes) -> int:
+        allocator = self.interface.allocator
+        assert allocator is not None
+        ptr = int(self._call(allocator, max(1, len(data)))) & U32
+        if ptr == 0:
+            raise GuestTrap(self.name, allocator, f"returned 0 for {len(data)} bytes", None)
+        store = self._store
+        assert store is not None
+        if ptr + len(data) > self._memory.data_len(store):
+            raise GuestTrap(self.name, allocator, f"returned {ptr:#x}, outside its memory", None)
+        if data:
+            base = ctypes.addressof(self._memory.data_ptr(store).contents)
+            ctypes.memmove(base + ptr, data, len(data))
+        return ptr
+
+    def _read(self, caller: wasmtime.Caller, func: str, what: str, ptr: int, length: int) -> bytes:
+        ptr &= U32
+        length &= U32
+        memory = self._memory_of(caller)
+        size = memory.data_len(caller)
+        if ptr + length > size:
+            self._fault = (
+                f"{func}: {what} at {ptr:#x} with length {length} is outside guest memory "
+                f"({size} bytes)"
+            )
+            raise _HostFault(self._fault)
+        if length == 0:
+            return b""
+        base = ctypes.addressof(memory.data_ptr(caller).contents)
+        return ctypes.string_at(base + ptr, length)
+
+    def _memory_of(self, caller: wasmtime.Caller) -> wasmtime.Memory:
+        memory = getattr(self, "_memory", None) or caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            self._fault = "the module exports no memory"
+            raise _HostFault(self._fault)
+        return memory
+
+    def _linker(self, engine: wasmtime.Engine) -> wasmtime.Linker:
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        linker.allow_shadowing = True
+        i32 = wasmtime.ValType.i32()
+        effects = self._effects
+        read = self._read
+
+        def publish(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
+            effects.publish(read(c, "publish", "topic", tp, tl),
+                            read(c, "publish", "payload", pp, pl))
+
+        def ws_broadcast(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
+            effects.broadcast(read(c, "ws_broadcast", "topic", tp, tl),
+                              read(c, "ws_broadcast", "payload", pp, pl))
+
+        def subscribe(c: wasmtime.Caller, tp: int, tl: int, _handler_idx: int) -> None:
+            effects.subscribe(read(c, "subscribe", "topic", tp, tl))
+
+        def unsubscribe(c: wasmtime.Caller, tp: int, tl: int) -> None:
+            effects.unsubscribe(read(c, "unsubscribe", "topic", tp, tl))
+
+        def log_(c: wasmtime.Caller, mp: int, ml: int) -> None:
+            data = read(c, "log", "message", mp, min(ml & U32, MAX_LOG_LINE))
+            effects.log(data.decode("utf-8", "replace"), stream="log")
+
+        funcs = {"publish": publish, "ws_broadcast": ws_broadcast, "subscribe": subscribe,
+                 "unsubscribe": unsubscribe, "log": log_}
+        for name, nparams in HOST_IMPORTS.items():
+            ty = wasmtime.FuncType([i32] * nparams, [])
+            linker.define_func(HOST_MODULE, name, ty, funcs[name], access_caller=True)
+        fd_write_ty = wasmtime.FuncType([i32] * 4, [i32])
+        linker.define_func(WASI_MODULE, "fd_write", fd_write_ty, self._fd_write, access_caller=True)
+        return linker
+
+    def _fd_write(self, caller: wasmtime.Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
+        """WASI fd_write: stdout and stderr become log lines tagged with the module."""
+        if fd not in (STDOUT, STDERR):
+            return ERRNO_BADF
+        memory = self._memory_of(caller)
+        size = memory.data_len(caller)
+        iovs &= U32
+        count &= U32
+        nwritten &= U32
+        if iovs + 8 * count > size or nwritten + 4 > size:
+            return ERRNO_FAULT
+        base = ctypes.addressof(memory.data_ptr(caller).contents)
+        table = ctypes.string_at(base + iovs, 8 * count)
+        chunks = []
+        for i in range(count):
+            ptr = int.from_bytes(table[8 * i : 8 * i + 4], "little")
+            length = int.from_bytes(table[8 * i + 4 : 8 * i + 8], "little")
+            if ptr + length > size:
+                return ERRNO_FAULT
+            chunks.append(ctypes.string_at(base + ptr, length))
+        data = b"".join(chunks)
+        ctypes.memmove(base + nwritten, len(data).to_bytes(4, "little"), 4)
+        buffered = self._partial[fd] + data
+        *lines, rest = buffered.split(b"\n")
+        for line in lines:
+            self._emit_output(fd, line)
+        if len(rest) > MAX_LOG_LINE:
+            self._emit_output(fd, rest)
+            rest = b""
+        self._partial[fd] = rest
+        return ERRNO_SUCCESS
+
+    def _emit_output(self, fd: int, line: bytes) -> None:
+        text = line[:MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
+        self._effects.log(text, stream="stdout" if fd == STDOUT else "stderr")

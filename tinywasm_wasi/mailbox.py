@@ -1,0 +1,180 @@
+"""A module's mailbox: a bounded FIFO of work served, one item at a time, by its own thread.
+
+Why a thread per module: wasmtime releases the GIL while guest code runs, so
+modules on their own threads really run in parallel; a slow or stuck module
+holds only its own thread, never the event loop or another module; and a
+wasmtime Store, which is not thread-safe, is touched by exactly one thread
+for its whole life. Idle threads cost a few pages of stack.
+
+Two kinds of item: a message ``(topic, payload)``, bounded by `capacity`
+(overflow is refused and counted, never silently lost), and a call
+(`call(fn)`), used for init, drain and later HTTP, which is never refused and
+whose result comes back through a `concurrent.futures.Future`.
+A mailbox can be *held*: items queue up but none runs until `release()`;
+the swap uses this to keep a new version closed during cut-over.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tinywasm_wasi.exceptions import ModuleClosedError
+
+log = logging.getLogger("tinywasm.mailbox")
+
+__all__ = ["Mailbox"]
+
+Delivery = tuple[str, bytes]
+
+
+class _Call:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class Mailbox:
+    """Bounded, ordered work queue for one module, served by one daemon thread."""
+
+    def __init__(self, name: str, capacity: int, deliver: Callable[[str, bytes], None],
+                 *, held: bool = False) -> None:
+        self.name = name
+        self.capacity = capacity
+        self._deliver = deliver
+        self._items: deque[Delivery | _Call] = deque()
+        self._messages = 0  # deliveries in _items (calls do not count against capacity)
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = False
+        self._held = held
+        self._closed = False
+        self.accepted = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._serve, name=f"module-{name}", daemon=True)
+        self._thread.start()
+
+    # -- producers (any thread) -------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes) -> bool:
+        """Queue a message; False (and counted) when the mailbox is full or closed."""
+        with self._cond:
+            if self._closed or self._messages >= self.capacity:
+                self.dropped += 1
+                return False
+            self._items.append((topic, payload))
+            self._messages += 1
+            self.accepted += 1
+            if not self._busy and not self._held:
+                self._cond.notify()
+            return True
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Queue `fn` to run on the module thread after what is queued before it."""
+        item = _Call(fn)
+        with self._cond:
+            if self._closed:
+                raise ModuleClosedError(f"cannot call into module {self.name!r}: it is closed")
+            self._items.append(item)
+            self._cond.notify()
+        return item.future
+
+    # -- control ---------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Stop starting new items (the one running finishes)."""
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        """Resume serving items, in the order they arrived."""
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    @property
+    def depth(self) -> int:
+        """Items queued, not counting the one running."""
+        return len(self._items)
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._items and not self._busy
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued or running; False on timeout. Not for the event loop."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._held and not self._busy):
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def take_pending(self) -> list[Delivery]:
+        """Remove and return the queued messages (calls stay); used to hand them elsewhere."""
+        with self._cond:
+            messages = [i for i in self._items if not isinstance(i, _Call)]
+            calls = [i for i in self._items if isinstance(i, _Call)]
+            self._items.clear()
+            self._items.extend(calls)
+            self._messages = 0
+            return messages  # type: ignore[return-value]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
+
+        Queued calls fail with ModuleClosedError; queued messages are discarded
+        (callers drain first, or take them with `take_pending`).
+        """
+        with self._cond:
+            self._closed = True
+            leftover = list(self._items)
+            self._items.clear()
+            self._messages = 0
+            self._cond.notify_all()
+        for item in leftover:
+            if isinstance(item, _Call):
+                item.future.set_exception(
+                    ModuleClosedError(f"module {self.name!r} closed before the call ran"))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the module thread -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        cond = self._cond
+        items = self._items
+        while True:
+            with cond:
+                while (self._held or not items) and not self._closed:
+                    self._busy = False
+                    cond.notify_all()
+                    cond.wait()
+                if self._closed:
+                    self._busy = False
+                    cond.notify_all()
+                    return
+                item = items.popleft()
+                self._busy = True
+                if not isinstance(item, _Call):
+                    self._messages -= 1
+            if isinstance(item, _Call):
+                if item.future.set_running_or_notify_cancel():
+                    try:
+                        item.future.set_result(item.fn())
+                    except BaseException as exc:
+                        item.future.set_exception(exc)
+            else:
+                try:
+                    self._deliver(item[0], item[1])
+                except Exception:  # the deliver callback reports its own errors
+                    log.exception("module %r: delivery failed unexpectedly", self.name)

@@ -1,0 +1,311 @@
+"""A loaded module: one Guest, its mailbox, its subscriptions and its side effects.
+
+Life cycle (`ModuleState`)::
+
+    STARTING --activate()--> LIVE --drain()--> DRAINING --close()--> CLOSED
+        \\--start() fails--> FAILED
+
+While STARTING, the guest runs `_initialize`/`_start` and `init()`. What it
+does then is recorded, not performed: subscriptions are pending and publishes
+and broadcasts are held. `activate()` makes the subscriptions live on the bus;
+`release()` then performs the held effects in order. A server starting many
+modules activates all of them before releasing any, so a module may publish
+from `init()` and every module loaded with it receives the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError
+from tinywasm_wasi.guest import Guest
+from tinywasm_wasi.mailbox import Mailbox
+from tinywasm_wasi.runtime import CompiledModule, Runtime
+
+__all__ = ["ModuleState", "WasmModule"]
+
+log = logging.getLogger("tinywasm.module")
+guest_log = logging.getLogger("tinywasm.guest")
+
+Broadcast = Callable[[str, bytes], None]
+
+
+class ModuleState(enum.Enum):
+    STARTING = "starting"
+    LIVE = "live"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class _RateLimited:
+    """Log at most one line per `interval` seconds, counting what was suppressed."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._suppressed = 0
+
+    def __call__(self, logger: logging.Logger, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        logger.warning(msg, *args)
+
+
+class WasmModule:
+    """One running version of a module. Its guest is touched only by its mailbox thread."""
+
+    def __init__(self, compiled: CompiledModule, runtime: Runtime, bus: Bus,
+                 broadcast: Broadcast, *, mailbox_size: int) -> None:
+        self.compiled = compiled
+        self.name = compiled.name
+        self._runtime = runtime
+        self._bus = bus
+        self._broadcast = broadcast
+        self._guest: Guest | None = None
+        self._lock = threading.Lock()
+        self._subs: dict[str, Subscription | None] = {}
+        self._held: list[tuple[str, str, bytes]] = []
+        self._subs_live = False
+        self._effects_live = False
+        self.state = ModuleState.STARTING
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self.counters = {"delivered": 0, "failed": 0, "published": 0, "broadcast": 0,
+                         "invalid_topics": 0}
+        self._warn_drop = _RateLimited()
+        self._warn_topic = _RateLimited()
+        self.mailbox = Mailbox(self.name, mailbox_size, self._deliver)
+
+    # -- life cycle (event loop) -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Instantiate the guest on its thread and run its entry point and `init()`.
+
+        Raises ModuleLoadError/GuestTrap; the module is then FAILED and closed.
+        """
+        try:
+            await asyncio.wrap_future(self.mailbox.call(self._start_guest))
+        except BaseException as exc:
+            self.state = ModuleState.FAILED
+            self.last_error = str(exc)
+            self._discard()
+            raise
+
+    def _start_guest(self) -> None:
+        c = self.compiled
+        self._guest = Guest(self.name, self._runtime.engine, c.module, c.interface, self)
+        self._guest.start()
+
+    def activate(self) -> None:
+        """Make the subscriptions recorded during start live on the bus."""
+        with self._lock:
+            if self.state is not ModuleState.STARTING:
+                raise ModuleClosedError(
+                    f"cannot activate module {self.name!r}: it is {self.state.value}")
+            pending = list(self._subs)
+            subs = self._bus.swap((), [(p, self._on_bus_message) for p in pending])
+            self._subs = dict(zip(pending, subs, strict=True))
+            self._subs_live = True
+            self.state = ModuleState.LIVE
+
+    def release(self) -> None:
+        """Perform the publishes and broadcasts held since start, in order."""
+        with self._lock:
+            held, self._held = self._held, []
+            self._effects_live = True
+        for kind, topic, payload in held:
+            self._perform(kind, topic, payload)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop new deliveries and wait until idle (mailbox empty, `drain()` at 0).
+
+        Returns False if `timeout` passed first; the caller logs what was pending.
+        """
+        self._cancel_subscriptions()
+        if self.state is ModuleState.LIVE:
+            self.state = ModuleState.DRAINING
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if not await loop.run_in_executor(None, self.mailbox.wait_idle, left):
+                return False
+            wait_ms = await self.call(self._guest_drain) if self._guest else 0
+            if wait_ms == 0 and self.mailbox.idle:
+                return True
+            await asyncio.sleep(min(wait_ms / 1000, max(0.0, deadline - time.monotonic())))
+
+    def _guest_drain(self) -> int:
+        assert self._guest is not None
+        try:
+            return self._guest.drain()
+        except GuestTrap as exc:
+            self._record_trap(exc)
+            return 0
+
+    async def close(self) -> None:
+        """Cancel subscriptions, stop the thread, free the instance. Safe to call twice."""
+        if self.state is ModuleState.CLOSED:
+            return
+        self._cancel_subscriptions()
+        if self.state is not ModuleState.FAILED:
+            self.state = ModuleState.CLOSED
+        try:
+            await asyncio.wrap_future(self.mailbox.call(self._close_guest))
+        except ModuleClosedError:
+            pass
+        await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close)
+
+    def _close_guest(self) -> None:
+        if self._guest is not None:
+            self._guest.close()
+            self._guest = None
+
+    def _discard(self) -> None:
+        """Throw away a module that never went live (its held effects vanish with it)."""
+        with self._lock:
+            self._held.clear()
+            self._subs.clear()
+        self.mailbox.call(self._close_guest)
+        self.mailbox.close(timeout=0)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the module thread, after everything queued before it."""
+        return await asyncio.wrap_future(self.mailbox.call(fn))
+
+    def _cancel_subscriptions(self) -> None:
+        with self._lock:
+            subs = [s for s in self._subs.values() if s is not None]
+            self._subs_live = False
+        if subs:
+            self._bus.swap(subs, ())
+
+    # -- deliveries (module thread) ---------------------------------------------------------
+
+    def _on_bus_message(self, topic: str, payload: bytes) -> bool:
+        if self.mailbox.put(topic, payload):
+            return True
+        self._warn_drop(log, "module %r: mailbox full (%d messages), dropped a message on %r; "
+                        "raise --mailbox-size or make the module faster",
+                        self.name, self.mailbox.capacity, topic)
+        return False
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        guest = self._guest
+        if guest is None:
+            return
+        try:
+            guest.deliver(topic, payload)
+            self.counters["delivered"] += 1
+        except GuestTrap as exc:
+            self._record_trap(exc)
+
+    def _record_trap(self, exc: GuestTrap) -> None:
+        self.counters["failed"] += 1
+        self.last_error = str(exc)
+        log.warning("%s", exc)
+
+    # -- GuestEffects: called by host functions on the module thread ------------------------
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        name = self._topic("publish", topic, validate_topic)
+        if name is not None:
+            self._effect("publish", name, payload)
+
+    def broadcast(self, topic: bytes, payload: bytes) -> None:
+        name = self._topic("ws_broadcast", topic, validate_topic)
+        if name is not None:
+            self._effect("broadcast", name, payload)
+
+    def subscribe(self, pattern: bytes) -> None:
+        name = self._topic("subscribe", pattern, validate_pattern)
+        if name is None:
+            return
+        with self._lock:
+            if name in self._subs:
+                return
+            if self._subs_live:
+                self._subs[name] = self._bus.subscribe(name, self._on_bus_message)
+            else:
+                self._subs[name] = None
+
+    def unsubscribe(self, pattern: bytes) -> None:
+        name = self._topic("unsubscribe", pattern, validate_pattern)
+        if name is None:
+            return
+        with self._lock:
+            sub = self._subs.pop(name, None)
+        if sub is not None:
+            sub.cancel()
+
+    def log(self, line: str, *, stream: str) -> None:
+        level = logging.WARNING if stream == "stderr" else logging.INFO
+        guest_log.log(level, "[%s] %s", self.name, line)
+
+    def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
+        try:
+            return check(raw.decode("utf-8"))
+        except (UnicodeDecodeError, TopicError) as exc:
+            self.counters["invalid_topics"] += 1
+            reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            self._warn_topic(log, "module %r: %s with an invalid topic ignored: %s",
+                             self.name, call, reason)
+            return None
+
+    def _effect(self, kind: str, topic: str, payload: bytes) -> None:
+        with self._lock:
+            if not self._effects_live:
+                self._held.append((kind, topic, payload))
+                return
+        self._perform(kind, topic, payload)
+
+    def _perform(self, kind: str, topic: str, payload: bytes) -> None:
+        if kind == "publish":
+            self.counters["published"] += 1
+            self._bus.publish(topic, payload)
+        else:
+            self.counters["broadcast"] += 1
+            self._broadcast(topic, payload)
+
+    # -- status --------------------------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> list[str]:
+        with self._lock:
+            return list(self._subs)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready status for /api/modules."""
+        c = self.compiled
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "file": c.path.name if c.path else None,
+            "sha256": c.sha256,
+            "size": c.size,
+            "loaded_at": self.loaded_at,
+            "compile_ms": round(c.compile_ms, 3),
+            "exports": list(c.interface.exports),
+            "imports": list(c.interface.imports),
+            "subscriptions": self.subscriptions,
+            "mailbox": {"depth": self.mailbox.depth, "capacity": self.mailbox.capacity,
+                        "accepted": self.mailbox.accepted, "dropped": self.mailbox.dropped},
+            "counters": dict(self.counters),
+            "last_error": self.last_error,
+        }

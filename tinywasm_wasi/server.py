@@ -1,0 +1,171 @@
+"""The servers: `WasiServer` (modules, bus, WebSocket hub) and `DefaultServer` (static only).
+
+Both run on one aiohttp `AppRunner`/`TCPSite` with `start()` and `stop()`;
+`stop()` is idempotent and logs "closing" and "closed". The WasiServer stops
+in the order that loses nothing: stop accepting connections, let module
+traffic settle and drain every module (their last broadcasts still reach
+connected browsers), close WebSocket clients with 1001, then the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+from aiohttp import web
+
+from bus import Bus
+from tinywasm_wasi.bridge import LoopBridge
+from tinywasm_wasi.config import Config
+from tinywasm_wasi.host import ModuleHost
+from tinywasm_wasi.hub import Hub
+from tinywasm_wasi.routes import add_module_routes, add_static_routes
+from tinywasm_wasi.runtime import Runtime
+
+__all__ = ["DefaultServer", "Server", "WasiServer", "run_until_signalled"]
+
+log = logging.getLogger("tinywasm.server")
+
+
+class Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    @property
+    def url(self) -> str: ...
+
+
+class _HttpServer:
+    """AppRunner/TCPSite life cycle shared by both servers."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port: int | None = None
+        self._stopped = False
+
+    async def _serve(self, app: web.Application) -> None:
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await self._site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        address = self._runner.addresses[0]
+        self._port = int(address[1])
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the server is not started: await start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def _stop_accepting(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+
+    async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class DefaultServer(_HttpServer):
+    """Serves the static web folder only; modules are off."""
+
+    async def start(self) -> None:
+        log.info("modules are off: this is the static default server; set TINYWASM_SERVER=wasi "
+                 "to load the WebAssembly modules in %s", self.config.modules_dir)
+        app = web.Application()
+        add_static_routes(app, self.config.web_dir)
+
+        async def healthz(_request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok", "modules": "off"})
+
+        app.router.add_get("/healthz", healthz)
+        await self._serve(app)
+        log.info("serving %s on %s", self.config.web_dir, self.url)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("closing")
+        await self._cleanup()
+        log.info("closed")
+
+
+class WasiServer(_HttpServer):
+    """Hosts every module in `config.modules_dir` on a bus, with a WebSocket hub at /ws."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.bus = Bus()
+        self.runtime = Runtime()
+        self.hub = Hub(publish=self.bus.publish, inbound=config.ws_inbound,
+                       queue_size=config.ws_queue_size)
+        self._bridge: LoopBridge | None = None
+        self._host: ModuleHost | None = None
+
+    @property
+    def host(self) -> ModuleHost:
+        if self._host is None:
+            raise RuntimeError("the server is not started: await start() first")
+        return self._host
+
+    async def start(self) -> None:
+        """Load the modules, then listen. A module that fails to load is logged and skipped."""
+        config = self.config
+        self._bridge = LoopBridge(asyncio.get_running_loop(), self.hub.broadcast)
+        self._host = ModuleHost(self.runtime, self.bus, self._bridge.submit,
+                                mailbox_size=config.mailbox_size,
+                                drain_timeout=config.drain_timeout)
+        await self._host.load_dir(config.modules_dir)
+        app = web.Application()
+        app.router.add_get("/ws", self.hub.handle)
+        add_module_routes(app, self._host, lambda: self.hub.clients)
+        add_static_routes(app, config.web_dir)
+        try:
+            await self._serve(app)
+        except BaseException:
+            await self._host.stop()
+            raise
+        log.info("serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
+                 len(self._host.modules), self.url, self.url.replace("http", "ws", 1))
+
+    async def stop(self) -> None:
+        """Drain and close modules, close clients with 1001, stop. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("closing")
+        await self._stop_accepting()
+        if self._host is not None:
+            await self._host.stop()
+        await asyncio.sleep(0)  # let the bridge hand over the last broadcasts
+        await self.hub.close()
+        await self._cleanup()
+        self.bus.close()
+        log.info("closed")
+
+
+async def run_until_signalled(server: Server) -> None:
+    """Start `server`, wait for SIGINT or SIGTERM, stop it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()
