@@ -14,7 +14,5 @@ _spec = _util.spec_from_file_location("_stdlib_cmd", _path)
 if _spec is not None and _spec.loader is not None:
     _stdlib_cmd = _util.module_from_spec(_spec)
     _spec.loader.exec_module(_stdlib_cmd)
-    globals().update(
-        {k: v for k, v in vars(_stdlib_cmd).items() if not k.startswith("__")}
-    )
+    globals().update({k: v for k, v in vars(_stdlib_cmd).items() if not k.startswith("__")})
     __all__ = list(getattr(_stdlib_cmd, "__all__", ["Cmd"]))

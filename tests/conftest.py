@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bus import Bus
-from tinywasm_wasi.config import Config
+from tinywasm_wasi.build import build_module
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
 from tinywasm_wasi.host import ModuleHost
 from tinywasm_wasi.runtime import Runtime
 from tinywasm_wasi.server import WasiServer
@@ -40,6 +41,23 @@ class Broadcasts:
         return await asyncio.wait_for(poll(), timeout)
 
 
+@pytest.fixture(scope="session")
+def rebuilt_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example modules compiled afresh from their C sources."""
+    out = tmp_path_factory.mktemp("rebuilt")
+    sources = DEFAULT_MODULES_DIR.parent
+    for src in sorted(sources.iterdir()):
+        if src.is_dir() and any(src.glob("*.c")):
+            build_module(src, out)
+    return out
+
+
+@pytest.fixture(params=["committed", "rebuilt"])
+def example_modules(request: pytest.FixtureRequest, rebuilt_modules: Path) -> Path:
+    """The examples as committed in modules/dist, then as rebuilt from source."""
+    return DEFAULT_MODULES_DIR if request.param == "committed" else rebuilt_modules
+
+
 HostFactory = Callable[..., Awaitable[ModuleHost]]
 
 
@@ -53,10 +71,12 @@ async def make_host(broadcasts: Broadcasts) -> AsyncIterator[HostFactory]:
     """Load a folder of modules into a ModuleHost on a real bus; stopped after the test."""
     hosts: list[ModuleHost] = []
 
-    async def make(directory: Path, *, mailbox_size: int = 10_000,
-                   drain_timeout: float = 2.0) -> ModuleHost:
-        host = ModuleHost(Runtime(), Bus(), broadcasts, mailbox_size=mailbox_size,
-                          drain_timeout=drain_timeout)
+    async def make(
+        directory: Path, *, mailbox_size: int = 10_000, drain_timeout: float = 2.0
+    ) -> ModuleHost:
+        host = ModuleHost(
+            Runtime(), Bus(), broadcasts, mailbox_size=mailbox_size, drain_timeout=drain_timeout
+        )
         hosts.append(host)
         await host.load_dir(directory)
         return host

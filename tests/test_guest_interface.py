@@ -31,9 +31,14 @@ async def test_publish_from_init_reaches_a_module_loaded_with_it(
 ) -> None:
     # "a_sender" sorts before "b_receiver": its init publish is held until
     # every module loaded with it has its subscriptions live.
-    write(tmp_path, "a_sender", guest(
-        '(func (export "init") (call $publish {topic} {payload}))',
-        {"topic": "events", "payload": "hello"}))
+    write(
+        tmp_path,
+        "a_sender",
+        guest(
+            '(func (export "init") (call $publish {topic} {payload}))',
+            {"topic": "events", "payload": "hello"},
+        ),
+    )
     write(tmp_path, "b_receiver", echo("events"))
     await make_host(tmp_path)
     assert await broadcasts.wait_for("out", 1) == [b"hello"]
@@ -42,11 +47,18 @@ async def test_publish_from_init_reaches_a_module_loaded_with_it(
 async def test_on_topic_message_gets_topic_and_payload_through_a_wildcard(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
-    write(tmp_path, "tap", guest("""
+    write(
+        tmp_path,
+        "tap",
+        guest(
+            """
       (func (export "init") (call $subscribe {pattern} (i32.const 0)))
       (func (export "on_topic_message") (param $tp i32) (param $tn i32) (param $p i32) (param $n i32)
         (call $ws_broadcast (local.get $tp) (local.get $tn) (local.get $p) (local.get $n)))
-    """, {"pattern": "users.>"}))
+    """,
+            {"pattern": "users.>"},
+        ),
+    )
     host = await make_host(tmp_path)
     host.bus.publish("users.created", b"ann")
     host.bus.publish("orders.created", b"no")
@@ -68,8 +80,11 @@ async def test_alloc_is_accepted_instead_of_malloc_and_free_is_called_after_each
         (i32.store8 (i32.const 900) (i32.add (i32.const 48) (global.get $frees)))
         (call $ws_broadcast {frees} (i32.const 900) (i32.const 1)))
     """
-    write(tmp_path, "m", guest(ECHO, {"topic": "t", "out": "out", "frees": "frees"},
-                               allocator=allocator))
+    write(
+        tmp_path,
+        "m",
+        guest(ECHO, {"topic": "t", "out": "out", "frees": "frees"}, allocator=allocator),
+    )
     host = await make_host(tmp_path)
     for payload in (b"a", b"bb"):
         host.bus.publish("t", payload)
@@ -81,7 +96,11 @@ async def test_initialize_runs_once_before_init(
     tmp_path: Path, make_host: HostFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "tinywasm")
-    write(tmp_path, "reactor", guest("""
+    write(
+        tmp_path,
+        "reactor",
+        guest(
+            """
       (global $n (mut i32) (i32.const 0))
       (func (export "_initialize")
         (global.set $n (i32.add (global.get $n) (i32.const 1)))
@@ -89,7 +108,10 @@ async def test_initialize_runs_once_before_init(
       (func (export "init")
         (if (i32.ne (global.get $n) (i32.const 1)) (then unreachable))
         (call $log {init}))
-    """, {"initialized": "initialized", "init": "init ran"}))
+    """,
+            {"initialized": "initialized", "init": "init ran"},
+        ),
+    )
     host = await make_host(tmp_path)
     assert "reactor" in host.modules
     lines = [r.getMessage() for r in caplog.records if r.name == "tinywasm.guest"]
@@ -100,13 +122,21 @@ async def test_command_module_subscribes_from_start_and_proc_exit_0_is_success(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
     imports = IMPORTS_WITH_EXIT
-    write(tmp_path, "cmd", guest("""
+    write(
+        tmp_path,
+        "cmd",
+        guest(
+            """
       (func (export "_start")
         (call $subscribe {topic} (i32.const 0))
         (call $proc_exit (i32.const 0)))
       (func (export "on_message") (param $p i32) (param $n i32)
         (call $ws_broadcast {out} (local.get $p) (local.get $n)))
-    """, {"topic": "jobs", "out": "out"}, imports=imports))
+    """,
+            {"topic": "jobs", "out": "out"},
+            imports=imports,
+        ),
+    )
     host = await make_host(tmp_path)
     assert host.modules["cmd"].subscriptions == ["jobs"]
     host.bus.publish("jobs", b"run")
@@ -116,8 +146,13 @@ async def test_command_module_subscribes_from_start_and_proc_exit_0_is_success(
 async def test_proc_exit_nonzero_from_start_refuses_the_module(
     tmp_path: Path, make_host: HostFactory
 ) -> None:
-    write(tmp_path, "bad", guest('(func (export "_start") (call $proc_exit (i32.const 3)))',
-                                 imports=IMPORTS_WITH_EXIT))
+    write(
+        tmp_path,
+        "bad",
+        guest(
+            '(func (export "_start") (call $proc_exit (i32.const 3)))', imports=IMPORTS_WITH_EXIT
+        ),
+    )
     host = await make_host(tmp_path)
     assert "bad" not in host.modules
     assert "proc_exit(3)" in host.refused["bad"]
@@ -132,7 +167,11 @@ async def test_subscribe_and_unsubscribe_from_inside_a_handler(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
     # On "control" it subscribes to "late"; on "late" it rebroadcasts and unsubscribes.
-    write(tmp_path, "dyn", guest("""
+    write(
+        tmp_path,
+        "dyn",
+        guest(
+            """
       (func (export "init") (call $subscribe {control} (i32.const 0)))
       (func (export "on_topic_message") (param $tp i32) (param $tn i32) (param $p i32) (param $n i32)
         (if (i32.eq (local.get $tn) (i32.const 7))
@@ -140,7 +179,10 @@ async def test_subscribe_and_unsubscribe_from_inside_a_handler(
           (else
             (call $ws_broadcast {out} (local.get $p) (local.get $n))
             (call $unsubscribe {late}))))
-    """, {"control": "control", "late": "late", "out": "out"}))
+    """,
+            {"control": "control", "late": "late", "out": "out"},
+        ),
+    )
     host = await make_host(tmp_path)
     assert host.bus.publish("late", b"too early") == 0
     host.bus.publish("control", b"go")
@@ -157,11 +199,18 @@ async def test_subscribe_and_unsubscribe_from_inside_a_handler(
 async def test_subscribing_twice_to_a_pattern_delivers_once(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
-    write(tmp_path, "twice", guest("""
+    write(
+        tmp_path,
+        "twice",
+        guest(
+            """
       (func (export "init") (call $subscribe {t} (i32.const 0)) (call $subscribe {t} (i32.const 1)))
       (func (export "on_message") (param $p i32) (param $n i32)
         (call $ws_broadcast {out} (local.get $p) (local.get $n)))
-    """, {"t": "t", "out": "out"}))
+    """,
+            {"t": "t", "out": "out"},
+        ),
+    )
     host = await make_host(tmp_path)
     assert host.bus.publish("t", b"x") == 1
     await host.quiesce(5)
@@ -173,7 +222,11 @@ async def test_publish_inside_a_handler_is_queued_not_nested(
 ) -> None:
     # On each message n > 0 it logs "begin", publishes n-1 to itself, logs "end".
     # Nested delivery would give begin,begin,...; queued gives begin,end,begin,end.
-    write(tmp_path, "loop", guest("""
+    write(
+        tmp_path,
+        "loop",
+        guest(
+            """
       (func (export "init") (call $subscribe {t} (i32.const 0)))
       (func (export "on_message") (param $p i32) (param $n i32)
         (call $ws_broadcast {trace} {begin})
@@ -182,7 +235,10 @@ async def test_publish_inside_a_handler_is_queued_not_nested(
             (i32.store8 (i32.const 900) (i32.sub (i32.load8_u (local.get $p)) (i32.const 1)))
             (call $publish {t} (i32.const 900) (i32.const 1))))
         (call $ws_broadcast {trace} {end}))
-    """, {"t": "countdown", "trace": "trace", "begin": "begin", "end": "end"}))
+    """,
+            {"t": "countdown", "trace": "trace", "begin": "begin", "end": "end"},
+        ),
+    )
     host = await make_host(tmp_path)
     host.bus.publish("countdown", b"3")
     trace = await broadcasts.wait_for("trace", 8)
@@ -193,10 +249,16 @@ async def test_log_and_wasi_stdout_stderr_are_tagged_with_the_module(
     tmp_path: Path, make_host: HostFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "tinywasm")
-    imports = ('\n  (import "wasi_snapshot_preview1" "fd_write" '
-               '(func $fd_write (param i32 i32 i32 i32) (result i32)))')
+    imports = (
+        '\n  (import "wasi_snapshot_preview1" "fd_write" '
+        "(func $fd_write (param i32 i32 i32 i32) (result i32)))"
+    )
     # iovec at 512: {ptr, len} of "out line\nerr" etc.
-    write(tmp_path, "talker", guest("""
+    write(
+        tmp_path,
+        "talker",
+        guest(
+            """
       (func $write (param $fd i32) (param $p i32) (param $n i32)
         (i32.store (i32.const 512) (local.get $p))
         (i32.store (i32.const 516) (local.get $n))
@@ -206,8 +268,11 @@ async def test_log_and_wasi_stdout_stderr_are_tagged_with_the_module(
         (call $write (i32.const 1) {out})
         (call $write (i32.const 1) {rest})
         (call $write (i32.const 2) {err}))
-    """, {"hello": "hello log", "out": "line one\nline ", "rest": "two\n", "err": "oops\n"},
-        imports=imports + IMPORTS))
+    """,
+            {"hello": "hello log", "out": "line one\nline ", "rest": "two\n", "err": "oops\n"},
+            imports=imports + IMPORTS,
+        ),
+    )
     await make_host(tmp_path)
     records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tinywasm.guest"]
     assert records == [
@@ -221,18 +286,28 @@ async def test_log_and_wasi_stdout_stderr_are_tagged_with_the_module(
 async def test_wasi_is_empty_no_environment_no_arguments(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
-    imports = ('\n  (import "wasi_snapshot_preview1" "environ_sizes_get" '
-               '(func $env_sizes (param i32 i32) (result i32)))'
-               '\n  (import "wasi_snapshot_preview1" "args_sizes_get" '
-               '(func $arg_sizes (param i32 i32) (result i32)))')
-    write(tmp_path, "probe", guest("""
+    imports = (
+        '\n  (import "wasi_snapshot_preview1" "environ_sizes_get" '
+        "(func $env_sizes (param i32 i32) (result i32)))"
+        '\n  (import "wasi_snapshot_preview1" "args_sizes_get" '
+        "(func $arg_sizes (param i32 i32) (result i32)))"
+    )
+    write(
+        tmp_path,
+        "probe",
+        guest(
+            """
       (func (export "init")
         (drop (call $env_sizes (i32.const 600) (i32.const 604)))
         (drop (call $arg_sizes (i32.const 608) (i32.const 612)))
         (i32.store8 (i32.const 700) (i32.add (i32.const 48) (i32.load (i32.const 600))))
         (i32.store8 (i32.const 701) (i32.add (i32.const 48) (i32.load (i32.const 608))))
         (call $ws_broadcast {out} (i32.const 700) (i32.const 2)))
-    """, {"out": "out"}, imports=imports + IMPORTS))
+    """,
+            {"out": "out"},
+            imports=imports + IMPORTS,
+        ),
+    )
     await make_host(tmp_path)
     assert await broadcasts.wait_for("out", 1) == [b"00"]
 
@@ -240,20 +315,26 @@ async def test_wasi_is_empty_no_environment_no_arguments(
 async def test_unknown_import_is_refused_naming_it_and_others_still_load(
     tmp_path: Path, make_host: HostFactory
 ) -> None:
-    write(tmp_path, "odd", '(module (import "env" "launch_missiles" (func)) '
-                           '(memory (export "memory") 1))')
+    write(
+        tmp_path,
+        "odd",
+        '(module (import "env" "launch_missiles" (func)) (memory (export "memory") 1))',
+    )
     write(tmp_path, "fine", echo("t"))
     host = await make_host(tmp_path)
     assert list(host.modules) == ["fine"]
     assert "env.launch_missiles" in host.refused["odd"]
 
 
-@pytest.mark.parametrize(("name", "data", "reason"), [
-    ("garbage", b"this is not wasm", "not a WebAssembly binary"),
-    ("empty", b"", "empty"),
-    ("truncated", b"\0asm\x01\0\0\0\x01\x05", "invalid WebAssembly"),
-    ("nomemory", None, "does not export its memory"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("garbage", b"this is not wasm", "not a WebAssembly binary"),
+        ("empty", b"", "empty"),
+        ("truncated", b"\0asm\x01\0\0\0\x01\x05", "invalid WebAssembly"),
+        ("nomemory", None, "does not export its memory"),
+    ],
+)
 async def test_broken_files_are_refused_with_a_reason(
     tmp_path: Path, make_host: HostFactory, name: str, data: bytes | None, reason: str
 ) -> None:
@@ -269,8 +350,13 @@ async def test_broken_files_are_refused_with_a_reason(
 async def test_trap_in_init_refuses_only_that_module(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
-    write(tmp_path, "a_bad", guest(
-        '(func (export "init") (call $publish {t} {p}) unreachable)', {"t": "t", "p": "lost"}))
+    write(
+        tmp_path,
+        "a_bad",
+        guest(
+            '(func (export "init") (call $publish {t} {p}) unreachable)', {"t": "t", "p": "lost"}
+        ),
+    )
     write(tmp_path, "b_good", echo("t"))
     host = await make_host(tmp_path)
     assert "unreachable" in host.refused["a_bad"].lower()
@@ -281,23 +367,33 @@ async def test_trap_in_init_refuses_only_that_module(
     assert broadcasts.on("out") == [b"live"]
 
 
-@pytest.mark.parametrize("call", [
-    "(call $publish (i32.const -16) (i32.const 4) (i32.const 0) (i32.const 1))",
-    "(call $publish (i32.const 1024) (i32.const 1) (i32.const 131000) (i32.const 5000))",
-    "(call $ws_broadcast (i32.const 1024) (i32.const 1) (i32.const 0) (i32.const -1))",
-    "(call $subscribe (i32.const 200000) (i32.const 1) (i32.const 0))",
-    "(call $unsubscribe (i32.const 1024) (i32.const -2))",
-    "(call $log (i32.const -1) (i32.const 2))",
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "(call $publish (i32.const -16) (i32.const 4) (i32.const 0) (i32.const 1))",
+        "(call $publish (i32.const 1024) (i32.const 1) (i32.const 131000) (i32.const 5000))",
+        "(call $ws_broadcast (i32.const 1024) (i32.const 1) (i32.const 0) (i32.const -1))",
+        "(call $subscribe (i32.const 200000) (i32.const 1) (i32.const 0))",
+        "(call $unsubscribe (i32.const 1024) (i32.const -2))",
+        "(call $log (i32.const -1) (i32.const 2))",
+    ],
+)
 async def test_bad_pointer_traps_that_call_only(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts, call: str
 ) -> None:
-    write(tmp_path, "wild", guest("""
+    write(
+        tmp_path,
+        "wild",
+        guest(
+            """
       (func (export "init") (call $subscribe {t} (i32.const 0)))
       (func (export "on_message") (param $p i32) (param $n i32)
         (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 98)) (then CALL))
         (call $ws_broadcast {out} (local.get $p) (local.get $n)))
-    """.replace("CALL", call), {"t": "t", "out": "out"}))
+    """.replace("CALL", call),
+            {"t": "t", "out": "out"},
+        ),
+    )
     host = await make_host(tmp_path)
     for payload in (b"ok1", b"bad", b"ok2"):
         host.bus.publish("t", payload)
@@ -309,24 +405,34 @@ async def test_bad_pointer_traps_that_call_only(
 
 
 async def test_invalid_topics_from_a_guest_are_logged_and_ignored(
-    tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts,
+    tmp_path: Path,
+    make_host: HostFactory,
+    broadcasts: Broadcasts,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    write(tmp_path, "sloppy", guest("""
+    write(
+        tmp_path,
+        "sloppy",
+        guest(
+            """
       (func (export "init")
         (call $publish {empty_token} {p})
         (call $subscribe {bad_wild} (i32.const 0))
         (call $ws_broadcast (i32.const 1024) (i32.const 0) {p})
         (call $publish {good} {p}))
-    """, {"empty_token": "a..b", "bad_wild": "ch*t", "p": "x", "good": "good"}))
+    """,
+            {"empty_token": "a..b", "bad_wild": "ch*t", "p": "x", "good": "good"},
+        ),
+    )
     write(tmp_path, "watcher", guest(ECHO, {"topic": "good", "out": "out"}))
     host = await make_host(tmp_path)
     assert await broadcasts.wait_for("out", 1) == [b"x"]
     module = host.modules["sloppy"]
     assert module.counters["invalid_topics"] == 3
     assert module.subscriptions == []
-    assert any("sloppy" in r.getMessage() and "invalid topic" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "sloppy" in r.getMessage() and "invalid topic" in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_each_subscriber_sees_publish_order_under_concurrent_publishers(
@@ -380,13 +486,20 @@ async def test_a_full_mailbox_drops_counts_and_logs(
     tmp_path: Path, make_host: HostFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A slow handler (busy loop) and a mailbox of 5.
-    write(tmp_path, "slow", guest("""
+    write(
+        tmp_path,
+        "slow",
+        guest(
+            """
       (func (export "init") (call $subscribe {t} (i32.const 0)))
       (func (export "on_message") (param $p i32) (param $n i32) (local $i i32)
         (loop $spin
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br_if $spin (i32.lt_u (local.get $i) (i32.const 3000000)))))
-    """, {"t": "t"}))
+    """,
+            {"t": "t"},
+        ),
+    )
     host = await make_host(tmp_path, mailbox_size=5)
     accepted = sum(host.bus.publish("t", b"x") for _ in range(50))
     module = host.modules["slow"]
@@ -399,14 +512,18 @@ async def test_a_full_mailbox_drops_counts_and_logs(
 async def test_drain_export_is_polled_until_it_returns_zero(
     tmp_path: Path, make_host: HostFactory
 ) -> None:
-    write(tmp_path, "busy", guest("""
+    write(
+        tmp_path,
+        "busy",
+        guest("""
       (global $left (mut i32) (i32.const 3))
       (func (export "drain") (result i32)
         (if (result i32) (i32.eqz (global.get $left))
           (then (i32.const 0))
           (else (global.set $left (i32.sub (global.get $left) (i32.const 1))) (i32.const 5))))
       (func (export "left") (result i32) (global.get $left))
-    """))
+    """),
+    )
     host = await make_host(tmp_path)
     module = host.modules["busy"]
     assert await module.drain(timeout=2.0) is True

@@ -34,12 +34,19 @@ ALLOCATOR = """
 
 
 def _escape(text: str) -> str:
-    return "".join(c if c.isalnum() or c in " .-_:>*" else f"\\{b:02x}"
-                   for c in text for b in c.encode())
+    return "".join(
+        c if c.isalnum() or c in " .-_:>*" else f"\\{b:02x}" for c in text for b in c.encode()
+    )
 
 
-def guest(body: str, strings: dict[str, str] | None = None, *, imports: str = IMPORTS,
-          allocator: str = ALLOCATOR, pages: int = 2) -> str:
+def guest(
+    body: str,
+    strings: dict[str, str] | None = None,
+    *,
+    imports: str = IMPORTS,
+    allocator: str = ALLOCATOR,
+    pages: int = 2,
+) -> str:
     """WAT text of a test guest."""
     segments = []
     refs = {}
@@ -49,8 +56,11 @@ def guest(body: str, strings: dict[str, str] | None = None, *, imports: str = IM
         segments.append(f'  (data (i32.const {offset}) "{_escape(text)}")')
         refs[name] = f"(i32.const {offset}) (i32.const {size})"
         offset += size + 8
-    return (f"(module{imports}\n  (memory (export \"memory\") {pages})\n"
-            + "\n".join(segments) + f"\n{allocator.format(**refs)}\n{body.format(**refs)}\n)")
+    return (
+        f'(module{imports}\n  (memory (export "memory") {pages})\n'
+        + "\n".join(segments)
+        + f"\n{allocator.format(**refs)}\n{body.format(**refs)}\n)"
+    )
 
 
 def write(directory: Path, name: str, wat: str) -> Path:

@@ -87,8 +87,11 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         ty = imp.type
         if imp.module == HOST_MODULE and imp.name in HOST_IMPORTS:
             nparams = HOST_IMPORTS[imp.name]
-            if not (isinstance(ty, wasmtime.FuncType) and _is_i32s(ty.params, nparams)
-                    and not ty.results):
+            if not (
+                isinstance(ty, wasmtime.FuncType)
+                and _is_i32s(ty.params, nparams)
+                and not ty.results
+            ):
                 raise UnknownImportError(
                     f"import {where} has the wrong type: the host provides "
                     f"{imp.name}({', '.join(['i32'] * nparams)}) with no result"
@@ -102,26 +105,32 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
                 f"({WASI_MODULE}.*); remove the import or rebuild against tinywasm.h"
             )
 
-    exports: dict[str, object] = {exp.name: exp.type for exp in module.exports}
+    exports = {exp.name: exp.type for exp in module.exports}
     if not isinstance(exports.get("memory"), wasmtime.MemoryType):
         raise ModuleLoadError(
             "module does not export its memory as 'memory': build it with wasi-libc "
-            "(zig cc --target=wasm32-wasi) or add (export \"memory\") in WAT"
+            '(zig cc --target=wasm32-wasi) or add (export "memory") in WAT'
         )
     for name, (nparams, nresults) in EXPORT_SIGNATURES.items():
-        ty = exports.get(name)
-        if ty is None:
+        export_ty = exports.get(name)
+        if export_ty is None:
             continue
-        if not (isinstance(ty, wasmtime.FuncType) and _is_i32s(ty.params, nparams)
-                and _is_i32s(ty.results, nresults)):
+        if not (
+            isinstance(export_ty, wasmtime.FuncType)
+            and _is_i32s(export_ty.params, nparams)
+            and _is_i32s(export_ty.results, nresults)
+        ):
             want = f"({', '.join(['i32'] * nparams)})" + (" -> i32" if nresults else "")
             raise ModuleLoadError(f"export {name!r} has the wrong type: expected {name}{want}")
 
     entry = "_initialize" if "_initialize" in exports else "_start" if "_start" in exports else None
     allocator = "malloc" if "malloc" in exports else "alloc" if "alloc" in exports else None
     handler = (
-        "on_topic_message" if "on_topic_message" in exports
-        else "on_message" if "on_message" in exports else None
+        "on_topic_message"
+        if "on_topic_message" in exports
+        else "on_message"
+        if "on_message" in exports
+        else None
     )
     return ModuleInterface(
         exports=tuple(exports),

@@ -22,7 +22,9 @@ log = logging.getLogger("tinywasm.bridge")
 class LoopBridge:
     """Run `sink(topic, payload)` on `loop` for every `submit`, in submit order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Callable[[str, bytes], object]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sink: Callable[[str, bytes], object]
+    ) -> None:
         self._loop = loop
         self._sink = sink
         self._pending: deque[tuple[str, bytes]] = deque()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import wasmtime
@@ -72,10 +73,14 @@ class Guest:
         except wasmtime.Trap as exc:
             raise self._trap("start", exc) from None
         exports = instance.exports(self._store)
-        self._memory: wasmtime.Memory = exports["memory"]
-        self._funcs: dict[str, wasmtime.Func] = {
-            name: exports[name] for name in interface.exports if isinstance(exports[name], wasmtime.Func)
-        }
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)  # inspect_module checked it
+        self._memory = memory
+        self._funcs: dict[str, wasmtime.Func] = {}
+        for export in interface.exports:
+            func = exports[export]
+            if isinstance(func, wasmtime.Func):
+                self._funcs[export] = func
 
     # -- calls into the guest -------------------------------------------------------------
 
@@ -95,11 +100,19 @@ class Guest:
         """Hand one message to the guest's handler, through guest memory."""
         handler = self.interface.handler
         if handler is None:
-            raise GuestTrap(self.name, "on_message", "it subscribed but exports neither "
-                            "on_message nor on_topic_message", None)
+            raise GuestTrap(
+                self.name,
+                "on_message",
+                "it subscribed but exports neither on_message nor on_topic_message",
+                None,
+            )
         if self.interface.allocator is None:
-            raise GuestTrap(self.name, handler, "it exports no malloc or alloc, so the host "
-                            "cannot place the message in its memory", None)
+            raise GuestTrap(
+                self.name,
+                handler,
+                "it exports no malloc or alloc, so the host cannot place the message in its memory",
+                None,
+            )
         if handler == "on_topic_message":
             tbytes = topic.encode()
             ptr = self._place(tbytes + payload)
@@ -140,7 +153,9 @@ class Guest:
         try:
             return self._funcs[export](store, *args)
         except wasmtime.ExitTrap as exc:
-            raise GuestTrap(self.name, export, f"proc_exit({exc.code})", f"exit {exc.code}") from None
+            raise GuestTrap(
+                self.name, export, f"proc_exit({exc.code})", f"exit {exc.code}"
+            ) from None
         except wasmtime.Trap as exc:
             raise self._trap(export, exc) from None
         except wasmtime.WasmtimeError as exc:
@@ -200,12 +215,14 @@ class Guest:
         read = self._read
 
         def publish(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
-            effects.publish(read(c, "publish", "topic", tp, tl),
-                            read(c, "publish", "payload", pp, pl))
+            effects.publish(
+                read(c, "publish", "topic", tp, tl), read(c, "publish", "payload", pp, pl)
+            )
 
         def ws_broadcast(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
-            effects.broadcast(read(c, "ws_broadcast", "topic", tp, tl),
-                              read(c, "ws_broadcast", "payload", pp, pl))
+            effects.broadcast(
+                read(c, "ws_broadcast", "topic", tp, tl), read(c, "ws_broadcast", "payload", pp, pl)
+            )
 
         def subscribe(c: wasmtime.Caller, tp: int, tl: int, _handler_idx: int) -> None:
             effects.subscribe(read(c, "subscribe", "topic", tp, tl))
@@ -217,8 +234,13 @@ class Guest:
             data = read(c, "log", "message", mp, min(ml & U32, MAX_LOG_LINE))
             effects.log(data.decode("utf-8", "replace"), stream="log")
 
-        funcs = {"publish": publish, "ws_broadcast": ws_broadcast, "subscribe": subscribe,
-                 "unsubscribe": unsubscribe, "log": log_}
+        funcs: dict[str, Callable[..., None]] = {
+            "publish": publish,
+            "ws_broadcast": ws_broadcast,
+            "subscribe": subscribe,
+            "unsubscribe": unsubscribe,
+            "log": log_,
+        }
         for name, nparams in HOST_IMPORTS.items():
             ty = wasmtime.FuncType([i32] * nparams, [])
             linker.define_func(HOST_MODULE, name, ty, funcs[name], access_caller=True)
@@ -226,7 +248,9 @@ class Guest:
         linker.define_func(WASI_MODULE, "fd_write", fd_write_ty, self._fd_write, access_caller=True)
         return linker
 
-    def _fd_write(self, caller: wasmtime.Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
+    def _fd_write(
+        self, caller: wasmtime.Caller, fd: int, iovs: int, count: int, nwritten: int
+    ) -> int:
         """WASI fd_write: stdout and stderr become log lines tagged with the module."""
         if fd not in (STDOUT, STDERR):
             return ERRNO_BADF

@@ -38,8 +38,15 @@ def is_module_file(path: Path) -> bool:
 class ModuleHost:
     """Owns every running WasmModule, by name."""
 
-    def __init__(self, runtime: Runtime, bus: Bus, broadcast: Broadcast, *,
-                 mailbox_size: int, drain_timeout: float) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        bus: Bus,
+        broadcast: Broadcast,
+        *,
+        mailbox_size: int,
+        drain_timeout: float,
+    ) -> None:
         self.runtime = runtime
         self.bus = bus
         self._broadcast = broadcast
@@ -51,8 +58,11 @@ class ModuleHost:
     async def load_dir(self, directory: Path) -> None:
         """Load every module file in `directory` (sorted by name)."""
         if not directory.is_dir():
-            log.error("modules folder %s does not exist: no modules loaded "
-                      "(set --modules-dir or TINYWASM_MODULES_DIR)", directory)
+            log.error(
+                "modules folder %s does not exist: no modules loaded "
+                "(set --modules-dir or TINYWASM_MODULES_DIR)",
+                directory,
+            )
             return
         paths = sorted(p for p in directory.iterdir() if is_module_file(p))
         started = await asyncio.gather(*(self._start_file(p) for p in paths))
@@ -62,8 +72,12 @@ class ModuleHost:
             self.modules[module.name] = module
         for module in ready:
             module.release()
-        log.info("%d module(s) loaded from %s, %d refused", len(ready), directory,
-                 len(paths) - len(ready))
+        log.info(
+            "%d module(s) loaded from %s, %d refused",
+            len(ready),
+            directory,
+            len(paths) - len(ready),
+        )
 
     async def _start_file(self, path: Path) -> WasmModule | None:
         name = path.name[: -len(".wasm")]
@@ -71,15 +85,21 @@ class ModuleHost:
         try:
             data = await asyncio.to_thread(path.read_bytes)
             compiled = await asyncio.to_thread(self.runtime.compile_module, name, data, path)
-            module = WasmModule(compiled, self.runtime, self.bus, self._broadcast,
-                                mailbox_size=self.mailbox_size)
+            module = WasmModule(
+                compiled, self.runtime, self.bus, self._broadcast, mailbox_size=self.mailbox_size
+            )
             await module.start()
         except (OSError, TinywasmError) as exc:
             self.refused[name] = str(exc)
             log.error("refused module %s: %s", path.name, exc)
             return None
-        log.info("loaded module %s (%d bytes, sha256 %s, %.1f ms)", name, compiled.size,
-                 compiled.sha256[:12], (time.perf_counter() - begun) * 1000)
+        log.info(
+            "loaded module %s (%d bytes, sha256 %s, %.1f ms)",
+            name,
+            compiled.size,
+            compiled.sha256[:12],
+            (time.perf_counter() - begun) * 1000,
+        )
         return module
 
     async def quiesce(self, timeout: float) -> bool:
@@ -99,8 +119,12 @@ class ModuleHost:
         results = await asyncio.gather(*(m.drain(self.drain_timeout) for m in modules))
         for module, idle in zip(modules, results, strict=True):
             if not idle:
-                log.warning("module %s: drain timed out after %.1f s with %d message(s) queued",
-                            module.name, self.drain_timeout, module.mailbox.depth)
+                log.warning(
+                    "module %s: drain timed out after %.1f s with %d message(s) queued",
+                    module.name,
+                    self.drain_timeout,
+                    module.mailbox.depth,
+                )
         await asyncio.gather(*(m.close() for m in modules))
         self.modules.clear()
 

@@ -44,8 +44,9 @@ class _Call:
 class Mailbox:
     """Bounded, ordered work queue for one module, served by one daemon thread."""
 
-    def __init__(self, name: str, capacity: int, deliver: Callable[[str, bytes], None],
-                 *, held: bool = False) -> None:
+    def __init__(
+        self, name: str, capacity: int, deliver: Callable[[str, bytes], None], *, held: bool = False
+    ) -> None:
         self.name = name
         self.capacity = capacity
         self._deliver = deliver
@@ -122,12 +123,12 @@ class Mailbox:
     def take_pending(self) -> list[Delivery]:
         """Remove and return the queued messages (calls stay); used to hand them elsewhere."""
         with self._cond:
-            messages = [i for i in self._items if not isinstance(i, _Call)]
+            messages: list[Delivery] = [i for i in self._items if not isinstance(i, _Call)]
             calls = [i for i in self._items if isinstance(i, _Call)]
             self._items.clear()
             self._items.extend(calls)
             self._messages = 0
-            return messages  # type: ignore[return-value]
+            return messages
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
@@ -144,7 +145,8 @@ class Mailbox:
         for item in leftover:
             if isinstance(item, _Call):
                 item.future.set_exception(
-                    ModuleClosedError(f"module {self.name!r} closed before the call ran"))
+                    ModuleClosedError(f"module {self.name!r} closed before the call ran")
+                )
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

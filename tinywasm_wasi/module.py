@@ -16,6 +16,7 @@ from `init()` and every module loaded with it receives the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -68,8 +69,15 @@ class _RateLimited:
 class WasmModule:
     """One running version of a module. Its guest is touched only by its mailbox thread."""
 
-    def __init__(self, compiled: CompiledModule, runtime: Runtime, bus: Bus,
-                 broadcast: Broadcast, *, mailbox_size: int) -> None:
+    def __init__(
+        self,
+        compiled: CompiledModule,
+        runtime: Runtime,
+        bus: Bus,
+        broadcast: Broadcast,
+        *,
+        mailbox_size: int,
+    ) -> None:
         self.compiled = compiled
         self.name = compiled.name
         self._runtime = runtime
@@ -84,8 +92,13 @@ class WasmModule:
         self.state = ModuleState.STARTING
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self.counters = {"delivered": 0, "failed": 0, "published": 0, "broadcast": 0,
-                         "invalid_topics": 0}
+        self.counters = {
+            "delivered": 0,
+            "failed": 0,
+            "published": 0,
+            "broadcast": 0,
+            "invalid_topics": 0,
+        }
         self._warn_drop = _RateLimited()
         self._warn_topic = _RateLimited()
         self.mailbox = Mailbox(self.name, mailbox_size, self._deliver)
@@ -115,7 +128,8 @@ class WasmModule:
         with self._lock:
             if self.state is not ModuleState.STARTING:
                 raise ModuleClosedError(
-                    f"cannot activate module {self.name!r}: it is {self.state.value}")
+                    f"cannot activate module {self.name!r}: it is {self.state.value}"
+                )
             pending = list(self._subs)
             subs = self._bus.swap((), [(p, self._on_bus_message) for p in pending])
             self._subs = dict(zip(pending, subs, strict=True))
@@ -166,10 +180,8 @@ class WasmModule:
         self._cancel_subscriptions()
         if self.state is not ModuleState.FAILED:
             self.state = ModuleState.CLOSED
-        try:
+        with contextlib.suppress(ModuleClosedError):  # already closed by a failed start
             await asyncio.wrap_future(self.mailbox.call(self._close_guest))
-        except ModuleClosedError:
-            pass
         await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close)
 
     def _close_guest(self) -> None:
@@ -201,9 +213,14 @@ class WasmModule:
     def _on_bus_message(self, topic: str, payload: bytes) -> bool:
         if self.mailbox.put(topic, payload):
             return True
-        self._warn_drop(log, "module %r: mailbox full (%d messages), dropped a message on %r; "
-                        "raise --mailbox-size or make the module faster",
-                        self.name, self.mailbox.capacity, topic)
+        self._warn_drop(
+            log,
+            "module %r: mailbox full (%d messages), dropped a message on %r; "
+            "raise --mailbox-size or make the module faster",
+            self.name,
+            self.mailbox.capacity,
+            topic,
+        )
         return False
 
     def _deliver(self, topic: str, payload: bytes) -> None:
@@ -264,8 +281,9 @@ class WasmModule:
         except (UnicodeDecodeError, TopicError) as exc:
             self.counters["invalid_topics"] += 1
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            self._warn_topic(log, "module %r: %s with an invalid topic ignored: %s",
-                             self.name, call, reason)
+            self._warn_topic(
+                log, "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
+            )
             return None
 
     def _effect(self, kind: str, topic: str, payload: bytes) -> None:
@@ -304,8 +322,12 @@ class WasmModule:
             "exports": list(c.interface.exports),
             "imports": list(c.interface.imports),
             "subscriptions": self.subscriptions,
-            "mailbox": {"depth": self.mailbox.depth, "capacity": self.mailbox.capacity,
-                        "accepted": self.mailbox.accepted, "dropped": self.mailbox.dropped},
+            "mailbox": {
+                "depth": self.mailbox.depth,
+                "capacity": self.mailbox.capacity,
+                "accepted": self.mailbox.accepted,
+                "dropped": self.mailbox.dropped,
+            },
             "counters": dict(self.counters),
             "last_error": self.last_error,
         }

@@ -12,7 +12,6 @@ from tinywasm_wasi.host import ModuleHost
 __all__ = ["add_module_routes", "add_static_routes"]
 
 
-
 def add_static_routes(app: web.Application, web_dir: Path) -> None:
     """`/` serves the demo page; `/static/` the rest of the web folder."""
     index = web_dir / "index.html"
@@ -31,20 +30,28 @@ def add_module_routes(app: web.Application, host: ModuleHost, clients: Any) -> N
     """`/healthz` and `GET /api/modules`. `clients()` returns the WebSocket client count."""
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({
-            "status": "ok",
-            "modules": len(host.live()),
-            "clients": clients(),
-        })
+        return web.json_response(
+            {
+                "status": "ok",
+                "modules": len(host.live()),
+                "clients": clients(),
+            }
+        )
 
     async def list_modules(_request: web.Request) -> web.Response:
         stats = host.bus.stats()
-        return web.json_response({
-            "modules": [m.snapshot() for m in host.modules.values()],
-            "refused": host.refused,
-            "bus": {"published": stats.published, "delivered": stats.delivered,
-                    "dropped": stats.dropped, "subscriptions": stats.subscriptions},
-        })
+        return web.json_response(
+            {
+                "modules": [m.snapshot() for m in host.modules.values()],
+                "refused": host.refused,
+                "bus": {
+                    "published": stats.published,
+                    "delivered": stats.delivered,
+                    "dropped": stats.dropped,
+                    "subscriptions": stats.subscriptions,
+                },
+            }
+        )
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/modules", list_modules)

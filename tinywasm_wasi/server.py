@@ -54,6 +54,7 @@ class _HttpServer:
             await self._site.start()
         except BaseException:
             await self._runner.cleanup()
+            self._runner = self._site = None
             raise
         address = self._runner.addresses[0]
         self._port = int(address[1])
@@ -81,8 +82,11 @@ class DefaultServer(_HttpServer):
     """Serves the static web folder only; modules are off."""
 
     async def start(self) -> None:
-        log.info("modules are off: this is the static default server; set TINYWASM_SERVER=wasi "
-                 "to load the WebAssembly modules in %s", self.config.modules_dir)
+        log.info(
+            "modules are off: this is the static default server; set TINYWASM_SERVER=wasi "
+            "to load the WebAssembly modules in %s",
+            self.config.modules_dir,
+        )
         app = web.Application()
         add_static_routes(app, self.config.web_dir)
 
@@ -109,8 +113,9 @@ class WasiServer(_HttpServer):
         super().__init__(config)
         self.bus = Bus()
         self.runtime = Runtime()
-        self.hub = Hub(publish=self.bus.publish, inbound=config.ws_inbound,
-                       queue_size=config.ws_queue_size)
+        self.hub = Hub(
+            publish=self.bus.publish, inbound=config.ws_inbound, queue_size=config.ws_queue_size
+        )
         self._bridge: LoopBridge | None = None
         self._host: ModuleHost | None = None
 
@@ -124,9 +129,13 @@ class WasiServer(_HttpServer):
         """Load the modules, then listen. A module that fails to load is logged and skipped."""
         config = self.config
         self._bridge = LoopBridge(asyncio.get_running_loop(), self.hub.broadcast)
-        self._host = ModuleHost(self.runtime, self.bus, self._bridge.submit,
-                                mailbox_size=config.mailbox_size,
-                                drain_timeout=config.drain_timeout)
+        self._host = ModuleHost(
+            self.runtime,
+            self.bus,
+            self._bridge.submit,
+            mailbox_size=config.mailbox_size,
+            drain_timeout=config.drain_timeout,
+        )
         await self._host.load_dir(config.modules_dir)
         app = web.Application()
         app.router.add_get("/ws", self.hub.handle)
@@ -137,8 +146,12 @@ class WasiServer(_HttpServer):
         except BaseException:
             await self._host.stop()
             raise
-        log.info("serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
-                 len(self._host.modules), self.url, self.url.replace("http", "ws", 1))
+        log.info(
+            "serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
+            len(self._host.modules),
+            self.url,
+            self.url.replace("http", "ws", 1),
+        )
 
     async def stop(self) -> None:
         """Drain and close modules, close clients with 1001, stop. Safe to call twice."""

@@ -1,0 +1,214 @@
+"""The WasiServer end to end: example modules, aiohttp on loopback, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bus import decode_message
+from tests.conftest import ServerFactory
+from tests.wat import guest, write
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> bytes:
+    msg = await ws.receive(timeout)
+    assert msg.type is aiohttp.WSMsgType.BINARY, msg
+    data: bytes = msg.data
+    return data
+
+
+async def test_two_browsers_chat_through_the_chat_module(
+    make_server: ServerFactory, example_modules: Path
+) -> None:
+    server = await make_server(modules_dir=example_modules)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as ann,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as bob,
+    ):
+        await ann.send_str("hi from ann")
+        assert await receive(ann) == b"hi from ann"
+        assert await receive(bob) == b"hi from ann"
+        await bob.send_bytes(b"\xffbinary from bob")
+        assert await receive(ann) == b"\xffbinary from bob"
+        assert await receive(bob) == b"\xffbinary from bob"
+    chat = server.host.modules["chat"]
+    assert chat.counters["delivered"] == 2
+    assert chat.counters["broadcast"] == 2
+
+
+async def test_monitor_sees_every_topic_through_its_wildcard(
+    make_server: ServerFactory, example_modules: Path
+) -> None:
+    server = await make_server(modules_dir=example_modules)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=monitor") as mon,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as chat,
+    ):
+        await chat.send_str("hello")
+        seen = [await receive(mon)]
+        if seen[0].startswith(b"events:"):  # the sender's init message may still be in flight
+            seen.append(await receive(mon))
+        assert seen[-1] == b"chat: hello"
+
+
+async def test_envelope_mode_and_several_topics_on_one_connection(
+    make_server: ServerFactory, example_modules: Path
+) -> None:
+    server = await make_server(modules_dir=example_modules)
+    await server.host.quiesce(5)
+    await asyncio.sleep(0.05)  # let the sender's init message pass before we connect
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=chat&topic=monitor&envelope=cbor") as ws,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as sender,
+    ):
+        await sender.send_str("x")
+        got = {}
+        for _ in range(2):
+            message = decode_message(await receive(ws))
+            got[message.topic] = message.payload
+        assert got == {"chat": b"x", "monitor": b"chat: x"}
+
+
+async def test_sender_publishes_from_init_and_receiver_forwards_it(
+    make_server: ServerFactory, example_modules: Path
+) -> None:
+    server = await make_server(modules_dir=example_modules)
+    await server.host.quiesce(5)
+    receiver = server.host.modules["receiver"]
+    assert receiver.counters == {**receiver.counters, "delivered": 1, "broadcast": 1}
+    assert server.host.modules["sender"].counters["published"] == 1
+
+
+async def test_browsers_may_only_publish_to_the_inbound_allow_list(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(ws_inbound=("rooms.*",))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as ws,
+    ):
+        await ws.send_str("not allowed any more")
+        msg = await ws.receive(5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
+        assert "chat" in msg.extra and "--ws-inbound" in msg.extra
+    assert server.host.modules["chat"].counters["delivered"] == 0
+    assert server.hub.stats().inbound_refused == 1
+
+
+async def test_healthz_and_api_modules_report_modules_and_clients(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server()
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{server.url}/ws?topic=chat"):
+        async with http.get(f"{server.url}/healthz") as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"status": "ok", "modules": 4, "clients": 1}
+        async with http.get(f"{server.url}/api/modules") as resp:
+            body = await resp.json()
+    modules = {m["name"]: m for m in body["modules"]}
+    assert sorted(modules) == ["chat", "monitor", "receiver", "sender"]
+    chat = modules["chat"]
+    assert chat["state"] == "live"
+    assert chat["subscriptions"] == ["chat"]
+    assert len(chat["sha256"]) == 64
+    assert {"memory", "init", "on_message", "malloc", "free"} <= set(chat["exports"])
+    assert chat["mailbox"]["depth"] == 0
+    assert set(chat["counters"]) >= {"delivered", "failed", "published", "broadcast"}
+    assert modules["monitor"]["subscriptions"] == [">"]
+    assert body["refused"] == {}
+
+
+async def test_demo_page_is_served(make_server: ServerFactory) -> None:
+    server = await make_server()
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        assert "/ws?topic=" in await resp.text()
+
+
+async def test_ws_without_topic_is_a_readable_400(make_server: ServerFactory) -> None:
+    server = await make_server()
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/ws") as resp:
+        assert resp.status == 400
+        assert "topic" in await resp.text()
+
+
+async def test_a_module_that_fails_to_load_does_not_stop_the_others(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    (tmp_path / "broken.wasm").write_bytes(b"\0asm garbage")
+    write(
+        tmp_path,
+        "echo",
+        guest(
+            """
+      (func (export "init") (call $subscribe {t} (i32.const 0)))
+      (func (export "on_message") (param $p i32) (param $n i32)
+        (call $ws_broadcast {t} (local.get $p) (local.get $n)))
+    """,
+            {"t": "chat"},
+        ),
+    )
+    server = await make_server(modules_dir=tmp_path)
+    assert list(server.host.modules) == ["echo"]
+    assert "invalid WebAssembly" in server.host.refused["broken"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=chat") as ws,
+    ):
+        await ws.send_str("still works")
+        assert await receive(ws) == b"still works"
+
+
+async def test_stop_drains_modules_then_closes_clients_with_1001(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A module whose drain() asks for two more 20 ms waits, and broadcasts when it
+    # reaches idle: that last frame must reach the browser before the 1001 close.
+    write(
+        tmp_path,
+        "careful",
+        guest(
+            """
+      (global $left (mut i32) (i32.const 2))
+      (func (export "drain") (result i32)
+        (if (result i32) (i32.eqz (global.get $left))
+          (then (call $ws_broadcast {t} {bye}) (i32.const 0))
+          (else (global.set $left (i32.sub (global.get $left) (i32.const 1))) (i32.const 20))))
+    """,
+            {"t": "news", "bye": "drained"},
+        ),
+    )
+    caplog.set_level(logging.INFO, "tinywasm")
+    server = await make_server(modules_dir=tmp_path)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/ws?topic=news") as ws,
+    ):
+        await server.stop()
+        assert await receive(ws) == b"drained"
+        msg = await ws.receive(5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1001  # the code the server sent (it does not wait for our reply)
+    await server.stop()  # idempotent
+    messages = [r.getMessage() for r in caplog.records if r.name == "tinywasm.server"]
+    assert messages.count("closing") == 1
+    assert messages.count("closed") == 1
+    assert not server.host.modules
+
+
+async def test_port_in_use_fails_start_with_an_oserror(make_server: ServerFactory) -> None:
+    first = await make_server()
+    with pytest.raises(OSError):
+        await make_server(port=first.port)
+    await asyncio.sleep(0)
