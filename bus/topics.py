@@ -23,12 +23,18 @@ T = TypeVar("T")
 def _check_common(text: object, what: str) -> list[str]:
     if not isinstance(text, str):
         raise TopicError(f"{what} must be text, not {type(text).__name__}")
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise TopicError(
+            f"{what} {text!r} is not valid Unicode: it contains a lone surrogate"
+        ) from None
     if size == 0:
         raise TopicError(f"{what} is empty: give 1 to {MAX_TOPIC_BYTES} bytes, e.g. 'chat'")
     if size > MAX_TOPIC_BYTES:
         raise TopicError(f"{what} is {size} bytes long: the limit is {MAX_TOPIC_BYTES}")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in text):
+    # C0 controls, DEL and the C1 controls; most of them are not isspace().
+    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text):
         raise TopicError(f"{what} {text!r} contains white space or a control character")
     tokens = text.split(".")
     if "" in tokens:

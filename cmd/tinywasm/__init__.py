@@ -1,0 +1,1 @@
+"""The `tinywasm` command: `python -m cmd.tinywasm [build] ...` from the repository root."""

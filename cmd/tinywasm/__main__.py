@@ -1,0 +1,3 @@
+from cmd.tinywasm.cli import main
+
+raise SystemExit(main())

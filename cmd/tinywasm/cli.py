@@ -1,0 +1,268 @@
+"""The command line: flags and TINYWASM_* variables become a Config, then a running server.
+
+This is the only place that reads the environment. Each setting has a flag and
+a variable; the flag wins over the variable, which wins over the Config default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bus import TopicError, validate_pattern
+from tinywasm_wasi.config import Config
+
+__all__ = ["SERVERS", "main", "parse_config", "select_server"]
+
+SERVERS = ("wasi",)
+SERVER_ENV = "TINYWASM_SERVER"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Errors from binding the listening socket; anything else is reported as it is.
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+log = logging.getLogger("tinywasm.cli")
+
+
+def _text(value: str) -> str:
+    if not value or value != value.strip():
+        raise ValueError("expected a non-empty value without surrounding spaces")
+    return value
+
+
+def _path(value: str) -> Path:
+    if not value:
+        raise ValueError("expected a folder path")
+    return Path(value)
+
+
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    wanted = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number {wanted}") from None
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"expected a whole number {wanted}")
+        return number
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("expected a number of seconds, zero or more, e.g. 5 or 0.5")
+    return seconds
+
+
+def _patterns(value: str) -> tuple[str, ...]:
+    if not value.strip():
+        return ()
+    patterns = [p.strip() for p in value.split(",")]
+    for pattern in patterns:
+        try:
+            validate_pattern(pattern)
+        except TopicError as exc:
+            raise ValueError(f"{exc} (separate patterns with commas)") from None
+    return tuple(dict.fromkeys(patterns))
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One Config field as a flag and a TINYWASM_* variable."""
+
+    field: str
+    metavar: str
+    parse: Callable[[str], Any]
+    help: str
+    # An empty variable counts as unset, unless empty is itself a meaningful value.
+    empty_is_value: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "TINYWASM_" + self.field.upper()
+
+
+SETTINGS = (
+    _Setting("host", "ADDRESS", _text, "address to listen on"),
+    _Setting("port", "PORT", _whole_number(0, 65535), "TCP port to listen on; 0 picks a free one"),
+    _Setting("modules_dir", "DIR", _path, "folder of compiled .wasm modules the wasi server hosts"),
+    _Setting("web_dir", "DIR", _path, "folder of static files served at /"),
+    _Setting(
+        "drain_timeout",
+        "SECONDS",
+        _seconds,
+        "seconds each module gets to finish its queued messages when it is swapped or stopped",
+    ),
+    _Setting(
+        "ws_inbound",
+        "PATTERNS",
+        _patterns,
+        "comma-separated topic patterns browsers may publish to, e.g. 'chat,rooms.>'; "
+        "empty means browsers may not publish",
+        empty_is_value=True,
+    ),
+    _Setting(
+        "mailbox_size",
+        "N",
+        _whole_number(1),
+        "messages a module's mailbox holds before further ones are dropped and counted",
+    ),
+    _Setting(
+        "ws_queue_size",
+        "N",
+        _whole_number(1),
+        "frames a WebSocket client may have queued before it is disconnected as slow",
+    ),
+    _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
+)
+
+_EPILOG = f"""\
+environment:
+  Each setting above can also be set with its TINYWASM_* variable; the flag wins.
+  An empty variable counts as unset, except TINYWASM_WS_INBOUND, where empty
+  means browsers may not publish.
+  {SERVER_ENV}={SERVERS[0]} hosts the WebAssembly modules on the bus with the
+  WebSocket hub at /ws; unset or empty runs the static default server, which
+  serves the web folder only.
+
+Compile guest modules with: python -m cmd.tinywasm build <module-dir>...
+"""
+
+
+def _show_default(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "'' (none)"
+    return str(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cmd.tinywasm",
+        description="Serve the web folder and, with TINYWASM_SERVER=wasi, host WebAssembly\n"
+        "modules on a pub/sub bus that fans out to WebSocket clients.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    defaults = Config()
+    for setting in SETTINGS:
+        default = _show_default(getattr(defaults, setting.field))
+        help_text = f"{setting.help} [env {setting.env}; default: {default}]"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.field,
+            metavar=setting.metavar,
+            default=None,
+            help=help_text.replace("%", "%%"),  # argparse %-formats help strings
+        )
+    return parser
+
+
+def parse_config(argv: list[str], env: Mapping[str, str]) -> Config:
+    """Build a Config from flags, then TINYWASM_* variables, then the Config defaults.
+
+    Raises:
+        SystemExit: status 2 with a message naming the flag and the variable
+            for a bad value; status 0 after printing ``--help``.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: str | None = getattr(args, setting.field)
+        source = f"{setting.flag} {raw!r}"
+        if raw is None:
+            raw = env.get(setting.env)
+            if raw is None or (raw == "" and not setting.empty_is_value):
+                continue
+            source = f"{setting.env}={raw!r}"
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            parser.error(f"{setting.flag} / {setting.env}: {source} is not valid: {exc}")
+    try:
+        return Config(**values)
+    except ValueError as exc:  # a rule Config checks and the parsers above do not
+        parser.error(str(exc))
+
+
+def select_server(env: Mapping[str, str]) -> str | None:
+    """The server TINYWASM_SERVER names, or None for the static default server.
+
+    Raises:
+        ValueError: the variable names no server; the message says what to use.
+    """
+    name = env.get(SERVER_ENV, "")
+    if not name:
+        return None
+    if name not in SERVERS:
+        choices = " or ".join(repr(s) for s in SERVERS)
+        raise ValueError(
+            f"{SERVER_ENV}={name!r} is not a valid server: use {choices} "
+            "(or leave it unset for the static default server)"
+        )
+    return name
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run ``python -m cmd.tinywasm [build] ...``; return the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    environ = os.environ if env is None else env
+    if args[:1] == ["build"]:
+        from tinywasm_wasi import build
+
+        return build.main(args[1:])
+
+    try:
+        server_name = select_server(environ)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    config = parse_config(args, environ)
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+
+    # Imported here so that parsing and --help do not load aiohttp and wasmtime.
+    from tinywasm_wasi.server import DefaultServer, WasiServer, run_until_signalled
+
+    server = WasiServer(config) if server_name == "wasi" else DefaultServer(config)
+    try:
+        asyncio.run(run_until_signalled(server))
+    except OSError as exc:
+        if exc.filename is None and exc.errno in _LISTEN_ERRNOS:
+            log.error(
+                "cannot listen on %s port %d: %s; choose another with --port or TINYWASM_PORT",
+                config.host,
+                config.port,
+                os.strerror(exc.errno).lower(),
+            )
+        else:
+            log.error("could not start the server: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,273 @@
+"""The command line: flags and TINYWASM_* variables to Config, server selection, `python -m`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cmd.tinywasm.cli import SERVERS, main, parse_config, select_server
+from tinywasm_wasi.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (flag, variable, raw value, Config attribute, expected value)
+VALUES = [
+    ("--host", "TINYWASM_HOST", "0.0.0.0", "host", "0.0.0.0"),
+    ("--host", "TINYWASM_HOST", "::1", "host", "::1"),
+    ("--port", "TINYWASM_PORT", "8080", "port", 8080),
+    ("--port", "TINYWASM_PORT", "0", "port", 0),
+    ("--port", "TINYWASM_PORT", "65535", "port", 65535),
+    ("--modules-dir", "TINYWASM_MODULES_DIR", "/srv/mods", "modules_dir", Path("/srv/mods")),
+    ("--web-dir", "TINYWASM_WEB_DIR", "site", "web_dir", Path("site")),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "0.25", "drain_timeout", 0.25),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "0", "drain_timeout", 0.0),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "30", "drain_timeout", 30.0),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat", "ws_inbound", ("chat",)),
+    (
+        "--ws-inbound",
+        "TINYWASM_WS_INBOUND",
+        "chat, rooms.>,*.typing",
+        "ws_inbound",
+        ("chat", "rooms.>", "*.typing"),
+    ),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat,chat", "ws_inbound", ("chat",)),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "", "ws_inbound", ()),
+    ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "5", "mailbox_size", 5),
+    ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "1", "mailbox_size", 1),
+    ("--ws-queue-size", "TINYWASM_WS_QUEUE_SIZE", "64", "ws_queue_size", 64),
+    ("--log-level", "TINYWASM_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("--log-level", "TINYWASM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+]
+
+# A valid value for each variable that differs from every value in VALUES.
+OTHER = {
+    "TINYWASM_HOST": "10.0.0.1",
+    "TINYWASM_PORT": "7000",
+    "TINYWASM_MODULES_DIR": "/elsewhere",
+    "TINYWASM_WEB_DIR": "/elsewhere",
+    "TINYWASM_DRAIN_TIMEOUT": "9",
+    "TINYWASM_WS_INBOUND": "other.>",
+    "TINYWASM_MAILBOX_SIZE": "99",
+    "TINYWASM_WS_QUEUE_SIZE": "99",
+    "TINYWASM_LOG_LEVEL": "ERROR",
+}
+
+FLAGS = sorted({row[0] for row in VALUES})
+VARIABLES = sorted(OTHER)
+
+
+def test_tables_cover_every_config_field() -> None:
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert {row[3] for row in VALUES} == fields
+    assert {f"TINYWASM_{field.upper()}" for field in fields} == set(VARIABLES)
+
+
+@pytest.mark.parametrize(("flag", "variable", "raw", "attr", "expected"), VALUES)
+def test_setting_from_flag(flag: str, variable: str, raw: str, attr: str, expected: object) -> None:
+    assert getattr(parse_config([flag, raw], {}), attr) == expected
+    assert getattr(parse_config([f"{flag}={raw}"], {}), attr) == expected
+
+
+@pytest.mark.parametrize(("flag", "variable", "raw", "attr", "expected"), VALUES)
+def test_setting_from_env(flag: str, variable: str, raw: str, attr: str, expected: object) -> None:
+    assert getattr(parse_config([], {variable: raw}), attr) == expected
+
+
+@pytest.mark.parametrize(("flag", "variable", "raw", "attr", "expected"), VALUES)
+def test_flag_beats_env(flag: str, variable: str, raw: str, attr: str, expected: object) -> None:
+    assert getattr(parse_config([flag, raw], {variable: OTHER[variable]}), attr) == expected
+
+
+def test_defaults_when_neither_flag_nor_env() -> None:
+    assert parse_config([], {}) == Config()
+    assert parse_config([], {"HOME": "/root", "TINYWASM_UNKNOWN": "x"}) == Config()
+
+
+def test_empty_variable_counts_as_unset_except_ws_inbound() -> None:
+    env = dict.fromkeys(VARIABLES, "")
+    assert parse_config([], env) == Config(ws_inbound=())
+
+
+def test_settings_combine() -> None:
+    config = parse_config(
+        ["--port", "9000", "--ws-inbound", ""],
+        {"TINYWASM_HOST": "0.0.0.0", "TINYWASM_PORT": "1", "TINYWASM_MAILBOX_SIZE": "3"},
+    )
+    assert config == Config(host="0.0.0.0", port=9000, ws_inbound=(), mailbox_size=3)
+
+
+# (flag, variable, raw value, fragment of the reason)
+BAD_VALUES = [
+    ("--host", "TINYWASM_HOST", " 127.0.0.1", "expected a non-empty value"),
+    ("--port", "TINYWASM_PORT", "abc", "expected a whole number from 0 to 65535"),
+    ("--port", "TINYWASM_PORT", "80.5", "expected a whole number from 0 to 65535"),
+    ("--port", "TINYWASM_PORT", "-1", "expected a whole number from 0 to 65535"),
+    ("--port", "TINYWASM_PORT", "65536", "expected a whole number from 0 to 65535"),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "-1", "zero or more"),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "soon", "expected a number of seconds"),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "nan", "expected a number of seconds"),
+    ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "inf", "expected a number of seconds"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat,a..b", "pattern 'a..b' has an empty token"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat,,rooms", "pattern is empty"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat,", "pattern is empty"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "ch*", "a wildcard must be a whole token"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", ">.a", "'>' may only be the last token"),
+    ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat rooms", "white space"),
+    ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "0", "expected a whole number of at least 1"),
+    ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "lots", "expected a whole number of at least 1"),
+    ("--ws-queue-size", "TINYWASM_WS_QUEUE_SIZE", "-5", "expected a whole number of at least 1"),
+    ("--log-level", "TINYWASM_LOG_LEVEL", "loud", "expected one of DEBUG, INFO, WARNING"),
+]
+
+
+def _exit_message(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv, env)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m cmd.tinywasm")
+    return err
+
+
+@pytest.mark.parametrize(("flag", "variable", "raw", "reason"), BAD_VALUES)
+def test_bad_flag_value_exits_2(
+    flag: str, variable: str, raw: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _exit_message([flag, raw], {}, capsys)
+    assert f"error: {flag} / {variable}: {flag} {raw!r} is not valid: " in err
+    assert reason in err
+
+
+@pytest.mark.parametrize(("flag", "variable", "raw", "reason"), BAD_VALUES)
+def test_bad_env_value_exits_2(
+    flag: str, variable: str, raw: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _exit_message([], {variable: raw}, capsys)
+    assert f"error: {flag} / {variable}: {variable}={raw!r} is not valid: " in err
+    assert reason in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "reason"),
+    [
+        ("--host", "expected a non-empty value"),
+        ("--port", "expected a whole number"),
+        ("--modules-dir", "expected a folder path"),
+        ("--web-dir", "expected a folder path"),
+        ("--log-level", "expected one of"),
+    ],
+)
+def test_empty_flag_value_exits_2(
+    flag: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _exit_message([flag, ""], {}, capsys)
+    assert f"{flag} '' is not valid: {reason}" in err
+
+
+def test_bad_env_value_is_ignored_when_the_flag_is_given() -> None:
+    assert parse_config(["--port", "1234"], {"TINYWASM_PORT": "nonsense"}).port == 1234
+
+
+@pytest.mark.parametrize("argv", [["--nope"], ["--po", "8080"], ["serve"], ["--port"]])
+def test_unknown_or_incomplete_arguments_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _exit_message(argv, {}, capsys)
+
+
+def test_help_explains_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--help"], {})
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())  # argparse wraps lines
+    for name in [*FLAGS, *VARIABLES, "TINYWASM_SERVER"]:
+        assert name in flat
+    for flag, variable, default in [
+        ("--port", "TINYWASM_PORT", "6060"),
+        ("--host", "TINYWASM_HOST", "127.0.0.1"),
+        ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat"),
+        ("--drain-timeout", "TINYWASM_DRAIN_TIMEOUT", "5.0"),
+        ("--log-level", "TINYWASM_LOG_LEVEL", "INFO"),
+    ]:
+        assert f"[env {variable}; default: {default}]" in flat
+        assert flag in flat
+    assert flat.count("default:") == len(FLAGS)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, None), ({"TINYWASM_SERVER": ""}, None), ({"TINYWASM_SERVER": "wasi"}, "wasi")],
+)
+def test_select_server(env: dict[str, str], expected: str | None) -> None:
+    assert SERVERS == ("wasi",)
+    assert select_server(env) == expected
+
+
+@pytest.mark.parametrize("value", ["nope", "WASI", " wasi", "default"])
+def test_invalid_server_returns_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([], env={"TINYWASM_SERVER": value}) == 2
+    assert capsys.readouterr().err == (
+        f"TINYWASM_SERVER={value!r} is not a valid server: use 'wasi' "
+        "(or leave it unset for the static default server)\n"
+    )
+
+
+def test_main_bad_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--port", "x"], env={})
+    assert info.value.code == 2
+    assert "--port / TINYWASM_PORT" in capsys.readouterr().err
+
+
+def test_main_dispatches_build(capsys: pytest.CaptureFixture[str]) -> None:
+    # `build` ignores TINYWASM_SERVER and the server flags.
+    with pytest.raises(SystemExit) as info:
+        main(["build", "--help"], env={"TINYWASM_SERVER": "nope"})
+    assert info.value.code == 0
+    assert "build" in capsys.readouterr().out.splitlines()[0]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+    environ.pop("PYTHONSAFEPATH", None)  # the repository root must come first on sys.path
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_pdb_works_when_cmd_is_this_package() -> None:
+    script = textwrap.dedent(
+        """
+        import os, sysconfig
+        import cmd, pdb
+        assert os.path.dirname(cmd.__file__) == os.path.join(os.getcwd(), "cmd"), cmd.__file__
+        stdlib_cmd = os.path.join(sysconfig.get_paths()["stdlib"], "cmd.py")
+        assert cmd.Cmd.__init__.__code__.co_filename == stdlib_cmd
+        assert issubclass(pdb.Pdb, cmd.Cmd)
+        pdb.Pdb()
+        import cmd.tinywasm.cli
+        """
+    )
+    result = _run("-c", script)
+    assert result.returncode == 0, result.stderr
+
+
+def test_python_m_help() -> None:
+    result = _run("-m", "cmd.tinywasm", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m cmd.tinywasm")
+    assert "TINYWASM_SERVER" in result.stdout
+
+
+def test_python_m_invalid_server() -> None:
+    result = _run("-m", "cmd.tinywasm", env={"TINYWASM_SERVER": "nope"})
+    assert result.returncode == 2
+    assert "TINYWASM_SERVER='nope' is not a valid server" in result.stderr
