@@ -105,6 +105,7 @@ def test_unset_selects_the_static_default_server_and_says_modules_are_off(
     with pytest.raises(urllib.error.HTTPError) as err:
         get(f"http://127.0.0.1:{port}/api/modules")
     assert err.value.code == 404
+    err.value.close()
     code, output = r.stop()
     assert code == 0, output
     assert "loaded module" not in output
