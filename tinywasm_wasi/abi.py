@@ -42,17 +42,21 @@ WASI_FUNCTIONS = frozenset(
 )
 
 # export name -> (params, results) it must have when present
-EXPORT_SIGNATURES: dict[str, tuple[int, int]] = {
-    "_initialize": (0, 0),
-    "_start": (0, 0),
-    "init": (0, 0),
-    "malloc": (1, 1),
-    "alloc": (1, 1),
-    "free": (1, 0),
-    "on_message": (2, 0),
-    "on_topic_message": (4, 0),
-    "drain": (0, 1),
+EXPORT_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "_initialize": ((), ()),
+    "_start": ((), ()),
+    "init": ((), ()),
+    "malloc": (("i32",), ("i32",)),
+    "alloc": (("i32",), ("i32",)),
+    "free": (("i32",), ()),
+    "on_message": (("i32",) * 2, ()),
+    "on_topic_message": (("i32",) * 4, ()),
+    "drain": ((), ("i32",)),
+    "save_state": ((), ("i64",)),
+    "restore_state": (("i32",) * 2, ()),
 }
+
+_VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +71,17 @@ class ModuleInterface:
     has_init: bool
     has_free: bool
     has_drain: bool
+    has_state: tuple[bool, bool]  # (save_state, restore_state) exported
 
 
 def _is_i32s(types: list[wasmtime.ValType], count: int) -> bool:
-    return len(types) == count and all(t == wasmtime.ValType.i32() for t in types)
+    return _types_are(types, ("i32",) * count)
+
+
+def _types_are(types: list[wasmtime.ValType], names: tuple[str, ...]) -> bool:
+    return len(types) == len(names) and all(
+        t == _VALTYPES[n] for t, n in zip(types, names, strict=True)
+    )
 
 
 def inspect_module(module: wasmtime.Module) -> ModuleInterface:
@@ -111,16 +122,16 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
             "module does not export its memory as 'memory': build it with wasi-libc "
             '(zig cc --target=wasm32-wasi) or add (export "memory") in WAT'
         )
-    for name, (nparams, nresults) in EXPORT_SIGNATURES.items():
+    for name, (params, results) in EXPORT_SIGNATURES.items():
         export_ty = exports.get(name)
         if export_ty is None:
             continue
         if not (
             isinstance(export_ty, wasmtime.FuncType)
-            and _is_i32s(export_ty.params, nparams)
-            and _is_i32s(export_ty.results, nresults)
+            and _types_are(export_ty.params, params)
+            and _types_are(export_ty.results, results)
         ):
-            want = f"({', '.join(['i32'] * nparams)})" + (" -> i32" if nresults else "")
+            want = f"({', '.join(params)})" + (f" -> {results[0]}" if results else "")
             raise ModuleLoadError(f"export {name!r} has the wrong type: expected {name}{want}")
 
     entry = "_initialize" if "_initialize" in exports else "_start" if "_start" in exports else None
@@ -141,4 +152,5 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         has_init="init" in exports,
         has_free="free" in exports,
         has_drain="drain" in exports,
+        has_state=("save_state" in exports, "restore_state" in exports),
     )

@@ -130,6 +130,31 @@ class Guest:
         result = self._call("drain")
         return max(0, int(result))
 
+    def save_state(self) -> bytes | None:
+        """The bytes `save_state()` points at (pointer high 32 bits, length low), or None."""
+        if not self.interface.has_state[0]:
+            return None
+        packed = int(self._call("save_state")) & 0xFFFFFFFFFFFFFFFF
+        ptr, length = packed >> 32, packed & U32
+        store = self._store
+        assert store is not None
+        size = self._memory.data_len(store)
+        if ptr + length > size:
+            raise GuestTrap(self.name, "save_state", f"returned {ptr:#x}+{length}, outside "
+                            f"its memory ({size} bytes)", "host fault")
+        base = ctypes.addressof(self._memory.data_ptr(store).contents)
+        return ctypes.string_at(base + ptr, length)
+
+    def restore_state(self, data: bytes) -> bool:
+        """Hand `data` to `restore_state(ptr, len)`; False if the guest does not export it."""
+        if not self.interface.has_state[1] or self.interface.allocator is None:
+            return False
+        ptr = self._place(data)
+        self._call("restore_state", ptr, len(data))
+        if self.interface.has_free:
+            self._call("free", ptr)
+        return True
+
     def close(self) -> None:
         """Release the store; flush a partial output line. Safe to call twice."""
         for fd, rest in self._partial.items():

@@ -10,8 +10,9 @@ Two kinds of item: a message ``(topic, payload)``, bounded by `capacity`
 (overflow is refused and counted, never silently lost), and a call
 (`call(fn)`), used for init, drain and later HTTP, which is never refused and
 whose result comes back through a `concurrent.futures.Future`.
-A mailbox can be *held*: items queue up but none runs until `release()`;
-the swap uses this to keep a new version closed during cut-over.
+A mailbox can be *held*: messages queue up but none is delivered until
+`release()` (a call at the head of the queue still runs); the swap uses this to
+keep a new version closed during cut-over.
 """
 
 from __future__ import annotations
@@ -76,13 +77,20 @@ class Mailbox:
                 self._cond.notify()
             return True
 
-    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Queue `fn` to run on the module thread after what is queued before it."""
+    def call(self, fn: Callable[[], Any], *, first: bool = False) -> concurrent.futures.Future[Any]:
+        """Queue `fn` to run on the module thread after what is queued before it.
+
+        With `first`, it goes ahead of everything queued (used to restore state
+        into a held new version before the messages waiting for it).
+        """
         item = _Call(fn)
         with self._cond:
             if self._closed:
                 raise ModuleClosedError(f"cannot call into module {self.name!r}: it is closed")
-            self._items.append(item)
+            if first:
+                self._items.appendleft(item)
+            else:
+                self._items.append(item)
             self._cond.notify()
         return item.future
 
@@ -120,6 +128,17 @@ class Mailbox:
                 self._cond.wait(left)
             return True
 
+    def wait_paused(self, timeout: float) -> bool:
+        """Block until no item is running (after `hold()`); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
     def take_pending(self) -> list[Delivery]:
         """Remove and return the queued messages (calls stay); used to hand them elsewhere."""
         with self._cond:
@@ -129,6 +148,13 @@ class Mailbox:
             self._items.extend(calls)
             self._messages = 0
             return messages
+
+    def prepend(self, messages: list[Delivery]) -> None:
+        """Put `messages` in front of everything queued (they are older); never refused."""
+        with self._cond:
+            self._items.extendleft(reversed(messages))
+            self._messages += len(messages)
+            self._cond.notify()
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
@@ -157,7 +183,10 @@ class Mailbox:
         items = self._items
         while True:
             with cond:
-                while (self._held or not items) and not self._closed:
+                # Held: messages wait, but a call at the head still runs.
+                while (not items or (self._held and not isinstance(items[0], _Call))) and not (
+                    self._closed
+                ):
                     self._busy = False
                     cond.notify_all()
                     cond.wait()

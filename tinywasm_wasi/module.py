@@ -2,8 +2,8 @@
 
 Life cycle (`ModuleState`)::
 
-    STARTING --activate()--> LIVE --drain()--> DRAINING --close()--> CLOSED
-        \\--start() fails--> FAILED
+    STARTING --take_over()--> LIVE --drain() or cut-over--> DRAINING --close()--> CLOSED
+        \\--start() fails--> FAILED      DRAINING --take_over() (roll back)--> LIVE
 
 While STARTING, the guest runs `_initialize`/`_start` and `init()`. What it
 does then is recorded, not performed: subscriptions are pending and publishes
@@ -99,6 +99,8 @@ class WasmModule:
             "broadcast": 0,
             "invalid_topics": 0,
         }
+        self._on_probation = False
+        self._probation_failed = threading.Event()
         self._warn_drop = _RateLimited()
         self._warn_topic = _RateLimited()
         self.mailbox = Mailbox(self.name, mailbox_size, self._deliver)
@@ -125,16 +127,33 @@ class WasmModule:
 
     def activate(self) -> None:
         """Make the subscriptions recorded during start live on the bus."""
-        with self._lock:
-            if self.state is not ModuleState.STARTING:
+        self.take_over(None)
+
+    def take_over(self, other: WasmModule | None) -> None:
+        """Cut over: `other`'s subscriptions go, this module's go live, in one bus step.
+
+        No publish sees a state in between, so each message goes to exactly one
+        of the two. Used to activate a new version (`other` is the old one, or
+        None) and to roll back (`other` is the failed new version).
+        """
+        with contextlib.ExitStack() as locks:
+            if other is not None:
+                locks.enter_context(other._lock)
+            locks.enter_context(self._lock)
+            if self.state not in (ModuleState.STARTING, ModuleState.DRAINING):
                 raise ModuleClosedError(
-                    f"cannot activate module {self.name!r}: it is {self.state.value}"
+                    f"cannot make module {self.name!r} live: it is {self.state.value}"
                 )
-            pending = list(self._subs)
-            subs = self._bus.swap((), [(p, self._on_bus_message) for p in pending])
-            self._subs = dict(zip(pending, subs, strict=True))
+            cancel = [] if other is None else [s for s in other._subs.values() if s is not None]
+            patterns = list(self._subs)
+            subs = self._bus.swap(cancel, [(p, self._on_bus_message) for p in patterns])
+            self._subs = dict(zip(patterns, subs, strict=True))
             self._subs_live = True
             self.state = ModuleState.LIVE
+            if other is not None:
+                other._subs = dict.fromkeys(other._subs)
+                other._subs_live = False
+                other.state = ModuleState.DRAINING
 
     def release(self) -> None:
         """Perform the publishes and broadcasts held since start, in order."""
@@ -165,6 +184,29 @@ class WasmModule:
                 return True
             await asyncio.sleep(min(wait_ms / 1000, max(0.0, deadline - time.monotonic())))
 
+    async def probation(self, window: float) -> str | None:
+        """Open the mailbox and watch the first deliveries for `window` seconds.
+
+        Returns the trap message if one failed (the mailbox is then held again,
+        the failed message back in front), or None if the version held up.
+        """
+        self._probation_failed.clear()
+        self._on_probation = True
+        self.mailbox.release()
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline and not self._probation_failed.is_set():
+            await asyncio.sleep(0.005)
+        self._on_probation = False
+        return self.last_error if self._probation_failed.is_set() else None
+
+    def save_state(self) -> bytes | None:
+        """On the module thread: the guest's `save_state()` bytes, or None."""
+        return None if self._guest is None else self._guest.save_state()
+
+    def restore_state(self, data: bytes) -> bool:
+        """On the module thread: hand `data` to the guest's `restore_state`."""
+        return self._guest is not None and self._guest.restore_state(data)
+
     def _guest_drain(self) -> int:
         assert self._guest is not None
         try:
@@ -173,16 +215,26 @@ class WasmModule:
             self._record_trap(exc)
             return 0
 
-    async def close(self) -> None:
-        """Cancel subscriptions, stop the thread, free the instance. Safe to call twice."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Cancel subscriptions, stop the thread, free the instance. Safe to call twice.
+
+        A guest stuck in a call past `timeout` is abandoned to its (daemon) thread.
+        """
         if self.state is ModuleState.CLOSED:
             return
         self._cancel_subscriptions()
         if self.state is not ModuleState.FAILED:
             self.state = ModuleState.CLOSED
-        with contextlib.suppress(ModuleClosedError):  # already closed by a failed start
-            await asyncio.wrap_future(self.mailbox.call(self._close_guest))
-        await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close)
+        self.mailbox.release()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wrap_future(self.mailbox.call(self._close_guest))
+        except ModuleClosedError:  # already closed by a failed start
+            pass
+        except TimeoutError:
+            log.warning("module %r: still busy after %.1f s; abandoning its thread",
+                        self.name, timeout)
+        await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close, 0.5)
 
     def _close_guest(self) -> None:
         if self._guest is not None:
@@ -194,12 +246,18 @@ class WasmModule:
         with self._lock:
             self._held.clear()
             self._subs.clear()
+        self.mailbox.release()
         self.mailbox.call(self._close_guest)
         self.mailbox.close(timeout=0)
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the module thread, after everything queued before it."""
-        return await asyncio.wrap_future(self.mailbox.call(fn))
+    def discard_held(self) -> None:
+        """Forget the effects held since start (a version that is being rolled back)."""
+        with self._lock:
+            self._held.clear()
+
+    async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:
+        """Run `fn` on the module thread, after everything queued before it (or first)."""
+        return await asyncio.wrap_future(self.mailbox.call(fn, first=first))
 
     def _cancel_subscriptions(self) -> None:
         with self._lock:
@@ -232,6 +290,12 @@ class WasmModule:
             self.counters["delivered"] += 1
         except GuestTrap as exc:
             self._record_trap(exc)
+            if self._on_probation:
+                # A new version failing its first deliveries: stop here and keep the
+                # message, so the old version can take it back with the rest.
+                self.mailbox.hold()
+                self.mailbox.prepend([(topic, payload)])
+                self._probation_failed.set()
 
     def _record_trap(self, exc: GuestTrap) -> None:
         self.counters["failed"] += 1
