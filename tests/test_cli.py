@@ -41,6 +41,11 @@ VALUES = [
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "5", "mailbox_size", 5),
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "1", "mailbox_size", 1),
     ("--ws-queue-size", "TINYWASM_WS_QUEUE_SIZE", "64", "ws_queue_size", 64),
+    ("--watch", "TINYWASM_WATCH", "off", "watch", False),
+    ("--watch", "TINYWASM_WATCH", "0", "watch", False),
+    ("--watch", "TINYWASM_WATCH", "on", "watch", True),
+    ("--watch-debounce", "TINYWASM_WATCH_DEBOUNCE", "0.3", "watch_debounce", 0.3),
+    ("--swap-probation", "TINYWASM_SWAP_PROBATION", "2", "swap_probation", 2.0),
     ("--log-level", "TINYWASM_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
 ]
@@ -55,11 +60,20 @@ OTHER = {
     "TINYWASM_WS_INBOUND": "other.>",
     "TINYWASM_MAILBOX_SIZE": "99",
     "TINYWASM_WS_QUEUE_SIZE": "99",
+    "TINYWASM_WATCH": "yes",
+    "TINYWASM_WATCH_DEBOUNCE": "7",
+    "TINYWASM_SWAP_PROBATION": "7",
     "TINYWASM_LOG_LEVEL": "ERROR",
 }
 
 FLAGS = sorted({row[0] for row in VALUES})
 VARIABLES = sorted(OTHER)
+
+
+def test_no_watch_turns_watching_off_and_beats_the_variable() -> None:
+    assert parse_config(["--no-watch"], {}).watch is False
+    assert parse_config(["--no-watch"], {"TINYWASM_WATCH": "on"}).watch is False
+    assert parse_config([], {}).watch is True
 
 
 def test_tables_cover_every_config_field() -> None:

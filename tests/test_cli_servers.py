@@ -53,7 +53,11 @@ def start(server: str | None, *args: str) -> Running:
         env["TINYWASM_SERVER"] = server
     proc = subprocess.Popen(
         [sys.executable, "-m", "cmd.tinywasm", "--port", "0", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return Running(proc)
 
@@ -114,8 +118,12 @@ def test_unset_selects_the_static_default_server_and_says_modules_are_off(
 def test_an_unknown_server_exits_2_listing_the_valid_values() -> None:
     env = {**os.environ, "TINYWASM_SERVER": "spin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cmd.tinywasm"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "cmd.tinywasm"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "'spin'" in proc.stderr
@@ -138,8 +146,12 @@ def test_port_in_use_exits_1_with_a_hint(running: list[Running]) -> None:
     port = first.wait_for(URL.pattern).group(1)
     env = {**os.environ, "TINYWASM_SERVER": "wasi"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cmd.tinywasm", "--port", port], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "cmd.tinywasm", "--port", port],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 1
     assert "--port" in proc.stderr

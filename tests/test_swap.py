@@ -12,7 +12,7 @@ import pytest
 import wasmtime
 
 from tests.conftest import Broadcasts, HostFactory
-from tests.wat import guest, write
+from tests.wat import guest
 from tinywasm_wasi.history import Outcome
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,21 +68,31 @@ async def test_fifty_swaps_under_a_steady_stream_lose_and_duplicate_nothing(
     assert sum(r.held for r in records if r) > 0  # the stream really ran across cut-overs
 
 
-@pytest.mark.parametrize(("broken", "reason"), [
-    (b"garbage", "not a WebAssembly binary"),
-    (None, "does not export on_message or on_topic_message"),
-    ("trap", "unreachable"),
-])
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (b"garbage", "not a WebAssembly binary"),
+        (None, "does not export on_message or on_topic_message"),
+        ("trap", "unreachable"),
+    ],
+)
 async def test_a_broken_build_is_refused_and_the_old_version_keeps_serving(
-    tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts,
-    broken: bytes | str | None, reason: str,
+    tmp_path: Path,
+    make_host: HostFactory,
+    broadcasts: Broadcasts,
+    broken: bytes | str | None,
+    reason: str,
 ) -> None:
     (tmp_path / "relay.wasm").write_bytes(relay(0))
     host = await make_host(tmp_path)
     if broken is None:  # subscribes, but has no handler
-        bad = bytes(wasmtime.wat2wasm(guest('(func (export "init") (call $subscribe {t} (i32.const 0)))', {"t": "nums"})))
+        bad = bytes(
+            wasmtime.wat2wasm(
+                guest('(func (export "init") (call $subscribe {t} (i32.const 0)))', {"t": "nums"})
+            )
+        )
     elif broken == "trap":
-        bad = relay(1, RELAY.replace('(call $subscribe {t} (i32.const 0)))', 'unreachable)'))
+        bad = relay(1, RELAY.replace("(call $subscribe {t} (i32.const 0)))", "unreachable)"))
     else:
         assert isinstance(broken, bytes)
         bad = broken
@@ -102,29 +112,38 @@ async def test_a_broken_build_is_refused_and_the_old_version_keeps_serving(
 async def test_requests_during_a_swap_coalesce_into_exactly_one_follow_up(
     tmp_path: Path, make_host: HostFactory
 ) -> None:
-    slow_drain = RELAY + """
+    slow_drain = (
+        RELAY
+        + """
       (global $left (mut i32) (i32.const 4))
       (func (export "drain") (result i32)
         (if (result i32) (i32.eqz (global.get $left)) (then (i32.const 0))
           (else (global.set $left (i32.sub (global.get $left) (i32.const 1))) (i32.const 25))))
     """
+    )
     (tmp_path / "relay.wasm").write_bytes(relay(0, slow_drain))
     host = await make_host(tmp_path)
     first = asyncio.create_task(host.swap("relay", "api", lambda: relay(1, slow_drain)))
     await asyncio.sleep(0.02)
-    later = [await host.swap("relay", "watcher", lambda v=v: relay(v, slow_drain))
-             for v in range(2, 8)]
+    later = [
+        await host.swap("relay", "watcher", lambda v=v: relay(v, slow_drain)) for v in range(2, 8)
+    ]
     assert later == [None] * 6  # coalesced
     await first
     outcomes = [(r.trigger, r.outcome) for r in host.histories["relay"].records]
-    assert outcomes == [("startup", Outcome.LOADED), ("api", Outcome.SWAPPED),
-                        ("watcher", Outcome.SWAPPED)]
+    assert outcomes == [
+        ("startup", Outcome.LOADED),
+        ("api", Outcome.SWAPPED),
+        ("watcher", Outcome.SWAPPED),
+    ]
     version = host.modules["relay"]
     assert await version.call(lambda: version._guest._funcs["version"](version._guest._store)) == 7
 
 
 async def test_a_drain_that_never_ends_times_out_with_a_warning_and_the_swap_goes_on(
-    tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts,
+    tmp_path: Path,
+    make_host: HostFactory,
+    broadcasts: Broadcasts,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     never = RELAY + '(func (export "drain") (result i32) (i32.const 10))'
@@ -196,8 +215,9 @@ async def test_a_trap_in_the_first_deliveries_rolls_back_and_loses_nothing(
     (tmp_path / "relay.wasm").write_bytes(relay(0))
     host = await make_host(tmp_path)
     host.probation = 2.0
-    crashing = relay(1, RELAY.replace("(call $ws_broadcast {out} (local.get $p) (local.get $n))",
-                                      "unreachable"))
+    crashing = relay(
+        1, RELAY.replace("(call $ws_broadcast {out} (local.get $p) (local.get $n))", "unreachable")
+    )
     swap = asyncio.create_task(host.swap("relay", "api", lambda: crashing))
     for i in range(200):
         host.bus.publish("nums", str(i).encode())
@@ -252,5 +272,5 @@ async def test_rollback_returns_to_the_previous_good_version(
     assert record.outcome is Outcome.SWAPPED
     assert host.modules["relay"].compiled.sha256 == first_sha
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("swap relay")]
-    assert lines[-1].startswith(f"swap relay ") and "(rollback): swapped in" in lines[-1]
+    assert lines[-1].startswith("swap relay ") and "(rollback): swapped in" in lines[-1]
     assert first_sha[:8] in lines[-1]

@@ -27,6 +27,12 @@ class Config:
     mailbox_size: int = 10_000
     # Frames a WebSocket client may have queued before it is disconnected as slow.
     ws_queue_size: int = 1_000
+    # Watch modules_dir and hot-swap modules whose .wasm changes.
+    watch: bool = True
+    # Quiet period (seconds) a file must keep before its change is acted on.
+    watch_debounce: float = 0.1
+    # Seconds a swapped-in version is watched; a trap then rolls back to the old one.
+    swap_probation: float = 0.5
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -34,6 +40,8 @@ class Config:
             raise ValueError(f"port {self.port} is out of range: use 0 to 65535")
         if self.drain_timeout < 0:
             raise ValueError("drain_timeout must be zero or more seconds")
+        if self.watch_debounce < 0 or self.swap_probation < 0:
+            raise ValueError("watch_debounce and swap_probation must be zero or more seconds")
         if self.mailbox_size < 1:
             raise ValueError("mailbox_size must be at least 1")
         if self.ws_queue_size < 1:

@@ -140,8 +140,12 @@ class Guest:
         assert store is not None
         size = self._memory.data_len(store)
         if ptr + length > size:
-            raise GuestTrap(self.name, "save_state", f"returned {ptr:#x}+{length}, outside "
-                            f"its memory ({size} bytes)", "host fault")
+            raise GuestTrap(
+                self.name,
+                "save_state",
+                f"returned {ptr:#x}+{length}, outside its memory ({size} bytes)",
+                "host fault",
+            )
         base = ctypes.addressof(self._memory.data_ptr(store).contents)
         return ctypes.string_at(base + ptr, length)
 

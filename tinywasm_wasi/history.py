@@ -58,7 +58,9 @@ class ModuleHistory:
         """Record an attempt; `data` is kept when the attempt put that version in service."""
         self.records.append(record)
         if data is not None and record.outcome in (
-            Outcome.LOADED, Outcome.SWAPPED, Outcome.TIMED_OUT_DRAINING
+            Outcome.LOADED,
+            Outcome.SWAPPED,
+            Outcome.TIMED_OUT_DRAINING,
         ):
             self._good = deque(
                 [(s, d) for s, d in self._good if s != record.sha256], maxlen=MAX_GOOD_VERSIONS

@@ -116,7 +116,9 @@ class ModuleHost:
             module.release()
         log.info(
             "%d module(s) loaded from %s, %d refused",
-            len(ready), directory, len(paths) - len(ready),
+            len(ready),
+            directory,
+            len(paths) - len(ready),
         )
 
     async def _start_file(self, path: Path) -> WasmModule | None:
@@ -134,7 +136,10 @@ class ModuleHost:
         self._record(name, data, at, "startup", Outcome.LOADED, begun)
         log.info(
             "loaded module %s (%d bytes, sha256 %s, %.1f ms)",
-            name, len(data), module.compiled.sha256[:12], (time.perf_counter() - begun) * 1000,
+            name,
+            len(data),
+            module.compiled.sha256[:12],
+            (time.perf_counter() - begun) * 1000,
         )
         return module
 
@@ -177,11 +182,12 @@ class ModuleHost:
                 raise RuntimeError("no modules folder: load_dir() first")
             source = read_file(self.directory / f"{name}.wasm")
         gate = self._gates.setdefault(name, SwapGate())
-        request: tuple[Source, str] | None = (source, trigger)
-        if not gate.request(request):
+        first: tuple[Source, str] = (source, trigger)
+        if not gate.request(first):
             log.info("swap %s (%s): coalesced into the swap already running", name, trigger)
             return None
         record = None
+        request: tuple[Source, str] | None = first
         while request is not None:
             try:
                 record = await self._apply(name, *request)
@@ -206,8 +212,9 @@ class ModuleHost:
             return await self._unload(name, trigger) if old is not None else None
         sha = hashlib.sha256(data).hexdigest()
         if old is not None and old.compiled.sha256 == sha:
-            log.debug("swap %s (%s): same bytes as the running version, nothing to do", name,
-                      trigger)
+            log.debug(
+                "swap %s (%s): same bytes as the running version, nothing to do", name, trigger
+            )
             return None
         begun, at = time.perf_counter(), time.time()
         path = self.directory / f"{name}.wasm" if self.directory else None
@@ -232,9 +239,7 @@ class ModuleHost:
         self._log_swap(name, old, sha, record)
         return record
 
-    async def _swap(
-        self, old: WasmModule, new: WasmModule
-    ) -> tuple[Outcome, int, str | None]:
+    async def _swap(self, old: WasmModule, new: WasmModule) -> tuple[Outcome, int, str | None]:
         name = new.name
         new.mailbox.hold()
         new.take_over(old)  # 2. cut over
@@ -247,12 +252,16 @@ class ModuleHost:
             log.warning(
                 "swap %s: old version still busy after the %.1f s drain timeout; "
                 "%d queued message(s) moved to the new version",
-                name, self.drain_timeout, len(moved),
+                name,
+                self.drain_timeout,
+                len(moved),
             )
         else:
             try:  # 4. hand over state
                 state = await old.call(old.save_state)
-                if state is not None and await new.call(lambda: new.restore_state(state), first=True):
+                if state is not None and await new.call(
+                    lambda: new.restore_state(state), first=True
+                ):
                     log.info("swap %s: handed over %d bytes of state", name, len(state))
             except GuestTrap as exc:
                 if exc.call == "save_state":
@@ -287,8 +296,12 @@ class ModuleHost:
         idle = await module.drain(self.drain_timeout)
         await module.close()
         record = VersionRecord(
-            sha256=module.compiled.sha256, size=module.compiled.size, at=at, trigger=trigger,
-            outcome=Outcome.UNLOADED, duration_ms=(time.perf_counter() - begun) * 1000,
+            sha256=module.compiled.sha256,
+            size=module.compiled.size,
+            at=at,
+            trigger=trigger,
+            outcome=Outcome.UNLOADED,
+            duration_ms=(time.perf_counter() - begun) * 1000,
             error=None if idle else "drain timed out",
         )
         self.histories.setdefault(name, ModuleHistory()).add(record)
@@ -296,12 +309,25 @@ class ModuleHost:
         return record
 
     def _record(
-        self, name: str, data: bytes, at: float, trigger: str, outcome: Outcome, begun: float,
-        *, held: int = 0, error: str | None = None,
+        self,
+        name: str,
+        data: bytes,
+        at: float,
+        trigger: str,
+        outcome: Outcome,
+        begun: float,
+        *,
+        held: int = 0,
+        error: str | None = None,
     ) -> VersionRecord:
         record = VersionRecord(
-            sha256=hashlib.sha256(data).hexdigest(), size=len(data), at=at, trigger=trigger,
-            outcome=outcome, duration_ms=(time.perf_counter() - begun) * 1000, held=held,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            at=at,
+            trigger=trigger,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            held=held,
             error=error,
         )
         self.histories.setdefault(name, ModuleHistory()).add(record, data)
@@ -311,8 +337,15 @@ class ModuleHost:
     def _log_swap(name: str, old: WasmModule | None, sha: str, record: VersionRecord) -> None:
         before = old.compiled.sha256[:8] if old is not None else "none"
         line = "swap %s %s -> %s (%s): %s in %.1f ms, %d held"
-        args = (name, before, sha[:8], record.trigger, record.outcome.value,
-                record.duration_ms, record.held)
+        args = (
+            name,
+            before,
+            sha[:8],
+            record.trigger,
+            record.outcome.value,
+            record.duration_ms,
+            record.held,
+        )
         if record.error:
             log.warning(line + ": %s", *args, record.error)
         else:
@@ -341,7 +374,9 @@ class ModuleHost:
             if not idle:
                 log.warning(
                     "module %s: drain timed out after %.1f s with %d message(s) queued",
-                    module.name, self.drain_timeout, module.mailbox.depth,
+                    module.name,
+                    self.drain_timeout,
+                    module.mailbox.depth,
                 )
         await asyncio.gather(*(m.close() for m in modules))
         self.modules.clear()

@@ -232,8 +232,9 @@ class WasmModule:
         except ModuleClosedError:  # already closed by a failed start
             pass
         except TimeoutError:
-            log.warning("module %r: still busy after %.1f s; abandoning its thread",
-                        self.name, timeout)
+            log.warning(
+                "module %r: still busy after %.1f s; abandoning its thread", self.name, timeout
+            )
         await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close, 0.5)
 
     def _close_guest(self) -> None:

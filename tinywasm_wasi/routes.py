@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.host import ModuleHost
 
 __all__ = ["add_module_routes", "add_static_routes"]
@@ -53,5 +54,42 @@ def add_module_routes(app: web.Application, host: ModuleHost, clients: Any) -> N
             }
         )
 
+    def known(request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in host.histories and name not in host.modules:
+            raise web.HTTPNotFound(text=f"no module named {name!r}: see GET /api/modules\n")
+        return name
+
+    async def history(request: web.Request) -> web.Response:
+        name = known(request)
+        records = host.histories[name].records if name in host.histories else []
+        return web.json_response({"name": name, "history": [r.to_json() for r in records]})
+
+    async def reload(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if host.directory is None or not (
+            name in host.modules or (host.directory / f"{name}.wasm").is_file()
+        ):
+            raise web.HTTPNotFound(text=f"no module file {name}.wasm in the modules folder\n")
+        record = await host.swap(name, "api")
+        return web.json_response(
+            {
+                "name": name,
+                "result": record.to_json() if record else None,
+                "note": None if record else "unchanged, or folded into a swap already running",
+            }
+        )
+
+    async def rollback(request: web.Request) -> web.Response:
+        name = known(request)
+        try:
+            record = await host.rollback(name)
+        except ModuleLoadError as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        return web.json_response({"name": name, "result": record.to_json() if record else None})
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/modules", list_modules)
+    app.router.add_get("/api/modules/{name}/history", history)
+    app.router.add_post("/api/modules/{name}/reload", reload)
+    app.router.add_post("/api/modules/{name}/rollback", rollback)

@@ -19,10 +19,12 @@ from aiohttp import web
 from bus import Bus
 from tinywasm_wasi.bridge import LoopBridge
 from tinywasm_wasi.config import Config
+from tinywasm_wasi.history import VersionRecord
 from tinywasm_wasi.host import ModuleHost
 from tinywasm_wasi.hub import Hub
 from tinywasm_wasi.routes import add_module_routes, add_static_routes
 from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.watcher import ModuleChange, ModuleWatcher
 
 __all__ = ["DefaultServer", "Server", "WasiServer", "run_until_signalled"]
 
@@ -118,6 +120,7 @@ class WasiServer(_HttpServer):
         )
         self._bridge: LoopBridge | None = None
         self._host: ModuleHost | None = None
+        self._watcher: ModuleWatcher | None = None
 
     @property
     def host(self) -> ModuleHost:
@@ -135,8 +138,14 @@ class WasiServer(_HttpServer):
             self._bridge.submit,
             mailbox_size=config.mailbox_size,
             drain_timeout=config.drain_timeout,
+            probation=config.swap_probation,
         )
         await self._host.load_dir(config.modules_dir)
+        if config.watch and config.modules_dir.is_dir():
+            self._watcher = ModuleWatcher(
+                config.modules_dir, self._on_file_change, debounce=config.watch_debounce
+            )
+            await self._watcher.start()
         app = web.Application()
         app.router.add_get("/ws", self.hub.handle)
         add_module_routes(app, self._host, lambda: self.hub.clients)
@@ -144,6 +153,8 @@ class WasiServer(_HttpServer):
         try:
             await self._serve(app)
         except BaseException:
+            if self._watcher is not None:
+                await self._watcher.close()
             await self._host.stop()
             raise
         log.info(
@@ -160,6 +171,8 @@ class WasiServer(_HttpServer):
         self._stopped = True
         log.info("closing")
         await self._stop_accepting()
+        if self._watcher is not None:
+            await self._watcher.close()
         if self._host is not None:
             await self._host.stop()
         await asyncio.sleep(0)  # let the bridge hand over the last broadcasts
@@ -167,6 +180,17 @@ class WasiServer(_HttpServer):
         await self._cleanup()
         self.bus.close()
         log.info("closed")
+
+    async def reload(self, name: str, trigger: str = "api") -> VersionRecord | None:
+        """Swap module `name` to the current bytes of its file (unload if it is gone).
+
+        Returns the record of the attempt, or None when nothing changed or the
+        request was folded into a swap already running.
+        """
+        return await self.host.swap(name, trigger)
+
+    def _on_file_change(self, change: ModuleChange) -> None:
+        self.host.schedule(change.name, "watcher")
 
 
 async def run_until_signalled(server: Server) -> None:

@@ -82,6 +82,15 @@ def _patterns(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(patterns))
 
 
+def _switch(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "on", "true", "yes"):
+        return True
+    if lowered in ("0", "off", "false", "no"):
+        return False
+    raise ValueError("expected on or off (also 1/0, true/false, yes/no)")
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in LOG_LEVELS:
@@ -140,6 +149,25 @@ SETTINGS = (
         _whole_number(1),
         "frames a WebSocket client may have queued before it is disconnected as slow",
     ),
+    _Setting(
+        "watch",
+        "on|off",
+        _switch,
+        "hot-swap a module when its .wasm in the modules folder is written, replaced "
+        "or deleted (--no-watch is --watch off)",
+    ),
+    _Setting(
+        "watch_debounce",
+        "SECONDS",
+        _seconds,
+        "quiet time a changed file must keep before it is loaded",
+    ),
+    _Setting(
+        "swap_probation",
+        "SECONDS",
+        _seconds,
+        "how long a swapped-in version is watched; a trap then rolls back to the old one",
+    ),
     _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
 )
 
@@ -182,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=help_text.replace("%", "%%"),  # argparse %-formats help strings
         )
+    parser.add_argument(
+        "--no-watch", dest="watch", action="store_const", const="off", help="same as --watch off"
+    )
     return parser
 
 
