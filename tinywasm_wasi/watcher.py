@@ -114,7 +114,8 @@ class ModuleWatcher:
         Args:
             directory: the modules folder. Only files directly in it are watched.
             on_change: called once per changed module, in name order, one at a time. It may
-                be a coroutine function. If it raises, the error is logged and watching goes on.
+                be a coroutine function; a plain function runs on the event loop, so it should
+                be quick. If it raises, the error is logged and watching goes on.
             debounce: seconds of quiet that end a burst of changes. A burst that never goes
                 quiet is cut after max(1.6, 10 * debounce) seconds.
 
@@ -172,6 +173,7 @@ class ModuleWatcher:
             await asyncio.wait({ready, reader}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             await self._shutdown()
+            self._reader = None
             raise
         if self._closed():  # close() ran while we waited
             raise RuntimeError(f"cannot start the watcher on {self._watched!r}: it is closed")
