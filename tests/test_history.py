@@ -24,8 +24,9 @@ def test_gate_finish_without_a_swap_is_an_error() -> None:
 
 
 def record(sha: str, outcome: Outcome) -> VersionRecord:
-    return VersionRecord(sha256=sha, size=1, at=0.0, trigger="api", outcome=outcome,
-                         duration_ms=1.0)
+    return VersionRecord(
+        sha256=sha, size=1, at=0.0, trigger="api", outcome=outcome, duration_ms=1.0
+    )
 
 
 def test_history_keeps_only_versions_that_served_for_rollback() -> None:

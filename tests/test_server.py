@@ -201,6 +201,7 @@ async def test_stop_drains_modules_then_closes_clients_with_1001(
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert msg.data == 1001  # the code the server sent (it does not wait for our reply)
     await server.stop()  # idempotent
+    assert server.hub.stats().frames_queued == 1  # drain() reached 0 once, not again
     messages = [r.getMessage() for r in caplog.records if r.name == "tinywasm.server"]
     assert messages.count("closing") == 1
     assert messages.count("closed") == 1

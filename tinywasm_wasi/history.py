@@ -36,7 +36,7 @@ class VersionRecord:
     at: float  # time.time() when the attempt started
     trigger: str  # "startup", "watcher", "api", "rollback", "delete"
     outcome: Outcome
-    duration_ms: float
+    duration_ms: float  # until the new version served (probation not included)
     held: int = 0  # messages held in the new version's mailbox during cut-over
     error: str | None = None
 

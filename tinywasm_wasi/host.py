@@ -232,14 +232,19 @@ class ModuleHost:
             new.release()
             record = self._record(name, data, at, trigger, Outcome.LOADED, begun)
         else:
-            outcome, held, error = await self._swap(old, new)
-            record = self._record(name, data, at, trigger, outcome, begun, held=held, error=error)
+            outcome, held, error, serving = await self._swap(old, new)
+            record = self._record(
+                name, data, at, trigger, outcome, begun, held=held, error=error, until=serving
+            )
             if outcome is Outcome.ROLLED_BACK:
                 self.refused[name] = error or "rolled back"
         self._log_swap(name, old, sha, record)
         return record
 
-    async def _swap(self, old: WasmModule, new: WasmModule) -> tuple[Outcome, int, str | None]:
+    async def _swap(
+        self, old: WasmModule, new: WasmModule
+    ) -> tuple[Outcome, int, str | None, float]:
+        """Steps 2-5; returns (outcome, messages held, error, perf_counter when it opened)."""
         name = new.name
         new.mailbox.hold()
         new.take_over(old)  # 2. cut over
@@ -268,15 +273,16 @@ class ModuleHost:
                     log.warning("swap %s: state not handed over: %s", name, exc)
                 else:
                     await self._roll_back(old, new)
-                    return Outcome.ROLLED_BACK, 0, str(exc)
+                    return Outcome.ROLLED_BACK, 0, str(exc), time.perf_counter()
         held = new.mailbox.depth
         new.release()  # 5. open, on probation
+        opened = time.perf_counter()
         failure = await new.probation(self.probation)
         if failure is not None and outcome is Outcome.SWAPPED:
             await self._roll_back(old, new)
-            return Outcome.ROLLED_BACK, held, failure
+            return Outcome.ROLLED_BACK, held, failure, opened
         await old.close()
-        return outcome, held, None
+        return outcome, held, None, opened
 
     async def _roll_back(self, old: WasmModule, new: WasmModule) -> None:
         """The old version takes back its subscriptions and the new one's queued messages."""
@@ -319,14 +325,17 @@ class ModuleHost:
         *,
         held: int = 0,
         error: str | None = None,
+        until: float | None = None,
     ) -> VersionRecord:
+        """Record an attempt; its duration runs from `begun` to `until` (default: now)."""
+        end = time.perf_counter() if until is None else until
         record = VersionRecord(
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
             at=at,
             trigger=trigger,
             outcome=outcome,
-            duration_ms=(time.perf_counter() - begun) * 1000,
+            duration_ms=(end - begun) * 1000,
             held=held,
             error=error,
         )

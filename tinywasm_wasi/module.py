@@ -180,7 +180,8 @@ class WasmModule:
             if not await loop.run_in_executor(None, self.mailbox.wait_idle, left):
                 return False
             wait_ms = await self.call(self._guest_drain) if self._guest else 0
-            if wait_ms == 0 and self.mailbox.idle:
+            # depth, not idle: our own drain call may still count as running.
+            if wait_ms == 0 and self.mailbox.depth == 0:
                 return True
             await asyncio.sleep(min(wait_ms / 1000, max(0.0, deadline - time.monotonic())))
 
