@@ -13,6 +13,7 @@ import wasmtime
 
 from tests.conftest import Broadcasts, HostFactory
 from tests.wat import guest
+from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.history import Outcome
 
 pytestmark = pytest.mark.timeout(120)
@@ -274,3 +275,21 @@ async def test_rollback_returns_to_the_previous_good_version(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("swap relay")]
     assert lines[-1].startswith("swap relay ") and "(rollback): swapped in" in lines[-1]
     assert first_sha[:8] in lines[-1]
+
+
+async def test_rollback_steps_back_through_good_versions_then_says_there_is_none(
+    tmp_path: Path, make_host: HostFactory
+) -> None:
+    (tmp_path / "relay.wasm").write_bytes(relay(0))
+    host = await make_host(tmp_path)
+    host.probation = 0.01
+    shas = [host.modules["relay"].compiled.sha256]
+    for n in (1, 2):
+        await host.swap("relay", "api", lambda n=n: relay(n))
+        shas.append(host.modules["relay"].compiled.sha256)
+    await host.rollback("relay")
+    assert host.modules["relay"].compiled.sha256 == shas[1]
+    await host.rollback("relay")
+    assert host.modules["relay"].compiled.sha256 == shas[0]
+    with pytest.raises(ModuleLoadError, match="no previous good version"):
+        await host.rollback("relay")

@@ -203,6 +203,9 @@ class ModuleHost:
         if previous is None:
             raise ModuleLoadError(f"module {name!r} has no previous good version to return to")
         data = previous[1]
+        assert history is not None
+        # Step back rather than toggle: the version rolled away from stops being a target.
+        history.forget_current()
         return await self.swap(name, "rollback", lambda: data)
 
     async def _apply(self, name: str, source: Source, trigger: str) -> VersionRecord | None:

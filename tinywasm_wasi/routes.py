@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +27,7 @@ def add_static_routes(app: web.Application, web_dir: Path) -> None:
         app.router.add_static("/static/", web_dir, show_index=False)
 
 
-def add_module_routes(app: web.Application, host: ModuleHost, clients: Any) -> None:
+def add_module_routes(app: web.Application, host: ModuleHost, clients: Callable[[], int]) -> None:
     """`/healthz` and `GET /api/modules`. `clients()` returns the WebSocket client count."""
 
     async def healthz(_request: web.Request) -> web.Response:
