@@ -48,6 +48,33 @@ VALUES = [
     ("--swap-probation", "TINYWASM_SWAP_PROBATION", "2", "swap_probation", 2.0),
     ("--log-level", "TINYWASM_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "16MiB", "memory_limit", 16 * 1024 * 1024),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "65536", "memory_limit", 65536),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "1.5 KiB", "memory_limit", 1536),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "2g", "memory_limit", 2 * 1024**3),
+    ("--call-timeout", "TINYWASM_CALL_TIMEOUT", "0.5", "call_timeout", 0.5),
+    ("--max-module-size", "TINYWASM_MAX_MODULE_SIZE", "4MiB", "max_module_size", 4 * 1024**2),
+    ("--max-payload", "TINYWASM_MAX_PAYLOAD", "64KiB", "max_payload", 65536),
+    ("--quarantine-traps", "TINYWASM_QUARANTINE_TRAPS", "3", "quarantine_traps", 3),
+    ("--quarantine-window", "TINYWASM_QUARANTINE_WINDOW", "2.5", "quarantine_window", 2.5),
+    ("--quarantine-backoff", "TINYWASM_QUARANTINE_BACKOFF", "1", "quarantine_backoff", 1.0),
+    ("--cache-dir", "TINYWASM_CACHE_DIR", "/var/cache/tw", "cache_dir", Path("/var/cache/tw")),
+    ("--cache-dir", "TINYWASM_CACHE_DIR", "off", "cache_dir", None),
+    ("--ws-max-frame", "TINYWASM_WS_MAX_FRAME", "4KiB", "ws_max_frame", 4096),
+    ("--ws-queue-bytes", "TINYWASM_WS_QUEUE_BYTES", "1MiB", "ws_queue_bytes", 1024**2),
+    ("--ws-rate-limit", "TINYWASM_WS_RATE_LIMIT", "0", "ws_rate_limit", 0.0),
+    ("--ws-rate-limit", "TINYWASM_WS_RATE_LIMIT", "25.5", "ws_rate_limit", 25.5),
+    (
+        "--ws-origins",
+        "TINYWASM_WS_ORIGINS",
+        "https://a.example, http://localhost:8080/",
+        "ws_origins",
+        ("https://a.example", "http://localhost:8080"),
+    ),
+    ("--ws-origins", "TINYWASM_WS_ORIGINS", "*", "ws_origins", ("*",)),
+    ("--ws-origins", "TINYWASM_WS_ORIGINS", "", "ws_origins", ()),
+    ("--admin-token", "TINYWASM_ADMIN_TOKEN", "s3cret-token", "admin_token", "s3cret-token"),
+    ("--http-max-body", "TINYWASM_HTTP_MAX_BODY", "2MiB", "http_max_body", 2 * 1024**2),
 ]
 
 # A valid value for each variable that differs from every value in VALUES.
@@ -64,6 +91,20 @@ OTHER = {
     "TINYWASM_WATCH_DEBOUNCE": "7",
     "TINYWASM_SWAP_PROBATION": "7",
     "TINYWASM_LOG_LEVEL": "ERROR",
+    "TINYWASM_MEMORY_LIMIT": "7MiB",
+    "TINYWASM_CALL_TIMEOUT": "7",
+    "TINYWASM_MAX_MODULE_SIZE": "7MiB",
+    "TINYWASM_MAX_PAYLOAD": "7KiB",
+    "TINYWASM_QUARANTINE_TRAPS": "7",
+    "TINYWASM_QUARANTINE_WINDOW": "7",
+    "TINYWASM_QUARANTINE_BACKOFF": "7",
+    "TINYWASM_CACHE_DIR": "/elsewhere",
+    "TINYWASM_WS_MAX_FRAME": "7KiB",
+    "TINYWASM_WS_QUEUE_BYTES": "7KiB",
+    "TINYWASM_WS_RATE_LIMIT": "7",
+    "TINYWASM_WS_ORIGINS": "https://other.example",
+    "TINYWASM_ADMIN_TOKEN": "other-token",
+    "TINYWASM_HTTP_MAX_BODY": "7KiB",
 }
 
 FLAGS = sorted({row[0] for row in VALUES})
@@ -103,9 +144,9 @@ def test_defaults_when_neither_flag_nor_env() -> None:
     assert parse_config([], {"HOME": "/root", "TINYWASM_UNKNOWN": "x"}) == Config()
 
 
-def test_empty_variable_counts_as_unset_except_ws_inbound() -> None:
+def test_empty_variable_counts_as_unset_except_ws_inbound_and_origins() -> None:
     env = dict.fromkeys(VARIABLES, "")
-    assert parse_config([], env) == Config(ws_inbound=())
+    assert parse_config([], env) == Config(ws_inbound=(), ws_origins=())
 
 
 def test_settings_combine() -> None:
@@ -137,6 +178,13 @@ BAD_VALUES = [
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "lots", "expected a whole number of at least 1"),
     ("--ws-queue-size", "TINYWASM_WS_QUEUE_SIZE", "-5", "expected a whole number of at least 1"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "loud", "expected one of DEBUG, INFO, WARNING"),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "lots", "expected a size in bytes"),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "0", "expected a size in bytes"),
+    ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "5 parsecs", "expected a size in bytes"),
+    ("--call-timeout", "TINYWASM_CALL_TIMEOUT", "0", "more than zero"),
+    ("--ws-rate-limit", "TINYWASM_WS_RATE_LIMIT", "-1", "expected frames per second"),
+    ("--ws-origins", "TINYWASM_WS_ORIGINS", "example.com", "is not an origin"),
+    ("--quarantine-traps", "TINYWASM_QUARANTINE_TRAPS", "0", "expected a whole number"),
 ]
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODULES_DIR", "DEFAULT_WEB_DIR", "Config"]
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_MODULES_DIR", "DEFAULT_WEB_DIR", "Config", "KiB", "MiB"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODULES_DIR = _ROOT / "modules" / "dist"
 DEFAULT_WEB_DIR = _ROOT / "web"
+DEFAULT_CACHE_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinywasm-wasi"
+)
+KiB = 1024
+MiB = 1024 * KiB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +41,37 @@ class Config:
     swap_probation: float = 0.5
     log_level: str = "INFO"
 
+    # -- limits per module (docs/security.md); `limits.toml` in modules_dir overrides per module
+    # Linear memory a module may grow to; beyond it memory.grow fails in the guest.
+    memory_limit: int = 64 * MiB
+    # Wall-clock deadline for one call into a module (init, on_message, handle, drain...).
+    call_timeout: float = 0.1
+    # Largest .wasm file loaded.
+    max_module_size: int = 16 * MiB
+    # Largest payload a module may publish or broadcast.
+    max_payload: int = 1 * MiB
+    # Traps within quarantine_window seconds that put a module in quarantine.
+    quarantine_traps: int = 5
+    quarantine_window: float = 10.0
+    # First wait before a quarantined module is retried with a fresh instance (doubles, max 5 min).
+    quarantine_backoff: float = 5.0
+    # Folder for compiled modules (keyed by sha256, wasmtime version, engine settings); None: off.
+    cache_dir: Path | None = DEFAULT_CACHE_DIR
+
+    # -- untrusted clients
+    # Largest WebSocket frame a client may send.
+    ws_max_frame: int = 1 * MiB
+    # Bytes a WebSocket client may have queued before it is disconnected as slow.
+    ws_queue_bytes: int = 8 * MiB
+    # Frames per second one WebSocket connection may send (0: no limit).
+    ws_rate_limit: float = 100.0
+    # Origins allowed to open /ws; empty: the server's own origin (and clients that send none).
+    ws_origins: tuple[str, ...] = ()
+    # Token for admin endpoints (reload, rollback); None: only loopback clients may call them.
+    admin_token: str | None = None
+    # Largest HTTP request body passed to a module, and largest full-mode response body.
+    http_max_body: int = 1 * MiB
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range: use 0 to 65535")
@@ -46,3 +83,16 @@ class Config:
             raise ValueError("mailbox_size must be at least 1")
         if self.ws_queue_size < 1:
             raise ValueError("ws_queue_size must be at least 1")
+        for field in ("memory_limit", "max_module_size", "max_payload", "ws_max_frame"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be at least 1 byte")
+        if self.ws_queue_bytes < 1 or self.http_max_body < 1:
+            raise ValueError("ws_queue_bytes and http_max_body must be at least 1 byte")
+        if self.call_timeout <= 0:
+            raise ValueError("call_timeout must be more than zero seconds, e.g. 0.1")
+        if self.quarantine_traps < 1:
+            raise ValueError("quarantine_traps must be at least 1")
+        if self.quarantine_window < 0 or self.quarantine_backoff < 0 or self.ws_rate_limit < 0:
+            raise ValueError(
+                "quarantine_window, quarantine_backoff and ws_rate_limit must be zero or more"
+            )

@@ -70,6 +70,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError("expected a number of seconds more than zero, e.g. 0.1")
+    return seconds
+
+
 def _patterns(value: str) -> tuple[str, ...]:
     if not value.strip():
         return ()
@@ -80,6 +87,58 @@ def _patterns(value: str) -> tuple[str, ...]:
         except TopicError as exc:
             raise ValueError(f"{exc} (separate patterns with commas)") from None
     return tuple(dict.fromkeys(patterns))
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
+
+
+def _size(value: str) -> int:
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("bgikm")
+    unit = text[len(number) :]
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        size = 0
+    if size < 1:
+        raise ValueError("expected a size in bytes, e.g. 65536, 64KiB or 16MiB")
+    return size
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate < 0:
+        raise ValueError("expected frames per second, zero (no limit) or more, e.g. 100")
+    return rate
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ValueError(
+                f"{origin!r} is not an origin: use scheme://host[:port], e.g. "
+                "https://example.com, or * for any"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
+def _optional_path(value: str) -> Path | None:
+    if value.strip().lower() in ("off", "none"):
+        return None
+    return _path(value)
 
 
 def _switch(value: str) -> bool:
@@ -169,6 +228,72 @@ SETTINGS = (
         "how long a swapped-in version is watched; a trap then rolls back to the old one",
     ),
     _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
+    _Setting(
+        "memory_limit",
+        "SIZE",
+        _size,
+        "linear memory a module may grow to (e.g. 64MiB); beyond it memory.grow fails",
+    ),
+    _Setting(
+        "call_timeout",
+        "SECONDS",
+        _positive_seconds,
+        "deadline for one call into a module (init, on_message, handle, drain...)",
+    ),
+    _Setting("max_module_size", "SIZE", _size, "largest .wasm file loaded"),
+    _Setting("max_payload", "SIZE", _size, "largest payload a module may publish or broadcast"),
+    _Setting(
+        "quarantine_traps",
+        "N",
+        _whole_number(1),
+        "traps within --quarantine-window seconds that put a module in quarantine",
+    ),
+    _Setting("quarantine_window", "SECONDS", _seconds, "window over which traps are counted"),
+    _Setting(
+        "quarantine_backoff",
+        "SECONDS",
+        _seconds,
+        "first wait before a quarantined module is retried (doubles each time, at most 5 min)",
+    ),
+    _Setting(
+        "cache_dir",
+        "DIR|off",
+        _optional_path,
+        "folder for compiled modules, so restarts and swaps skip compiling; off disables it",
+    ),
+    _Setting("ws_max_frame", "SIZE", _size, "largest WebSocket frame a client may send"),
+    _Setting(
+        "ws_queue_bytes",
+        "SIZE",
+        _size,
+        "bytes a WebSocket client may have queued before it is disconnected as slow",
+    ),
+    _Setting(
+        "ws_rate_limit",
+        "PER_SECOND",
+        _rate,
+        "frames per second one WebSocket connection may send; 0 turns the limit off",
+    ),
+    _Setting(
+        "ws_origins",
+        "ORIGINS",
+        _origins,
+        "comma-separated origins allowed to open /ws, or *; empty means the server's own "
+        "origin only (clients that send no Origin header are allowed)",
+        empty_is_value=True,
+    ),
+    _Setting(
+        "admin_token",
+        "TOKEN",
+        _text,
+        "token for admin endpoints (Authorization: Bearer TOKEN); unset: loopback clients only",
+    ),
+    _Setting(
+        "http_max_body",
+        "SIZE",
+        _size,
+        "largest HTTP request body passed to a module and largest full-mode response body",
+    ),
 )
 
 _EPILOG = f"""\
