@@ -140,6 +140,9 @@ def _instantiate(
             linker.define_func(HOST_MODULE, name, ty, publish, access_caller=True)
         else:
             linker.define_func(HOST_MODULE, name, ty, ignore)
+    # The same engine settings as the server's (epoch interruption on); one far deadline
+    # here, where the server sets one per call.
+    store.set_epoch_deadline(1 << 40)
     instance = linker.instantiate(store, wasmtime.Module(engine, wasm))
     exports = instance.exports(store)
     memory = exports["memory"]

@@ -527,7 +527,7 @@ async def test_drain_export_is_polled_until_it_returns_zero(
     host = await make_host(tmp_path)
     module = host.modules["busy"]
     assert await module.drain(timeout=2.0) is True
-    assert await module.call(lambda: module._guest._funcs["left"](module._guest._store)) == 0
+    assert await module.call(lambda: module._guest.call("left")) == 0
 
 
 async def test_drain_gives_up_at_the_timeout(tmp_path: Path, make_host: HostFactory) -> None:

@@ -138,7 +138,7 @@ async def test_requests_during_a_swap_coalesce_into_exactly_one_follow_up(
         ("watcher", Outcome.SWAPPED),
     ]
     version = host.modules["relay"]
-    assert await version.call(lambda: version._guest._funcs["version"](version._guest._store)) == 7
+    assert await version.call(lambda: version._guest.call("version")) == 7
 
 
 async def test_a_drain_that_never_ends_times_out_with_a_warning_and_the_swap_goes_on(

@@ -54,6 +54,8 @@ EXPORT_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "drain": ((), ("i32",)),
     "save_state": ((), ("i64",)),
     "restore_state": (("i32",) * 2, ()),
+    "handle": (("i32",) * 2, ("i32",)),
+    "handle_http": (("i32",) * 2, ("i64",)),
 }
 
 _VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
@@ -72,6 +74,7 @@ class ModuleInterface:
     has_free: bool
     has_drain: bool
     has_state: tuple[bool, bool]  # (save_state, restore_state) exported
+    http: str | None = None  # "handle_http" (full mode), "handle" (compat mode) or None
 
 
 def _is_i32s(types: list[wasmtime.ValType], count: int) -> bool:
@@ -153,4 +156,9 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         has_free="free" in exports,
         has_drain="drain" in exports,
         has_state=("save_state" in exports, "restore_state" in exports),
+        http="handle_http"
+        if "handle_http" in exports
+        else "handle"
+        if "handle" in exports
+        else None,
     )

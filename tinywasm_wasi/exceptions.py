@@ -6,7 +6,8 @@ Hierarchy::
     ├── ModuleLoadError       a .wasm file cannot become a running module
     │   └── UnknownImportError    it imports a function the host does not provide
     ├── GuestError            a call into a running module failed
-    │   └── GuestTrap             the guest trapped (trap code and message attached)
+    │   ├── GuestTrap             the guest trapped (trap code and message attached)
+    │   └── MailboxFullError      the module's mailbox is full; retry later
     └── ModuleClosedError     a module was used after it was closed
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "GuestError",
     "GuestTrap",
+    "MailboxFullError",
     "ModuleClosedError",
     "ModuleLoadError",
     "TinywasmError",
@@ -47,6 +49,10 @@ class GuestTrap(GuestError):
         self.code = code
         label = f" [{code}]" if code else ""
         super().__init__(f"module {module!r} trapped in {call}(){label}: {message}")
+
+
+class MailboxFullError(GuestError):
+    """The module's mailbox is full: the request was refused, not queued; retry later."""
 
 
 class ModuleClosedError(TinywasmError, RuntimeError):

@@ -9,6 +9,10 @@ Host functions validate every pointer and length against the guest's memory.
 A bad one traps the guest call; the message is recorded on the Guest first,
 because wasmtime-py passes host exceptions through a process-wide global that
 another thread may overwrite.
+
+Limits (`Limits`): the store caps linear memory (``memory.grow`` returns -1
+past it), and every call gets an epoch deadline `call_timeout` ahead, so a
+runaway call traps with INTERRUPT (see runtime.py for the epoch clock).
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ from typing import Any, Protocol
 
 import wasmtime
 
+from bus import MAX_TOPIC_BYTES
 from tinywasm_wasi.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
-from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError
+from tinywasm_wasi.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
+from tinywasm_wasi.runtime import deadline_ticks
 
 __all__ = ["Guest", "GuestEffects"]
 
 log = logging.getLogger("tinywasm.guest")
 
 U32 = 0xFFFFFFFF
-MAX_LOG_LINE = 4096
+U64 = 0xFFFFFFFFFFFFFFFF
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
 ERRNO_FAULT = 21
@@ -43,6 +50,7 @@ class GuestEffects(Protocol):
     def subscribe(self, pattern: bytes) -> None: ...
     def unsubscribe(self, pattern: bytes) -> None: ...
     def log(self, line: str, *, stream: str) -> None: ...
+    def refuse(self, call: str, reason: str) -> None: ...
 
 
 class _HostFault(wasmtime.Trap):
@@ -59,19 +67,29 @@ class Guest:
         module: wasmtime.Module,
         interface: ModuleInterface,
         effects: GuestEffects,
+        limits: Limits | None = None,
     ) -> None:
         self.name = name
         self.interface = interface
+        self.limits = limits = limits or Limits()
         self._effects = effects
         self._fault: str | None = None
         self._partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+        self._ticks = deadline_ticks(limits.call_timeout)
         self._store: wasmtime.Store | None = wasmtime.Store(engine)
         self._store.set_wasi(wasmtime.WasiConfig())  # empty: no dirs, env or args
+        self._store.set_limits(memory_size=limits.memory_limit, instances=1, memories=1)
         linker = self._linker(engine)
         try:
+            self._store.set_epoch_deadline(self._ticks)  # covers a start function
             instance = linker.instantiate(self._store, module)
         except wasmtime.Trap as exc:
             raise self._trap("start", exc) from None
+        except wasmtime.WasmtimeError as exc:
+            reason = " ".join(str(exc).strip().splitlines()[:2])
+            if "memory" in reason and "limit" in reason.lower():
+                reason += f" (its initial memory is over the {limits.memory_limit} byte limit)"
+            raise ModuleLoadError(f"cannot instantiate: {reason}") from None
         exports = instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)  # inspect_module checked it
@@ -89,12 +107,12 @@ class Guest:
         entry = self.interface.entry
         if entry is not None:
             try:
-                self._call(entry)
+                self.call(entry)
             except GuestTrap as exc:
                 if exc.code != "exit 0":
                     raise
         if self.interface.has_init:
-            self._call("init")
+            self.call("init")
 
     def deliver(self, topic: str, payload: bytes) -> None:
         """Hand one message to the guest's handler, through guest memory."""
@@ -116,48 +134,102 @@ class Guest:
         if handler == "on_topic_message":
             tbytes = topic.encode()
             ptr = self._place(tbytes + payload)
-            self._call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
+            self.call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
         else:
             ptr = self._place(payload)
-            self._call(handler, ptr, len(payload))
+            self.call(handler, ptr, len(payload))
         if self.interface.has_free:
-            self._call("free", ptr)
+            self.call("free", ptr)
 
     def drain(self) -> int:
         """Milliseconds the guest asks to wait before it is idle (0 = idle or no export)."""
         if not self.interface.has_drain:
             return 0
-        result = self._call("drain")
+        result = self.call("drain")
         return max(0, int(result))
 
     def save_state(self) -> bytes | None:
         """The bytes `save_state()` points at (pointer high 32 bits, length low), or None."""
         if not self.interface.has_state[0]:
             return None
-        packed = int(self._call("save_state")) & 0xFFFFFFFFFFFFFFFF
-        ptr, length = packed >> 32, packed & U32
-        store = self._store
-        assert store is not None
-        size = self._memory.data_len(store)
-        if ptr + length > size:
-            raise GuestTrap(
-                self.name,
-                "save_state",
-                f"returned {ptr:#x}+{length}, outside its memory ({size} bytes)",
-                "host fault",
-            )
-        base = ctypes.addressof(self._memory.data_ptr(store).contents)
-        return ctypes.string_at(base + ptr, length)
+        packed = int(self.call("save_state")) & U64
+        return self.read("save_state", packed >> 32, packed & U32, self.limits.memory_limit)
 
     def restore_state(self, data: bytes) -> bool:
         """Hand `data` to `restore_state(ptr, len)`; False if the guest does not export it."""
         if not self.interface.has_state[1] or self.interface.allocator is None:
             return False
         ptr = self._place(data)
-        self._call("restore_state", ptr, len(data))
+        self.call("restore_state", ptr, len(data))
         if self.interface.has_free:
-            self._call("free", ptr)
+            self.call("free", ptr)
         return True
+
+    def http(self, export: str, request: bytes, limit: int) -> bytes | None:
+        """Call `handle` or `handle_http` with `request` placed in guest memory.
+
+        `handle` returns a pointer to a NUL-terminated body (at most 64 KiB);
+        `handle_http` returns ``ptr << 32 | len`` of a response of at most
+        `limit` bytes. A 0 result means no response (None).
+        """
+        if self.interface.allocator is None:
+            raise GuestTrap(
+                self.name,
+                export,
+                "it exports no malloc or alloc, so the host cannot place the request in its memory",
+                None,
+            )
+        ptr = self._place(request)
+        result = int(self.call(export, ptr, len(request)))
+        if export == "handle":
+            body = None if result & U32 == 0 else self._read_cstring(export, result & U32)
+        else:
+            packed = result & U64
+            body = None if packed == 0 else self.read(export, packed >> 32, packed & U32, limit)
+        if self.interface.has_free:
+            self.call("free", ptr)
+        return body
+
+    def read(self, call: str, ptr: int, length: int, limit: int) -> bytes:
+        """`length` bytes at `ptr` returned by `call`; GuestTrap if outside memory or too long."""
+        if length > limit:
+            raise GuestTrap(
+                self.name, call, f"returned {length} bytes, over the {limit} byte limit", None
+            )
+        store = self._store
+        assert store is not None
+        size = self._memory.data_len(store)
+        if ptr + length > size:
+            raise GuestTrap(
+                self.name,
+                call,
+                f"returned {ptr:#x}+{length}, outside its memory ({size} bytes)",
+                "host fault",
+            )
+        base = ctypes.addressof(self._memory.data_ptr(store).contents)
+        return ctypes.string_at(base + ptr, length)
+
+    def _read_cstring(self, call: str, ptr: int) -> bytes:
+        store = self._store
+        assert store is not None
+        size = self._memory.data_len(store)
+        if ptr >= size:
+            raise GuestTrap(
+                self.name, call, f"returned {ptr:#x}, outside its memory ({size} bytes)", None
+            )
+        base = ctypes.addressof(self._memory.data_ptr(store).contents)
+        window = ctypes.string_at(base + ptr, min(COMPAT_RESPONSE_CAP + 1, size - ptr))
+        end = window.find(b"\0")
+        if end < 0:
+            raise GuestTrap(
+                self.name,
+                call,
+                f"returned a body with no NUL within {COMPAT_RESPONSE_CAP} bytes "
+                "(compat responses are NUL-terminated text of at most 64 KiB; "
+                "export handle_http for larger bodies)",
+                None,
+            )
+        return window[:end]
 
     def close(self) -> None:
         """Release the store; flush a partial output line. Safe to call twice."""
@@ -174,12 +246,14 @@ class Guest:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _call(self, export: str, *args: int) -> Any:
+    def call(self, export: str, *args: int) -> Any:
+        """Call export `export` with a fresh deadline; traps come back as GuestTrap."""
         store = self._store
         if store is None:
             raise ModuleClosedError(f"cannot call {export}() of module {self.name!r}: it is closed")
         self._fault = None
         try:
+            store.set_epoch_deadline(self._ticks)
             return self._funcs[export](store, *args)
         except wasmtime.ExitTrap as exc:
             raise GuestTrap(
@@ -195,12 +269,17 @@ class Guest:
             return GuestTrap(self.name, call, self._fault, "host fault")
         code = exc.trap_code
         first = str(exc).splitlines()[0] if str(exc) else "trap"
+        if code is wasmtime.TrapCode.INTERRUPT:
+            first = (
+                f"interrupted: ran past its {self.limits.call_timeout * 1000:g} ms deadline "
+                "(raise call_timeout for this module in limits.toml, or make the call shorter)"
+            )
         return GuestTrap(self.name, call, first, code.name if code is not None else None)
 
     def _place(self, data: bytes) -> int:
         allocator = self.interface.allocator
         assert allocator is not None
-        ptr = int(self._call(allocator, max(1, len(data)))) & U32
+        ptr = int(self.call(allocator, max(1, len(data)))) & U32
         if ptr == 0:
             raise GuestTrap(self.name, allocator, f"returned 0 for {len(data)} bytes", None)
         store = self._store
@@ -212,21 +291,25 @@ class Guest:
             ctypes.memmove(base + ptr, data, len(data))
         return ptr
 
-    def _read(self, caller: wasmtime.Caller, func: str, what: str, ptr: int, length: int) -> bytes:
+    def _check(self, caller: wasmtime.Caller, func: str, what: str, ptr: int, length: int) -> None:
+        """Trap the guest unless `ptr`..`ptr+length` lies inside its memory."""
         ptr &= U32
         length &= U32
-        memory = self._memory_of(caller)
-        size = memory.data_len(caller)
+        size = self._memory_of(caller).data_len(caller)
         if ptr + length > size:
             self._fault = (
                 f"{func}: {what} at {ptr:#x} with length {length} is outside guest memory "
                 f"({size} bytes)"
             )
             raise _HostFault(self._fault)
+
+    def _read(self, caller: wasmtime.Caller, func: str, what: str, ptr: int, length: int) -> bytes:
+        self._check(caller, func, what, ptr, length)
+        length &= U32
         if length == 0:
             return b""
-        base = ctypes.addressof(memory.data_ptr(caller).contents)
-        return ctypes.string_at(base + ptr, length)
+        base = ctypes.addressof(self._memory_of(caller).data_ptr(caller).contents)
+        return ctypes.string_at(base + (ptr & U32), length)
 
     def _memory_of(self, caller: wasmtime.Caller) -> wasmtime.Memory:
         memory = getattr(self, "_memory", None) or caller.get("memory")
@@ -242,22 +325,44 @@ class Guest:
         i32 = wasmtime.ValType.i32()
         effects = self._effects
         read = self._read
+        max_payload = self.limits.max_payload
+
+        def fits(c: wasmtime.Caller, call: str, tp: int, tl: int, pp: int = 0, pl: int = 0) -> bool:
+            # Pointers are checked first (a bad one traps); caps before copying anything.
+            self._check(c, call, "topic", tp, tl)
+            self._check(c, call, "payload", pp, pl)
+            if tl & U32 > MAX_TOPIC_BYTES:
+                effects.refuse(call, f"topic of {tl & U32} bytes (the limit is {MAX_TOPIC_BYTES})")
+                return False
+            if pl & U32 > max_payload:
+                effects.refuse(
+                    call,
+                    f"payload of {pl & U32} bytes (the limit is {max_payload}; "
+                    "raise max_payload for this module in limits.toml)",
+                )
+                return False
+            return True
 
         def publish(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
-            effects.publish(
-                read(c, "publish", "topic", tp, tl), read(c, "publish", "payload", pp, pl)
-            )
+            if fits(c, "publish", tp, tl, pp, pl):
+                effects.publish(
+                    read(c, "publish", "topic", tp, tl), read(c, "publish", "payload", pp, pl)
+                )
 
         def ws_broadcast(c: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
-            effects.broadcast(
-                read(c, "ws_broadcast", "topic", tp, tl), read(c, "ws_broadcast", "payload", pp, pl)
-            )
+            if fits(c, "ws_broadcast", tp, tl, pp, pl):
+                effects.broadcast(
+                    read(c, "ws_broadcast", "topic", tp, tl),
+                    read(c, "ws_broadcast", "payload", pp, pl),
+                )
 
         def subscribe(c: wasmtime.Caller, tp: int, tl: int, _handler_idx: int) -> None:
-            effects.subscribe(read(c, "subscribe", "topic", tp, tl))
+            if fits(c, "subscribe", tp, tl):
+                effects.subscribe(read(c, "subscribe", "topic", tp, tl))
 
         def unsubscribe(c: wasmtime.Caller, tp: int, tl: int) -> None:
-            effects.unsubscribe(read(c, "unsubscribe", "topic", tp, tl))
+            if fits(c, "unsubscribe", tp, tl):
+                effects.unsubscribe(read(c, "unsubscribe", "topic", tp, tl))
 
         def log_(c: wasmtime.Caller, mp: int, ml: int) -> None:
             data = read(c, "log", "message", mp, min(ml & U32, MAX_LOG_LINE))

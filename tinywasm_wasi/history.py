@@ -25,6 +25,7 @@ class Outcome(enum.Enum):
     REFUSED = "refused"  # the new version failed to stage; the old one kept serving
     ROLLED_BACK = "rolled back"  # the new version failed after cut-over; the old one resumed
     UNLOADED = "unloaded"
+    QUARANTINED = "quarantined"  # it kept trapping: taken out of service until a retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class VersionRecord:
     sha256: str
     size: int
     at: float  # time.time() when the attempt started
-    trigger: str  # "startup", "watcher", "api", "rollback", "delete"
+    trigger: str  # "startup", "watcher", "api", "rollback", "delete", "quarantine", "retry"
     outcome: Outcome
     duration_ms: float  # until the new version served (probation not included)
     held: int = 0  # messages held in the new version's mailbox during cut-over

@@ -19,6 +19,11 @@ A swap replaces a running version without losing or duplicating a message:
    has survived the probation window. A trap in `restore_state` or during
    probation rolls back: the old version takes its subscriptions back, and the
    new version's queued messages (the failed one first) move to the old one.
+
+HTTP requests travel through mailboxes with the messages, so the same steps
+answer each request exactly once. A module that keeps trapping is quarantined
+(`quarantine.py`): taken out of service through the same per-name gate as a
+swap, then retried with a fresh instance after a backoff.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from pathlib import Path
 from bus import Bus
 from tinywasm_wasi.exceptions import GuestTrap, ModuleLoadError, TinywasmError
 from tinywasm_wasi.history import ModuleHistory, Outcome, SwapGate, VersionRecord
+from tinywasm_wasi.limits import Limits, LimitsError, load_overrides
 from tinywasm_wasi.module import Broadcast, ModuleState, WasmModule
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.quarantine import Quarantine, next_backoff
+from tinywasm_wasi.rules import ModuleFileName, RuleError, load_rule_txt, parse_file_name
+from tinywasm_wasi.runtime import CompiledModule, Runtime
 
 __all__ = ["ModuleHost", "is_module_file"]
 
@@ -42,6 +50,10 @@ log = logging.getLogger("tinywasm.host")
 
 # Where a swap's new bytes come from: a callable so a follow-up re-reads the file.
 Source = Callable[[], bytes | None]
+
+# Gate triggers that are not swaps to new bytes.
+QUARANTINE, RETRY = "quarantine", "retry"
+DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
 
 
 def is_module_file(path: Path) -> bool:
@@ -56,12 +68,17 @@ def is_module_file(path: Path) -> bool:
     )
 
 
-def read_file(path: Path) -> Source:
-    """A source that reads `path` when called; None when the file is gone."""
+def read_file(path: Path, max_size: int = DEFAULT_MAX_MODULE_SIZE) -> Source:
+    """A source that reads `path` when called; None when the file is gone.
+
+    Reads at most one byte past `max_size`, so an oversized file is refused
+    without being read whole.
+    """
 
     def read() -> bytes | None:
         try:
-            return path.read_bytes()
+            with path.open("rb") as f:
+                return f.read(max_size + 1)
         except FileNotFoundError:
             return None
 
@@ -80,6 +97,10 @@ class ModuleHost:
         mailbox_size: int,
         drain_timeout: float,
         probation: float = 0.5,
+        limits: Limits | None = None,
+        max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
+        quarantine: tuple[int, float] = (5, 10.0),
+        quarantine_backoff: float = 5.0,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
@@ -87,18 +108,63 @@ class ModuleHost:
         self.mailbox_size = mailbox_size
         self.drain_timeout = drain_timeout
         self.probation = probation
+        self.limits = limits or Limits()
+        self.max_module_size = max_module_size
+        self.quarantine_rule = quarantine
+        self.quarantine_backoff = quarantine_backoff
         self.directory: Path | None = None
         self.modules: dict[str, WasmModule] = {}
+        self.quarantined: dict[str, Quarantine] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._overrides: tuple[str, dict[str, Limits]] = ("", {})
         self.refused: dict[str, str] = {}
         self.histories: dict[str, ModuleHistory] = {}
-        self._gates: dict[str, SwapGate[tuple[Source, str]]] = {}
+        self._gates: dict[str, SwapGate[tuple[Source | None, str]]] = {}
         self._tasks: set[asyncio.Task[VersionRecord | None]] = set()
 
     # -- loading a folder --------------------------------------------------------------------
 
+    def find_file(self, name: str) -> ModuleFileName | None:
+        """The file module `name` loads from now: ``name.wasm`` or ``[NN-]name@[rule].wasm``.
+
+        Looked up in the folder each time, so a rename (a middleware's new rule)
+        is seen by the next load or swap. With several candidates the first by
+        file name wins (the others are refused at startup with the reason).
+        """
+        if self.directory is None:
+            return None
+        try:
+            files = sorted(p.name for p in self.directory.iterdir() if is_module_file(p))
+        except OSError:
+            return None
+        for file_name in files:
+            try:
+                parsed = parse_file_name(file_name)
+            except RuleError:
+                continue
+            if parsed.name == name:
+                return parsed
+        return None
+
+    def _with_rule_txt(self, parsed: ModuleFileName) -> ModuleFileName:
+        """The reference layout: a `rule.txt` gives a module without `@[rule]` its rule."""
+        if parsed.rule is not None or self.directory is None:
+            return parsed
+        found = load_rule_txt(self.directory, parsed.name)  # raises RuleError
+        if found is None:
+            return parsed
+        return ModuleFileName(parsed.file, parsed.name, found[0], parsed.order)
+
+    def middlewares(self) -> list[WasmModule]:
+        """Live middleware modules, in the order they run (see `rules.py`)."""
+        found = [(m.file.order_key, m) for m in self.modules.values() if m.file and m.file.rule]
+        return [m for _key, m in sorted(found, key=lambda pair: pair[0])]
+
     async def load_dir(self, directory: Path) -> None:
         """Load every module file in `directory` (sorted by name)."""
         self.directory = directory
+        self._loop = asyncio.get_running_loop()
         if not directory.is_dir():
             log.error(
                 "modules folder %s does not exist: no modules loaded "
@@ -106,7 +172,22 @@ class ModuleHost:
                 directory,
             )
             return
-        paths = sorted(p for p in directory.iterdir() if is_module_file(p))
+        paths = []
+        names: dict[str, str] = {}
+        for path in sorted(p for p in directory.iterdir() if is_module_file(p)):
+            try:
+                name = parse_file_name(path.name).name
+            except RuleError as exc:
+                self.refused[path.name] = str(exc)
+                log.error("refused module file %s: %s", path.name, exc)
+                continue
+            if name in names:
+                reason = f"module {name!r} already loads from {names[name]}; remove one of them"
+                self.refused[path.name] = reason
+                log.error("refused module file %s: %s", path.name, reason)
+                continue
+            names[name] = path.name
+            paths.append(path)
         started = await asyncio.gather(*(self._start_file(p) for p in paths))
         ready = [m for m in started if m is not None]
         for module in ready:
@@ -122,12 +203,16 @@ class ModuleHost:
         )
 
     async def _start_file(self, path: Path) -> WasmModule | None:
-        name = path.name[: -len(".wasm")]
+        name = path.name
         begun, at = time.perf_counter(), time.time()
         data = b""
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            file = self._with_rule_txt(parse_file_name(path.name))
+            name = file.name
+            raw: bytes | None = await asyncio.to_thread(read_file(path, self.max_module_size))
+            data = raw or b""
             module = await self._stage(name, data, path)
+            module.file = file
         except (OSError, TinywasmError) as exc:
             self.refused[name] = str(exc)
             self._record(name, data, at, "startup", Outcome.REFUSED, begun, error=str(exc))
@@ -145,9 +230,24 @@ class ModuleHost:
 
     async def _stage(self, name: str, data: bytes, path: Path | None) -> WasmModule:
         """Compile, instantiate and start a version; subscriptions recorded, effects held."""
+        if len(data) > self.max_module_size:
+            raise ModuleLoadError(
+                f"the file is over the {self.max_module_size} byte limit for modules "
+                "(raise --max-module-size / TINYWASM_MAX_MODULE_SIZE)"
+            )
         compiled = await asyncio.to_thread(self.runtime.compile_module, name, data, path)
+        return await self._start_compiled(compiled)
+
+    async def _start_compiled(self, compiled: CompiledModule) -> WasmModule:
         module = WasmModule(
-            compiled, self.runtime, self.bus, self._broadcast, mailbox_size=self.mailbox_size
+            compiled,
+            self.runtime,
+            self.bus,
+            self._broadcast,
+            mailbox_size=self.mailbox_size,
+            limits=self.limits_for(compiled.name),
+            quarantine=self.quarantine_rule,
+            on_faulty=self._on_faulty,
         )
         await module.start()
         interface = compiled.interface
@@ -159,6 +259,120 @@ class ModuleHost:
                 f"{missing}, so it could not receive anything"
             )
         return module
+
+    def limits_for(self, name: str) -> Limits:
+        """The limits for module `name`: the defaults, overridden by limits.toml if it says so.
+
+        The file is read at every load, so an edit applies to the next load or swap.
+        A broken file is logged and ignored (the defaults apply).
+        """
+        if self.directory is None:
+            return self.limits
+        try:
+            overrides = load_overrides(self.directory, self.limits)
+        except LimitsError as exc:
+            if self._overrides[0] != str(exc):
+                log.error("ignoring the limits file: %s", exc)
+            self._overrides = (str(exc), {})
+            return self.limits
+        self._overrides = ("", overrides)
+        return overrides.get(name, self.limits)
+
+    # -- quarantine --------------------------------------------------------------------------
+
+    def _on_faulty(self, module: WasmModule) -> None:
+        """From the module's thread: it trapped too often; take it out on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.schedule, module.name, QUARANTINE)
+
+    async def _quarantine(self, name: str) -> VersionRecord | None:
+        module = self.modules.get(name)
+        if module is None or not module.faulty:
+            return None  # swapped or unloaded meanwhile
+        begun, at, now = time.perf_counter(), time.time(), time.time()
+        del self.modules[name]
+        snapshot = module.snapshot()
+        dropped = len(module.mailbox.take_pending())
+        await module.close(timeout=1.0)
+        previous = self.quarantined.get(name)
+        backoff = next_backoff(previous, self.quarantine_backoff, now)
+        self.quarantined[name] = Quarantine(
+            compiled=module.compiled,
+            error=module.last_error,
+            since=now,
+            backoff=backoff,
+            retry_at=now + backoff,
+            retries=previous.retries if previous else 0,
+            snapshot=snapshot,
+        )
+        self._schedule_retry(name, backoff)
+        traps, window = self.quarantine_rule
+        error = f"{traps} traps within {window:g} s; last: {module.last_error}"
+        record = VersionRecord(
+            sha256=module.compiled.sha256,
+            size=module.compiled.size,
+            at=at,
+            trigger=QUARANTINE,
+            outcome=Outcome.QUARANTINED,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            error=error,
+        )
+        self.histories.setdefault(name, ModuleHistory()).add(record)
+        log.error(
+            "module %s quarantined after %s; %d queued message(s) dropped; "
+            "retrying in %g s (or when its file changes)",
+            name,
+            error,
+            dropped,
+            backoff,
+        )
+        return record
+
+    def _schedule_retry(self, name: str, delay: float) -> None:
+        self._cancel_retry(name)
+        loop = asyncio.get_running_loop()
+        self._retries[name] = loop.call_later(delay, self.schedule, name, RETRY)
+
+    def _cancel_retry(self, name: str) -> None:
+        timer = self._retries.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _retry(self, name: str) -> VersionRecord | None:
+        entry = self.quarantined.get(name)
+        if entry is None or name in self.modules:
+            return None
+        begun, at = time.perf_counter(), time.time()
+        error: str | None = None
+        entry.retries += 1
+        entry.retry_at = time.time()
+        compiled = entry.compiled
+        try:
+            module = await self._start_compiled(compiled)
+        except TinywasmError as exc:
+            backoff = next_backoff(entry, self.quarantine_backoff, time.time())
+            entry.error, entry.backoff, entry.retry_at = str(exc), backoff, time.time() + backoff
+            self._schedule_retry(name, backoff)
+            log.error("module %s: retry failed (%s); next retry in %g s", name, exc, backoff)
+            outcome, error = Outcome.REFUSED, str(exc)
+        else:
+            module.activate()
+            self.modules[name] = module
+            module.release()
+            log.info("module %s: back in service after quarantine (retry %d)", name, entry.retries)
+            outcome = Outcome.LOADED
+        record = VersionRecord(
+            sha256=compiled.sha256,
+            size=compiled.size,
+            at=at,
+            trigger=RETRY,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            error=error,
+        )
+        self.histories.setdefault(name, ModuleHistory()).add(record)
+        return record
 
     # -- swaps ---------------------------------------------------------------------------------
 
@@ -177,17 +391,15 @@ class ModuleHost:
         exactly one follow-up, which uses the latest request. Returns the record
         of the attempt this call ran, or None if it was coalesced or changed nothing.
         """
-        if source is None:
-            if self.directory is None:
-                raise RuntimeError("no modules folder: load_dir() first")
-            source = read_file(self.directory / f"{name}.wasm")
+        if source is None and self.directory is None:
+            raise RuntimeError("no modules folder: load_dir() first")
         gate = self._gates.setdefault(name, SwapGate())
-        first: tuple[Source, str] = (source, trigger)
+        first: tuple[Source | None, str] = (source, trigger)
         if not gate.request(first):
             log.info("swap %s (%s): coalesced into the swap already running", name, trigger)
             return None
         record = None
-        request: tuple[Source, str] | None = first
+        request: tuple[Source | None, str] | None = first
         while request is not None:
             try:
                 record = await self._apply(name, *request)
@@ -208,27 +420,63 @@ class ModuleHost:
         history.forget_current()
         return await self.swap(name, "rollback", lambda: data)
 
-    async def _apply(self, name: str, source: Source, trigger: str) -> VersionRecord | None:
-        data = await asyncio.to_thread(source)
+    async def _apply(self, name: str, source: Source | None, trigger: str) -> VersionRecord | None:
+        if trigger == QUARANTINE:
+            return await self._quarantine(name)
+        if trigger == RETRY:
+            return await self._retry(name)
         old = self.modules.get(name)
+        file = old.file if old is not None else None
+        if source is None:  # the module's file, as the folder has it now
+            begun, at = time.perf_counter(), time.time()
+            try:
+                found = await asyncio.to_thread(self.find_file, name)
+                file = None if found is None else self._with_rule_txt(found)
+            except RuleError as exc:
+                self.refused[name] = str(exc)
+                record = self._record(
+                    name, b"", at, trigger, Outcome.REFUSED, begun, error=str(exc)
+                )
+                self._log_swap(name, old, "-", record)
+                return record
+            assert self.directory is not None
+            path = None if file is None else self.directory / file.file
+            source = (lambda: None) if path is None else read_file(path, self.max_module_size)
+        data = await asyncio.to_thread(source)
         if data is None:
+            if name in self.quarantined:  # its file is gone: no more retries
+                self._cancel_retry(name)
+                del self.quarantined[name]
             return await self._unload(name, trigger) if old is not None else None
         sha = hashlib.sha256(data).hexdigest()
         if old is not None and old.compiled.sha256 == sha:
-            log.debug(
-                "swap %s (%s): same bytes as the running version, nothing to do", name, trigger
-            )
+            if file != old.file:  # renamed: only the rule or order changed
+                log.info(
+                    "module %s: now %s (rule %s)",
+                    name,
+                    file.file if file else "-",
+                    file.rule if file and file.rule else "none",
+                )
+                old.file = file
+            else:
+                log.debug(
+                    "swap %s (%s): same bytes as the running version, nothing to do", name, trigger
+                )
             return None
         begun, at = time.perf_counter(), time.time()
-        path = self.directory / f"{name}.wasm" if self.directory else None
+        path = self.directory / file.file if self.directory and file else None
         try:
             new = await self._stage(name, data, path)
+            new.file = file
         except TinywasmError as exc:
             self.refused[name] = str(exc)
             record = self._record(name, data, at, trigger, Outcome.REFUSED, begun, error=str(exc))
             self._log_swap(name, old, sha, record)
             return record
         self.refused.pop(name, None)
+        if name in self.quarantined:  # new bytes end a quarantine at once
+            self._cancel_retry(name)
+            del self.quarantined[name]
         if old is None:
             new.activate()
             self.modules[name] = new
@@ -377,6 +625,8 @@ class ModuleHost:
 
     async def stop(self) -> None:
         """Finish running swaps, let traffic settle, drain and close every module."""
+        for name in list(self._retries):
+            self._cancel_retry(name)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.drain_timeout + self.probation + 5)
         modules = list(self.modules.values())

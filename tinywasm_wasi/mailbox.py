@@ -6,10 +6,12 @@ holds only its own thread, never the event loop or another module; and a
 wasmtime Store, which is not thread-safe, is touched by exactly one thread
 for its whole life. Idle threads cost a few pages of stack.
 
-Two kinds of item: a message ``(topic, payload)``, bounded by `capacity`
-(overflow is refused and counted, never silently lost), and a call
-(`call(fn)`), used for init, drain and later HTTP, which is never refused and
-whose result comes back through a `concurrent.futures.Future`.
+Three kinds of item. Messages ``(topic, payload)`` and HTTP `Request`s are
+bounded together by `capacity` (overflow is refused and counted, never
+silently lost), held together, and move together to another version during a
+swap, so a request is answered exactly once by whichever version takes it.
+A call (`call(fn)`), used for init, drain and state handoff, is never refused
+and its result comes back through a `concurrent.futures.Future`.
 A mailbox can be *held*: messages queue up but none is delivered until
 `release()` (a call at the head of the queue still runs); the swap uses this to
 keep a new version closed during cut-over.
@@ -18,6 +20,7 @@ keep a new version closed during cut-over.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -29,9 +32,28 @@ from tinywasm_wasi.exceptions import ModuleClosedError
 
 log = logging.getLogger("tinywasm.mailbox")
 
-__all__ = ["Mailbox"]
+__all__ = ["Delivery", "Mailbox", "Pending", "Request", "Requeued"]
 
 Delivery = tuple[str, bytes]
+
+
+class Request:
+    """An HTTP request for the module's `export`; the answer comes back through `future`."""
+
+    __slots__ = ("body", "export", "future", "limit")
+
+    def __init__(self, export: str, body: bytes, limit: int) -> None:
+        self.export = export
+        self.body = body
+        self.limit = limit
+        self.future: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+
+
+Pending = Delivery | Request
+
+
+class Requeued(Exception):
+    """Raised by the answer callback when it put the request back in a queue unanswered."""
 
 
 class _Call:
@@ -46,12 +68,19 @@ class Mailbox:
     """Bounded, ordered work queue for one module, served by one daemon thread."""
 
     def __init__(
-        self, name: str, capacity: int, deliver: Callable[[str, bytes], None], *, held: bool = False
+        self,
+        name: str,
+        capacity: int,
+        deliver: Callable[[str, bytes], None],
+        answer: Callable[[Request], bytes | None] | None = None,
+        *,
+        held: bool = False,
     ) -> None:
         self.name = name
         self.capacity = capacity
         self._deliver = deliver
-        self._items: deque[Delivery | _Call] = deque()
+        self._answer = answer
+        self._items: deque[Pending | _Call] = deque()
         self._messages = 0  # deliveries in _items (calls do not count against capacity)
         self._cond = threading.Condition(threading.Lock())
         self._busy = False
@@ -66,11 +95,18 @@ class Mailbox:
 
     def put(self, topic: str, payload: bytes) -> bool:
         """Queue a message; False (and counted) when the mailbox is full or closed."""
+        return self._put((topic, payload))
+
+    def put_request(self, request: Request) -> bool:
+        """Queue an HTTP request like a message; False (and counted) when full or closed."""
+        return self._put(request)
+
+    def _put(self, item: Pending) -> bool:
         with self._cond:
             if self._closed or self._messages >= self.capacity:
                 self.dropped += 1
                 return False
-            self._items.append((topic, payload))
+            self._items.append(item)
             self._messages += 1
             self.accepted += 1
             if not self._busy and not self._held:
@@ -139,17 +175,17 @@ class Mailbox:
                 self._cond.wait(left)
             return True
 
-    def take_pending(self) -> list[Delivery]:
-        """Remove and return the queued messages (calls stay); used to hand them elsewhere."""
+    def take_pending(self) -> list[Pending]:
+        """Remove and return the queued messages and requests (calls stay), to hand elsewhere."""
         with self._cond:
-            messages: list[Delivery] = [i for i in self._items if not isinstance(i, _Call)]
+            messages: list[Pending] = [i for i in self._items if not isinstance(i, _Call)]
             calls = [i for i in self._items if isinstance(i, _Call)]
             self._items.clear()
             self._items.extend(calls)
             self._messages = 0
             return messages
 
-    def prepend(self, messages: list[Delivery]) -> None:
+    def prepend(self, messages: list[Pending]) -> None:
         """Put `messages` in front of everything queued (they are older); never refused."""
         with self._cond:
             self._items.extendleft(reversed(messages))
@@ -159,8 +195,8 @@ class Mailbox:
     def close(self, timeout: float = 5.0) -> None:
         """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
 
-        Queued calls fail with ModuleClosedError; queued messages are discarded
-        (callers drain first, or take them with `take_pending`).
+        Queued calls and requests fail with ModuleClosedError; queued messages
+        are discarded (callers drain first, or take them with `take_pending`).
         """
         with self._cond:
             self._closed = True
@@ -169,7 +205,7 @@ class Mailbox:
             self._messages = 0
             self._cond.notify_all()
         for item in leftover:
-            if isinstance(item, _Call):
+            if isinstance(item, _Call | Request):
                 item.future.set_exception(
                     ModuleClosedError(f"module {self.name!r} closed before the call ran")
                 )
@@ -177,6 +213,20 @@ class Mailbox:
             self._thread.join(timeout)
 
     # -- the module thread -----------------------------------------------------------------
+
+    def _answer_request(self, request: Request) -> None:
+        future = request.future
+        try:
+            assert self._answer is not None
+            result = self._answer(request)
+        except Requeued:
+            return  # another mailbox (or this one, later) answers it
+        except BaseException as exc:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                future.set_exception(exc)
+            return
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            future.set_result(result)
 
     def _serve(self) -> None:
         cond = self._cond
@@ -204,6 +254,13 @@ class Mailbox:
                         item.future.set_result(item.fn())
                     except BaseException as exc:
                         item.future.set_exception(exc)
+            elif isinstance(item, Request):
+                if self._answer is None:
+                    item.future.set_exception(
+                        ModuleClosedError(f"module {self.name!r} does not answer requests")
+                    )
+                elif not item.future.cancelled():  # cancelled: the HTTP client went away
+                    self._answer_request(item)
             else:
                 try:
                     self._deliver(item[0], item[1])

@@ -21,13 +21,16 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
-from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError
+from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError
 from tinywasm_wasi.guest import Guest
-from tinywasm_wasi.mailbox import Mailbox
+from tinywasm_wasi.limits import Limits
+from tinywasm_wasi.mailbox import Mailbox, Request, Requeued
+from tinywasm_wasi.rules import ModuleFileName, Rule
 from tinywasm_wasi.runtime import CompiledModule, Runtime
 
 __all__ = ["ModuleState", "WasmModule"]
@@ -36,6 +39,11 @@ log = logging.getLogger("tinywasm.module")
 guest_log = logging.getLogger("tinywasm.guest")
 
 Broadcast = Callable[[str, bytes], None]
+
+LOG_LINES_PER_SECOND = (
+    100  # a guest's log lines beyond this (after a burst) are counted, not logged
+)
+LOG_BURST = 200
 
 
 class ModuleState(enum.Enum):
@@ -66,6 +74,28 @@ class _RateLimited:
         logger.warning(msg, *args)
 
 
+class _LogBudget:
+    """Token bucket for one module's log lines; reports what it suppressed once a second."""
+
+    def __init__(self, rate: float = LOG_LINES_PER_SECOND, burst: int = LOG_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self.suppressed = 0  # lines dropped since the last report
+        self.total_suppressed = 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.suppressed += 1
+        self.total_suppressed += 1
+        return False
+
+
 class WasmModule:
     """One running version of a module. Its guest is touched only by its mailbox thread."""
 
@@ -77,9 +107,15 @@ class WasmModule:
         broadcast: Broadcast,
         *,
         mailbox_size: int,
+        limits: Limits | None = None,
+        quarantine: tuple[int, float] = (5, 10.0),
+        on_faulty: Callable[[WasmModule], None] | None = None,
     ) -> None:
         self.compiled = compiled
         self.name = compiled.name
+        self.limits = limits or Limits()
+        # The file it was loaded from, with its middleware rule (None: not from a folder).
+        self.file: ModuleFileName | None = None
         self._runtime = runtime
         self._bus = bus
         self._broadcast = broadcast
@@ -98,12 +134,24 @@ class WasmModule:
             "published": 0,
             "broadcast": 0,
             "invalid_topics": 0,
+            "refused": 0,
+            "requests": 0,
+            "traps": 0,
+            "interrupted": 0,
         }
         self._on_probation = False
         self._probation_failed = threading.Event()
         self._warn_drop = _RateLimited()
         self._warn_topic = _RateLimited()
-        self.mailbox = Mailbox(self.name, mailbox_size, self._deliver)
+        self._warn_refused = _RateLimited()
+        self._log_budget = _LogBudget()
+        self._last_log_report = time.monotonic()
+        # Quarantine: `quarantine[0]` traps within `quarantine[1]` seconds call on_faulty once.
+        self._trap_times: deque[float] = deque(maxlen=quarantine[0])
+        self._trap_window = quarantine[1]
+        self._on_faulty = on_faulty
+        self.faulty = False
+        self.mailbox = Mailbox(self.name, mailbox_size, self._deliver, self._answer)
 
     # -- life cycle (event loop) -----------------------------------------------------------
 
@@ -122,7 +170,9 @@ class WasmModule:
 
     def _start_guest(self) -> None:
         c = self.compiled
-        self._guest = Guest(self.name, self._runtime.engine, c.module, c.interface, self)
+        self._guest = Guest(
+            self.name, self._runtime.engine, c.module, c.interface, self, self.limits
+        )
         self._guest.start()
 
     def activate(self) -> None:
@@ -301,8 +351,71 @@ class WasmModule:
 
     def _record_trap(self, exc: GuestTrap) -> None:
         self.counters["failed"] += 1
+        self.counters["traps"] += 1
+        if exc.code == "INTERRUPT":
+            self.counters["interrupted"] += 1
         self.last_error = str(exc)
         log.warning("%s", exc)
+        now = time.monotonic()
+        times = self._trap_times
+        times.append(now)
+        if (
+            len(times) == times.maxlen
+            and now - times[0] <= self._trap_window
+            and not self.faulty
+            and not self._on_probation  # a failing new version is rolled back instead
+        ):
+            self.faulty = True
+            if self._on_faulty is not None:
+                self._on_faulty(self)
+
+    # -- HTTP requests -------------------------------------------------------------------------
+
+    async def http(self, body: bytes, limit: int) -> bytes | None:
+        """Queue an HTTP request for the guest's `handle_http` or `handle`, like a message.
+
+        Raises:
+            MailboxFullError: the mailbox is full (answer 503).
+            ModuleClosedError: the module closed first (answer 503).
+            GuestTrap: the call trapped; ``code == "INTERRUPT"`` past the deadline (504).
+        """
+        export = self.compiled.interface.http
+        if export is None:
+            raise ModuleClosedError(f"module {self.name!r} exports neither handle nor handle_http")
+        request = Request(export, body, limit)
+        if not self.mailbox.put_request(request):
+            if self.state is ModuleState.CLOSED:
+                raise ModuleClosedError(f"module {self.name!r} is closed")
+            raise MailboxFullError(
+                f"module {self.name!r} is busy: its mailbox holds {self.mailbox.capacity} "
+                "messages and requests; retry later"
+            )
+        return await asyncio.wrap_future(request.future)
+
+    def _answer(self, request: Request) -> bytes | None:
+        guest = self._guest
+        if guest is None:
+            raise ModuleClosedError(f"module {self.name!r} is closed")
+        if request.export != guest.interface.http:
+            raise GuestTrap(
+                self.name,
+                request.export,
+                "the module changed its HTTP mode during a swap; retry the request",
+                None,
+            )
+        try:
+            body = guest.http(request.export, request.body, request.limit)
+        except GuestTrap as exc:
+            self._record_trap(exc)
+            if self._on_probation:
+                # As for messages: keep the request for the version that takes over.
+                self.mailbox.hold()
+                self.mailbox.prepend([request])
+                self._probation_failed.set()
+                raise Requeued from None
+            raise
+        self.counters["requests"] += 1
+        return body
 
     # -- GuestEffects: called by host functions on the module thread ------------------------
 
@@ -338,8 +451,25 @@ class WasmModule:
             sub.cancel()
 
     def log(self, line: str, *, stream: str) -> None:
+        budget = self._log_budget
+        now = time.monotonic()
+        if budget.suppressed and now - self._last_log_report >= 1.0:
+            guest_log.warning(
+                "[%s] %d log line(s) suppressed: more than %d lines/s",
+                self.name,
+                budget.suppressed,
+                LOG_LINES_PER_SECOND,
+            )
+            budget.suppressed = 0
+            self._last_log_report = now
+        if not budget.take():
+            return
         level = logging.WARNING if stream == "stderr" else logging.INFO
         guest_log.log(level, "[%s] %s", self.name, line)
+
+    def refuse(self, call: str, reason: str) -> None:
+        self.counters["refused"] += 1
+        self._warn_refused(log, "module %r: %s refused: %s", self.name, call, reason)
 
     def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
         try:
@@ -370,6 +500,11 @@ class WasmModule:
     # -- status --------------------------------------------------------------------------------
 
     @property
+    def rule(self) -> Rule | None:
+        """Its middleware rule; None for an ordinary module."""
+        return None if self.file is None else self.file.rule
+
+    @property
     def subscriptions(self) -> list[str]:
         with self._lock:
             return list(self._subs)
@@ -377,10 +512,14 @@ class WasmModule:
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready status for /api/modules."""
         c = self.compiled
+        rule = self.file.rule if self.file is not None else None
         return {
             "name": self.name,
             "state": self.state.value,
-            "file": c.path.name if c.path else None,
+            "role": "module" if rule is None else "middleware",
+            "rule": None if rule is None else rule.text,
+            "http": c.interface.http,
+            "file": self.file.file if self.file else c.path.name if c.path else None,
             "sha256": c.sha256,
             "size": c.size,
             "loaded_at": self.loaded_at,
@@ -395,5 +534,12 @@ class WasmModule:
                 "dropped": self.mailbox.dropped,
             },
             "counters": dict(self.counters),
+            "log_lines_suppressed": self._log_budget.total_suppressed,
+            "limits": {
+                "memory_limit": self.limits.memory_limit,
+                "call_timeout": self.limits.call_timeout,
+                "max_payload": self.limits.max_payload,
+            },
+            "memory_bytes": self._guest.memory_size if self._guest is not None else 0,
             "last_error": self.last_error,
         }

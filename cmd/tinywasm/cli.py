@@ -20,6 +20,7 @@ from typing import Any
 
 from bus import TopicError, validate_pattern
 from tinywasm_wasi.config import Config
+from tinywasm_wasi.limits import LimitsError, parse_size
 
 __all__ = ["SERVERS", "main", "parse_config", "select_server"]
 
@@ -89,29 +90,11 @@ def _patterns(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(patterns))
 
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-}
-
-
 def _size(value: str) -> int:
-    text = value.strip().lower().replace(" ", "")
-    number = text.rstrip("bgikm")
-    unit = text[len(number) :]
     try:
-        size = int(float(number) * _SIZE_UNITS[unit])
-    except (KeyError, ValueError):
-        size = 0
-    if size < 1:
-        raise ValueError("expected a size in bytes, e.g. 65536, 64KiB or 16MiB")
-    return size
+        return parse_size(value)
+    except LimitsError:
+        raise ValueError("expected a size in bytes, e.g. 65536, 64KiB or 16MiB") from None
 
 
 def _rate(value: str) -> float:

@@ -1,0 +1,132 @@
+"""Per-module limits: the global defaults from Config, overridden per module by `limits.toml`.
+
+Pure: parsing sizes and the override file takes text and returns data. The
+override file sits in the modules folder and has one table per module name::
+
+    [chat]
+    memory_limit = "128MiB"
+    call_timeout = 0.5        # seconds
+    max_payload = "4MiB"
+
+Any key left out keeps the global default (set by flag or TINYWASM_* variable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinywasm_wasi.exceptions import TinywasmError
+
+__all__ = [
+    "LIMITS_FILE",
+    "Limits",
+    "LimitsError",
+    "load_overrides",
+    "parse_overrides",
+    "parse_size",
+]
+
+LIMITS_FILE = "limits.toml"
+MAX_LOG_LINE = 4096  # bytes of one guest log line; longer lines are cut
+COMPAT_RESPONSE_CAP = 64 * 1024  # bytes a compat-mode `handle` response may span
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
+
+
+class LimitsError(TinywasmError, ValueError):
+    """A limit value or the limits file is invalid; the message names the key and the fix."""
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``65536``, ``"64KiB"``, ``"16MiB"``, ``"1.5 GiB"`` (units are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("bgikm")
+        try:
+            size = int(float(number) * _SIZE_UNITS[text[len(number) :]])
+        except (KeyError, ValueError, OverflowError):
+            size = 0
+    if size < 1:
+        raise LimitsError(f"{value!r} is not a size: use bytes, e.g. 65536, 64KiB or 16MiB")
+    return size
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """What one module may use."""
+
+    memory_limit: int = 64 * 1024 * 1024  # bytes of linear memory
+    call_timeout: float = 0.1  # seconds per call into the guest
+    max_payload: int = 1024 * 1024  # bytes per publish / ws_broadcast
+
+    def __post_init__(self) -> None:
+        if self.memory_limit < 1 or self.max_payload < 1:
+            raise LimitsError("memory_limit and max_payload must be at least 1 byte")
+        if not (math.isfinite(self.call_timeout) and self.call_timeout > 0):
+            raise LimitsError("call_timeout must be a number of seconds more than zero, e.g. 0.1")
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Limits)}
+
+
+def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
+    """Per-module Limits from the TOML text of a limits file.
+
+    Raises:
+        LimitsError: the text is not TOML, or names an unknown key or a bad value.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LimitsError(f"{LIMITS_FILE} is not valid TOML: {exc}") from None
+    result: dict[str, Limits] = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise LimitsError(
+                f"{LIMITS_FILE}: {name!r} must be a table, e.g. [{name}] then key = value lines"
+            )
+        changes: dict[str, float | int] = {}
+        for key, value in table.items():
+            where = f"{LIMITS_FILE}: [{name}] {key}"
+            if key not in _FIELDS:
+                raise LimitsError(f"{where}: unknown key; use one of {', '.join(sorted(_FIELDS))}")
+            if key == "call_timeout":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise LimitsError(f"{where}: expected seconds as a number, e.g. 0.5")
+                changes[key] = float(value)
+            else:
+                try:
+                    changes[key] = parse_size(value)
+                except LimitsError as exc:
+                    raise LimitsError(f"{where}: {exc}") from None
+        try:
+            result[name] = dataclasses.replace(defaults, **changes)  # type: ignore[arg-type]
+        except LimitsError as exc:
+            raise LimitsError(f"{LIMITS_FILE}: [{name}]: {exc}") from None
+    return result
+
+
+def load_overrides(directory: Path, defaults: Limits) -> dict[str, Limits]:
+    """Read `limits.toml` from `directory`; no file means no overrides."""
+    try:
+        text = (directory / LIMITS_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LimitsError(f"cannot read {directory / LIMITS_FILE}: {exc}") from None
+    return parse_overrides(text, defaults)
