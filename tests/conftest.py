@@ -90,13 +90,17 @@ ServerFactory = Callable[..., Awaitable[WasiServer]]
 
 
 @pytest.fixture
-async def make_server() -> AsyncIterator[ServerFactory]:
+async def make_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ServerFactory]:
     """Start a WasiServer on 127.0.0.1 and a free port; stopped after the test."""
     servers: list[WasiServer] = []
 
     async def make(**settings: object) -> WasiServer:
         settings.setdefault("port", 0)
         settings.setdefault("host", "127.0.0.1")
+        # A fresh compiled-module cache per server, never the user's ~/.cache.
+        settings.setdefault("cache_dir", tmp_path_factory.mktemp("module-cache"))
         server = WasiServer(Config(**settings))  # type: ignore[arg-type]
         servers.append(server)
         await server.start()

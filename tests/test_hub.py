@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -75,9 +76,15 @@ async def start(
         inbound: Sequence[str] = (),
         queue_size: int = 1000,
         publish: Callable[[str, bytes], object] | None = None,
+        **settings: object,
     ) -> tuple[Hub, Published, Client]:
         published = Published()
-        hub = Hub(publish=publish or published, inbound=inbound, queue_size=queue_size)
+        hub = Hub(
+            publish=publish or published,
+            inbound=inbound,
+            queue_size=queue_size,
+            **settings,  # type: ignore[arg-type]
+        )
 
         async def close_hub(app: web.Application) -> None:
             await hub.close()
@@ -334,6 +341,48 @@ async def test_slow_consumer_is_disconnected_and_others_get_everything(start: St
     assert await recv(fast) == b"last"
 
 
+async def test_slow_consumer_warnings_are_rate_limited(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub, _, client = await start(queue_size=1)
+    sockets = [await connect(hub, client, "/ws?topic=t") for _ in range(5)]
+    hub.broadcast("t", b"1")
+    hub.broadcast("t", b"2")  # no await in between: every writer is still to run
+    assert hub.stats().slow_disconnects == 5
+    lines = [r.getMessage() for r in caplog.records if "slow consumer" in r.getMessage()]
+    assert len(lines) == 1
+    assert "1 frames queued, the --ws-queue-size limit" in lines[0]
+    for ws in sockets:
+        _, code, reason = await recv_until_close(ws)
+        assert (code, reason) == (1013, "slow consumer: 1 frames queued")
+
+
+async def test_a_broadcast_is_encoded_once_and_shared_by_all_clients(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, _, client = await start()
+    raw = [await connect(hub, client, "/ws?topic=t") for _ in range(5)]
+    cbor = [await connect(hub, client, "/ws?topic=t&envelope=cbor") for _ in range(5)]
+    encoded: list[bytes] = []
+
+    def encode_and_keep(message: Message) -> bytes:
+        encoded.append(encode_message(message))
+        return encoded[-1]
+
+    monkeypatch.setattr(hub_module, "encode_message", encode_and_keep)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    references = sys.getrefcount(payload)
+    assert hub.broadcast("t", payload) == 10
+    # Nothing has awaited since: each raw client's queue holds the payload object itself.
+    assert sys.getrefcount(payload) - references == len(raw)
+    assert len(encoded) == 1  # one CBOR encoding for all the envelope clients
+    for ws in raw:
+        assert await recv(ws) == payload
+    for ws in cbor:
+        assert await recv(ws) == encoded[0]
+    assert decode_message(encoded[0]) == Message(topic="t", payload=payload)
+
+
 async def test_closed_clients_are_released(start: Start) -> None:
     hub, _, client = await start()
     sockets = [await connect(hub, client, "/ws?topic=t&topic=u.*") for _ in range(3)]
@@ -437,6 +486,16 @@ async def test_concurrent_close_calls_both_wait(start: Start) -> None:
 def test_constructor_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="queue_size must be at least 1"):
         Hub(publish=print, inbound=[], queue_size=0)
+    with pytest.raises(ValueError, match="queue_bytes must be at least 1"):
+        Hub(publish=print, inbound=[], queue_bytes=0)
+    with pytest.raises(ValueError, match="max_frame must be at least 1"):
+        Hub(publish=print, inbound=[], max_frame=0)
+    with pytest.raises(ValueError, match="rate_limit must be zero"):
+        Hub(publish=print, inbound=[], rate_limit=-1)
+    with pytest.raises(ValueError, match="rate_limit must be zero"):
+        Hub(publish=print, inbound=[], rate_limit=float("nan"))
+    with pytest.raises(ValueError, match="is not an origin"):
+        Hub(publish=print, inbound=[], origins=["example.com"])
     with pytest.raises(TopicError, match="empty token"):
         Hub(publish=print, inbound=["a..b"])
 

@@ -1,4 +1,4 @@
-"""The hub's pure rules: query parsing, inbound decisions, close reasons."""
+"""The hub's pure rules: query parsing, inbound decisions, close reasons, origins, handshakes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from tinywasm_wasi.ws_protocol import (
     MAX_CLOSE_REASON_BYTES,
     MAX_TOPICS,
     CloseCode,
+    OriginPolicy,
     Publish,
     Refuse,
     RequestError,
     WsRequest,
+    check_origin,
     decide_inbound,
+    describe_bad_handshake,
     fit_reason,
+    parse_origins,
     parse_request,
+    protocol_error_reason,
     refuse_topic_error,
 )
 
@@ -150,9 +155,171 @@ def test_fit_reason_rejects_a_tiny_limit() -> None:
 
 
 def test_close_codes() -> None:
-    assert [int(c) for c in CloseCode] == [1001, 1007, 1008, 1013]
+    assert [int(c) for c in CloseCode] == [1001, 1002, 1007, 1008, 1009, 1013]
 
 
 def test_refuse_topic_error() -> None:
     refusal = refuse_topic_error(TopicError("topic 'sys' is reserved"))
     assert refusal == Refuse(CloseCode.POLICY_VIOLATION, "topic refused: topic 'sys' is reserved")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (1009, "frame too big: the limit is 1048576 bytes (the server's --ws-max-frame setting)"),
+        (1007, "text frame is not valid UTF-8: send other bytes as a binary frame"),
+        (1002, "protocol error: malformed or unexpected WebSocket frame (see RFC 6455)"),
+        (1000, ""),
+        (1001, ""),
+    ],
+)
+def test_protocol_error_reason(code: int, expected: str) -> None:
+    assert protocol_error_reason(code, 1024 * 1024) == expected
+    assert len(expected.encode()) <= MAX_CLOSE_REASON_BYTES
+
+
+def test_protocol_error_reason_fits_a_huge_limit() -> None:
+    reason = protocol_error_reason(1009, 10**60)
+    assert reason.startswith("frame too big: the limit is 1000")
+    assert len(reason.encode()) <= MAX_CLOSE_REASON_BYTES
+
+
+# -- origins ------------------------------------------------------------------------------
+
+SAME = parse_origins([])
+ANY = parse_origins(["*"])
+LISTED = parse_origins(["https://app.example.com", "http://localhost:3000"])
+
+
+@pytest.mark.parametrize(
+    ("policy", "origin", "host"),
+    [
+        # No Origin header: a program, not a browser.
+        (SAME, None, "127.0.0.1:6060"),
+        (LISTED, None, "127.0.0.1:6060"),
+        (SAME, None, None),
+        # The server's own origin, by the Host header; either scheme (TLS proxies).
+        (SAME, "http://127.0.0.1:6060", "127.0.0.1:6060"),
+        (SAME, "https://127.0.0.1:6060", "127.0.0.1:6060"),
+        (SAME, "http://example.com", "example.com"),
+        (SAME, "https://example.com", "example.com"),
+        (SAME, "http://example.com", "example.com:80"),
+        (SAME, "https://example.com", "example.com:443"),
+        (SAME, "https://example.com:443", "example.com"),
+        (SAME, "HTTP://Example.COM:8080", "example.com:8080"),
+        (SAME, "http://[::1]:6060", "[::1]:6060"),
+        (SAME, "http://localhost:6060/", "localhost:6060"),
+        # Any origin.
+        (ANY, "http://evil.example", "127.0.0.1:6060"),
+        (ANY, "null", "127.0.0.1:6060"),
+        # Listed origins, compared with default ports filled in and case folded.
+        (LISTED, "https://app.example.com", "127.0.0.1:6060"),
+        (LISTED, "https://APP.example.com:443", "127.0.0.1:6060"),
+        (LISTED, "http://localhost:3000", "127.0.0.1:6060"),
+    ],
+)
+def test_origin_allowed(policy: OriginPolicy, origin: str | None, host: str | None) -> None:
+    assert check_origin(policy, origin, host) is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "origin", "host", "texts"),
+    [
+        (
+            SAME,
+            "http://evil.example",
+            "127.0.0.1:6060",
+            [
+                "origin 'http://evil.example' may not open /ws",
+                "only the server's own origin may connect (the --ws-origins setting is empty)",
+                "--ws-origins / TINYWASM_WS_ORIGINS",
+                "TINYWASM_WS_ORIGINS=http://evil.example",
+            ],
+        ),
+        (SAME, "http://127.0.0.1:6061", "127.0.0.1:6060", ["'http://127.0.0.1:6061'"]),
+        (SAME, "http://127.0.0.1", "127.0.0.1:6060", ["may not open /ws"]),
+        (SAME, "http://example.com", "example.com:8080", ["may not open /ws"]),
+        (SAME, "https://example.com", "example.com:80", ["may not open /ws"]),
+        (SAME, "http://localhost:6060", "127.0.0.1:6060", ["'http://localhost:6060'"]),
+        (SAME, "ws://127.0.0.1:6060", "127.0.0.1:6060", ["may not open /ws"]),
+        (SAME, "http://127.0.0.1:6060", None, ["may not open /ws"]),
+        (SAME, "http://127.0.0.1:6060", "127.0.0.1:6060/x", ["may not open /ws"]),
+        (SAME, "http://127.0.0.1:6060", "127.0.0.1:bad", ["may not open /ws"]),
+        (
+            SAME,
+            "null",
+            "127.0.0.1:6060",
+            ["origin 'null' may not open /ws", "only --ws-origins / TINYWASM_WS_ORIGINS='*'"],
+        ),
+        (SAME, "http://a.example/path", "a.example", ["not a scheme://host[:port] origin"]),
+        (SAME, "http://user@a.example", "a.example", ["not a scheme://host[:port] origin"]),
+        (SAME, "http://a.example:99999", "a.example:99999", ["not a scheme://host[:port]"]),
+        (
+            LISTED,
+            "https://evil.example",
+            "127.0.0.1:6060",
+            [
+                "it is not one of the origins the server's --ws-origins setting allows",
+                "e.g. TINYWASM_WS_ORIGINS=https://evil.example",
+            ],
+        ),
+        # A listed policy replaces the default: the server's own origin must be listed too.
+        (LISTED, "http://127.0.0.1:6060", "127.0.0.1:6060", ["'http://127.0.0.1:6060'"]),
+        (LISTED, "http://app.example.com", "127.0.0.1:6060", ["http://app.example.com"]),
+        (LISTED, "http://localhost:3001", "127.0.0.1:6060", ["=http://localhost:3001"]),
+        (SAME, "http://[::1]:6061", "[::1]:6060", ["TINYWASM_WS_ORIGINS=http://[::1]:6061"]),
+        (SAME, "https://" + "a" * 300 + ".example", "x", ["...'", "TINYWASM_WS_ORIGINS=https://"]),
+    ],
+)
+def test_origin_refused(
+    policy: OriginPolicy, origin: str, host: str | None, texts: list[str]
+) -> None:
+    refusal = check_origin(policy, origin, host)
+    assert refusal is not None
+    for text in texts:
+        assert text in refusal
+
+
+def test_parse_origins() -> None:
+    assert parse_origins([]) == OriginPolicy()
+    assert parse_origins(["*"]).any
+    assert parse_origins(["https://a.example", "*"]).any
+    assert parse_origins(["HTTPS://A.example:443/"]) == parse_origins(["https://a.example"])
+    assert parse_origins(["http://a.example:8080"]) != parse_origins(["http://a.example"])
+
+
+@pytest.mark.parametrize(
+    "entry", ["example.com", "https://a.example/path", "https://a.example:99999", "null", "*.x"]
+)
+def test_parse_origins_refuses_a_non_origin(entry: str) -> None:
+    with pytest.raises(ValueError, match=r"is not an origin: use scheme://host\[:port\]"):
+        parse_origins(["https://ok.example", entry])
+
+
+# -- handshakes ---------------------------------------------------------------------------
+
+GOOD_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "connection", "version", "key", "text"),
+    [
+        (None, None, None, None, "/ws is a WebSocket endpoint: connect with new WebSocket("),
+        ("h2c", "Upgrade", "13", GOOD_KEY, "/ws is a WebSocket endpoint"),
+        ("websocket", None, "13", GOOD_KEY, "the Connection header must include Upgrade"),
+        ("websocket", "keep-alive", "13", GOOD_KEY, "Connection header must include Upgrade"),
+        ("websocket", "Upgrade", "12", GOOD_KEY, "Sec-WebSocket-Version '12' is not supported"),
+        ("WebSocket", "keep-alive, Upgrade", None, GOOD_KEY, "Version '' is not supported: use 13"),
+        ("websocket", "Upgrade", "13", None, "Sec-WebSocket-Key must be 16 random bytes"),
+        ("websocket", "Upgrade", "13", "c2hvcnQ=", "Sec-WebSocket-Key must be 16 random bytes"),
+        ("websocket", "Upgrade", "13", "not base64!", "Sec-WebSocket-Key must be 16"),
+        ("websocket", "Upgrade", "13", GOOD_KEY, "bad WebSocket handshake"),
+    ],
+)
+def test_describe_bad_handshake(
+    upgrade: str | None, connection: str | None, version: str | None, key: str | None, text: str
+) -> None:
+    described = describe_bad_handshake(
+        upgrade=upgrade, connection=connection, version=version, key=key
+    )
+    assert text in described

@@ -5,14 +5,26 @@ query rules are in `tinywasm_wasi.ws_protocol`). Each client has one bounded
 send queue and one writer task; `Hub.broadcast` only does ``put_nowait`` and
 never awaits a socket. Frames are encoded once per broadcast and shared.
 
+Before the upgrade: 503 after `close`, 403 for an Origin the ``--ws-origins``
+policy refuses, 400 for a bad query or a request that is not a valid handshake.
+
+Each connection's inbound frames are rate limited (``--ws-rate-limit``, a token
+bucket): over the limit the hub stops reading from that socket until a token
+is due, so TCP pushes back on that client alone and no frame is lost.
+
 Close codes sent:
 
 - 1001 going away: the hub is closing (server shutdown).
-- 1007 invalid data: an envelope-mode frame is not a valid CBOR Message.
+- 1002 protocol error: a malformed or unexpected frame (aiohttp's check).
+- 1007 invalid data: a text frame that is not UTF-8 (aiohttp's check), or an
+  envelope-mode frame that is not a valid CBOR Message.
 - 1008 policy violation: the client published to a topic the ``--ws-inbound``
   allow-list does not admit, or to a wildcard topic.
-- 1013 try again later: slow consumer. The client's queue was full, so it is
-  disconnected (never silently dropped from); its queued frames are released.
+- 1009 message too big: a frame over ``--ws-max-frame`` (aiohttp's check, made
+  before the frame is buffered).
+- 1013 try again later: slow consumer. The client's queue held too many frames
+  (``--ws-queue-size``) or bytes (``--ws-queue-bytes``), so it is disconnected
+  (never silently dropped from); its queued frames are released.
 
 Register `Hub.close` in the app's ``on_shutdown``: aiohttp waits for open
 handlers before it runs ``cleanup_ctx``, so WebSockets must be closed earlier.
@@ -21,12 +33,13 @@ handlers before it runs ``cleanup_ctx``, so WebSockets must be closed earlier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 
 from bus import (
     BusClosedError,
@@ -37,14 +50,20 @@ from bus import (
     validate_pattern,
     validate_topic,
 )
+from tinywasm_wasi.config import MiB
+from tinywasm_wasi.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.ws_protocol import (
     CloseCode,
     Publish,
     Refuse,
     RequestError,
     WsRequest,
+    check_origin,
     decide_inbound,
+    describe_bad_handshake,
+    parse_origins,
     parse_request,
+    protocol_error_reason,
     refuse_topic_error,
 )
 
@@ -60,8 +79,10 @@ CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take before the socket is a
 class HubStats:
     """Counters since the hub was created; `clients` is the current count.
 
-    `inbound_refused` counts every frame not published: refused topics (1008)
-    and malformed envelopes (1007).
+    `inbound_refused` counts connections closed for what they sent: refused
+    topics (1008), malformed envelopes or text (1007), frames too big (1009)
+    and protocol errors (1002). `inbound_throttled` counts frames that waited
+    for the rate limit; `origins_refused` counts handshakes refused with 403.
     """
 
     clients: int
@@ -69,6 +90,8 @@ class HubStats:
     slow_disconnects: int
     inbound_published: int
     inbound_refused: int
+    inbound_throttled: int
+    origins_refused: int
 
 
 class _State(Enum):
@@ -76,23 +99,61 @@ class _State(Enum):
     CLOSED = "closed"
 
 
+class _Socket(web.WebSocketResponse):
+    """aiohttp's WebSocketResponse, with a close reason on the closes aiohttp makes itself.
+
+    aiohttp refuses a frame over ``max_msg_size`` (1009), text that is not UTF-8
+    (1007) or a malformed frame (1002) by closing with an empty reason; the
+    client is told what was wrong and which setting applies instead.
+    """
+
+    def __init__(self, *, max_frame: int) -> None:
+        # compress=False: no permessage-deflate, so a small frame cannot inflate
+        # into a large message. aiohttp refuses a message of max_msg_size bytes.
+        super().__init__(heartbeat=HEARTBEAT, compress=False, max_msg_size=max_frame + 1)
+        self.max_frame = max_frame
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if not message:
+            message = protocol_error_reason(code, self.max_frame).encode("utf-8")
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class _Client:
     """One connection: its socket, what it subscribed to, its send queue and its tasks."""
 
-    __slots__ = ("closer", "peer", "queue", "sending", "transport", "wanted", "writer", "ws")
+    __slots__ = (
+        "closer",
+        "ended",
+        "peer",
+        "queue",
+        "queued_bytes",
+        "sending",
+        "stopping",
+        "throttled",
+        "transport",
+        "wanted",
+        "writer",
+        "ws",
+    )
 
-    def __init__(
-        self, ws: web.WebSocketResponse, req: web.Request, wanted: WsRequest, queue_size: int
-    ) -> None:
+    def __init__(self, ws: _Socket, req: web.Request, wanted: WsRequest, queue_size: int) -> None:
         self.ws = ws
         self.wanted = wanted
         self.peer = req.remote or "?"
         self.transport = req.transport
         # None once the client is unsubscribed: nothing is queued to it any more.
         self.queue: asyncio.Queue[bytes] | None = asyncio.Queue(queue_size)
+        # Bytes of the frames in `queue` plus the one the writer is sending.
+        self.queued_bytes = 0
         self.writer: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
         self.sending = False  # the writer is inside send_bytes, maybe waiting for the socket
+        self.stopping = asyncio.Event()  # set when the close begins: ends a throttle wait
+        self.throttled = False  # the rate limit has slowed this client down (logged once)
+        self.ended = ""  # how aiohttp ended the connection, when it did (for the log)
 
 
 class Hub:
@@ -104,6 +165,10 @@ class Hub:
         publish: Callable[[str, bytes], object],
         inbound: Sequence[str],
         queue_size: int = 1000,
+        queue_bytes: int = 8 * MiB,
+        max_frame: int = 1 * MiB,
+        rate_limit: float = 100.0,
+        origins: Sequence[str] = (),
     ) -> None:
         """Create a hub.
 
@@ -111,16 +176,38 @@ class Hub:
             publish: called with (topic, payload) for each frame a browser may publish.
             inbound: topic patterns browsers may publish to; empty means none.
             queue_size: frames a client may have queued before it is disconnected as slow.
+            queue_bytes: bytes a client may have queued before it is disconnected as
+                slow; a single frame is always accepted into an empty queue.
+            max_frame: largest frame (message) a client may send, in bytes.
+            rate_limit: frames per second one connection may send, in bursts of up
+                to ``max(1, rate_limit)``; 0 turns the limit off.
+            origins: Origin values allowed to open a connection (``scheme://host[:port]``,
+                or ``*`` for any); empty means the server's own origin only. Clients
+                that send no Origin header are always allowed.
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
-            ValueError: `queue_size` is less than 1.
+            ValueError: a size or count is less than 1, `rate_limit` is negative,
+                or an `origins` entry is not an origin.
         """
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        for name, value in (
+            ("queue_size", queue_size),
+            ("queue_bytes", queue_bytes),
+            ("max_frame", max_frame),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        if not rate_limit >= 0:
+            raise ValueError(
+                f"rate_limit must be zero (off) or more frames a second, not {rate_limit}"
+            )
         self._publish = publish
         self._inbound = tuple(validate_pattern(p) for p in inbound)
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._max_frame = max_frame
+        self._rate_limit = rate_limit
+        self._origins = parse_origins(origins)
         self._state = _State.OPEN
         self._closed = asyncio.Event()
         self._index: TopicIndex[_Client] = TopicIndex()
@@ -129,6 +216,12 @@ class Hub:
         self._slow_disconnects = 0
         self._inbound_published = 0
         self._inbound_refused = 0
+        self._inbound_throttled = 0
+        self._origins_refused = 0
+        # What clients do must not flood the log: one line a second per kind.
+        self._warn_slow = LogLimiter(log)
+        self._warn_refused = LogLimiter(log)
+        self._note_throttled = LogLimiter(log, level=logging.INFO)
 
     @property
     def closed(self) -> bool:
@@ -148,6 +241,8 @@ class Hub:
             slow_disconnects=self._slow_disconnects,
             inbound_published=self._inbound_published,
             inbound_refused=self._inbound_refused,
+            inbound_throttled=self._inbound_throttled,
+            origins_refused=self._origins_refused,
         )
 
     def broadcast(self, topic: str, payload: bytes) -> int:
@@ -166,7 +261,7 @@ class Hub:
             return 0
         if len(targets) > 1:
             targets = list(dict.fromkeys(targets))  # two matching patterns, one frame
-        raw = bytes(payload)
+        raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
         envelope: bytes | None = None
         queued = 0
         for client in targets:
@@ -176,41 +271,67 @@ class Hub:
                 frame = envelope
             else:
                 frame = raw
-            assert client.queue is not None  # subscribed clients always have one
+            queue = client.queue
+            assert queue is not None  # subscribed clients always have one
+            if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
+                self._slow(
+                    client,
+                    f"slow consumer: over {self._queue_bytes} bytes queued",
+                    "%d bytes queued and a %d-byte frame to add, over --ws-queue-bytes %d",
+                    client.queued_bytes,
+                    len(frame),
+                    self._queue_bytes,
+                )
+                continue
             try:
-                client.queue.put_nowait(frame)
+                queue.put_nowait(frame)
             except asyncio.QueueFull:
-                self._slow_disconnects += 1
-                log.warning(
-                    "ws %s disconnected as a slow consumer: %d frames queued",
-                    client.peer,
+                self._slow(
+                    client,
+                    f"slow consumer: {self._queue_size} frames queued",
+                    "%d frames queued, the --ws-queue-size limit",
                     self._queue_size,
                 )
-                self._begin_close(
-                    client,
-                    CloseCode.TRY_AGAIN_LATER,
-                    f"slow consumer: {self._queue_size} frames queued",
-                )
             else:
+                client.queued_bytes += len(frame)
                 queued += 1
         self._frames_queued += queued
         return queued
 
+    def _slow(self, client: _Client, reason: str, detail: str, *args: object) -> None:
+        """Disconnect `client` as a slow consumer (1013), with a rate-limited warning."""
+        self._slow_disconnects += 1
+        self._warn_slow(
+            "ws %s disconnected as a slow consumer: " + detail + " (raise the limit if "
+            "its clients are just slow to read)",
+            client.peer,
+            *args,
+        )
+        self._begin_close(client, CloseCode.TRY_AGAIN_LATER, reason)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The ``GET /ws`` route: 400 on a bad query, 503 after `close`, else a WebSocket."""
+        """The ``GET /ws`` route: 503, 403 (origin), 400 (query, handshake) or a WebSocket."""
         if self._state is _State.CLOSED:
             return web.Response(status=503, text="server shutting down: try again later\n")
+        headers = request.headers
+        refusal = check_origin(self._origins, headers.get(hdrs.ORIGIN), headers.get(hdrs.HOST))
+        if refusal is not None:
+            self._origins_refused += 1
+            self._warn_refused("ws %s refused: %s", request.remote, refusal)
+            return web.Response(status=403, text=f"{refusal}\n")
         try:
             wanted = parse_request(request.query.items())
         except RequestError as exc:
             return web.Response(status=400, text=f"{exc}\n")
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, compress=False)
+        ws = _Socket(max_frame=self._max_frame)
         if not ws.can_prepare(request):
-            return web.Response(
-                status=400,
-                text="/ws is a WebSocket endpoint: connect with new WebSocket(...), "
-                "e.g. ws://host:port/ws?topic=chat\n",
+            why = describe_bad_handshake(
+                upgrade=headers.get(hdrs.UPGRADE),
+                connection=headers.get(hdrs.CONNECTION),
+                version=headers.get(hdrs.SEC_WEBSOCKET_VERSION),
+                key=headers.get(hdrs.SEC_WEBSOCKET_KEY),
             )
+            return web.Response(status=400, text=f"{why}\n")
         await ws.prepare(request)
         client = _Client(ws, request, wanted, self._queue_size)
         self._clients.add(client)
@@ -246,13 +367,24 @@ class Hub:
 
     async def _read(self, client: _Client) -> None:
         """Handle frames from the client until it closes or is refused."""
-        async for msg in client.ws:
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(self._rate_limit, now=loop.time()) if self._rate_limit else None
+        while True:
+            msg = await client.ws.receive()
             if msg.type is WSMsgType.TEXT:
                 data = msg.data.encode("utf-8")
             elif msg.type is WSMsgType.BINARY:
                 data = msg.data
-            else:  # ERROR: aiohttp has already closed the socket
+            else:  # CLOSE, CLOSING, CLOSED or ERROR (aiohttp has then closed the socket)
+                if msg.type is WSMsgType.ERROR:
+                    self._read_failed(client, msg.data)
                 return
+            if bucket is not None:
+                delay = bucket.take(loop.time())
+                if delay > 0:
+                    # Not reading is the throttle: frames wait in aiohttp's buffer and
+                    # the socket, TCP flow control slows the sender, nothing is lost.
+                    await self._throttle(client, delay)
             if client.closer is not None:
                 return  # closing: frames that arrive meanwhile are not published
             decision = decide_inbound(client.wanted, self._inbound, data)
@@ -266,10 +398,37 @@ class Hub:
                     return
             if isinstance(decision, Refuse):
                 self._inbound_refused += 1
-                log.warning("ws %s refused: %s", client.peer, decision.reason)
+                self._warn_refused("ws %s refused: %s", client.peer, decision.reason)
                 self._begin_close(client, decision.code, decision.reason)
                 return
             self._inbound_published += 1
+
+    async def _throttle(self, client: _Client, delay: float) -> None:
+        """Wait `delay` seconds before reading on, or until the client's close begins."""
+        self._inbound_throttled += 1
+        if not client.throttled:
+            client.throttled = True
+            self._note_throttled(
+                "ws %s sends faster than --ws-rate-limit %g frames/s: reading from it is slowed",
+                client.peer,
+                self._rate_limit,
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await client.stopping.wait()
+
+    def _read_failed(self, client: _Client, error: object) -> None:
+        """Log why aiohttp ended the connection: a refused frame is the client's fault."""
+        if isinstance(error, WebSocketError):
+            self._inbound_refused += 1
+            reason = protocol_error_reason(error.code, self._max_frame) or str(error)
+            detail = "" if error.code == CloseCode.MESSAGE_TOO_BIG else f" ({error})"
+            client.ended = f"closed with {error.code} {reason}"
+            self._warn_refused(
+                "ws %s closed with %d: %s%s", client.peer, error.code, reason, detail
+            )
+        else:
+            client.ended = f"reading failed: {error!r}"
 
     async def _write(self, client: _Client) -> None:
         """Send queued frames until the client is unsubscribed or the connection breaks."""
@@ -281,12 +440,15 @@ class Hub:
                 client.sending = True
                 await client.ws.send_bytes(frame)
                 client.sending = False
+                if client.queue is queue:
+                    client.queued_bytes -= len(frame)
         except ConnectionError:
             self._unsubscribe(client)  # the reader sees the broken connection too
 
     def _unsubscribe(self, client: _Client) -> None:
         """Stop queuing to `client`: remove it from the index, release its queued frames."""
         queue, client.queue = client.queue, None
+        client.queued_bytes = 0
         if queue is not None:
             for pattern in client.wanted.patterns:
                 self._index.remove(pattern, client)
@@ -296,6 +458,7 @@ class Hub:
     def _begin_close(self, client: _Client, code: CloseCode, reason: str) -> asyncio.Task[None]:
         """Stop queuing to `client` now and schedule its close (once); does not block."""
         self._unsubscribe(client)
+        client.stopping.set()
         if client.closer is None:
             # A writer inside send_bytes is left to finish: cancelling aiohttp's drain
             # would break the close below. It stops once the frame is out.
@@ -325,7 +488,8 @@ class Hub:
                 await asyncio.wait([writer])
                 if not writer.cancelled() and writer.exception():
                     log.error("ws %s: writer failed", client.peer, exc_info=writer.exception())
-            if sent:
-                log.debug("ws %s disconnected: closed with %d %s", client.peer, code, reason)
+            if sent or client.ended:
+                ended = client.ended or f"closed with {code} {reason}"
+                log.debug("ws %s disconnected: %s", client.peer, ended)
             else:
                 log.debug("ws %s disconnected: client closed with %s", client.peer, ws.close_code)

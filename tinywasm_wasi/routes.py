@@ -1,4 +1,8 @@
-"""HTTP routes other than /ws: health, module status and the demo page."""
+"""HTTP routes other than /ws: health, module status and the demo page.
+
+Read-only routes are public. State-changing ones (reload, rollback) go through
+an `AdminGuard` (tinywasm_wasi/admin.py): a token, or loopback clients only.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tinywasm_wasi.admin import AdminGuard
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.host import ModuleHost
 
@@ -27,8 +32,20 @@ def add_static_routes(app: web.Application, web_dir: Path) -> None:
         app.router.add_static("/static/", web_dir, show_index=False)
 
 
-def add_module_routes(app: web.Application, host: ModuleHost, clients: Callable[[], int]) -> None:
-    """`/healthz` and `GET /api/modules`. `clients()` returns the WebSocket client count."""
+def add_module_routes(
+    app: web.Application,
+    host: ModuleHost,
+    clients: Callable[[], int],
+    *,
+    admin: AdminGuard | None = None,
+) -> None:
+    """`/healthz`, `/api/modules` and each module's history, reload and rollback.
+
+    `clients()` returns the WebSocket client count. `admin` guards reload and
+    rollback; the default serves them to loopback clients only.
+    """
+    if admin is None:
+        admin = AdminGuard(None)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response(
@@ -43,7 +60,8 @@ def add_module_routes(app: web.Application, host: ModuleHost, clients: Callable[
         stats = host.bus.stats()
         return web.json_response(
             {
-                "modules": [m.snapshot() for m in host.modules.values()],
+                "modules": [m.snapshot() for m in host.modules.values()]
+                + [q.to_json() for q in host.quarantined.values()],
                 "refused": host.refused,
                 "bus": {
                     "published": stats.published,
@@ -91,5 +109,5 @@ def add_module_routes(app: web.Application, host: ModuleHost, clients: Callable[
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/modules", list_modules)
     app.router.add_get("/api/modules/{name}/history", history)
-    app.router.add_post("/api/modules/{name}/reload", reload)
-    app.router.add_post("/api/modules/{name}/rollback", rollback)
+    app.router.add_post("/api/modules/{name}/reload", admin(reload))
+    app.router.add_post("/api/modules/{name}/rollback", admin(rollback))

@@ -17,12 +17,15 @@ from typing import Protocol
 from aiohttp import web
 
 from bus import Bus
+from tinywasm_wasi.admin import AdminGuard
 from tinywasm_wasi.bridge import LoopBridge
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.history import VersionRecord
 from tinywasm_wasi.host import ModuleHost
 from tinywasm_wasi.hub import Hub
+from tinywasm_wasi.limits import Limits
 from tinywasm_wasi.routes import add_module_routes, add_static_routes
+from tinywasm_wasi.rules import RuleError, parse_file_name
 from tinywasm_wasi.runtime import Runtime
 from tinywasm_wasi.watcher import ModuleChange, ModuleWatcher
 
@@ -114,10 +117,17 @@ class WasiServer(_HttpServer):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.bus = Bus()
-        self.runtime = Runtime()
+        self.runtime = Runtime(cache_dir=config.cache_dir)
         self.hub = Hub(
-            publish=self.bus.publish, inbound=config.ws_inbound, queue_size=config.ws_queue_size
+            publish=self.bus.publish,
+            inbound=config.ws_inbound,
+            queue_size=config.ws_queue_size,
+            queue_bytes=config.ws_queue_bytes,
+            max_frame=config.ws_max_frame,
+            rate_limit=config.ws_rate_limit,
+            origins=config.ws_origins,
         )
+        self.admin = AdminGuard(config.admin_token)
         self._bridge: LoopBridge | None = None
         self._host: ModuleHost | None = None
         self._watcher: ModuleWatcher | None = None
@@ -139,6 +149,14 @@ class WasiServer(_HttpServer):
             mailbox_size=config.mailbox_size,
             drain_timeout=config.drain_timeout,
             probation=config.swap_probation,
+            limits=Limits(
+                memory_limit=config.memory_limit,
+                call_timeout=config.call_timeout,
+                max_payload=config.max_payload,
+            ),
+            max_module_size=config.max_module_size,
+            quarantine=(config.quarantine_traps, config.quarantine_window),
+            quarantine_backoff=config.quarantine_backoff,
         )
         await self._host.load_dir(config.modules_dir)
         if config.watch and config.modules_dir.is_dir():
@@ -148,7 +166,7 @@ class WasiServer(_HttpServer):
             await self._watcher.start()
         app = web.Application()
         app.router.add_get("/ws", self.hub.handle)
-        add_module_routes(app, self._host, lambda: self.hub.clients)
+        add_module_routes(app, self._host, lambda: self.hub.clients, admin=self.admin)
         add_static_routes(app, config.web_dir)
         try:
             await self._serve(app)
@@ -179,6 +197,7 @@ class WasiServer(_HttpServer):
         await self.hub.close()
         await self._cleanup()
         self.bus.close()
+        self.runtime.close()
         log.info("closed")
 
     async def reload(self, name: str, trigger: str = "api") -> VersionRecord | None:
@@ -190,7 +209,12 @@ class WasiServer(_HttpServer):
         return await self.host.swap(name, trigger)
 
     def _on_file_change(self, change: ModuleChange) -> None:
-        self.host.schedule(change.name, "watcher")
+        try:
+            name = parse_file_name(change.path.name).name
+        except RuleError as exc:
+            log.error("ignoring module file %s: %s", change.path.name, exc)
+            return
+        self.host.schedule(name, "watcher")
 
 
 async def run_until_signalled(server: Server) -> None:

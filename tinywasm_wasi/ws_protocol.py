@@ -3,14 +3,21 @@
 `parse_request` turns the ``/ws`` query into a `WsRequest` (or a `RequestError`
 whose text is the HTTP 400 body), `decide_inbound` says what a frame a browser
 sent means (`Publish` or `Refuse`), and `fit_reason` makes a close reason fit
-the 123 bytes a WebSocket close frame allows. `tinywasm_wasi.hub` feeds them.
+the 123 bytes a WebSocket close frame allows. Before the upgrade,
+`check_origin` applies the `--ws-origins` policy (`parse_origins`) and
+`describe_bad_handshake` explains a refused handshake; after it,
+`protocol_error_reason` names what was wrong with a frame aiohttp refused.
+`tinywasm_wasi.hub` feeds them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from urllib.parse import urlsplit
 
 from bus import MessageError, TopicError, decode_message, matches, validate_pattern, validate_topic
 
@@ -18,13 +25,18 @@ __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "MAX_TOPICS",
     "CloseCode",
+    "OriginPolicy",
     "Publish",
     "Refuse",
     "RequestError",
     "WsRequest",
+    "check_origin",
     "decide_inbound",
+    "describe_bad_handshake",
     "fit_reason",
+    "parse_origins",
     "parse_request",
+    "protocol_error_reason",
     "refuse_topic_error",
 ]
 
@@ -39,8 +51,10 @@ class CloseCode(IntEnum):
     """The WebSocket close codes the hub sends (RFC 6455 section 7.4)."""
 
     GOING_AWAY = 1001  # the server is shutting down
-    INVALID_DATA = 1007  # an envelope frame is not a valid CBOR Message
+    PROTOCOL_ERROR = 1002  # a malformed or unexpected frame (sent by aiohttp)
+    INVALID_DATA = 1007  # a text frame not UTF-8, or an envelope not a CBOR Message
     POLICY_VIOLATION = 1008  # the client may not publish to that topic
+    MESSAGE_TOO_BIG = 1009  # a frame over --ws-max-frame (sent by aiohttp)
     TRY_AGAIN_LATER = 1013  # slow consumer: its send queue overflowed
 
 
@@ -146,6 +160,169 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
 def refuse_topic_error(exc: TopicError) -> Refuse:
     """The refusal for a frame whose topic the bus rejected."""
     return Refuse(CloseCode.POLICY_VIOLATION, fit_reason(f"topic refused: {exc}"))
+
+
+def protocol_error_reason(code: int, max_frame: int) -> str:
+    """The close reason for a frame refused by aiohttp's own checks, by close code."""
+    if code == CloseCode.MESSAGE_TOO_BIG:
+        return fit_reason(
+            f"frame too big: the limit is {max_frame} bytes (the server's --ws-max-frame setting)"
+        )
+    if code == CloseCode.INVALID_DATA:
+        return "text frame is not valid UTF-8: send other bytes as a binary frame"
+    if code == CloseCode.PROTOCOL_ERROR:
+        return "protocol error: malformed or unexpected WebSocket frame (see RFC 6455)"
+    return ""
+
+
+# -- before the upgrade: origins and handshakes -------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_ORIGIN_SETTING = "--ws-origins / TINYWASM_WS_ORIGINS"
+
+# (scheme, host, port): an origin with its default port filled in, host lower case.
+_OriginKey = tuple[str, str, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class OriginPolicy:
+    """Which browser origins may open ``/ws`` (the ``--ws-origins`` setting).
+
+    `any`: every origin. Otherwise exactly `origins`, or, when none are listed,
+    the server's own origin. Clients that send no Origin header (programs, not
+    browsers) are always let through: the header protects browsers' users, and a
+    program can send any value it likes.
+    """
+
+    origins: frozenset[_OriginKey] = frozenset()
+    any: bool = False
+
+
+def parse_origins(entries: Iterable[str]) -> OriginPolicy:
+    """Read ``--ws-origins`` entries: ``*``, or origins ``scheme://host[:port]``.
+
+    Raises:
+        ValueError: an entry is not an origin.
+    """
+    keys: set[_OriginKey] = set()
+    allow_any = False
+    for entry in entries:
+        if entry.strip() == "*":
+            allow_any = True
+            continue
+        key = _origin_key(entry)
+        if key is None:
+            raise ValueError(
+                f"{entry!r} is not an origin: use scheme://host[:port] with no path, "
+                "e.g. https://example.com, or * for any origin"
+            )
+        keys.add(key)
+    return OriginPolicy(origins=frozenset(keys), any=allow_any)
+
+
+def check_origin(policy: OriginPolicy, origin: str | None, host: str | None) -> str | None:
+    """Decide a ``/ws`` handshake by its Origin header; None lets it through.
+
+    `host` is the request's Host header: the server's own origin is an
+    ``http`` or ``https`` origin with that host and port (a missing port is
+    the scheme's default), so the check also holds behind a TLS proxy that
+    keeps the Host header. Otherwise the text of the HTTP 403 refusal.
+    """
+    if origin is None or policy.any:
+        return None
+    key = _origin_key(origin)
+    if policy.origins:
+        if key in policy.origins:
+            return None
+        why = "it is not one of the origins the server's --ws-origins setting allows"
+    else:
+        if key is not None and _same_origin(key, host):
+            return None
+        why = "only the server's own origin may connect (the --ws-origins setting is empty)"
+    quoted = repr(fit_reason(origin, 100))
+    if key is None:
+        return (
+            f"origin {quoted} may not open /ws: {why}; it is not a scheme://host[:port] "
+            f"origin, so only {_ORIGIN_SETTING}='*' would allow it"
+        )
+    return (
+        f"origin {quoted} may not open /ws: {why}. To allow it, add it to "
+        f"{_ORIGIN_SETTING}, e.g. TINYWASM_WS_ORIGINS={_format_origin(key)}"
+    )
+
+
+def describe_bad_handshake(
+    *, upgrade: str | None, connection: str | None, version: str | None, key: str | None
+) -> str:
+    """Say why a request to ``/ws`` is not a WebSocket handshake, from its headers.
+
+    Only the explanation: aiohttp decides whether the handshake is valid.
+    """
+    if (upgrade or "").strip().lower() != "websocket":
+        return (
+            "/ws is a WebSocket endpoint: connect with new WebSocket(...), "
+            "e.g. ws://host:port/ws?topic=chat"
+        )
+    if "upgrade" not in [t.strip().lower() for t in (connection or "").split(",")]:
+        return "bad WebSocket handshake: the Connection header must include Upgrade"
+    if version not in ("13", "8", "7"):
+        return (
+            f"bad WebSocket handshake: Sec-WebSocket-Version {fit_reason(version or '', 20)!r} "
+            "is not supported: use 13"
+        )
+    try:
+        key_ok = key is not None and len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        key_ok = False
+    if not key_ok:
+        return "bad WebSocket handshake: Sec-WebSocket-Key must be 16 random bytes in base64"
+    return "bad WebSocket handshake: see RFC 6455 section 4.1"
+
+
+def _origin_key(text: str) -> _OriginKey | None:
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return (
+        parts.scheme,
+        parts.hostname,
+        port if port is not None else _DEFAULT_PORTS.get(parts.scheme),
+    )
+
+
+def _same_origin(key: _OriginKey, host: str | None) -> bool:
+    scheme, hostname, port = key
+    if scheme not in ("http", "https") or not host:
+        return False
+    try:
+        parts = urlsplit("//" + host.strip())
+        host_port = parts.port
+    except ValueError:
+        return False
+    if parts.netloc != host.strip() or "@" in parts.netloc or parts.hostname is None:
+        return False
+    if host_port is None:
+        host_port = _DEFAULT_PORTS[scheme]
+    return parts.hostname == hostname and host_port == port
+
+
+def _format_origin(key: _OriginKey) -> str:
+    scheme, hostname, port = key
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def fit_reason(text: str, limit: int = MAX_CLOSE_REASON_BYTES) -> str:

@@ -1,0 +1,93 @@
+"""Rate limits as plain objects: a token bucket and a log-line limiter.
+
+Both are pure apart from the clock: `TokenBucket.take` is given the time, and
+`LogLimiter` reads an injectable clock (``time.monotonic`` by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+__all__ = ["LogLimiter", "TokenBucket"]
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; the bucket starts full.
+
+    `take` always takes a token, even one not earned yet, and says how long to
+    wait before acting on it. A caller that waits that long before taking the
+    next one keeps to `rate` on average, with at most `burst` at once.
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, *, burst: float | None = None, now: float = 0.0) -> None:
+        """Create a full bucket.
+
+        Args:
+            rate: tokens per second, more than zero.
+            burst: most tokens saved up; default ``max(1, rate)``.
+            now: the current time, in the clock later passed to `take`.
+
+        Raises:
+            ValueError: `rate` is not more than zero, or `burst` is less than 1.
+        """
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"rate must be more than zero tokens a second, not {rate}")
+        burst = max(1.0, rate) if burst is None else burst
+        if not burst >= 1:
+            raise ValueError(f"burst must be at least 1 token, not {burst}")
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = self.burst
+        self._last = now
+
+    def take(self, now: float) -> float:
+        """Take one token at time `now`; return the seconds to wait before using it (0: now)."""
+        if now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class LogLimiter:
+    """Log at most one line per `interval` seconds; the next line counts what was left out."""
+
+    __slots__ = ("_clock", "_last", "_suppressed", "interval", "level", "logger")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float = 1.0,
+        level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.level = level
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+
+    @property
+    def suppressed(self) -> int:
+        """Lines left out since the last one logged."""
+        return self._suppressed
+
+    def __call__(self, msg: str, *args: object) -> bool:
+        """Log `msg % args` unless a line was logged less than `interval` ago; True if logged."""
+        now = self._clock()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return False
+        if self._suppressed:
+            msg += " (%d similar lines suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        self.logger.log(self.level, msg, *args)
+        return True
