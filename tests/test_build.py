@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 import wasmtime
 
-from tinywasm_wasi.build import BuildError, build_module, main, zig_cc_command
+from tinywasm_wasi.build import (
+    BuildError,
+    build_module,
+    check_output_name,
+    main,
+    output_name,
+    zig_cc_command,
+)
 
 # The first zig build on a machine fills its cache (about 20 s); later ones take ~50 ms.
 pytestmark = pytest.mark.timeout(300)
@@ -21,6 +30,13 @@ EXAMPLES = {
     "chat": "on_message",
     "monitor": "on_topic_message",
 }
+# HTTP examples: output file (build.toml names the middlewares') and HTTP export.
+HTTP_EXAMPLES = {
+    "echo": ("echo.wasm", "handle"),
+    "echo_http": ("echo_http.wasm", "handle_http"),
+    "auth": ("20-auth@[echo_http].wasm", "handle_http"),
+    "tag": ("10-tag@[*].wasm", "handle_http"),
+}
 HOST_IMPORTS = {"publish", "subscribe", "unsubscribe", "ws_broadcast", "log"}
 I32 = wasmtime.ValType.i32()
 
@@ -28,7 +44,7 @@ I32 = wasmtime.ValType.i32()
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out_dir = tmp_path_factory.mktemp("dist")
-    return {name: build_module(MODULES / name, out_dir) for name in EXAMPLES}
+    return {name: build_module(MODULES / name, out_dir) for name in [*EXAMPLES, *HTTP_EXAMPLES]}
 
 
 def _params(t: wasmtime.FuncType) -> list[str]:
@@ -146,11 +162,27 @@ def test_examples_run_against_a_stub_host(built: dict[str, Path]) -> None:
     assert monitor.calls[2][1:] == (b"monitor", (b"big: " + b"y" * 5000)[:1024])
 
 
+@pytest.mark.parametrize("name", sorted(HTTP_EXAMPLES))
+def test_http_example_is_named_by_its_build_toml_and_exports_its_handler(
+    built: dict[str, Path], name: str
+) -> None:
+    file_name, export = HTTP_EXAMPLES[name]
+    assert built[name].name == file_name == output_name(MODULES / name)
+    module = wasmtime.Module.from_file(wasmtime.Engine(), str(built[name]))
+    exports = {exp.name: exp.type for exp in module.exports}
+    handler = exports[export]
+    assert isinstance(handler, wasmtime.FuncType)
+    result = "i32" if export == "handle" else "i64"
+    assert (_params(handler), _results(handler)) == (["i32", "i32"], [result])
+    assert {"malloc", "free", "memory"} <= set(exports)
+    assert not [i for i in module.imports if i.module == "env"], "HTTP examples need no host calls"
+
+
 def test_committed_dist_is_built_from_current_sources(built: dict[str, Path]) -> None:
     source_dirs = sorted(p.parent.name for p in MODULES.glob("*/*.c"))
-    assert set(EXAMPLES) <= set(source_dirs)
+    assert set(EXAMPLES) | set(HTTP_EXAMPLES) <= set(source_dirs)
     for name in source_dirs:
-        committed = MODULES / "dist" / f"{name}.wasm"
+        committed = MODULES / "dist" / output_name(MODULES / name)
         assert committed.is_file(), f"missing {committed}: run python -m cmd.tinywasm build"
         if name in built:
             assert committed.read_bytes() == built[name].read_bytes(), (
@@ -196,3 +228,115 @@ def test_main_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main([str(tmp_path / "nothing"), "-o", str(out_dir)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: cannot build ")
+
+
+def test_output_name_comes_from_build_toml(tmp_path: Path) -> None:
+    module_dir = tmp_path / "mw"
+    module_dir.mkdir()
+    assert output_name(module_dir) == "mw.wasm"
+    (module_dir / "build.toml").write_text('output = "5-mw@[*, -admin].wasm"\n')
+    assert output_name(module_dir) == "5-mw@[*, -admin].wasm"
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("output = ", "is not valid TOML"),
+        ('outptu = "x.wasm"', "unknown key 'outptu'; the only key is 'output'"),
+        ("output = 3", "output must be a string"),
+        ('output = "mw@[].wasm"', "empty middleware rule"),
+        ('output = "mw.so"', "must end in .wasm"),
+        ('output = "sub/mw.wasm"', "must be a plain file name"),
+        ('output = ".mw.wasm"', "must be a plain file name"),
+    ],
+)
+def test_bad_build_toml_says_what_to_fix(tmp_path: Path, toml: str, says: str) -> None:
+    module_dir = tmp_path / "mw"
+    module_dir.mkdir()
+    (module_dir / "build.toml").write_text(toml)
+    with pytest.raises(BuildError) as info:
+        output_name(module_dir)
+    assert str(info.value).startswith(str(module_dir / "build.toml"))
+    assert says in str(info.value)
+
+
+def test_output_name_flag_renames_one_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "out"
+    tag = MODULES / "tag"
+    assert main([str(tag), "-o", str(out_dir), "--output-name", "11-tag2@[echo].wasm"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["11-tag2@[echo].wasm"]
+    capsys.readouterr()
+    assert main([str(tag), "-o", str(out_dir), "-n", "tag@[].wasm"]) == 1
+    assert "output name 'tag@[].wasm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tag), str(MODULES / "echo"), "-n", "x.wasm"])
+    assert "--output-name names one output" in capsys.readouterr().err
+    assert check_output_name("x.wasm") == "x.wasm"
+
+
+class _HttpGuest:
+    """An HTTP example instantiated with WASI only, called the way the host calls it."""
+
+    def __init__(self, path: Path) -> None:
+        engine = wasmtime.Engine()
+        self.store = wasmtime.Store(engine)
+        self.store.set_wasi(wasmtime.WasiConfig())
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        module = wasmtime.Module.from_file(engine, str(path))
+        self.exports = linker.instantiate(self.store, module).exports(self.store)
+        memory = self.exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
+        self._call("_initialize")
+
+    def _call(self, export: str, *args: int) -> Any:
+        func = self.exports[export]
+        assert isinstance(func, wasmtime.Func), export
+        return func(self.store, *args)
+
+    def handle_http(self, request: bytes) -> Any:
+        ptr = self._call("malloc", len(request))
+        self.memory.write(self.store, request, ptr)
+        packed = self._call("handle_http", ptr, len(request)) & 0xFFFFFFFFFFFFFFFF
+        self._call("free", ptr)
+        at, size = packed >> 32, packed & 0xFFFFFFFF
+        return cbor2.loads(bytes(self.memory.read(self.store, at, at + size)))
+
+
+def test_http_examples_read_requests_with_tinycbor(built: dict[str, Path]) -> None:
+    request = {
+        "method": "GET",
+        "path": "/m/echo_http/x",
+        "route": "echo_http",
+        "query": "",
+        # A key added later, with nested items tc_skip() must step over.
+        "later": [{"a": [-1, 2**40, 1.5, None, True]}, cbor2.CBORTag(99, b"\x00")],
+        "headers": {"authorization": "Bearer t"},
+        "body": b"\x00\xff",
+    }
+    echo = _HttpGuest(built["echo_http"])
+    answer = echo.handle_http(cbor2.dumps(request))
+    assert answer["status"] == 200
+    assert answer["headers"] == {"content-type": "application/json", "x-echo": "echo_http"}
+    echoed = json.loads(answer["body"])
+    assert echoed["headers"] == {"authorization": "Bearer t"}
+    assert (echoed["path"], echoed["body_size"], echoed["body"]) == (
+        "/m/echo_http/x",
+        2,
+        "\x00\xff",
+    )
+    truncated = cbor2.dumps(request)[:-3]
+    assert echo.handle_http(truncated) == {"status": 400, "body": "echo_http: unreadable request\n"}
+
+    auth = _HttpGuest(built["auth"])
+    assert auth.handle_http(cbor2.dumps(request)) == {
+        "next": True,
+        "headers": {"x-auth": "present"},
+    }
+    anonymous = cbor2.dumps({**request, "headers": {"x-other": "1"}})
+    assert auth.handle_http(anonymous)["status"] == 401
+    tag = _HttpGuest(built["tag"])
+    assert tag.handle_http(b"") == {"next": True, "headers": {"x-tag": "tag"}}

@@ -49,6 +49,7 @@ class Running:
 
 def start(server: str | None, *args: str) -> Running:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+    env["TINYWASM_CACHE_DIR"] = "off"  # no compiled modules left in the user's cache
     if server is not None:
         env["TINYWASM_SERVER"] = server
     proc = subprocess.Popen(
@@ -80,15 +81,16 @@ def get(url: str) -> tuple[int, str]:
 def test_wasi_server_loads_the_examples_and_stops_cleanly_on_sigterm(
     running: list[Running],
 ) -> None:
+    examples = len(list((ROOT / "modules" / "dist").glob("*.wasm")))
     r = start("wasi")
     running.append(r)
-    port = r.wait_for(r"serving 4 module\(s\) on " + URL.pattern).group(1)
+    port = r.wait_for(rf"serving {examples} module\(s\) on " + URL.pattern).group(1)
     status, body = get(f"http://127.0.0.1:{port}/healthz")
     assert status == 200
-    assert '"modules": 4' in body
+    assert f'"modules": {examples}' in body
     code, output = r.stop()
     assert code == 0, output
-    for name in ("chat", "monitor", "receiver", "sender"):
+    for name in ("chat", "monitor", "receiver", "sender", "echo", "echo_http", "auth", "tag"):
         assert f"loaded module {name} " in output
     assert "[sender] " in output  # guest log lines are tagged with the module
     assert output.index("closing") < output.index("closed")
@@ -116,7 +118,7 @@ def test_unset_selects_the_static_default_server_and_says_modules_are_off(
 
 
 def test_an_unknown_server_exits_2_listing_the_valid_values() -> None:
-    env = {**os.environ, "TINYWASM_SERVER": "spin"}
+    env = {**os.environ, "TINYWASM_SERVER": "spin", "TINYWASM_CACHE_DIR": "off"}
     proc = subprocess.run(
         [sys.executable, "-m", "cmd.tinywasm"],
         cwd=ROOT,
@@ -144,7 +146,7 @@ def test_port_in_use_exits_1_with_a_hint(running: list[Running]) -> None:
     first = start("wasi")
     running.append(first)
     port = first.wait_for(URL.pattern).group(1)
-    env = {**os.environ, "TINYWASM_SERVER": "wasi"}
+    env = {**os.environ, "TINYWASM_SERVER": "wasi", "TINYWASM_CACHE_DIR": "off"}
     proc = subprocess.run(
         [sys.executable, "-m", "cmd.tinywasm", "--port", port],
         cwd=ROOT,

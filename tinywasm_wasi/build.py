@@ -4,6 +4,12 @@
 ``modules/dist/chat.wasm``. The output is written under a temporary name in the same
 directory and renamed into place, so a server watching ``dist`` never loads a half-written
 file. `main` is the ``python -m cmd.tinywasm build`` command.
+
+The output file name can be set, for a middleware's rule and order
+(``20-auth@[echo_http].wasm``, see `tinywasm_wasi.rules`), with ``--output-name`` or,
+so that every build of the folder agrees, in a ``build.toml`` beside the sources::
+
+    output = "20-auth@[echo_http].wasm"
 """
 
 from __future__ import annotations
@@ -16,15 +22,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 from tinywasm_wasi.exceptions import TinywasmError
+from tinywasm_wasi.rules import RuleError, parse_file_name
 
-__all__ = ["INCLUDE_DIR", "BuildError", "build_module", "main", "zig_cc_command"]
+__all__ = [
+    "BUILD_FILE",
+    "INCLUDE_DIR",
+    "BuildError",
+    "build_module",
+    "check_output_name",
+    "main",
+    "output_name",
+    "zig_cc_command",
+]
 
 logger = logging.getLogger("tinywasm.build")
 
 INCLUDE_DIR = Path(__file__).resolve().parent.parent / "modules" / "include"
+BUILD_FILE = "build.toml"
 
 # The first build at a new optimisation level fills zig's cache (about 20 s on CI).
 COMPILE_TIMEOUT_S = 300.0
@@ -67,12 +85,59 @@ def _trim(text: str) -> str:
     return trimmed
 
 
-def build_module(module_dir: Path, out_dir: Path | None = None) -> Path:
-    """Compile all ``*.c`` files in `module_dir` into ``<out_dir>/<module_dir name>.wasm``.
+def check_output_name(name: str) -> str:
+    """Return `name` if it is a module file name the server loads; else raise BuildError."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise BuildError(
+            f"output name {name!r} must be a plain file name (no folder, not hidden), "
+            "e.g. chat.wasm or 20-auth@[users].wasm"
+        )
+    try:
+        parse_file_name(name)
+    except RuleError as exc:
+        raise BuildError(f"output name {name!r}: {exc}") from None
+    return name
+
+
+def output_name(module_dir: Path) -> str:
+    """The file `module_dir` builds to: ``output`` in its build.toml, else ``<dir name>.wasm``.
+
+    Raises:
+        BuildError: build.toml is not valid TOML, has a key other than ``output``, or
+            names an output the server would not load.
+    """
+    config = module_dir / BUILD_FILE
+    try:
+        text = config.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"{module_dir.name}.wasm"
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"cannot read {config}: {exc}") from None
+    try:
+        settings = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{config} is not valid TOML: {exc}") from None
+    unknown = sorted(set(settings) - {"output"})
+    if unknown:
+        raise BuildError(f"{config}: unknown key {unknown[0]!r}; the only key is 'output'")
+    name = settings.get("output", f"{module_dir.name}.wasm")
+    if not isinstance(name, str):
+        raise BuildError(f'{config}: output must be a string, e.g. output = "chat.wasm"')
+    try:
+        return check_output_name(name)
+    except BuildError as exc:
+        raise BuildError(f"{config}: {exc}") from None
+
+
+def build_module(
+    module_dir: Path, out_dir: Path | None = None, *, output: str | None = None
+) -> Path:
+    """Compile all ``*.c`` files in `module_dir` into ``<out_dir>/<output>``.
 
     Args:
         module_dir: directory holding the module's C sources, e.g. ``modules/chat``.
         out_dir: where to write the ``.wasm``; default ``<module_dir>/../dist``.
+        output: the file name; default `output_name(module_dir)`, e.g. ``chat.wasm``.
 
     Returns:
         The path of the built module.
@@ -95,9 +160,10 @@ def build_module(module_dir: Path, out_dir: Path | None = None) -> Path:
             f"cannot build {module_dir.name}: the zig compiler is not installed "
             "(pip install ziglang)"
         )
+    name = output_name(module_dir) if output is None else check_output_name(output)
     out_dir = (module_dir.parent / "dist") if out_dir is None else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / f"{module_dir.name}.wasm"
+    target = out_dir / name
 
     # Not ending in .wasm, so a watcher of out_dir ignores it until the rename.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{module_dir.name}.", suffix=".tmp", dir=out_dir)
@@ -130,18 +196,18 @@ def build_module(module_dir: Path, out_dir: Path | None = None) -> Path:
             )
         if tmp.stat().st_size == 0:
             raise BuildError(f"building {module_dir.name} failed: zig cc wrote an empty file")
-        os.replace(tmp, output)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     if result.stderr.strip():
         logger.warning("compiler output for %s:\n%s", module_dir.name, _trim(result.stderr))
     logger.info(
         "built %s (%d bytes) in %.0f ms",
-        output,
-        output.stat().st_size,
+        target,
+        target.stat().st_size,
         (time.monotonic() - started) * 1000,
     )
-    return output
+    return target
 
 
 def _display(path: Path) -> str:
@@ -167,10 +233,20 @@ def main(argv: list[str]) -> int:
         default=None,
         help="output directory (default: dist/ next to each module directory)",
     )
+    parser.add_argument(
+        "-n",
+        "--output-name",
+        default=None,
+        metavar="FILE",
+        help="output file name, e.g. '20-auth@[users].wasm' (one module only; default: "
+        f"'output' in the module's {BUILD_FILE}, else <module-dir name>.wasm)",
+    )
     args = parser.parse_args(argv)
+    if args.output_name is not None and len(args.module_dirs) > 1:
+        parser.error("--output-name names one output: give one module directory")
     for module_dir in args.module_dirs:
         try:
-            output = build_module(module_dir, args.out_dir)
+            output = build_module(module_dir, args.out_dir, output=args.output_name)
         except BuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -20,6 +20,7 @@ from bus import Bus
 from tinywasm_wasi.admin import AdminGuard
 from tinywasm_wasi.bridge import LoopBridge
 from tinywasm_wasi.config import Config
+from tinywasm_wasi.dispatch import add_dispatch_routes
 from tinywasm_wasi.history import VersionRecord
 from tinywasm_wasi.host import ModuleHost
 from tinywasm_wasi.hub import Hub
@@ -167,6 +168,7 @@ class WasiServer(_HttpServer):
         app = web.Application()
         app.router.add_get("/ws", self.hub.handle)
         add_module_routes(app, self._host, lambda: self.hub.clients, admin=self.admin)
+        add_dispatch_routes(app, self._host, config)
         add_static_routes(app, config.web_dir)
         try:
             await self._serve(app)

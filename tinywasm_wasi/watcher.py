@@ -130,7 +130,10 @@ class ModuleWatcher:
         self._max_wait = max(1.6, 10 * debounce)
         # Short steps, so that during a stream of writes batches arrive well within one
         # quiet period, and the first poll (the readiness signal) comes soon.
-        self._step_ms = min(50, max(5, round(debounce * 1000 / 5)))
+        self._step_ms = min(50, max(5, round(debounce * 1000 / 10)))
+        # watchfiles hands over a batch only after `step` ms without events, so that much
+        # of the quiet period has already passed when a batch arrives.
+        self._quiet_after_batch = max(0.0, debounce - self._step_ms / 1000)
         self._watched = str(directory)
         self._state = _State.NEW
         self._identity: tuple[int, int] | None = None
@@ -260,7 +263,7 @@ class ModuleWatcher:
         return (stat.st_dev, stat.st_ino) == self._identity
 
     async def _dispatch(self, queue: asyncio.Queue[_Batch | None]) -> None:
-        """Merge batches until `debounce` seconds pass without one, then deliver them."""
+        """Merge batches until the folder has been quiet for `debounce` seconds, then deliver."""
         loop = asyncio.get_running_loop()
         while True:
             first = await queue.get()
@@ -269,7 +272,7 @@ class ModuleWatcher:
             paths = {path for _, path in first}
             cutoff = loop.time() + self._max_wait
             ended = False
-            while (left := min(self._debounce, cutoff - loop.time())) > 0:
+            while (left := min(self._quiet_after_batch, cutoff - loop.time())) > 0:
                 try:
                     async with asyncio.timeout(left):
                         more = await queue.get()

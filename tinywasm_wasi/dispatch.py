@@ -1,0 +1,232 @@
+"""HTTP routes to modules: ``/m/<name>[/<rest>]``, any method, through middlewares.
+
+A request runs through the middlewares whose rule names the route, in order
+(`ModuleHost.middlewares`), then through the target module. The first module
+that answers ends the chain; a full-mode middleware may instead pass the
+request on with headers added. Each call goes through the module's mailbox,
+like a bus message, so it is ordered with the module's messages and moves with
+them during a hot swap.
+
+Failures become short plain-text answers (`failure_status`); the details go to
+the log, never to the client as a traceback. A middleware that fails fails the
+request: an authentication middleware that traps must not let it through.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from tinywasm_wasi.config import Config
+from tinywasm_wasi.exceptions import (
+    GuestTrap,
+    MailboxFullError,
+    ModuleClosedError,
+    TinywasmError,
+)
+from tinywasm_wasi.host import ModuleHost
+from tinywasm_wasi.http_abi import (
+    HttpMode,
+    HttpRequest,
+    HttpResponse,
+    PassOn,
+    ResponseError,
+    compat_response,
+    encode_compat_request,
+    encode_full_request,
+    http_mode,
+    join_headers,
+    parse_response,
+)
+from tinywasm_wasi.module import WasmModule
+from tinywasm_wasi.ratelimit import LogLimiter
+
+__all__ = ["RESPONSE_OVERHEAD", "Dispatcher", "Failed", "add_dispatch_routes", "failure_status"]
+
+log = logging.getLogger("tinywasm.http")
+
+# Room for the status and headers in a full-mode response, on top of the body limit.
+RESPONSE_OVERHEAD = 64 * 1024
+_READ_CHUNK = 64 * 1024
+# A request that meets a swap may be retried on the version that replaced the one it was
+# sent to; bounded so two swaps racing each other cannot loop.
+_ATTEMPTS = 3
+NO_CONTENT = HttpResponse(204, (), b"")
+
+
+class Failed(Exception):
+    """A request ends with an error status; `reason` is the short text sent back."""
+
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def failure_status(module: str, exc: TinywasmError, call_timeout: float) -> Failed:
+    """The answer for a module call that failed with `exc`."""
+    if isinstance(exc, GuestTrap):
+        if exc.code == "INTERRUPT":
+            return Failed(
+                504, f"module {module!r} did not answer within {call_timeout * 1000:.0f} ms"
+            )
+        if exc.code in (None, "host fault"):  # the host's own one-line message
+            return Failed(500, str(exc))
+        return Failed(500, f"module {module!r} trapped in {exc.call}() [{exc.code}]")
+    if isinstance(exc, MailboxFullError):
+        return Failed(503, f"module {module!r} is busy: retry later", retry_after=1)
+    if isinstance(exc, ModuleClosedError):
+        return Failed(503, f"module {module!r} is being unloaded: retry later", retry_after=1)
+    if isinstance(exc, ResponseError):
+        return Failed(500, f"module {module!r} returned a malformed response: {exc}")
+    return Failed(500, f"module {module!r} failed: {exc}")
+
+
+class Dispatcher:
+    """The aiohttp handler for ``/m/...``; reads the live modules from `host` per request."""
+
+    def __init__(self, host: ModuleHost, config: Config) -> None:
+        self._host = host
+        self._max_body = config.http_max_body
+        self._warn: dict[str, LogLimiter] = {}  # per module: one line a second at most
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            name = request.match_info["name"]
+            target = self._target(name)
+            body = await self._read_body(request)
+            http_request = HttpRequest(
+                method=request.method,
+                path=request.rel_url.raw_path,
+                route=name,
+                query=request.rel_url.raw_query_string,
+                headers=join_headers(request.headers.items()),
+                body=body,
+            )
+            answer = await self._run(target, http_request)
+        except Failed as failed:
+            headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else None
+            return web.Response(status=failed.status, text=failed.reason + "\n", headers=headers)
+        return web.Response(
+            status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
+        )
+
+    def _target(self, name: str) -> WasmModule:
+        module = self._host.modules.get(name)
+        if module is None:
+            refused = self._host.refused.get(name)
+            why = f" (it was refused: {refused})" if refused else ": see GET /api/modules"
+            raise Failed(404, f"no module named {name!r} is loaded{why}")
+        if module.rule is not None:
+            raise Failed(
+                404,
+                f"module {name!r} is a middleware (rule {module.rule.text}): it runs in front "
+                "of the routes its rule names and cannot be reached directly",
+            )
+        if http_mode(module.compiled.interface.exports) is None:
+            raise Failed(
+                404,
+                f"module {name!r} has no HTTP route: it exports neither handle nor handle_http",
+            )
+        return module
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._max_body
+        too_big = Failed(413, f"the request body is over the {limit} byte limit (--http-max-body)")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _run(self, target: WasmModule, request: HttpRequest) -> HttpResponse:
+        """The middlewares for the route in order, then the target; the first answer wins."""
+        for middleware in self._host.middlewares():
+            if middleware.rule is None or not middleware.rule.applies_to(request.route):
+                continue
+            result = await self._call(middleware, request, middleware=True)
+            if isinstance(result, PassOn):
+                request = request.with_headers(result.headers)
+            elif result is not None:
+                return result
+        result = await self._call(target, request, middleware=False)
+        assert not isinstance(result, PassOn)  # parse_response refuses it for a route
+        return NO_CONTENT if result is None else result
+
+    async def _call(
+        self, module: WasmModule, request: HttpRequest, *, middleware: bool
+    ) -> HttpResponse | PassOn | None:
+        """Ask `module`; if it is swapped away meanwhile, ask the version that replaced it."""
+        for attempt in range(_ATTEMPTS):
+            mode = http_mode(module.compiled.interface.exports)
+            if mode is None:
+                raise Failed(
+                    500,
+                    f"middleware {module.name!r} exports neither handle nor handle_http, "
+                    "so it cannot run: rebuild it or remove it",
+                )
+            encode = encode_full_request if mode is HttpMode.FULL else encode_compat_request
+            try:
+                raw = await module.http(encode(request), self._max_body + RESPONSE_OVERHEAD)
+                return self._decode(mode, raw, middleware=middleware)
+            except (GuestTrap, ModuleClosedError) as exc:
+                current = self._host.modules.get(module.name)
+                if attempt + 1 < _ATTEMPTS and _swapped(module, current, mode, exc):
+                    assert current is not None
+                    log.debug("request to %r: %s; asking the version now live", module.name, exc)
+                    module = current
+                    continue
+                raise self._failed(module, exc) from None
+            except TinywasmError as exc:
+                raise self._failed(module, exc) from None
+        raise AssertionError("unreachable")
+
+    def _decode(
+        self, mode: HttpMode, raw: bytes | None, *, middleware: bool
+    ) -> HttpResponse | PassOn | None:
+        if raw is None:
+            return None
+        if mode is HttpMode.COMPAT:
+            return compat_response(raw)
+        return parse_response(raw, max_body=self._max_body, middleware=middleware)
+
+    def _failed(self, module: WasmModule, exc: TinywasmError) -> Failed:
+        failed = failure_status(module.name, exc, module.limits.call_timeout)
+        if isinstance(exc, ResponseError):  # traps are logged by the module already
+            warn = self._warn.get(module.name)
+            if warn is None:
+                warn = self._warn[module.name] = LogLimiter(log)
+            warn("%s", failed.reason)
+        return failed
+
+
+def _swapped(
+    called: WasmModule, current: WasmModule | None, mode: HttpMode, exc: TinywasmError
+) -> bool:
+    """True if the request failed only because `called` was replaced by `current`.
+
+    A closed module never ran the request; a trap is retried only when the new
+    version answers in another mode than the request was encoded for (the swap
+    changed ``handle`` to ``handle_http`` or back). A real trap is not retried: the
+    request may have had effects.
+    """
+    if current is None or current is called:
+        return False
+    if isinstance(exc, ModuleClosedError):
+        return True
+    return http_mode(current.compiled.interface.exports) is not mode
+
+
+def add_dispatch_routes(app: web.Application, host: ModuleHost, config: Config) -> None:
+    """Route ``/m/{name}`` and ``/m/{name}/{rest}``, any method, to the modules of `host`."""
+    dispatcher = Dispatcher(host, config)
+    app.router.add_route("*", "/m/{name}", dispatcher.handle)
+    app.router.add_route("*", "/m/{name}/{rest:.*}", dispatcher.handle)
