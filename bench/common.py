@@ -9,23 +9,35 @@ reproduced.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BENCHMARKS",
+    "Children",
+    "CpuSampler",
     "Machine",
     "add_common_flags",
     "command_line",
+    "markdown_grid",
     "markdown_table",
     "percentile",
+    "process_cpu_s",
+    "process_rss_kib",
     "record",
     "rss_kib",
 ]
@@ -42,11 +54,25 @@ Every script also has `--smoke` (a tiny size, a few seconds; CI runs it so the
 scripts cannot rot). Treat single runs on a shared 2-core machine as orders of
 magnitude: rerun before comparing two versions.
 
+- `python -m bench.all`: every script below, each in its own process; passes
+  `--smoke` and `--record` through and lists the failures at the end.
 - `python -m bench.bus_hop`: module → module messages through the bus, mailboxes and
   guest calls, against "the floor" (the same guest calls made directly through
   wasmtime's public API).
-- `python -m bench.fanout`: one module's `ws_broadcast` fanned out to many WebSocket
-  clients held by separate processes; delivery, rate, latency, server memory.
+- `python -m bench.fastcall`: the cost of one guest call and one host callback, on
+  the fast path against wasmtime's public API.
+- `python -m bench.relay`: browser → `/ws` → the demo `chat` module → `ws_broadcast`
+  → browser; messages/s flat out and latency at a fixed 1,000 messages/s.
+- `python -m bench.fanout`: one module's `ws_broadcast` fanned out to 100 and 1,000
+  WebSocket clients held by separate processes, beside a real `nats-server` doing the
+  same over its WebSocket listener; delivery, rate, latency, server CPU and memory.
+- `python -m bench.http`: `GET /m/echo` (a module's HTTP route) at 1 and 50
+  connections against a plain aiohttp route of the same server, with `wrk` when it
+  is installed; `--middlewares` adds echo behind two pass-through middlewares.
+- `python -m bench.swap`: hot swaps under load; time from a file write to the new
+  version serving, and the delivery gaps a swap causes.
+- `python -m bench.scale`: start-up time and memory with 1, 100 and 500 modules,
+  with the compile cache off, cold and warm.
 """
 
 Row = tuple[str, str]
@@ -104,14 +130,75 @@ def _version(package: str) -> str:
 
 def rss_kib() -> int:
     """This process's resident set size in KiB (VmRSS), 0 where /proc is missing."""
+    return process_rss_kib("self")
+
+
+def process_rss_kib(pid: int | str) -> int:
+    """Resident set size in KiB (VmRSS) of process `pid`, 0 where /proc is missing."""
     try:
-        with open("/proc/self/status", encoding="utf-8") as f:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def process_cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds process `pid` has used (all threads), NaN without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # Fields after the parenthesised command name, which may hold spaces.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """This process's CPU time, sampled on the event loop, so any window can be read later.
+
+    Use it where the window is only known afterwards (e.g. timestamps sent back by a
+    client process): ``async with CpuSampler() as cpu: ...`` then
+    ``cpu.between(t0_ns, t1_ns)`` with ``time.monotonic_ns()`` values.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self._interval = interval
+        self._samples: list[tuple[int, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CpuSampler:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._samples.append((time.monotonic_ns(), time.process_time()))
+
+    async def _sample(self) -> None:
+        while True:
+            self._samples.append((time.monotonic_ns(), time.process_time()))
+            await asyncio.sleep(self._interval)
+
+    def at(self, t_ns: int) -> float:
+        """CPU seconds used by `t_ns`, interpolated between the samples around it."""
+        samples = self._samples
+        if not samples:
+            return float("nan")
+        i = bisect.bisect_left(samples, (t_ns, -1.0))
+        if i == 0:
+            return samples[0][1]
+        if i == len(samples):
+            return samples[-1][1]
+        (t0, c0), (t1, c1) = samples[i - 1], samples[i]
+        return c0 + (c1 - c0) * (t_ns - t0) / max(1, t1 - t0)
+
+    def between(self, begun_ns: int, ended_ns: int) -> float:
+        return self.at(ended_ns) - self.at(begun_ns)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -131,6 +218,76 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class Children:
+    """Load-generating processes, started with "spawn" and each sending back one result.
+
+    A child runs ``asyncio.run(target(*args))`` and sends ``("ok", result)`` or
+    ``("error", traceback)`` down a pipe; `results` raises with the child's
+    traceback. Spawn, never fork: the parent may be running wasmtime threads.
+    Use as a context manager: leaving it joins the children, terminating any
+    still alive after `join_timeout` seconds.
+    """
+
+    def __init__(self, join_timeout: float = 5.0) -> None:
+        self.ctx: SpawnContext = multiprocessing.get_context("spawn")
+        self.procs: list[SpawnProcess] = []
+        self._conns: list[Connection] = []
+        self._join_timeout = join_timeout
+
+    def start(self, target: Callable[..., Any], *args: Any, name: str) -> None:
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child_main, args=(child, target, args), name=name)
+        proc.start()
+        child.close()
+        self.procs.append(proc)
+        self._conns.append(parent)
+
+    def ended(self) -> bool:
+        """True once any child has exited (one that is done sends its result, then exits)."""
+        return any(not p.is_alive() for p in self.procs)
+
+    def crashed(self) -> bool:
+        """True if a child died without sending a result (killed, or exited non-zero)."""
+        return any(p.exitcode not in (None, 0) for p in self.procs)
+
+    def results(self, timeout: float) -> list[Any]:
+        """Every child's result, in start order; blocks up to `timeout` seconds in all."""
+        results = []
+        deadline = time.monotonic() + timeout
+        for proc, conn in zip(self.procs, self._conns, strict=True):
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"{proc.name} sent no result within {timeout:.0f} s")
+            try:
+                status, value = conn.recv()
+            except EOFError:
+                raise RuntimeError(f"{proc.name} died (exit code {proc.exitcode})") from None
+            if status != "ok":
+                raise RuntimeError(f"{proc.name} failed:\n{value}")
+            results.append(value)
+        return results
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for proc in self.procs:
+            proc.join(self._join_timeout)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+        for conn in self._conns:
+            conn.close()
+
+
+def _child_main(conn: Connection, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(("ok", asyncio.run(target(*args))))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command that reproduces this run: ``python -m <module> <args>``."""
     args = sys.argv[1:] if argv is None else argv
@@ -147,19 +304,35 @@ def markdown_table(rows: Sequence[Row], header: Row = ("metric", "value")) -> st
     return "\n".join(lines)
 
 
+def markdown_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows of any width as a Markdown table: first column left-aligned, the rest right."""
+    all_rows = [list(header), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = f" {cells[0]:<{widths[0]}} "
+        rest = (f" {c:>{w}} " for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "|" + "|".join([first, *rest]) + "|"
+
+    rule = "|" + "|".join([f"{'-' * (widths[0] + 2)}", *(f"{'-' * (w + 1)}:" for w in widths[1:])])
+    return "\n".join([line(all_rows[0]), rule + "|", *(line(r) for r in all_rows[1:])])
+
+
 def record(
     title: str,
     command: str,
-    rows: Sequence[Row],
+    rows: Sequence[Sequence[str]],
     *,
     machine: Machine,
     notes: str = "",
     path: Path = BENCHMARKS,
+    header: Sequence[str] | None = None,
 ) -> None:
     """Append a section to BENCHMARKS.md (created with its header if missing).
 
     Pass the `machine` detected before the run, so its load average is the one
-    the run started under, not the one it caused.
+    the run started under, not the one it caused. With `header`, `rows` may
+    have any width (see `markdown_grid`); without, they are (metric, value).
     """
     section = [
         f"## {title}",
@@ -167,7 +340,7 @@ def record(
         f"Command: `{command}`  ",
         f"Machine: {machine.describe()}",
         "",
-        markdown_table(rows),
+        markdown_grid(header or ("metric", "value"), rows),
         "",
     ]
     if notes:

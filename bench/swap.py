@@ -76,6 +76,7 @@ async def run(directory: Path, swaps: int, rate: float, debounce: float) -> Resu
             ws_queue_size=100_000,
             mailbox_size=100_000,
             ws_inbound=(),
+            cache_dir=None,  # every swap brings new bytes; keep runs independent
         )
     )
     await server.start()
