@@ -1,0 +1,723 @@
+"""Cheap guest calls and host callbacks through wasmtime's unchecked C API (issue #6).
+
+wasmtime-py's `Func.__call__` rebuilds the function type and converts every value
+(≈30 µs a call) and its host trampoline costs ≈3 µs, ≈8 µs with two memory reads. The
+C API's unchecked entry points pass raw 16-byte `ValRaw` slots instead: ≈0.8 µs a
+call, ≈0.5 µs a callback, ≈2.4 µs with two reads (``python -m bench.fastcall``).
+A `Backend` hands out three small objects, over that C API (`FAST`) or over the
+public API (`PUBLIC`, the fallback), with the same behaviour:
+
+- `HostFunctions`: defines host functions on a `Linker`. Each is called as
+  ``fn(caller, *args)`` with a `HostCaller` (bounds-checked guest memory) and its
+  i32/i64 arguments as signed ints, and returns one int or None.
+- `GuestFunc`: calls one export with int arguments; returns one int or None.
+- `GuestMemory`: bounds-checked reads and writes of a store's memory.
+
+A trap raises `CallTrap` (`.trap_code` as `wasmtime.Trap.trap_code`); `proc_exit`
+raises `CallExit` (`.code`). An exception raised by a host function traps the guest:
+`HostTrap` with its own message, anything else with a message naming the function.
+The exception is recorded per thread (wasmtime-py uses one global for all threads)
+and comes back as `CallTrap.host_error`.
+
+Threads: a guest call gives up the GIL while guest code runs, so guests in different
+threads run in parallel; callbacks take it back. Calls made from inside a callback
+keep it, so a callback never waits out another thread's switch interval.
+`GuestFunc` and `GuestMemory` belong to their store's thread, like the store.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from ctypes import c_bool, c_char_p, c_int32, c_int64, c_size_t, c_void_p
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from tinywasm_wasi.exceptions import GuestError
+
+__all__ = [
+    "FAST",
+    "PUBLIC",
+    "Backend",
+    "CallExit",
+    "CallTrap",
+    "GuestFunc",
+    "GuestMemory",
+    "HostCaller",
+    "HostFunc",
+    "HostFunctions",
+    "HostTrap",
+    "MemoryRangeError",
+    "backend",
+]
+
+U32 = 0xFFFFFFFF
+HostFunc = Callable[..., int | None]
+"""``fn(caller: HostCaller, *args: int) -> int | None``."""
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class HostTrap(GuestError):
+    """Raise inside a host function to trap the calling guest with this message."""
+
+
+class MemoryRangeError(HostTrap):
+    """`length` bytes at `ptr` are not all inside the guest's memory of `size` bytes."""
+
+    def __init__(self, ptr: int, length: int, size: int) -> None:
+        self.ptr, self.length, self.size = ptr, length, size
+        super().__init__(f"{length} bytes at {ptr:#x} are outside guest memory ({size} bytes)")
+
+
+class CallTrap(GuestError):
+    """A guest call trapped. `trap_code` is None for host faults and other errors."""
+
+    def __init__(
+        self,
+        message: str,
+        trap_code: wasmtime.TrapCode | None = None,
+        *,
+        host_error: BaseException | None = None,
+        details: str = "",
+    ) -> None:
+        self.message = message  # the cause, without wasmtime's wasm backtrace
+        self.trap_code = trap_code
+        self.host_error = host_error  # what a host function raised, if that caused it
+        self.details = details or message  # wasmtime's full text, with the wasm backtrace
+        super().__init__(message)
+
+
+class CallExit(CallTrap):
+    """The guest called WASI `proc_exit(code)`."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"proc_exit({code})")
+
+
+# -- the interface both backends implement --------------------------------------------------
+
+
+class GuestMemory(Protocol):
+    """Bounds-checked access to guest memory. Addresses and lengths are taken as u32.
+
+    Out-of-range accesses raise `MemoryRangeError`, which traps the guest when raised
+    inside a host function.
+    """
+
+    def size(self) -> int: ...
+    def read(self, ptr: int, length: int) -> bytes: ...
+    def write(self, ptr: int, data: bytes) -> None: ...
+
+
+class HostCaller(GuestMemory, Protocol):
+    """The calling instance's memory; raises ValueError once its host function returned."""
+
+
+class GuestFunc(Protocol):
+    """One export of one store, called with ints: ``f(*args) -> int | None``."""
+
+    def __call__(self, *args: int) -> int | None: ...
+
+
+class HostFunctions(Protocol):
+    """Host functions defined on one Linker.
+
+    `bind` names the store and memory callbacks will most often come from, which
+    saves looking up the caller's "memory" export on every callback.
+    """
+
+    def define(self, module: str, name: str, ty: wasmtime.FuncType, fn: HostFunc) -> None: ...
+    def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def host(self, linker: wasmtime.Linker) -> HostFunctions: ...
+    def func(self, store: wasmtime.Store, func: wasmtime.Func) -> GuestFunc: ...
+    def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory: ...
+
+
+# -- shared pieces --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    error: BaseException
+    message: str
+
+
+_faults = threading.local()  # .last: _Fault | None, per thread (see the module docstring)
+
+
+def _record_fault(exc: BaseException, where: str) -> str:
+    if isinstance(exc, HostTrap):
+        message = str(exc)
+    else:
+        message = f"host function {where} raised {type(exc).__name__}: {exc}"
+    _faults.last = _Fault(exc, message)
+    return message
+
+
+def _trap_error(details: str, code: wasmtime.TrapCode | None) -> CallTrap:
+    """The CallTrap for wasmtime's error text; this thread's host fault if it caused it."""
+    fault: _Fault | None = getattr(_faults, "last", None)
+    _faults.last = None
+    if code is None and fault is not None and _flat(fault.message) in _flat(details):
+        if not isinstance(fault.error, Exception):
+            raise fault.error  # KeyboardInterrupt, SystemExit: not ours to wrap
+        return CallTrap(fault.message, None, host_error=fault.error, details=details)
+    _, sep, cause = details.partition("Caused by:")
+    reason = "; ".join(line.strip() for line in cause.splitlines() if line.strip())
+    return CallTrap(reason if sep and reason else details.strip(), code, details=details)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # wasmtime indents the lines of a message it wraps
+
+
+def _signature(ty: wasmtime.FuncType, what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    params, results = tuple(map(str, ty.params)), tuple(map(str, ty.results))
+    if any(k not in ("i32", "i64") for k in params + results):
+        raise TypeError(f"{what} has types {params} -> {results}: only i32 and i64 are supported")
+    if len(results) > 1:
+        raise TypeError(f"{what} has {len(results)} results: at most one is supported")
+    return params, results
+
+
+def _check_result(result: object) -> int:
+    if not isinstance(result, int):
+        raise TypeError(f"returned {result!r} where the guest expects an int")
+    return result
+
+
+def _address(pointer: Any) -> int:
+    address = ctypes.cast(pointer, c_void_p).value
+    if address is None:
+        raise ValueError("null pointer")
+    return address
+
+
+def _context_address(store: wasmtime.Store | wasmtime.Caller) -> int:
+    return _address(store._context())
+
+
+def _copy_out(address: int, length: int) -> bytes:
+    """`length` bytes at `address`. Not `(c_char * length)`: ctypes caches every such type."""
+    if length <= 0x7FFFFFFF:  # string_at takes a C int
+        return ctypes.string_at(address, length)
+    out = bytearray(length)
+    ctypes.memmove((ctypes.c_char * 1).from_buffer(out), address, length)
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    store: weakref.ref[wasmtime.Store]
+    ctx: int  # address of the store's context
+    memory: wasmtime.Memory
+    access: Any  # the fast backend's `_FastAccess` for it, shared by its callbacks
+
+
+class _Binding:
+    """The store and memory `HostFunctions.bind` named, replaced as one value.
+
+    Callbacks refer to this, never to the Linker, and it refers to the store weakly:
+    wasmtime keeps callbacks until the Linker and its instances are gone, so a strong
+    reference from them back to either would keep both alive for ever.
+    """
+
+    __slots__ = ("bound",)
+
+    def __init__(self) -> None:
+        self.bound: _Bound | None = None
+
+    def lookup(self, ctx: int) -> _Bound | None:
+        """The binding if `ctx` is the bound store's context (not a later store's)."""
+        bound = self.bound
+        if bound is None or bound.ctx != ctx:
+            return None
+        store = bound.store()
+        if store is None:
+            return None
+        try:
+            store._context()
+        except ValueError:  # closed: its address may belong to another store now
+            return None
+        return bound
+
+
+# -- the fast backend: the unchecked C API through ctypes ----------------------------------
+
+# ValRaw slots are 16 bytes; an i32 sits in the low 4 bytes of its slot, an i64 in 8.
+_SLOT = 16
+_EXTERN_MEMORY = 3  # WASMTIME_EXTERN_MEMORY
+_HOST_CALLBACK = ctypes.CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
+
+
+class _Capi:
+    """The C entry points the fast path needs, typed with plain addresses (cheapest in ctypes)."""
+
+    def __init__(self, dll: ctypes.CDLL) -> None:
+        if ctypes.sizeof(ffi.wasmtime_val_raw_t) != _SLOT:
+            raise AttributeError("wasmtime_val_raw_t is not 16 bytes")
+
+        def fn(name: str, restype: Any, *argtypes: Any, keep_gil: bool = True) -> Any:
+            theirs = getattr(ffi, "_" + name, None)  # wasmtime-py's own binding, if any
+            if theirs is not None and len(theirs.argtypes) != len(argtypes):
+                raise AttributeError(f"{name} now takes {len(theirs.argtypes)} arguments")
+            factory = ctypes.PYFUNCTYPE if keep_gil else ctypes.CFUNCTYPE
+            return factory(restype, *argtypes)(_address(getattr(dll, name)))
+
+        v, z = c_void_p, c_size_t
+        # Runs guest code: gives up the GIL (CFUNCTYPE) so other threads run meanwhile.
+        self.call = fn("wasmtime_func_call_unchecked", v, v, v, v, z, v, keep_gil=False)
+        self.define = fn(
+            "wasmtime_linker_define_func_unchecked", v, v, c_char_p, z, c_char_p, z, v, v, v, v
+        )
+        # Quick leaf calls, mostly made inside callbacks: keep the GIL (PYFUNCTYPE), as
+        # dropping it there lets another thread hold it for a whole switch interval.
+        self.caller_context = fn("wasmtime_caller_context", v, v)
+        self.caller_export_get = fn("wasmtime_caller_export_get", c_bool, v, c_char_p, z, v)
+        self.memory_data = fn("wasmtime_memory_data", v, v, v)
+        self.memory_data_size = fn("wasmtime_memory_data_size", z, v, v)
+        self.trap_new = fn("wasmtime_trap_new", v, c_char_p, z)
+        memmove = getattr(ctypes, "_memmove_addr", None)  # ctypes.memmove gives up the GIL
+        self.memmove = ctypes.PYFUNCTYPE(v, v, v, z)(memmove) if memmove else ctypes.memmove
+
+
+try:
+    _capi: _Capi | None = _Capi(ffi.dll)
+except AttributeError:  # a symbol is missing: this wasmtime cannot take the fast path
+    _capi = None
+
+
+class _FastAccess:
+    """Reads and writes one memory through raw pointers, bounds-checked every time.
+
+    The data pointer is read afresh for every access, as memory.grow may move the
+    data. The size is re-read only when an access goes past the last size seen: a
+    memory never shrinks, so that size is a safe lower bound.
+    """
+
+    __slots__ = ("_capi", "_ctx", "_keep", "_mem", "_size")
+
+    def __init__(self, capi: _Capi, ctx: int, mem: int, keep: object = None) -> None:
+        self._capi, self._ctx, self._mem, self._keep, self._size = capi, ctx, mem, keep, 0
+
+    def _check(self, ptr: int, length: int) -> None:
+        if ptr + length > self._size:
+            self._size = self._capi.memory_data_size(self._ctx, self._mem)
+            if ptr + length > self._size:
+                raise MemoryRangeError(ptr, length, self._size)
+
+    def size(self) -> int:
+        self._size = self._capi.memory_data_size(self._ctx, self._mem)
+        return self._size
+
+    def read(self, ptr: int, length: int) -> bytes:
+        ptr &= U32
+        length &= U32
+        self._check(ptr, length)
+        if not length:
+            return b""
+        return _copy_out(self._capi.memory_data(self._ctx, self._mem) + ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        ptr &= U32
+        self._check(ptr, len(data))
+        if data:
+            self._capi.memmove(self._capi.memory_data(self._ctx, self._mem) + ptr, data, len(data))
+
+
+class _FastMemory(_FastAccess):
+    __slots__ = ("_store",)
+
+    def __init__(self, capi: _Capi, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        super().__init__(capi, _context_address(store), ctypes.addressof(memory._memory), memory)
+        self._store = store  # keeps the context address valid
+
+    def _check(self, ptr: int, length: int) -> None:
+        self._store._context()  # raises ValueError if the store was closed
+        super()._check(ptr, length)
+
+    def size(self) -> int:
+        self._store._context()
+        return super().size()
+
+
+class _FastCaller:
+    """Finds the caller's memory on first use: the bound one, else its "memory" export."""
+
+    __slots__ = ("_access", "_binding", "_caller", "_capi")
+
+    def __init__(self, capi: _Capi, binding: _Binding, caller: int) -> None:
+        self._capi, self._binding, self._caller = capi, binding, caller
+        self._access: _FastAccess | None = None
+
+    def _locate(self) -> _FastAccess:
+        if not self._caller:
+            raise ValueError("a HostCaller is only valid until its host function returns")
+        binding, capi = self._binding, self._capi
+        ctx: int = capi.caller_context(self._caller)
+        bound = binding.lookup(ctx)
+        if bound is not None:
+            access: _FastAccess = bound.access
+        else:
+            extern = ffi.wasmtime_extern_t()
+            found = capi.caller_export_get(self._caller, b"memory", 6, ctypes.addressof(extern))
+            if not found or extern.kind != _EXTERN_MEMORY:  # type: ignore[comparison-overlap]
+                raise HostTrap("the module exports no memory")
+            mem = ctypes.addressof(extern) + ffi.wasmtime_extern_t.of.offset
+            access = _FastAccess(capi, ctx, mem, extern)
+        self._access = access
+        return access
+
+    def size(self) -> int:
+        return (self._access or self._locate()).size()
+
+    def read(self, ptr: int, length: int) -> bytes:
+        return (self._access or self._locate()).read(ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        (self._access or self._locate()).write(ptr, data)
+
+
+# Callbacks by id, kept alive until wasmtime drops the function (the Linker and every
+# instance made with it) and calls the finalizer below.
+_live_callbacks: dict[int, Any] = {}
+_callback_ids = itertools.count(1)
+
+
+def _forget_callback(env: int | None) -> None:
+    _live_callbacks.pop(env or 0, None)
+
+
+_finalizer = ctypes.CFUNCTYPE(None, c_void_p)(_forget_callback)  # lives as long as the module
+_finalize = _address(_finalizer)
+
+
+def _fast_trampoline(
+    capi: _Capi, binding: _Binding, fn: HostFunc, where: str, params: tuple[str, ...], result: bool
+) -> Callable[[int | None, int, int, int], int]:
+    """The Python side of one host function: read the slots, call `fn`, never raise."""
+    count = len(params)
+    # Up to four i32 parameters (every host import so far) are indexed one by one, the
+    # cheapest read ctypes has; anything else takes 8-byte slots and narrows the i32s.
+    short = count <= 4 and "i64" not in params
+    narrow, wide = c_int32 * (4 * max(count, 1)), c_int64 * (2 * max(count, 1))
+    step = slice(0, 2 * count, 2)
+    narrowed = [i for i, k in enumerate(params) if k == "i32"]
+    result_at = c_int64.from_address
+    trap_new = capi.trap_new
+
+    def trampoline(_env: int | None, caller: int, slots: int, _n: int) -> int:
+        host_caller = _FastCaller(capi, binding, caller)
+        try:
+            if not count:
+                value = fn(host_caller)
+            elif short:
+                a = narrow.from_address(slots)
+                if count == 4:
+                    value = fn(host_caller, a[0], a[4], a[8], a[12])
+                elif count == 3:
+                    value = fn(host_caller, a[0], a[4], a[8])
+                elif count == 2:
+                    value = fn(host_caller, a[0], a[4])
+                else:
+                    value = fn(host_caller, a[0])
+            else:
+                args = wide.from_address(slots)[step]
+                for i in narrowed:
+                    args[i] = ((args[i] & U32) ^ 0x80000000) - 0x80000000
+                value = fn(host_caller, *args)
+            if result:
+                result_at(slots).value = _check_result(value)
+            return 0
+        except BaseException as exc:
+            try:
+                message = _record_fault(exc, where).encode("utf-8", "replace")
+            except BaseException:
+                message = b"host function failed"
+            trap: int = trap_new(message, len(message))  # wasmtime takes ownership
+            return trap
+        finally:
+            host_caller._caller, host_caller._access = 0, None  # kept past the call: refuse
+
+    return trampoline
+
+
+class _FastHost:
+    def __init__(self, capi: _Capi, linker: wasmtime.Linker) -> None:
+        self._capi = capi
+        self._linker: wasmtime.Linker | None = linker
+        self._binding = _Binding()
+
+    def define(self, module: str, name: str, ty: wasmtime.FuncType, fn: HostFunc) -> None:
+        if self._linker is None:
+            raise ValueError(f"cannot define {module}.{name}: these host functions are closed")
+        where = f"{module}.{name}"
+        params, results = _signature(ty, where)
+        trampoline = _fast_trampoline(self._capi, self._binding, fn, where, params, bool(results))
+        callback = _HOST_CALLBACK(trampoline)
+        env = next(_callback_ids)
+        _live_callbacks[env] = callback
+        mod, nm = module.encode(), name.encode()
+        err = self._capi.define(
+            _address(self._linker.ptr()),
+            mod,
+            len(mod),
+            nm,
+            len(nm),
+            _address(ty.ptr()),
+            _address(callback),
+            env,
+            _finalize,
+        )
+        if err:  # wasmtime has already called the finalizer
+            pointer = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
+            raise wasmtime.WasmtimeError._from_ptr(pointer)
+
+    def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        ctx = _context_address(store)
+        access = _FastAccess(self._capi, ctx, ctypes.addressof(memory._memory), memory)
+        self._binding.bound = _Bound(weakref.ref(store), ctx, memory, access)
+
+    def close(self) -> None:
+        self._linker = self._binding.bound = None
+
+
+class _FastFunc:
+    __slots__ = (
+        "_args",
+        "_call",
+        "_ctx",
+        "_func",
+        "_func_addr",
+        "_nargs",
+        "_out",
+        "_slots",
+        "_slots_addr",
+        "_slots_len",
+        "_store",
+        "_trap",
+        "_trap_addr",
+    )
+
+    def __init__(self, capi: _Capi, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        params, results = _signature(func.type(store), "guest function")
+        self._store, self._func = store, func  # keep both alive
+        self._ctx = _context_address(store)
+        self._func_addr = ctypes.addressof(func._func)
+        self._call = capi.call
+        self._nargs = len(params)
+        self._slots_len = max(len(params), len(results), 1)
+        self._slots = (c_int64 * (2 * self._slots_len))()  # ValRaw[n], as 8-byte halves
+        self._slots_addr = ctypes.addressof(self._slots)
+        self._args = slice(0, 2 * len(params), 2)
+        self._out: Any = None
+        if results:
+            kind = c_int32 if results[0] == "i32" else c_int64
+            self._out = kind.from_address(self._slots_addr)
+        self._trap = c_void_p()
+        self._trap_addr = ctypes.addressof(self._trap)
+
+    def __call__(self, *args: int) -> int | None:
+        if len(args) != self._nargs:
+            raise TypeError(f"guest function takes {self._nargs} arguments, {len(args)} given")
+        self._store._context()  # raises ValueError if the store was closed
+        self._slots[self._args] = args  # type: ignore[call-overload]  # any sequence works
+        err = self._call(
+            self._ctx, self._func_addr, self._slots_addr, self._slots_len, self._trap_addr
+        )
+        if err or self._trap.value:
+            self._fail(err)
+        out = self._out
+        return None if out is None else int(out.value)
+
+    def _fail(self, err: int | None) -> NoReturn:
+        if err:
+            pointer = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
+            error = wasmtime.WasmtimeError._from_ptr(pointer)  # frees it when dropped
+            if isinstance(error, wasmtime.ExitTrap):
+                raise CallExit(error.code)
+            raise _trap_error(str(error), None)
+        address = _address(self._trap)
+        self._trap.value = None
+        trap = wasmtime.Trap._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasm_trap_t)))
+        raise _trap_error(trap.message, trap.trap_code)
+
+
+class _FastBackend:
+    name = "fast"
+
+    def __init__(self, capi: _Capi) -> None:
+        self._capi = capi
+
+    def host(self, linker: wasmtime.Linker) -> HostFunctions:
+        return _FastHost(self._capi, linker)
+
+    def func(self, store: wasmtime.Store, func: wasmtime.Func) -> GuestFunc:
+        return _FastFunc(self._capi, store, func)
+
+    def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory:
+        return _FastMemory(self._capi, store, memory)
+
+
+# -- the public-API backend: same interface, wasmtime-py's own calls -----------------------
+
+
+class _PublicAccess:
+    """`GuestMemory` over `wasmtime.Memory`; `_where` gives the memory and a Storelike."""
+
+    def _where(self) -> tuple[wasmtime.Memory, Any]:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        memory, store = self._where()
+        return int(memory.data_len(store))
+
+    def read(self, ptr: int, length: int) -> bytes:
+        memory, store = self._where()
+        ptr &= U32
+        length &= U32
+        size = memory.data_len(store)
+        if ptr + length > size:
+            raise MemoryRangeError(ptr, length, size)
+        if not length:
+            return b""
+        return _copy_out(ctypes.addressof(memory.data_ptr(store).contents) + ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        memory, store = self._where()
+        ptr &= U32
+        size = memory.data_len(store)
+        if ptr + len(data) > size:
+            raise MemoryRangeError(ptr, len(data), size)
+        if data:
+            base = ctypes.addressof(memory.data_ptr(store).contents)
+            ctypes.memmove(base + ptr, data, len(data))
+
+
+class _PublicMemory(_PublicAccess):
+    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        self._store, self._memory = store, memory
+
+    def _where(self) -> tuple[wasmtime.Memory, Any]:
+        return self._memory, self._store
+
+
+class _PublicCaller(_PublicAccess):
+    def __init__(self, binding: _Binding, caller: wasmtime.Caller) -> None:
+        self._binding, self._caller = binding, caller
+        self._memory: wasmtime.Memory | None = None
+
+    def _where(self) -> tuple[wasmtime.Memory, Any]:
+        if self._memory is None:
+            bound = self._binding.lookup(_context_address(self._caller))
+            if bound is not None:
+                self._memory = bound.memory
+            else:
+                memory = self._caller.get("memory")
+                if not isinstance(memory, wasmtime.Memory):
+                    raise HostTrap("the module exports no memory")
+                self._memory = memory
+        assert self._memory is not None
+        return self._memory, self._caller
+
+
+class _PublicHost:
+    def __init__(self, linker: wasmtime.Linker) -> None:
+        self._linker: wasmtime.Linker | None = linker
+        self._binding = _Binding()
+
+    def define(self, module: str, name: str, ty: wasmtime.FuncType, fn: HostFunc) -> None:
+        if self._linker is None:
+            raise ValueError(f"cannot define {module}.{name}: these host functions are closed")
+        where = f"{module}.{name}"
+        has_result = bool(_signature(ty, where)[1])
+        binding = self._binding  # not self: see _Binding
+
+        def wrapper(caller: wasmtime.Caller, *args: int) -> int | None:
+            try:
+                value = fn(_PublicCaller(binding, caller), *args)
+                return _check_result(value) if has_result else None
+            except BaseException as exc:
+                raise wasmtime.Trap(_record_fault(exc, where)) from None
+
+        self._linker.define_func(module, name, ty, wrapper, access_caller=True)
+
+    def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        self._binding.bound = _Bound(weakref.ref(store), _context_address(store), memory, None)
+
+    def close(self) -> None:
+        self._linker = self._binding.bound = None
+
+
+class _PublicFunc:
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        params, _ = _signature(func.type(store), "guest function")
+        self._store, self._func, self._nargs = store, func, len(params)
+
+    def __call__(self, *args: int) -> int | None:
+        if len(args) != self._nargs:
+            raise TypeError(f"guest function takes {self._nargs} arguments, {len(args)} given")
+        try:
+            result = self._func(self._store, *args)
+        except wasmtime.ExitTrap as exc:
+            raise CallExit(exc.code) from None
+        except wasmtime.Trap as exc:
+            raise _trap_error(exc.message, exc.trap_code) from None
+        except wasmtime.WasmtimeError as exc:
+            raise _trap_error(str(exc), None) from None
+        return None if result is None else int(result)
+
+
+class _PublicBackend:
+    name = "public"
+
+    def host(self, linker: wasmtime.Linker) -> HostFunctions:
+        return _PublicHost(linker)
+
+    def func(self, store: wasmtime.Store, func: wasmtime.Func) -> GuestFunc:
+        return _PublicFunc(store, func)
+
+    def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory:
+        return _PublicMemory(store, memory)
+
+
+FAST: Backend | None = None if _capi is None else _FastBackend(_capi)
+PUBLIC: Backend = _PublicBackend()
+
+
+def backend(fast: bool | None = None) -> Backend:
+    """The backend to use: FAST where this wasmtime has it, unless `fast` is False.
+
+    With `fast=None`, ``TINYWASM_FASTPATH=0`` in the environment also selects PUBLIC.
+
+    Raises:
+        RuntimeError: `fast=True` but this wasmtime lacks an unchecked C entry point.
+    """
+    if fast is None:
+        if os.environ.get("TINYWASM_FASTPATH", "1") == "0":
+            return PUBLIC
+        return PUBLIC if FAST is None else FAST
+    if not fast:
+        return PUBLIC
+    if FAST is None:
+        raise RuntimeError(
+            "this wasmtime lacks the unchecked C API the fast path needs: "
+            "use fast=False, or wasmtime 50 as pyproject.toml pins"
+        )
+    return FAST
