@@ -5,11 +5,14 @@ N-byte payload on ``hop`` for every message on ``go``; "sink" subscribes to
 ``hop`` and only counts. Python publishes ``go`` K times and waits until both
 mailboxes are idle; a hop is one delivery to the sink.
 
-"The floor" makes the same guest calls in one Python loop through wasmtime's
-public API, with no bus, mailbox or thread: per delivery ``malloc`` +
-``Memory.write`` + ``on_message`` + ``free``; per hop, a pump delivery whose
-``publish`` host function reads topic and payload, then a sink delivery. The
-ratio says how much the server adds on top of the guest calls it must make.
+"The floor" makes the same guest calls in one Python loop straight through
+wasmtime, with no bus, mailbox or thread: per delivery ``malloc`` + memory
+write + ``on_message`` + ``free``; per hop, a pump delivery whose ``publish``
+host function reads topic and payload, then a sink delivery. It is measured
+twice: through wasmtime's unchecked C API (the fastest way Python can make
+those calls, and the floor the ratio uses) and through wasmtime-py's public
+API. The ratio says how much the server adds on top of the guest calls it must
+make.
 The stack runs pump and sink on two threads (wasmtime releases the GIL in guest
 code), so its wall time per hop can beat the single-threaded floor; its CPU
 time per hop (all threads) is the fair comparison.
@@ -31,6 +34,7 @@ import wasmtime
 from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, record
 from bus import Bus
 from tests.wat import guest, write
+from tinywasm_wasi import fastcall
 from tinywasm_wasi.abi import HOST_IMPORTS, HOST_MODULE
 from tinywasm_wasi.host import ModuleHost
 from tinywasm_wasi.runtime import Runtime
@@ -119,63 +123,59 @@ async def run_stack(directory: Path, count: int) -> StackResult:
 
 
 def _instantiate(
-    engine: wasmtime.Engine, wasm: bytes, published: list[bytes]
-) -> tuple[wasmtime.Store, wasmtime.Memory, dict[str, wasmtime.Func]]:
+    engine: wasmtime.Engine, wasm: bytes, published: list[bytes], backend: fastcall.Backend
+) -> tuple[wasmtime.Store, fastcall.GuestMemory, dict[str, fastcall.GuestFunc]]:
     store = wasmtime.Store(engine)
     linker = wasmtime.Linker(engine)
+    host = backend.host(linker)
     i32 = wasmtime.ValType.i32()
 
-    def publish(caller: wasmtime.Caller, tp: int, tl: int, pp: int, pl: int) -> None:
-        memory = caller.get("memory")
-        assert isinstance(memory, wasmtime.Memory)
-        memory.read(caller, tp, tp + tl)  # the topic, read as the server reads it
-        published.append(bytes(memory.read(caller, pp, pp + pl)))
+    def publish(c: fastcall.HostCaller, tp: int, tl: int, pp: int, pl: int) -> None:
+        c.read(tp, tl)  # the topic, read as the server reads it
+        published.append(c.read(pp, pl))
 
     def ignore(*_args: object) -> None:
         pass
 
     for name, nparams in HOST_IMPORTS.items():
         ty = wasmtime.FuncType([i32] * nparams, [])
-        if name == "publish":
-            linker.define_func(HOST_MODULE, name, ty, publish, access_caller=True)
-        else:
-            linker.define_func(HOST_MODULE, name, ty, ignore)
+        host.define(HOST_MODULE, name, ty, publish if name == "publish" else ignore)
     # The same engine settings as the server's (epoch interruption on); one far deadline
     # here, where the server sets one per call.
     store.set_epoch_deadline(1 << 40)
-    instance = linker.instantiate(store, wasmtime.Module(engine, wasm))
-    exports = instance.exports(store)
+    exports = linker.instantiate(store, wasmtime.Module(engine, wasm)).exports(store)
     memory = exports["memory"]
     assert isinstance(memory, wasmtime.Memory)
+    host.bind(store, memory)
     funcs = {}
     for name in ("init", "malloc", "on_message", "free"):
         func = exports[name]
         assert isinstance(func, wasmtime.Func)
-        funcs[name] = func
-    funcs["init"](store)
-    return store, memory, funcs
+        funcs[name] = backend.func(store, func)
+    funcs["init"]()
+    return store, backend.memory(store, memory), funcs
 
 
-def run_floor(pump: bytes, sink: bytes, count: int) -> FloorResult:
+def run_floor(pump: bytes, sink: bytes, count: int, backend: fastcall.Backend) -> FloorResult:
     """The same guest calls, made directly on two instances in one Python loop."""
-    engine = Runtime().engine
+    runtime = Runtime()
     published: list[bytes] = []
-    p_store, _p_mem, p = _instantiate(engine, pump, published)
-    s_store, s_mem, s = _instantiate(engine, sink, published)
+    _ps, _pm, p = _instantiate(runtime.engine, pump, published, backend)
+    _ss, s_mem, s = _instantiate(runtime.engine, sink, published, backend)
     s_malloc, s_on, s_free = s["malloc"], s["on_message"], s["free"]
     p_malloc, p_on, p_free = p["malloc"], p["on_message"], p["free"]
 
     def sink_delivery(payload: bytes) -> None:
-        ptr = s_malloc(s_store, max(1, len(payload)))
+        ptr = int(s_malloc(max(1, len(payload))) or 0)
         if payload:
-            s_mem.write(s_store, payload, ptr)
-        s_on(s_store, ptr, len(payload))
-        s_free(s_store, ptr)
+            s_mem.write(ptr, payload)
+        s_on(ptr, len(payload))
+        s_free(ptr)
 
     # Per delivery, on the sink alone (the payload the pump would publish).
-    p_on(p_store, p_malloc(p_store, 1), 0)
+    p_on(int(p_malloc(1) or 0), 0)
     payload = published.pop()
-    deadline = time.perf_counter() + FLOOR_TIME_LIMIT / 2
+    deadline = time.perf_counter() + FLOOR_TIME_LIMIT / 4
     begun = time.perf_counter()
     done = 0
     while done < count and (done % 256 or time.perf_counter() < deadline):
@@ -184,20 +184,23 @@ def run_floor(pump: bytes, sink: bytes, count: int) -> FloorResult:
     per_delivery = (time.perf_counter() - begun) / done
 
     # Per hop: deliver an empty `go` to the pump, hand what it published to the sink.
-    deadline = time.perf_counter() + FLOOR_TIME_LIMIT / 2
+    deadline = time.perf_counter() + FLOOR_TIME_LIMIT / 4
     begun = time.perf_counter()
     hops = 0
     while hops < count and (hops % 256 or time.perf_counter() < deadline):
-        ptr = p_malloc(p_store, 1)
-        p_on(p_store, ptr, 0)
-        p_free(p_store, ptr)
+        ptr = int(p_malloc(1) or 0)
+        p_on(ptr, 0)
+        p_free(ptr)
         sink_delivery(published.pop())
         hops += 1
     per_hop = (time.perf_counter() - begun) / hops
+    runtime.close()
     return FloorResult(iterations=min(done, hops), per_delivery=per_delivery, per_hop=per_hop)
 
 
-def rows(count: int, size: int, stack: StackResult, floor: FloorResult) -> list[Row]:
+def rows(
+    count: int, size: int, stack: StackResult, floor: FloorResult, public: FloorResult
+) -> list[Row]:
     hops = max(1, stack.hops)
     per_hop, cpu_per_hop = stack.elapsed / hops, stack.cpu / hops
     return [
@@ -208,11 +211,12 @@ def rows(count: int, size: int, stack: StackResult, floor: FloorResult) -> list[
         ("stack: µs per hop", f"{per_hop * 1e6:.1f}"),
         ("stack: CPU µs per hop (all threads)", f"{cpu_per_hop * 1e6:.1f}"),
         ("publish `go` from Python: µs each", f"{stack.publish_elapsed / count * 1e6:.1f}"),
-        ("floor: µs per delivery (sink)", f"{floor.per_delivery * 1e6:.1f}"),
-        ("floor: µs per hop (pump + sink)", f"{floor.per_hop * 1e6:.1f}"),
-        ("floor: hops/s", f"{1 / floor.per_hop:,.0f}"),
+        ("floor (C API): µs per delivery (sink)", f"{floor.per_delivery * 1e6:.1f}"),
+        ("floor (C API): µs per hop (pump + sink)", f"{floor.per_hop * 1e6:.1f}"),
+        ("floor (C API): hops/s", f"{1 / floor.per_hop:,.0f}"),
         ("stack / floor, wall time per hop", f"{per_hop / floor.per_hop:.2f}x"),
         ("stack / floor, CPU time per hop", f"{cpu_per_hop / floor.per_hop:.2f}x"),
+        ("floor (public API): µs per hop", f"{public.per_hop * 1e6:.1f}"),
         ("dropped / guest traps", f"{stack.dropped} / {stack.failed}"),
     ]
 
@@ -240,9 +244,10 @@ def main() -> None:
         pump = write(directory, "pump", pump_wat(args.size)).read_bytes()
         sink = write(directory, "sink", sink_wat()).read_bytes()
         stack = asyncio.run(run_stack(directory, count))
-    floor = run_floor(pump, sink, count)
+    floor = run_floor(pump, sink, count, fastcall.FAST or fastcall.PUBLIC)
+    public = run_floor(pump, sink, count, fastcall.PUBLIC)
 
-    table = rows(count, args.size, stack, floor)
+    table = rows(count, args.size, stack, floor, public)
     print(markdown_table(table))
     problems = []
     if not stack.settled:

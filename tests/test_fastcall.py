@@ -367,6 +367,24 @@ def test_a_wrong_result_type_traps_instead_of_returning_garbage(backend: Backend
         inst.call("add", 1, 2)
 
 
+def test_the_deadline_setter_moves_the_epoch_deadline(backend: Backend) -> None:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    wat = module('(func (export "one") (result i32) (i32.const 1))')
+    inst = instantiate(backend, wat, {}, engine=engine)
+    set_deadline = backend.deadline(inst.store)
+    set_deadline(2)
+    engine.increment_epoch()
+    assert inst.call("one") == 1  # one tick of two used
+    engine.increment_epoch()
+    with pytest.raises(CallTrap) as info:
+        inst.call("one")  # the deadline has passed
+    assert info.value.trap_code == wasmtime.TrapCode.INTERRUPT
+    set_deadline(1)
+    assert inst.call("one") == 1
+
+
 def test_keyboard_interrupt_in_a_host_function_is_raised_again_after_the_call(
     backend: Backend,
 ) -> None:

@@ -28,6 +28,7 @@ keep it, so a callback never waits out another thread's switch interval.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
 import threading
@@ -147,6 +148,9 @@ class Backend(Protocol):
     def host(self, linker: wasmtime.Linker) -> HostFunctions: ...
     def func(self, store: wasmtime.Store, func: wasmtime.Func) -> GuestFunc: ...
     def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory: ...
+    def deadline(self, store: wasmtime.Store) -> Callable[[int], None]:
+        """A setter for `store`'s epoch deadline (ticks from now); valid while `store` lives."""
+        ...
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -293,6 +297,10 @@ class _Capi:
         self.memory_data = fn("wasmtime_memory_data", v, v, v)
         self.memory_data_size = fn("wasmtime_memory_data_size", z, v, v)
         self.trap_new = fn("wasmtime_trap_new", v, c_char_p, z)
+        # Set before every guest call: giving up the GIL here would invite a thread switch.
+        self.set_epoch_deadline = fn(
+            "wasmtime_context_set_epoch_deadline", None, v, ctypes.c_uint64
+        )
         memmove = getattr(ctypes, "_memmove_addr", None)  # ctypes.memmove gives up the GIL
         self.memmove = ctypes.PYFUNCTYPE(v, v, v, z)(memmove) if memmove else ctypes.memmove
 
@@ -574,6 +582,9 @@ class _FastBackend:
     def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory:
         return _FastMemory(self._capi, store, memory)
 
+    def deadline(self, store: wasmtime.Store) -> Callable[[int], None]:
+        return functools.partial(self._capi.set_epoch_deadline, _context_address(store))
+
 
 # -- the public-API backend: same interface, wasmtime-py's own calls -----------------------
 
@@ -695,6 +706,9 @@ class _PublicBackend:
 
     def memory(self, store: wasmtime.Store, memory: wasmtime.Memory) -> GuestMemory:
         return _PublicMemory(store, memory)
+
+    def deadline(self, store: wasmtime.Store) -> Callable[[int], None]:
+        return store.set_epoch_deadline
 
 
 FAST: Backend | None = None if _capi is None else _FastBackend(_capi)

@@ -107,6 +107,7 @@ class Guest:
         assert isinstance(memory, wasmtime.Memory)  # inspect_module checked it
         self._host.bind(self._store, memory)
         self._memory = backend.memory(self._store, memory)
+        self._set_deadline = backend.deadline(self._store)
         self._funcs: dict[str, fastcall.GuestFunc] = {}
         for export in interface.exports:
             func = exports[export]
@@ -258,10 +259,10 @@ class Guest:
 
     def call(self, export: str, *args: int) -> Any:
         """Call export `export` with a fresh deadline; traps come back as GuestTrap."""
-        store = self._open(export)
+        self._open(export)
         self._fault = None
         try:
-            store.set_epoch_deadline(self._ticks)
+            self._set_deadline(self._ticks)
             return self._funcs[export](*args)
         except fastcall.CallExit as exc:
             raise GuestTrap(
