@@ -17,6 +17,7 @@ from tinywasm_wasi.ws_protocol import (
     check_origin,
     decide_inbound,
     describe_bad_handshake,
+    encode_binary_frame,
     fit_reason,
     parse_origins,
     parse_request,
@@ -323,3 +324,18 @@ def test_describe_bad_handshake(
         upgrade=upgrade, connection=connection, version=version, key=key
     )
     assert text in described
+
+
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (0, b"\x82\x00"),
+        (125, b"\x82\x7d"),
+        (126, b"\x82\x7e\x00\x7e"),
+        (65535, b"\x82\x7e\xff\xff"),
+        (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_binary_frames_use_the_shortest_length_encoding(size: int, header: bytes) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert encode_binary_frame(payload) == header + payload

@@ -3,7 +3,10 @@
 ``GET /ws?topic=T`` subscribes a connection to one or more topic patterns (the
 query rules are in `tinywasm_wasi.ws_protocol`). Each client has one bounded
 send queue and one writer task; `Hub.broadcast` only does ``put_nowait`` and
-never awaits a socket. Frames are encoded once per broadcast and shared.
+never awaits a socket. Frames are encoded once per broadcast and shared. A
+client whose socket keeps up (nothing queued, nothing waiting in the transport)
+gets the encoded frame written straight to its transport, with no writer task
+wake-up; otherwise the frame is queued for its writer, so order is kept.
 
 Before the upgrade: 503 after `close`, 403 for an Origin the ``--ws-origins``
 policy refuses, 400 for a bad query or a request that is not a valid handshake.
@@ -61,6 +64,7 @@ from tinywasm_wasi.ws_protocol import (
     check_origin,
     decide_inbound,
     describe_bad_handshake,
+    encode_binary_frame,
     parse_origins,
     parse_request,
     protocol_error_reason,
@@ -73,6 +77,7 @@ log = logging.getLogger("tinywasm.hub")
 
 HEARTBEAT = 30.0  # seconds between pings; a client that misses the pong is dropped
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take before the socket is aborted
+FLUSH_POLL = 0.02  # seconds between checks that a closing socket has sent what it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +268,7 @@ class Hub:
             targets = list(dict.fromkeys(targets))  # two matching patterns, one frame
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
         envelope: bytes | None = None
+        wires: list[bytes | None] = [None, None]  # encoded frames: raw, envelope
         queued = 0
         for client in targets:
             if client.wanted.envelope:
@@ -273,6 +279,22 @@ class Hub:
                 frame = raw
             queue = client.queue
             assert queue is not None  # subscribed clients always have one
+            transport = client.transport
+            if (
+                not client.sending
+                and queue.empty()
+                and transport is not None
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0
+            ):
+                # The socket keeps up: write the frame now, no writer task wake-up.
+                kind = 1 if client.wanted.envelope else 0
+                wire = wires[kind]
+                if wire is None:
+                    wire = wires[kind] = encode_binary_frame(frame)
+                transport.write(wire)
+                queued += 1
+                continue
             if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
                 self._slow(
                     client,
@@ -469,6 +491,16 @@ class Hub:
             )
         return client.closer
 
+    @staticmethod
+    async def _flushed(client: _Client) -> None:
+        """Wait until the socket has taken every byte written to it (frames written straight
+        through bypass aiohttp's flow control, so its close does not wait for them)."""
+        transport = client.transport
+        while transport is not None and transport.get_write_buffer_size() > 0:
+            if transport.is_closing() and transport.get_write_buffer_size() == 0:
+                return
+            await asyncio.sleep(FLUSH_POLL)
+
     async def _close_client(self, client: _Client, code: CloseCode, reason: str) -> None:
         """Close the socket unless the client already did, then release the client."""
         writer, ws = client.writer, client.ws
@@ -477,6 +509,7 @@ class Hub:
             if sent:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await ws.close(code=code, message=reason.encode("utf-8"))
+                    await self._flushed(client)
         except TimeoutError:
             log.warning("ws %s did not close within %ss: aborted", client.peer, CLOSE_TIMEOUT)
             if client.transport is not None:

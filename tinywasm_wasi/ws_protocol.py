@@ -33,6 +33,7 @@ __all__ = [
     "check_origin",
     "decide_inbound",
     "describe_bad_handshake",
+    "encode_binary_frame",
     "fit_reason",
     "parse_origins",
     "parse_request",
@@ -155,6 +156,18 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
         why = f"publishing to {_quote(topic)} is not allowed: the server's --ws-inbound setting"
         return Refuse(CloseCode.POLICY_VIOLATION, fit_reason(f"{why} {setting}"))
     return Publish(topic, payload)
+
+
+def encode_binary_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, size))
+    elif size < 1 << 16:
+        header = bytes((0x82, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x82, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 def refuse_topic_error(exc: TopicError) -> Refuse:
