@@ -69,3 +69,28 @@ def write(directory: Path, name: str, wat: str) -> Path:
     path = directory / f"{name}.wasm"
     path.write_bytes(wasmtime.wat2wasm(wat))
     return path
+
+
+def binary(wat: str) -> bytes:
+    """The WebAssembly binary of `wat`."""
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def padded(data: bytes, size: int, name: str = "padding") -> bytes:
+    """Module binary `data` grown to exactly `size` bytes by a custom section (still valid)."""
+    label = _leb128(len(name.encode())) + name.encode()
+    for content in range(max(0, size - len(data) - len(label) - 6), size):
+        body = label + bytes(content)
+        section = b"\x00" + _leb128(len(body)) + body
+        if len(data) + len(section) == size:
+            return data + section
+    raise ValueError(f"cannot pad a {len(data)} byte module to {size} bytes")
