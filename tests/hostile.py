@@ -672,8 +672,8 @@ class FdWriteFault:
 FD_WRITE_FAULTS = [
     FdWriteFault("iovec array at a negative pointer", 1, -1, 1, 600),
     FdWriteFault("iovec array running past the end", 1, MEMORY - 4, 1, 600),
-    FdWriteFault("iovec count of 2^31-1", 1, 512, 0x7FFFFFFF, 600),
-    FdWriteFault("negative iovec count", 1, 512, -1, 600),
+    FdWriteFault("iovec count of 2^31-1 (over IOV_MAX: EINVAL)", 1, 512, 0x7FFFFFFF, 600, errno=28),
+    FdWriteFault("negative iovec count (EINVAL)", 1, 512, -1, 600, errno=28),
     FdWriteFault("buffer running past the end", 1, 512, 1, 600, (MEMORY - 2, 4)),
     FdWriteFault("buffer at a negative pointer", 2, 512, 1, 600, (-1, 1)),
     FdWriteFault("buffer pointer + length overflowing", 2, 512, 1, 600, (-16, 0x20)),

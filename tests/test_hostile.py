@@ -317,11 +317,6 @@ async def test_bad_pointers_and_lengths_to_every_host_function_trap_with_exact_m
     assert server.bus.publish("ok", b"x") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log() reads min(len, MAX_LOG_LINE) bytes before checking, so a negative or "
-    "out-of-memory length passes (guest.py log_)",
-)
 async def test_log_with_a_length_outside_memory_traps(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -351,12 +346,6 @@ async def test_bad_fd_write_arguments_return_an_errno_and_never_trap(
     assert entry["counters"]["delivered"] == len(FD_WRITE_FAULTS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fd_write copies every iovec and joins them before looking at the data, so one call "
-    "allocates (iovecs x guest memory) bytes of host memory, past the call deadline (guest.py "
-    "_fd_write)",
-)
 async def test_one_fd_write_cannot_make_the_host_allocate_many_times_guest_memory(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -390,11 +379,6 @@ async def test_one_fd_write_cannot_make_the_host_allocate_many_times_guest_memor
     assert peak < 8 * MEMORY_LIMIT, f"one fd_write made the host allocate {peak >> 20} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store limits cap linear memory only: table.grow by 10 million entries "
-    "(80 MB of host memory) succeeds under a 1 MiB memory_limit (guest.py set_limits)",
-)
 async def test_a_table_bomb_is_capped_like_a_memory_bomb(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -454,12 +438,6 @@ async def test_the_healthy_module_serves_while_a_runaway_call_is_still_running(
     assert 1.5 <= elapsed < 1.5 + BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WASI poll_oneoff sleeps in host code, where the epoch deadline cannot interrupt "
-    "it: an init() that sleeps holds the whole server's start (guest.py: define_wasi links it "
-    "unbounded)",
-)
 async def test_a_wasi_sleep_cannot_outlast_the_call_deadline(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -683,11 +661,6 @@ async def test_quarantine_retries_a_fresh_instance_and_doubles_the_backoff_when_
     assert triggers == ["startup", "quarantine", "retry", "quarantine"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a successful retry host.quarantined keeps its entry, so /api/modules lists "
-    "the module twice: live and quarantined (host.py _retry)",
-)
 async def test_a_module_back_from_quarantine_is_listed_once_as_live(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -705,12 +678,6 @@ async def test_a_module_back_from_quarantine_is_listed_once_as_live(
         assert [m["state"] for m in await traffic.entries("bad")] == ["live"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quarantine discards the HTTP requests still queued in the mailbox without failing "
-    "their futures, so their clients wait forever (and aiohttp's shutdown waits 60 s for them) "
-    "(host.py _quarantine: take_pending)",
-)
 async def test_requests_queued_when_a_module_is_quarantined_are_answered(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -816,12 +783,6 @@ async def test_deleting_a_quarantined_module_file_ends_its_retries(
     assert "bad" not in server.host.modules
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hint '(its initial memory is over the N byte limit)' is appended to every "
-    "instantiation error mentioning memory and limit, even 'memory count too high' "
-    "(guest.py Guest.__init__)",
-)
 async def test_two_memories_are_not_reported_as_an_initial_memory_over_the_limit(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:

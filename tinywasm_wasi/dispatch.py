@@ -15,6 +15,8 @@ request: an authentication middleware that traps must not let it through.
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -116,6 +118,15 @@ class Dispatcher:
 
     def _target(self, name: str) -> WasmModule:
         module = self._host.modules.get(name)
+        quarantine = self._host.quarantined.get(name)
+        if module is None and quarantine is not None:
+            wait = max(1, math.ceil(quarantine.retry_at - time.time()))
+            raise Failed(
+                503,
+                f"module {name!r} is quarantined after repeated traps ({quarantine.error}); "
+                f"it is retried in {wait} s",
+                retry_after=wait,
+            )
         if module is None:
             refused = self._host.refused.get(name)
             why = f" (it was refused: {refused})" if refused else ": see GET /api/modules"

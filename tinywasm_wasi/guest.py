@@ -43,6 +43,12 @@ U64 = 0xFFFFFFFFFFFFFFFF
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
 ERRNO_FAULT = 21
+ERRNO_INVAL = 28
+ERRNO_NOTSUP = 58
+MAX_TABLE_ELEMENTS = 100_000  # per table; a C module's function table holds a few hundred
+MAX_TABLES = 8
+MAX_IOVECS = 1024  # IOV_MAX on Linux
+MAX_WRITE = 64 * 1024  # bytes of one fd_write that reach the log; the rest is consumed unseen
 STDOUT, STDERR = 1, 2
 
 
@@ -55,6 +61,10 @@ class GuestEffects(Protocol):
     def unsubscribe(self, pattern: bytes) -> None: ...
     def log(self, line: str, *, stream: str) -> None: ...
     def refuse(self, call: str, reason: str) -> None: ...
+
+
+def _no_poll(_caller: Caller, _in: int, _out: int, _count: int, _events: int) -> int:
+    return ERRNO_NOTSUP
 
 
 def _cause(text: str) -> str:
@@ -88,7 +98,13 @@ class Guest:
         self._ticks = deadline_ticks(limits.call_timeout)
         self._store: wasmtime.Store | None = wasmtime.Store(engine)
         self._store.set_wasi(wasmtime.WasiConfig())  # empty: no dirs, env or args
-        self._store.set_limits(memory_size=limits.memory_limit, instances=1, memories=1)
+        self._store.set_limits(
+            memory_size=limits.memory_limit,
+            table_elements=MAX_TABLE_ELEMENTS,
+            instances=1,
+            tables=MAX_TABLES,
+            memories=1,
+        )
         backend = fastcall.backend()
         linker = wasmtime.Linker(engine)
         self._host = self._define_host_functions(backend, linker)
@@ -99,7 +115,7 @@ class Guest:
             raise self._trap("start", _cause(str(exc)), exc.trap_code) from None
         except wasmtime.WasmtimeError as exc:
             reason = " ".join(str(exc).strip().splitlines()[:2])
-            if "memory" in reason and "limit" in reason.lower():
+            if "memory minimum size" in reason:
                 reason += f" (its initial memory is over the {limits.memory_limit} byte limit)"
             raise ModuleLoadError(f"cannot instantiate: {reason}") from None
         exports = instance.exports(self._store)
@@ -364,6 +380,7 @@ class Guest:
                 effects.unsubscribe(c.read(tp & U32, tl & U32))
 
         def log_(c: Caller, mp: int, ml: int) -> None:
+            check(c, "log", "message", mp, ml)  # the whole range, though only 4 KiB is read
             data = read(c, "log", "message", mp, min(ml & U32, MAX_LOG_LINE))
             effects.log(data.decode("utf-8", "replace"), stream="log")
 
@@ -378,6 +395,9 @@ class Guest:
             host.define(HOST_MODULE, name, wasmtime.FuncType([i32] * nparams, []), funcs[name])
         fd_write_ty = wasmtime.FuncType([i32] * 4, [i32])
         host.define(WASI_MODULE, "fd_write", fd_write_ty, self._fd_write)
+        # WASI's poll_oneoff sleeps in host code, out of the call deadline's reach:
+        # a guest may not block its thread, so sleeping is not supported.
+        host.define(WASI_MODULE, "poll_oneoff", fd_write_ty, _no_poll)
         return host
 
     def _fd_write(
@@ -390,18 +410,26 @@ class Guest:
         iovs &= U32
         count &= U32
         nwritten &= U32
+        if count > MAX_IOVECS:
+            return ERRNO_INVAL
         if iovs + 8 * count > size or nwritten + 4 > size:
             return ERRNO_FAULT
         table = caller.read(iovs, 8 * count)
         chunks = []
+        total = 0
+        budget = MAX_WRITE  # what reaches the log; the host never copies more per call
         for i in range(count):
             ptr = int.from_bytes(table[8 * i : 8 * i + 4], "little")
             length = int.from_bytes(table[8 * i + 4 : 8 * i + 8], "little")
             if ptr + length > size:
                 return ERRNO_FAULT
-            chunks.append(caller.read(ptr, length))
+            total += length
+            if budget > 0 and length:
+                take = min(length, budget)
+                chunks.append(caller.read(ptr, take))
+                budget -= take
         data = b"".join(chunks)
-        caller.write(nwritten, len(data).to_bytes(4, "little"))
+        caller.write(nwritten, min(total, U32).to_bytes(4, "little"))
         buffered = self._partial[fd] + data
         *lines, rest = buffered.split(b"\n")
         for line in lines:

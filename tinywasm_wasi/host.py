@@ -36,9 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bus import Bus
-from tinywasm_wasi.exceptions import GuestTrap, ModuleLoadError, TinywasmError
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
 from tinywasm_wasi.history import ModuleHistory, Outcome, SwapGate, VersionRecord
 from tinywasm_wasi.limits import Limits, LimitsError, load_overrides
+from tinywasm_wasi.mailbox import Request
 from tinywasm_wasi.module import Broadcast, ModuleState, WasmModule
 from tinywasm_wasi.quarantine import Quarantine, next_backoff
 from tinywasm_wasi.rules import ModuleFileName, RuleError, load_rule_txt, parse_file_name
@@ -115,6 +116,7 @@ class ModuleHost:
         self.directory: Path | None = None
         self.modules: dict[str, WasmModule] = {}
         self.quarantined: dict[str, Quarantine] = {}
+        self._last_quarantine: dict[str, Quarantine] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._overrides: tuple[str, dict[str, Limits]] = ("", {})
@@ -293,9 +295,16 @@ class ModuleHost:
         begun, at, now = time.perf_counter(), time.time(), time.time()
         del self.modules[name]
         snapshot = module.snapshot()
-        dropped = len(module.mailbox.take_pending())
+        dropped = 0
+        for item in module.mailbox.take_pending():
+            if isinstance(item, Request):
+                item.future.set_exception(
+                    ModuleClosedError(f"module {name!r} is quarantined: it kept trapping")
+                )
+            else:
+                dropped += 1
         await module.close(timeout=1.0)
-        previous = self.quarantined.get(name)
+        previous = self.quarantined.get(name) or self._last_quarantine.get(name)
         backoff = next_backoff(previous, self.quarantine_backoff, now)
         self.quarantined[name] = Quarantine(
             compiled=module.compiled,
@@ -360,6 +369,8 @@ class ModuleHost:
             module.activate()
             self.modules[name] = module
             module.release()
+            # Out of the list, but kept: a relapse soon after doubles the backoff.
+            self._last_quarantine[name] = self.quarantined.pop(name)
             log.info("module %s: back in service after quarantine (retry %d)", name, entry.retries)
             outcome = Outcome.LOADED
         record = VersionRecord(
