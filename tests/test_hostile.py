@@ -704,6 +704,13 @@ async def test_requests_queued_when_a_module_is_quarantined_are_answered(
         )
         await quarantined(traffic, "bad")
     assert "no answer" not in results, results
+    # Each was interrupted (504) or, once quarantined, refused (503); none was left waiting.
+    assert set(results) == {"GuestTrap", "ModuleClosedError"}, results
+    # Once out of service, its route says so and when to come back.
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/m/bad") as resp:
+        assert resp.status == 503
+        assert 50 <= int(resp.headers["Retry-After"]) <= 60
+        assert "module 'bad' is quarantined after repeated traps" in await resp.text()
 
 
 async def test_traps_spread_wider_than_the_window_do_not_quarantine(
