@@ -31,6 +31,8 @@ class Config:
     ws_inbound: tuple[str, ...] = ("chat",)
     # Messages a module's mailbox holds before further ones are dropped and counted.
     mailbox_size: int = 10_000
+    # Bytes of messages and requests a module's mailbox holds; past it further ones are refused.
+    mailbox_bytes: int = 64 * MiB
     # Frames a WebSocket client may have queued before it is disconnected as slow.
     ws_queue_size: int = 1_000
     # Watch modules_dir and hot-swap modules whose .wasm changes.
@@ -83,7 +85,13 @@ class Config:
             raise ValueError("mailbox_size must be at least 1")
         if self.ws_queue_size < 1:
             raise ValueError("ws_queue_size must be at least 1")
-        for field in ("memory_limit", "max_module_size", "max_payload", "ws_max_frame"):
+        for field in (
+            "memory_limit",
+            "max_module_size",
+            "max_payload",
+            "ws_max_frame",
+            "mailbox_bytes",
+        ):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1 byte")
         if self.ws_queue_bytes < 1 or self.http_max_body < 1:

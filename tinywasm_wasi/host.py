@@ -97,6 +97,7 @@ class ModuleHost:
         *,
         mailbox_size: int,
         drain_timeout: float,
+        mailbox_bytes: int = 64 * 1024 * 1024,
         probation: float = 0.5,
         limits: Limits | None = None,
         max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
@@ -107,6 +108,7 @@ class ModuleHost:
         self.bus = bus
         self._broadcast = broadcast
         self.mailbox_size = mailbox_size
+        self.mailbox_bytes = mailbox_bytes
         self.drain_timeout = drain_timeout
         self.probation = probation
         self.limits = limits or Limits()
@@ -247,6 +249,7 @@ class ModuleHost:
             self.bus,
             self._broadcast,
             mailbox_size=self.mailbox_size,
+            mailbox_bytes=self.mailbox_bytes,
             limits=self.limits_for(compiled.name),
             quarantine=self.quarantine_rule,
             on_faulty=self._on_faulty,

@@ -52,6 +52,10 @@ class Request:
 Pending = Delivery | Request
 
 
+def _size(item: Pending) -> int:
+    return len(item.body) if isinstance(item, Request) else len(item[0]) + len(item[1])
+
+
 class Requeued(Exception):
     """Raised by the answer callback when it put the request back in a queue unanswered."""
 
@@ -75,13 +79,16 @@ class Mailbox:
         answer: Callable[[Request], bytes | None] | None = None,
         *,
         held: bool = False,
+        byte_capacity: int = 64 * 1024 * 1024,
     ) -> None:
         self.name = name
         self.capacity = capacity
+        self.byte_capacity = byte_capacity
         self._deliver = deliver
         self._answer = answer
         self._items: deque[Pending | _Call] = deque()
         self._messages = 0  # deliveries in _items (calls do not count against capacity)
+        self._bytes = 0  # their topic, payload and request body bytes
         self._cond = threading.Condition(threading.Lock())
         self._busy = False
         self._held = held
@@ -103,11 +110,17 @@ class Mailbox:
 
     def _put(self, item: Pending) -> bool:
         with self._cond:
-            if self._closed or self._messages >= self.capacity:
+            size = _size(item)
+            if (
+                self._closed
+                or self._messages >= self.capacity
+                or (self._messages and self._bytes + size > self.byte_capacity)
+            ):
                 self.dropped += 1
                 return False
             self._items.append(item)
             self._messages += 1
+            self._bytes += size
             self.accepted += 1
             if not self._busy and not self._held:
                 self._cond.notify()
@@ -142,6 +155,11 @@ class Mailbox:
         with self._cond:
             self._held = False
             self._cond.notify_all()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Topic, payload and request body bytes of the queued messages and requests."""
+        return self._bytes
 
     @property
     def depth(self) -> int:
@@ -183,6 +201,7 @@ class Mailbox:
             self._items.clear()
             self._items.extend(calls)
             self._messages = 0
+            self._bytes = 0
             return messages
 
     def prepend(self, messages: list[Pending]) -> None:
@@ -190,6 +209,7 @@ class Mailbox:
         with self._cond:
             self._items.extendleft(reversed(messages))
             self._messages += len(messages)
+            self._bytes += sum(_size(m) for m in messages)
             self._cond.notify()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -203,6 +223,7 @@ class Mailbox:
             leftover = list(self._items)
             self._items.clear()
             self._messages = 0
+            self._bytes = 0
             self._cond.notify_all()
         for item in leftover:
             if isinstance(item, _Call | Request):
@@ -248,6 +269,7 @@ class Mailbox:
                 self._busy = True
                 if not isinstance(item, _Call):
                     self._messages -= 1
+                    self._bytes -= _size(item)
             if isinstance(item, _Call):
                 if item.future.set_running_or_notify_cancel():
                     try:

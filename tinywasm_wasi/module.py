@@ -107,6 +107,7 @@ class WasmModule:
         broadcast: Broadcast,
         *,
         mailbox_size: int,
+        mailbox_bytes: int = 64 * 1024 * 1024,
         limits: Limits | None = None,
         quarantine: tuple[int, float] = (5, 10.0),
         on_faulty: Callable[[WasmModule], None] | None = None,
@@ -151,7 +152,9 @@ class WasmModule:
         self._trap_window = quarantine[1]
         self._on_faulty = on_faulty
         self.faulty = False
-        self.mailbox = Mailbox(self.name, mailbox_size, self._deliver, self._answer)
+        self.mailbox = Mailbox(
+            self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
+        )
 
     # -- life cycle (event loop) -----------------------------------------------------------
 
@@ -325,10 +328,11 @@ class WasmModule:
             return True
         self._warn_drop(
             log,
-            "module %r: mailbox full (%d messages), dropped a message on %r; "
-            "raise --mailbox-size or make the module faster",
+            "module %r: mailbox full (%d messages or %d bytes), dropped a message on %r; "
+            "raise --mailbox-size / --mailbox-bytes or make the module faster",
             self.name,
             self.mailbox.capacity,
+            self.mailbox.byte_capacity,
             topic,
         )
         return False
@@ -530,6 +534,8 @@ class WasmModule:
             "mailbox": {
                 "depth": self.mailbox.depth,
                 "capacity": self.mailbox.capacity,
+                "bytes": self.mailbox.queued_bytes,
+                "byte_capacity": self.mailbox.byte_capacity,
                 "accepted": self.mailbox.accepted,
                 "dropped": self.mailbox.dropped,
             },

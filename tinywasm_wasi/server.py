@@ -148,6 +148,7 @@ class WasiServer(_HttpServer):
             self.bus,
             self._bridge.submit,
             mailbox_size=config.mailbox_size,
+            mailbox_bytes=config.mailbox_bytes,
             drain_timeout=config.drain_timeout,
             probation=config.swap_probation,
             limits=Limits(

@@ -186,6 +186,12 @@ SETTINGS = (
         "messages a module's mailbox holds before further ones are dropped and counted",
     ),
     _Setting(
+        "mailbox_bytes",
+        "SIZE",
+        _size,
+        "bytes of messages a module's mailbox holds before further ones are dropped and counted",
+    ),
+    _Setting(
         "ws_queue_size",
         "N",
         _whole_number(1),
