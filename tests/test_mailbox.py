@@ -28,7 +28,7 @@ def test_the_byte_bound_refuses_what_would_overflow_and_counts_it() -> None:
         assert box.put("t", bytes(300))  # 902: fits
         assert box.queued_bytes == 902
         assert box.dropped == 1 and box.accepted == 2
-        request = Request("handle", bytes(200), 1024)
+        request = Request("handle", bytes(200), 1024, lambda _result, _error: None)
         assert not box.put_request(request)  # a request counts its body the same way
         sink.gate.set()
         box.release()

@@ -1,9 +1,13 @@
-"""Hand calls from module threads to the event loop, batched.
+"""Hand work from module threads to the event loop, batched.
 
 Guest `ws_broadcast` calls arrive on module threads; the WebSocket hub lives
 on the event loop. `LoopBridge.submit` appends to a deque and schedules at most
 one flush at a time with `call_soon_threadsafe`, so a burst of broadcasts
 costs one loop wake-up, and order across all threads is the order of `submit`.
+
+`Answers` does the same for the answers to HTTP requests: a module thread
+settles an asyncio future through it, and a burst of answers costs one wake-up
+instead of one per request (as `asyncio.wrap_future` would).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["LoopBridge"]
+__all__ = ["Answers", "LoopBridge"]
 
 log = logging.getLogger("tinywasm.bridge")
 
@@ -55,3 +60,43 @@ class LoopBridge:
                 self._sink(topic, payload)
             except Exception:
                 log.exception("broadcast to %r failed", topic)
+
+
+class Answers:
+    """Settle asyncio futures of `loop` from any thread, one loop wake-up per burst."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def future(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
+        """A new future and the function (any thread) that settles it: `reply(result, error)`."""
+        future = self._loop.create_future()
+
+        def reply(result: Any, error: BaseException | None) -> None:
+            self._pending.append((future, result, error))
+            with self._lock:
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                self._pending.clear()
+
+        return future, reply
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        pending = self._pending
+        while pending:
+            future, result, error = pending.popleft()
+            if future.done():  # cancelled: the client went away
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)

@@ -301,9 +301,7 @@ class ModuleHost:
         dropped = 0
         for item in module.mailbox.take_pending():
             if isinstance(item, Request):
-                item.future.set_exception(
-                    ModuleClosedError(f"module {name!r} is quarantined: it kept trapping")
-                )
+                item.fail(ModuleClosedError(f"module {name!r} is quarantined: it kept trapping"))
             else:
                 dropped += 1
         await module.close(timeout=1.0)

@@ -20,7 +20,6 @@ keep a new version closed during cut-over.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -32,21 +31,39 @@ from tinywasm_wasi.exceptions import ModuleClosedError
 
 log = logging.getLogger("tinywasm.mailbox")
 
-__all__ = ["Delivery", "Mailbox", "Pending", "Request", "Requeued"]
+__all__ = ["Delivery", "Mailbox", "Pending", "Reply", "Request", "Requeued"]
 
 Delivery = tuple[str, bytes]
 
 
+Reply = Callable[[bytes | None, BaseException | None], None]
+
+
 class Request:
-    """An HTTP request for the module's `export`; the answer comes back through `future`."""
+    """An HTTP request for the module's `export`.
 
-    __slots__ = ("body", "export", "future", "limit")
+    `reply(result, error)` is called exactly once, from whichever thread
+    settles it; `cancelled()` says the client went away, so it is skipped.
+    """
 
-    def __init__(self, export: str, body: bytes, limit: int) -> None:
+    __slots__ = ("body", "cancelled", "export", "limit", "reply")
+
+    def __init__(
+        self,
+        export: str,
+        body: bytes,
+        limit: int,
+        reply: Reply,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.export = export
         self.body = body
         self.limit = limit
-        self.future: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+        self.reply = reply
+        self.cancelled = cancelled
+
+    def fail(self, error: BaseException) -> None:
+        self.reply(None, error)
 
 
 Pending = Delivery | Request
@@ -90,7 +107,7 @@ class Mailbox:
         self._messages = 0  # deliveries in _items (calls do not count against capacity)
         self._bytes = 0  # their topic, payload and request body bytes
         self._cond = threading.Condition(threading.Lock())
-        self._busy = False
+        self._busy = False  # the thread is running an item
         self._held = held
         self._closed = False
         self.accepted = 0
@@ -226,38 +243,38 @@ class Mailbox:
             self._bytes = 0
             self._cond.notify_all()
         for item in leftover:
-            if isinstance(item, _Call | Request):
-                item.future.set_exception(
-                    ModuleClosedError(f"module {self.name!r} closed before the call ran")
-                )
+            closed = ModuleClosedError(f"module {self.name!r} closed before the call ran")
+            if isinstance(item, _Call):
+                item.future.set_exception(closed)
+            elif isinstance(item, Request):
+                item.fail(closed)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     # -- the module thread -----------------------------------------------------------------
 
     def _answer_request(self, request: Request) -> None:
-        future = request.future
+        if request.cancelled():  # the HTTP client went away
+            return
         try:
             assert self._answer is not None
             result = self._answer(request)
         except Requeued:
             return  # another mailbox (or this one, later) answers it
         except BaseException as exc:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
-                future.set_exception(exc)
+            request.reply(None, exc)
             return
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            future.set_result(result)
+        request.reply(result, None)
 
     def _serve(self) -> None:
         cond = self._cond
         items = self._items
         while True:
             with cond:
-                # Held: messages wait, but a call at the head still runs.
-                while (not items or (self._held and not isinstance(items[0], _Call))) and not (
-                    self._closed
-                ):
+                # Held: messages wait, but a call at the head still runs. Claimed: all wait.
+                while (
+                    not items or (self._held and not isinstance(items[0], _Call))
+                ) and not self._closed:
                     self._busy = False
                     cond.notify_all()
                     cond.wait()
@@ -278,10 +295,8 @@ class Mailbox:
                         item.future.set_exception(exc)
             elif isinstance(item, Request):
                 if self._answer is None:
-                    item.future.set_exception(
-                        ModuleClosedError(f"module {self.name!r} does not answer requests")
-                    )
-                elif not item.future.cancelled():  # cancelled: the HTTP client went away
+                    item.fail(ModuleClosedError(f"module {self.name!r} does not answer requests"))
+                else:
                     self._answer_request(item)
             else:
                 try:

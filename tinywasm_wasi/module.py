@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
+from tinywasm_wasi.bridge import Answers
 from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError
 from tinywasm_wasi.guest import Guest
 from tinywasm_wasi.limits import Limits
@@ -152,6 +153,7 @@ class WasmModule:
         self._trap_window = quarantine[1]
         self._on_faulty = on_faulty
         self.faulty = False
+        self._answers: Answers | None = None  # settles HTTP answers on the loop, batched
         self.mailbox = Mailbox(
             self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
         )
@@ -386,7 +388,10 @@ class WasmModule:
         export = self.compiled.interface.http
         if export is None:
             raise ModuleClosedError(f"module {self.name!r} exports neither handle nor handle_http")
-        request = Request(export, body, limit)
+        if self._answers is None:
+            self._answers = Answers(asyncio.get_running_loop())
+        future, reply = self._answers.future()
+        request = Request(export, body, limit, reply, future.cancelled)
         if not self.mailbox.put_request(request):
             if self.state is ModuleState.CLOSED:
                 raise ModuleClosedError(f"module {self.name!r} is closed")
@@ -394,7 +399,8 @@ class WasmModule:
                 f"module {self.name!r} is busy: its mailbox holds {self.mailbox.capacity} "
                 "messages and requests; retry later"
             )
-        return await asyncio.wrap_future(request.future)
+        answer: bytes | None = await future
+        return answer
 
     def _answer(self, request: Request) -> bytes | None:
         guest = self._guest
