@@ -24,35 +24,54 @@ __all__ = ["Answers", "LoopBridge"]
 log = logging.getLogger("tinywasm.bridge")
 
 
-class LoopBridge:
+class _Batched:
+    """Run `_flush` on `loop` once per burst of `_wake` calls from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def _wake(self) -> bool:
+        """Schedule a flush unless one is pending; False if the loop is closed."""
+        with self._lock:
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._run_flush)
+        except RuntimeError:  # the loop is closed: the server is gone
+            return False
+        return True
+
+    def _run_flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+
+class LoopBridge(_Batched):
     """Run `sink(topic, payload)` on `loop` for every `submit`, in submit order."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sink: Callable[[str, bytes], object]
     ) -> None:
-        self._loop = loop
+        super().__init__(loop)
         self._sink = sink
         self._pending: deque[tuple[str, bytes]] = deque()
-        self._lock = threading.Lock()
-        self._scheduled = False
         self.lost = 0
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Queue one call; safe from any thread."""
         self._pending.append((topic, payload))
-        with self._lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop is closed: the server is gone
+        if not self._wake():
             self.lost += len(self._pending)
             self._pending.clear()
 
     def _flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
         pending = self._pending
         while pending:
             topic, payload = pending.popleft()
@@ -62,14 +81,12 @@ class LoopBridge:
                 log.exception("broadcast to %r failed", topic)
 
 
-class Answers:
+class Answers(_Batched):
     """Settle asyncio futures of `loop` from any thread, one loop wake-up per burst."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        super().__init__(loop)
         self._pending: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
-        self._lock = threading.Lock()
-        self._scheduled = False
 
     def future(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
         """A new future and the function (any thread) that settles it: `reply(result, error)`."""
@@ -77,20 +94,12 @@ class Answers:
 
         def reply(result: Any, error: BaseException | None) -> None:
             self._pending.append((future, result, error))
-            with self._lock:
-                if self._scheduled:
-                    return
-                self._scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop is closed: nobody waits any more
+            if not self._wake():  # the loop is closed: nobody waits any more
                 self._pending.clear()
 
         return future, reply
 
     def _flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
         pending = self._pending
         while pending:
             future, result, error = pending.popleft()

@@ -319,16 +319,9 @@ class ModuleHost:
         self._schedule_retry(name, backoff)
         traps, window = self.quarantine_rule
         error = f"{traps} traps within {window:g} s; last: {module.last_error}"
-        record = VersionRecord(
-            sha256=module.compiled.sha256,
-            size=module.compiled.size,
-            at=at,
-            trigger=QUARANTINE,
-            outcome=Outcome.QUARANTINED,
-            duration_ms=(time.perf_counter() - begun) * 1000,
-            error=error,
+        record = self._record_version(
+            module.compiled, at, QUARANTINE, Outcome.QUARANTINED, begun, error
         )
-        self.histories.setdefault(name, ModuleHistory()).add(record)
         log.error(
             "module %s quarantined after %s; %d queued message(s) dropped; "
             "retrying in %g s (or when its file changes)",
@@ -374,17 +367,7 @@ class ModuleHost:
             self._last_quarantine[name] = self.quarantined.pop(name)
             log.info("module %s: back in service after quarantine (retry %d)", name, entry.retries)
             outcome = Outcome.LOADED
-        record = VersionRecord(
-            sha256=compiled.sha256,
-            size=compiled.size,
-            at=at,
-            trigger=RETRY,
-            outcome=outcome,
-            duration_ms=(time.perf_counter() - begun) * 1000,
-            error=error,
-        )
-        self.histories.setdefault(name, ModuleHistory()).add(record)
-        return record
+        return self._record_version(compiled, at, RETRY, outcome, begun, error)
 
     # -- swaps ---------------------------------------------------------------------------------
 
@@ -564,16 +547,8 @@ class ModuleHost:
         begun, at = time.perf_counter(), time.time()
         idle = await module.drain(self.drain_timeout)
         await module.close()
-        record = VersionRecord(
-            sha256=module.compiled.sha256,
-            size=module.compiled.size,
-            at=at,
-            trigger=trigger,
-            outcome=Outcome.UNLOADED,
-            duration_ms=(time.perf_counter() - begun) * 1000,
-            error=None if idle else "drain timed out",
-        )
-        self.histories.setdefault(name, ModuleHistory()).add(record)
+        error = None if idle else "drain timed out"
+        record = self._record_version(module.compiled, at, trigger, Outcome.UNLOADED, begun, error)
         log.info("unloaded module %s (%s, %.1f ms)", name, trigger, record.duration_ms)
         return record
 
@@ -603,6 +578,28 @@ class ModuleHost:
             error=error,
         )
         self.histories.setdefault(name, ModuleHistory()).add(record, data)
+        return record
+
+    def _record_version(
+        self,
+        compiled: CompiledModule,
+        at: float,
+        trigger: str,
+        outcome: Outcome,
+        begun: float,
+        error: str | None = None,
+    ) -> VersionRecord:
+        """Record an attempt on a version already compiled (its bytes are not kept)."""
+        record = VersionRecord(
+            sha256=compiled.sha256,
+            size=compiled.size,
+            at=at,
+            trigger=trigger,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            error=error,
+        )
+        self.histories.setdefault(compiled.name, ModuleHistory()).add(record)
         return record
 
     @staticmethod
