@@ -7,8 +7,16 @@ Hierarchy::
     │   └── UnknownImportError    it imports a function the host does not provide
     ├── GuestError            a call into a running module failed
     │   ├── GuestTrap             the guest trapped (trap code and message attached)
-    │   └── MailboxFullError      the module's mailbox is full; retry later
-    └── ModuleClosedError     a module was used after it was closed
+    │   ├── MailboxFullError      the module's mailbox is full; retry later
+    │   ├── fastcall.HostTrap     raised in a host function to trap its guest
+    │   │   └── fastcall.MemoryRangeError   a guest pointer outside its memory
+    │   └── fastcall.CallTrap     a guest call trapped (fast-path layer; Guest turns it
+    │       └── fastcall.CallExit     into GuestTrap); CallExit: proc_exit
+    ├── ModuleClosedError     a module was used after it was closed
+    ├── build.BuildError      compiling a C module failed
+    ├── limits.LimitsError    a limit value or limits.toml is invalid (also a ValueError)
+    ├── rules.RuleError       a middleware rule or module file name is invalid (ValueError)
+    └── http_abi.ResponseError    a module's HTTP answer breaks the interface (ValueError)
 """
 
 from __future__ import annotations
