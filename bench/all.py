@@ -22,6 +22,8 @@ from bench.common import add_common_flags
 BENCH = Path(__file__).resolve().parent
 # In the order they run: the cheap, module-only ones first, the long fan-out last but one.
 SCENARIOS = ("bus_hop", "fastcall", "relay", "http", "swap", "scale", "fanout")
+# Flags a scenario always gets here: the full HTTP picture includes the middleware chain.
+EXTRA = {"http": ["--middlewares"]}
 SMOKE_LIMIT = 180.0  # seconds one scenario may take under --smoke
 FULL_LIMIT = 1200.0  # seconds one full-size scenario may take
 
@@ -41,7 +43,7 @@ def run(name: str, flags: list[str], limit: float) -> Outcome:
     """Run one scenario with its output going straight to ours."""
     if not (BENCH / f"{name}.py").is_file():
         return Outcome(name, f"skipped: bench/{name}.py is not there", 0.0)
-    command = [sys.executable, "-m", f"bench.{name}", *flags]
+    command = [sys.executable, "-m", f"bench.{name}", *EXTRA.get(name, []), *flags]
     print(f"\n=== {' '.join(['python', *command[1:]])}", flush=True)
     begun = time.monotonic()
     try:

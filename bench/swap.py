@@ -1,12 +1,15 @@
 """Hot swap under load: time from a file write to the new version serving, and delivery gaps.
 
 A real `WasiServer` watches a temp folder holding a "relay" guest (``nums`` →
-`ws_broadcast` ``out``); one real WebSocket client reads ``out`` while the server
-publishes numbered messages at a fixed rate and the relay is swapped N times by
-writing beside the file and renaming into place. A swap is timed from the rename
-to the host serving the new sha256 (also minus the debounce window). The client
-must get every number once and in order; its longest gap between frames is the
-worst delivery pause a swap caused under load.
+`ws_broadcast` ``out``, and ``GET /m/relay`` answering its version); one real
+WebSocket client reads ``out`` while the server publishes numbered messages at a
+fixed rate, an HTTP client asks ``/m/relay`` over and over, and the relay is
+swapped N times by writing beside the file and renaming into place. A swap is
+timed from the rename to the host serving the new sha256, and to the first HTTP
+answer from the new version (both also minus the debounce window). The
+WebSocket client must get every number once and in order; its longest gap
+between frames is the worst delivery pause a swap caused under load. Every HTTP
+answer must be a 200.
 
     python -m bench.swap [--swaps N] [--rate R] [--debounce S] [--record] [--smoke]
 """
@@ -38,6 +41,7 @@ RELAY = """
   (func (export "on_message") (param $p i32) (param $n i32)
     (call $ws_broadcast {out} (local.get $p) (local.get $n)))
   (func (export "version") (result i32) (i32.const VERSION))
+  (func (export "handle") (param i32 i32) (result i32) {v} drop)
 """
 SWAP_TIMEOUT = 10.0  # seconds one swap may take before the run is abandoned
 BETWEEN_SWAPS = 0.1  # seconds between a swap serving and the next write
@@ -47,7 +51,8 @@ DRAIN_TIMEOUT = 15.0  # seconds the client may take to receive the last message
 
 
 def relay(version: int) -> bytes:
-    wat = guest(RELAY.replace("VERSION", str(version)), {"t": "nums", "out": "out"})
+    strings = {"t": "nums", "out": "out", "v": f"v{version}"}
+    wat = guest(RELAY.replace("VERSION", str(version)), strings)
     return bytes(wasmtime.wat2wasm(wat))
 
 
@@ -60,6 +65,8 @@ class Result:
     elapsed: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
     host_ms: list[float] = field(default_factory=list)  # history duration_ms per swap
+    answers: list[tuple[float, int, bytes]] = field(default_factory=list)  # HTTP (t, status, body)
+    answering_ms: list[float] = field(default_factory=list)  # write → new version answers
 
 
 async def run(directory: Path, swaps: int, rate: float, debounce: float) -> Result:
@@ -107,6 +114,13 @@ async def run(directory: Path, swaps: int, rate: float, debounce: float) -> Resu
                         result.published += 1
                     await asyncio.sleep(0.001)
 
+            async def ask() -> None:
+                url = f"{server.url}/m/relay"
+                while not stop.is_set():
+                    async with http.get(url) as resp:
+                        body = await resp.read()
+                    result.answers.append((time.perf_counter(), resp.status, body))
+
             async def swap_all() -> None:
                 for n, (data, sha) in enumerate(builds, 1):
                     temp = directory / f".relay.{n}.tmp"
@@ -126,7 +140,7 @@ async def run(directory: Path, swaps: int, rate: float, debounce: float) -> Resu
             collector = asyncio.create_task(collect())
             begun = time.perf_counter()
             try:
-                await asyncio.gather(publish(), swap_all())
+                await asyncio.gather(publish(), swap_all(), ask())
             finally:
                 stop.set()
             result.elapsed = time.perf_counter() - begun
@@ -135,6 +149,13 @@ async def run(directory: Path, swaps: int, rate: float, debounce: float) -> Resu
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)  # catch duplicates arriving after the last expected one
             collector.cancel()
+        for n, (t_write, _) in enumerate(result.windows, 1):
+            first = next(
+                (t for t, status, body in result.answers if t > t_write and body == b"v%d" % n),
+                None,
+            )
+            if first is not None:
+                result.answering_ms.append((first - t_write) * 1e3)
         for rec in server.host.histories["relay"].records:
             result.outcomes[rec.outcome.value] = result.outcomes.get(rec.outcome.value, 0) + 1
             if rec.trigger == "watcher":
@@ -170,6 +191,7 @@ def rows(result: Result, swaps: int, rate: float, debounce: float) -> tuple[list
     longest, at = gaps[-1] if gaps else (float("nan"), 0.0)
     in_swap = any(w - 0.01 <= at <= s + 0.06 for w, s in result.windows)
     lost, duplicated, disordered = check_order(result.received, result.published)
+    failed = sum(1 for _, status, _ in result.answers if status != 200)
     table: list[Row] = [
         ("swaps done / asked", f"{len(ms)} / {swaps}"),
         (
@@ -183,6 +205,17 @@ def rows(result: Result, swaps: int, rate: float, debounce: float) -> tuple[list
             "… of which host swap (stage → cut-over) p50 / max",
             "{0:.1f} / {2:.1f} ms".format(*_pct(sorted(result.host_ms))),
         ),
+        (
+            "write → new version answers HTTP p50 / p99 / max",
+            "{:.1f} / {:.1f} / {:.1f} ms".format(*_pct(sorted(result.answering_ms))),
+        ),
+        (
+            "… minus debounce p50 / p99 / max",
+            "{:.1f} / {:.1f} / {:.1f} ms".format(
+                *_pct(sorted(m - debounce * 1e3 for m in result.answering_ms))
+            ),
+        ),
+        ("HTTP requests during the run / failed", f"{len(result.answers):,} / {failed:,}"),
         ("messages published / received", f"{result.published:,} / {len(result.received):,}"),
         ("lost / duplicated / out of order", f"{lost} / {duplicated} / {disordered}"),
         (
@@ -195,6 +228,10 @@ def rows(result: Result, swaps: int, rate: float, debounce: float) -> tuple[list
     problems = []
     if len(ms) != swaps:
         problems.append(f"only {len(ms)} of {swaps} swaps completed")
+    if failed:
+        problems.append(f"{failed} HTTP request(s) failed")
+    if len(result.answering_ms) != len(ms):
+        problems.append("some swaps never answered HTTP with the new version")
     if lost or duplicated or disordered:
         problems.append(f"{lost} lost, {duplicated} duplicated, {disordered} out of order")
     ok = (Outcome.LOADED.value, Outcome.SWAPPED.value)
@@ -235,7 +272,7 @@ def main() -> None:
         print(f"warning: {problem}")
     if args.record:
         record_section(
-            "swap: hot swap under load, write → serving and delivery gaps",
+            "swap: hot swap under load, write → serving, HTTP answers and delivery gaps",
             command_line("bench.swap"),
             table,
             machine=machine,
