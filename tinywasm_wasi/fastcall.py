@@ -402,18 +402,40 @@ class _FastCaller:
         (self._access or self._locate()).write(ptr, data)
 
 
-# Callbacks by id, kept alive until wasmtime drops the function (the Linker and every
-# instance made with it) and calls the finalizer below.
-_live_callbacks: dict[int, Any] = {}
+# Host functions by id (wasmtime's `env`), kept until wasmtime drops the function (the
+# Linker and every instance made with it) and calls the finalizer below. Every host
+# function enters through one C callback, `_enter`: a ctypes callback costs a libffi
+# closure (pages of native memory), so one per host function per module would make
+# each idle module several pages bigger.
+_live_callbacks: dict[int, Callable[[int | None, int, int, int], int]] = {}
 _callback_ids = itertools.count(1)
 
 
-def _forget_callback(env: int | None) -> None:
-    _live_callbacks.pop(env or 0, None)
+# The table is bound as a default argument: wasmtime may free functions while the
+# interpreter shuts down, after this module's globals are gone.
+def _forget_callback(env: int | None, _live: dict[int, Any] = _live_callbacks) -> None:
+    _live.pop(env or 0, None)
+
+
+def _enter(
+    env: int | None,
+    caller: int,
+    slots: int,
+    n: int,
+    _live: dict[int, Any] = _live_callbacks,
+    _capi: _Capi | None = _capi,
+) -> int:
+    trampoline = _live.get(env or 0)
+    if trampoline is not None:
+        return int(trampoline(env, caller, slots, n))
+    message = b"host function called after it was released"
+    return int(_capi.trap_new(message, len(message))) if _capi is not None else 0
 
 
 _finalizer = ctypes.CFUNCTYPE(None, c_void_p)(_forget_callback)  # lives as long as the module
 _finalize = _address(_finalizer)
+_entry = _HOST_CALLBACK(_enter)
+_entry_address = _address(_entry)
 
 
 def _fast_trampoline(
@@ -478,9 +500,8 @@ class _FastHost:
         where = f"{module}.{name}"
         params, results = _signature(ty, where)
         trampoline = _fast_trampoline(self._capi, self._binding, fn, where, params, bool(results))
-        callback = _HOST_CALLBACK(trampoline)
         env = next(_callback_ids)
-        _live_callbacks[env] = callback
+        _live_callbacks[env] = trampoline
         mod, nm = module.encode(), name.encode()
         err = self._capi.define(
             _address(self._linker.ptr()),
@@ -489,7 +510,7 @@ class _FastHost:
             nm,
             len(nm),
             _address(ty.ptr()),
-            _address(callback),
+            _entry_address,
             env,
             _finalize,
         )
