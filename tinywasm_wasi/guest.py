@@ -382,6 +382,8 @@ class Guest:
         def log_(c: Caller, mp: int, ml: int) -> None:
             check(c, "log", "message", mp, ml)  # the whole range, though only 4 KiB is read
             data = read(c, "log", "message", mp, min(ml & U32, MAX_LOG_LINE))
+            if ml & U32 > MAX_LOG_LINE:
+                effects.refuse("log", f"line of {ml & U32} bytes cut to {MAX_LOG_LINE}")
             effects.log(data.decode("utf-8", "replace"), stream="log")
 
         funcs: dict[str, Callable[..., None]] = {
@@ -441,5 +443,7 @@ class Guest:
         return ERRNO_SUCCESS
 
     def _emit_output(self, fd: int, line: bytes) -> None:
+        if len(line) > MAX_LOG_LINE:
+            self._effects.refuse("fd_write", f"line of {len(line)} bytes cut to {MAX_LOG_LINE}")
         text = line[:MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
         self._effects.log(text, stream="stdout" if fd == STDOUT else "stderr")
