@@ -3,10 +3,11 @@
 ``GET /ws?topic=T`` subscribes a connection to one or more topic patterns (the
 query rules are in `tinywasm_wasi.ws_protocol`). Each client has one bounded
 send queue and one writer task; `Hub.broadcast` never awaits a socket: it
-writes to a transport without blocking or does ``put_nowait``. Frames are encoded once per broadcast and shared. A
-client whose socket keeps up (nothing queued, nothing waiting in the transport)
-gets the encoded frame written straight to its transport, with no writer task
-wake-up; otherwise the frame is queued for its writer, so order is kept.
+writes to a transport without blocking or does ``put_nowait``. Frames are
+encoded once per broadcast and shared. A client whose socket keeps up (nothing
+queued, nothing waiting in the transport) gets the encoded frame written
+straight to its transport, with no writer task wake-up; otherwise the frame is
+queued for its writer, so order is kept.
 
 Before the upgrade: 503 after `close`, 403 for an Origin the ``--ws-origins``
 policy refuses, 400 for a bad query or a request that is not a valid handshake.
