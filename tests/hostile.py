@@ -323,6 +323,7 @@ class OnMessage:
     limits: str = ""  # its table in limits.toml
     log_flood: bool = False  # its log lines must be suppressed
     memory_bytes: int | None = None  # its memory size afterwards
+    payload: bytes = b"boom"  # what each trigger sends
 
 
 TRAP = {"delivered": 0, "failed": 1, "traps": 1, "interrupted": 0}
@@ -393,10 +394,11 @@ ON_MESSAGE = [
     ),
     OnMessage(
         "loop_free",
-        "an infinite loop in free",
-        on_message("nop", allocator=allocator_with("(i32.const 65536)", LOOP)),
+        "an infinite loop in free (a 65 KiB message: the host frees blocks over 64 KiB)",
+        on_message("nop", allocator=allocator_with("(i32.const 1024)", LOOP)),
         ("free() [INTERRUPT]", DEADLINE),
         INTERRUPTED,
+        payload=bytes(65 * 1024),
     ),
     OnMessage(
         "recursion",
@@ -439,7 +441,7 @@ ON_MESSAGE = [
         "malloc_zero",
         "malloc returning 0",
         on_message("nop", allocator=allocator_with("(i32.const 0)")),
-        ("malloc()", "returned 0 for 4 bytes"),
+        ("malloc()", "returned 0 for 256 bytes"),  # the smallest block the host keeps
         TRAP,
     ),
     OnMessage(

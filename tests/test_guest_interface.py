@@ -67,29 +67,42 @@ async def test_on_topic_message_gets_topic_and_payload_through_a_wildcard(
     assert broadcasts.items == [("users.created", b"ann"), ("users.a.b", b"bob")]
 
 
-async def test_alloc_is_accepted_instead_of_malloc_and_free_is_called_after_each_delivery(
+async def test_alloc_is_accepted_and_one_block_is_kept_for_small_deliveries(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
+    # Every alloc and free is reported as a broadcast ("a<size>", "f"), in order.
     allocator = """
       (global $heap (mut i32) (i32.const 65536))
-      (global $frees (mut i32) (i32.const 0))
-      (func (export "alloc") (param $n i32) (result i32) (global.get $heap))
-      (func (export "free") (param $p i32)
-        (global.set $frees (i32.add (global.get $frees) (i32.const 1)))
-        ;; broadcast the free count as one byte
-        (i32.store8 (i32.const 900) (i32.add (i32.const 48) (global.get $frees)))
-        (call $ws_broadcast {frees} (i32.const 900) (i32.const 1)))
+      (func $say (param $c i32) (param $n i32)
+        (i32.store8 (i32.const 900) (local.get $c))
+        (i32.store (i32.const 901) (local.get $n))
+        (call $ws_broadcast {calls} (i32.const 900) (i32.const 5)))
+      (func (export "alloc") (param $n i32) (result i32) (local $p i32)
+        (call $say (i32.const 97) (local.get $n))
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+        (local.get $p))
+      (func (export "free") (param $p i32) (call $say (i32.const 102) (local.get $p)))
     """
     write(
         tmp_path,
         "m",
-        guest(ECHO, {"topic": "t", "out": "out", "frees": "frees"}, allocator=allocator),
+        guest(ECHO, {"topic": "t", "out": "out", "calls": "calls"}, allocator=allocator, pages=4),
     )
     host = await make_host(tmp_path)
-    for payload in (b"a", b"bb"):
+    big = bytes(70 * 1024)  # over the 64 KiB the host keeps a block for
+    for payload in (b"a", b"bb", bytes(300), big):
         host.bus.publish("t", payload)
-    assert await broadcasts.wait_for("out", 2) == [b"a", b"bb"]
-    assert await broadcasts.wait_for("frees", 2) == [b"1", b"2"]
+    assert await broadcasts.wait_for("out", 4) == [b"a", b"bb", bytes(300), big]
+    calls = [(c[:1], int.from_bytes(c[1:], "little")) for c in broadcasts.on("calls")]
+    first = 65536
+    assert calls == [
+        (b"a", 256),  # one block, kept for "a" and "bb"
+        (b"f", first),  # 300 bytes: the block is freed...
+        (b"a", 512),  # ...and a larger one replaces it
+        (b"a", len(big)),  # a large delivery gets a block of its own,
+        (b"f", first + 256 + 512),  # freed right after the call
+    ]
 
 
 async def test_initialize_runs_once_before_init(

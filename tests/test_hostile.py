@@ -253,7 +253,8 @@ async def test_a_module_misbehaving_on_each_message_hurts_only_itself(
     limits = f"[{case.name}]\n{case.limits}\n" if case.limits else ""
     server = await start(make_server, tmp_path, {case.name: case.data}, limits)
     async with Traffic(server) as traffic:
-        await asyncio.gather(traffic.trigger(times=TRIGGERS), traffic.roundtrip(50))  # during
+        during = traffic.trigger(case.payload, times=TRIGGERS)
+        await asyncio.gather(during, traffic.roundtrip(50))
         await traffic.handled(case.name, TRIGGERS)
         await traffic.roundtrip()  # after
         await traffic.healthz()

@@ -48,6 +48,8 @@ ERRNO_NOTSUP = 58
 MAX_TABLE_ELEMENTS = 100_000  # per table; a C module's function table holds a few hundred
 MAX_TABLES = 8
 MAX_IOVECS = 1024  # IOV_MAX on Linux
+KEPT_BLOCK_MIN = 256  # bytes: the smallest block kept for deliveries and requests
+KEPT_BLOCK_MAX = 64 * 1024  # bytes: larger data gets a block of its own, freed after
 MAX_WRITE = 64 * 1024  # bytes of one fd_write that reach the log; the rest is consumed unseen
 STDOUT, STDERR = 1, 2
 
@@ -95,6 +97,7 @@ class Guest:
         self._effects = effects
         self._fault: str | None = None
         self._partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+        self._kept = (0, 0)  # (pointer, size) of the block kept for deliveries
         self._ticks = deadline_ticks(limits.call_timeout)
         self._store: wasmtime.Store | None = wasmtime.Store(engine)
         self._store.set_wasi(wasmtime.WasiConfig())  # empty: no dirs, env or args
@@ -163,12 +166,12 @@ class Guest:
             )
         if handler == "on_topic_message":
             tbytes = topic.encode()
-            ptr = self._place(tbytes + payload)
+            ptr, owned = self._lend(tbytes + payload)
             self.call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
         else:
-            ptr = self._place(payload)
+            ptr, owned = self._lend(payload)
             self.call(handler, ptr, len(payload))
-        if self.interface.has_free:
+        if owned and self.interface.has_free:
             self.call("free", ptr)
 
     def drain(self) -> int:
@@ -209,14 +212,14 @@ class Guest:
                 "it exports no malloc or alloc, so the host cannot place the request in its memory",
                 None,
             )
-        ptr = self._place(request)
+        ptr, owned = self._lend(request)
         result = int(self.call(export, ptr, len(request)))
         if export == "handle":
             body = None if result & U32 == 0 else self._read_cstring(export, result & U32)
         else:
             packed = result & U64
             body = None if packed == 0 else self.read(export, packed >> 32, packed & U32, limit)
-        if self.interface.has_free:
+        if owned and self.interface.has_free:
             self.call("free", ptr)
         return body
 
@@ -302,16 +305,44 @@ class Guest:
             )
         return GuestTrap(self.name, call, message, code.name if code is not None else None)
 
-    def _place(self, data: bytes) -> int:
-        allocator = self.interface.allocator
-        assert allocator is not None
-        ptr = int(self.call(allocator, max(1, len(data)))) & U32
-        if ptr == 0:
-            raise GuestTrap(self.name, allocator, f"returned 0 for {len(data)} bytes", None)
-        if ptr + len(data) > self._memory.size():
-            raise GuestTrap(self.name, allocator, f"returned {ptr:#x}, outside its memory", None)
+    def _lend(self, data: bytes) -> tuple[int, bool]:
+        """Place a delivery or request; returns (pointer, whether the caller must free it).
+
+        Data up to `KEPT_BLOCK_MAX` bytes goes into one block the host keeps from
+        `malloc` and reuses, so a delivery costs one guest call instead of three.
+        The block is freed when a larger one replaces it; the store's end frees
+        the last one. Larger data gets its own block, freed after the call.
+        """
+        size = len(data)
+        if size > KEPT_BLOCK_MAX:
+            return self._place(data), True
+        ptr, capacity = self._kept
+        if size > capacity or ptr == 0:
+            if ptr and self.interface.has_free:
+                self._kept = (0, 0)
+                self.call("free", ptr)
+            capacity = min(KEPT_BLOCK_MAX, max(KEPT_BLOCK_MIN, 1 << (size - 1).bit_length()))
+            ptr = self._allocate(capacity)
+            self._kept = (ptr, capacity)
         if data:
             self._memory.write(ptr, data)
+        return ptr, False
+
+    def _place(self, data: bytes) -> int:
+        ptr = self._allocate(len(data))
+        if data:
+            self._memory.write(ptr, data)
+        return ptr
+
+    def _allocate(self, size: int) -> int:
+        """A block of `size` bytes from the guest's allocator, checked against its memory."""
+        allocator = self.interface.allocator
+        assert allocator is not None
+        ptr = int(self.call(allocator, max(1, size))) & U32
+        if ptr == 0:
+            raise GuestTrap(self.name, allocator, f"returned 0 for {size} bytes", None)
+        if ptr + size > self._memory.size():
+            raise GuestTrap(self.name, allocator, f"returned {ptr:#x}, outside its memory", None)
         return ptr
 
     def _check(
