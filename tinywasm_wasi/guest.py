@@ -21,6 +21,7 @@ runaway call traps with INTERRUPT (see runtime.py for the epoch clock).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ ERRNO_NOTSUP = 58
 MAX_TABLE_ELEMENTS = 100_000  # per table; a C module's function table holds a few hundred
 MAX_TABLES = 8
 MAX_IOVECS = 1024  # IOV_MAX on Linux
+HARD_LIMIT = 10  # a call that keeps calling host functions may run this many deadlines
 KEPT_BLOCK_MIN = 256  # bytes: the smallest block kept for deliveries and requests
 KEPT_BLOCK_MAX = 64 * 1024  # bytes: larger data gets a block of its own, freed after
 MAX_WRITE = 64 * 1024  # bytes of one fd_write that reach the log; the rest is consumed unseen
@@ -99,6 +101,8 @@ class Guest:
         self._partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
         self._kept = (0, 0)  # (pointer, size) of the block kept for deliveries
         self._ticks = deadline_ticks(limits.call_timeout)
+        self._hard_limit = HARD_LIMIT * limits.call_timeout
+        self._hard_until = 0.0
         self._store: wasmtime.Store | None = wasmtime.Store(engine)
         self._store.set_wasi(wasmtime.WasiConfig())  # empty: no dirs, env or args
         self._store.set_limits(
@@ -280,6 +284,7 @@ class Guest:
         """Call export `export` with a fresh deadline; traps come back as GuestTrap."""
         self._open(export)
         self._fault = None
+        self._hard_until = time.monotonic() + self._hard_limit
         try:
             self._set_deadline(self._ticks)
             return self._funcs[export](*args)
@@ -289,6 +294,17 @@ class Guest:
             ) from None
         except fastcall.CallTrap as exc:
             raise self._trap(export, exc.message, exc.trap_code) from None
+
+    def _rearm(self) -> None:
+        """After a host function: the deadline starts again, unless the call is past its cap.
+
+        The deadline bounds guest code, not the host's work or a wait for the GIL
+        inside a host function (under load that could interrupt a healthy module).
+        A call that keeps calling the host is still stopped at `HARD_LIMIT` times
+        the deadline.
+        """
+        if time.monotonic() < self._hard_until:
+            self._set_deadline(self._ticks)
 
     def _open(self, call: str) -> wasmtime.Store:
         if self._store is None:
@@ -424,10 +440,22 @@ class Guest:
             "unsubscribe": unsubscribe,
             "log": log_,
         }
+        rearm = self._rearm
+
+        def rearming(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def host_function(c: Caller, *args: int) -> Any:
+                try:
+                    return fn(c, *args)
+                finally:
+                    rearm()
+
+            return host_function
+
         for name, nparams in HOST_IMPORTS.items():
-            host.define(HOST_MODULE, name, wasmtime.FuncType([i32] * nparams, []), funcs[name])
+            ty = wasmtime.FuncType([i32] * nparams, [])
+            host.define(HOST_MODULE, name, ty, rearming(funcs[name]))
         fd_write_ty = wasmtime.FuncType([i32] * 4, [i32])
-        host.define(WASI_MODULE, "fd_write", fd_write_ty, self._fd_write)
+        host.define(WASI_MODULE, "fd_write", fd_write_ty, rearming(self._fd_write))
         # WASI's poll_oneoff sleeps in host code, out of the call deadline's reach:
         # a guest may not block its thread, so sleeping is not supported.
         host.define(WASI_MODULE, "poll_oneoff", fd_write_ty, _no_poll)
