@@ -100,15 +100,23 @@ class Dispatcher:
             name = request.match_info["name"]
             target = self._target(name)
             body = await self._read_body(request)
+            chain = [
+                m
+                for m in self._host.middlewares()
+                if m.rule is not None and m.rule.applies_to(name)
+            ]
+            # Compat mode sends method and path only: headers are gathered for full mode.
+            full = any(http_mode(m.compiled.interface.exports) is HttpMode.FULL for m in chain)
+            full = full or http_mode(target.compiled.interface.exports) is HttpMode.FULL
             http_request = HttpRequest(
                 method=request.method,
                 path=request.rel_url.raw_path,
                 route=name,
                 query=request.rel_url.raw_query_string,
-                headers=join_headers(request.headers.items()),
+                headers=join_headers(request.headers.items()) if full else {},
                 body=body,
             )
-            answer = await self._run(target, http_request)
+            answer = await self._run(chain, target, http_request)
         except Failed as failed:
             headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else None
             return web.Response(status=failed.status, text=failed.reason + "\n", headers=headers)
@@ -145,24 +153,29 @@ class Dispatcher:
         return module
 
     async def _read_body(self, request: web.Request) -> bytes:
+        if not request.body_exists:
+            return b""
         limit = self._max_body
-        too_big = Failed(413, f"the request body is over the {limit} byte limit (--http-max-body)")
         if request.content_length is not None and request.content_length > limit:
-            raise too_big
+            raise self._too_big()
         chunks: list[bytes] = []
         size = 0
         while chunk := await request.content.read(_READ_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise too_big
+                raise self._too_big()
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _run(self, target: WasmModule, request: HttpRequest) -> HttpResponse:
-        """The middlewares for the route in order, then the target; the first answer wins."""
-        for middleware in self._host.middlewares():
-            if middleware.rule is None or not middleware.rule.applies_to(request.route):
-                continue
+    def _too_big(self) -> Failed:
+        limit = self._max_body
+        return Failed(413, f"the request body is over the {limit} byte limit (--http-max-body)")
+
+    async def _run(
+        self, chain: list[WasmModule], target: WasmModule, request: HttpRequest
+    ) -> HttpResponse:
+        """The route's middlewares (`chain`, in order), then the target; the first answer wins."""
+        for middleware in chain:
             result = await self._call(middleware, request, middleware=True)
             if isinstance(result, PassOn):
                 request = request.with_headers(result.headers)
