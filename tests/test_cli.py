@@ -76,6 +76,8 @@ VALUES = [
     ("--ws-origins", "TINYWASM_WS_ORIGINS", "", "ws_origins", ()),
     ("--admin-token", "TINYWASM_ADMIN_TOKEN", "s3cret-token", "admin_token", "s3cret-token"),
     ("--http-max-body", "TINYWASM_HTTP_MAX_BODY", "2MiB", "http_max_body", 2 * 1024**2),
+    ("--status-private", "TINYWASM_STATUS_PRIVATE", "on", "status_private", True),
+    ("--status-private", "TINYWASM_STATUS_PRIVATE", "off", "status_private", False),
 ]
 
 # A valid value for each variable that differs from every value in VALUES.
@@ -107,6 +109,7 @@ OTHER = {
     "TINYWASM_WS_ORIGINS": "https://other.example",
     "TINYWASM_ADMIN_TOKEN": "other-token",
     "TINYWASM_HTTP_MAX_BODY": "7KiB",
+    "TINYWASM_STATUS_PRIVATE": "yes",
 }
 
 FLAGS = sorted({row[0] for row in VALUES})

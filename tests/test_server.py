@@ -266,3 +266,29 @@ async def test_admin_token_reaches_the_routes(make_server: ServerFactory) -> Non
             assert resp.status == 401
         async with http.post(reload, headers={"Authorization": "Bearer s3cret"}) as resp:
             assert resp.status == 200
+
+
+async def test_status_is_public_unless_configured_private(make_server: ServerFactory) -> None:
+    public = await make_server(admin_token="s3cret", watch=False)
+    private = await make_server(admin_token="s3cret", watch=False, status_private=True)
+    token = {"Authorization": "Bearer s3cret"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/modules", "/api/modules/chat/history"):
+            async with http.get(public.url + path) as resp:
+                assert resp.status == 200
+            async with http.get(private.url + path) as resp:
+                assert resp.status == 401
+            async with http.get(private.url + path, headers=token) as resp:
+                assert resp.status == 200
+        async with http.get(private.url + "/healthz") as resp:
+            assert resp.status == 200  # load balancers need no token
+
+
+async def test_reload_finds_a_middleware_by_its_module_name(make_server: ServerFactory) -> None:
+    server = await make_server(watch=False)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/api/modules/auth/reload") as resp:
+            assert resp.status == 200, await resp.text()  # its file is 20-auth@[echo_http].wasm
+        async with http.post(f"{server.url}/api/modules/nothing/reload") as resp:
+            assert resp.status == 404
+            assert "no module file for 'nothing'" in await resp.text()

@@ -71,6 +71,8 @@ class Config:
     ws_origins: tuple[str, ...] = ()
     # Token for admin endpoints (reload, rollback); None: only loopback clients may call them.
     admin_token: str | None = None
+    # Require the admin token (or loopback) for GET /api/modules and history too.
+    status_private: bool = False
     # Largest HTTP request body passed to a module, and largest full-mode response body.
     http_max_body: int = 1 * MiB
 

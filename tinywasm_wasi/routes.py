@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tinywasm_wasi.admin import AdminGuard
+from tinywasm_wasi.admin import AdminGuard, Handler
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.host import ModuleHost
 
@@ -32,17 +32,24 @@ def add_static_routes(app: web.Application, web_dir: Path) -> None:
         app.router.add_static("/static/", web_dir, show_index=False)
 
 
+def _public(handler: Handler) -> Handler:
+    return handler
+
+
 def add_module_routes(
     app: web.Application,
     host: ModuleHost,
     clients: Callable[[], int],
     *,
     admin: AdminGuard | None = None,
+    status_private: bool = False,
 ) -> None:
     """`/healthz`, `/api/modules` and each module's history, reload and rollback.
 
     `clients()` returns the WebSocket client count. `admin` guards reload and
-    rollback; the default serves them to loopback clients only.
+    rollback; the default serves them to loopback clients only. With
+    `status_private`, it guards the module status and history too (`/healthz`
+    stays public, for load balancers).
     """
     if admin is None:
         admin = AdminGuard(None)
@@ -85,10 +92,11 @@ def add_module_routes(
 
     async def reload(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if host.directory is None or not (
-            name in host.modules or (host.directory / f"{name}.wasm").is_file()
-        ):
-            raise web.HTTPNotFound(text=f"no module file {name}.wasm in the modules folder\n")
+        if name not in host.modules and host.find_file(name) is None:
+            raise web.HTTPNotFound(
+                text=f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
+                "in the modules folder\n"
+            )
         record = await host.swap(name, "api")
         return web.json_response(
             {
@@ -107,7 +115,8 @@ def add_module_routes(
         return web.json_response({"name": name, "result": record.to_json() if record else None})
 
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/api/modules", list_modules)
-    app.router.add_get("/api/modules/{name}/history", history)
+    status = admin if status_private else _public
+    app.router.add_get("/api/modules", status(list_modules))
+    app.router.add_get("/api/modules/{name}/history", status(history))
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))

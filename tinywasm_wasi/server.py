@@ -168,7 +168,13 @@ class WasiServer(_HttpServer):
             await self._watcher.start()
         app = web.Application()
         app.router.add_get("/ws", self.hub.handle)
-        add_module_routes(app, self._host, lambda: self.hub.clients, admin=self.admin)
+        add_module_routes(
+            app,
+            self._host,
+            lambda: self.hub.clients,
+            admin=self.admin,
+            status_private=config.status_private,
+        )
         add_dispatch_routes(app, self._host, config)
         add_static_routes(app, config.web_dir)
         try:

@@ -278,6 +278,13 @@ SETTINGS = (
         "token for admin endpoints (Authorization: Bearer TOKEN); unset: loopback clients only",
     ),
     _Setting(
+        "status_private",
+        "on|off",
+        _switch,
+        "also guard GET /api/modules and module history like the admin endpoints "
+        "(/healthz stays public)",
+    ),
+    _Setting(
         "http_max_body",
         "SIZE",
         _size,
