@@ -87,6 +87,10 @@ class Bus:
         invalid topic and BusClosedError after close().
         """
         validate_topic(topic)
+        return self.publish_checked(topic, payload)
+
+    def publish_checked(self, topic: str, payload: bytes) -> int:
+        """`publish` for a topic the caller has already passed through `validate_topic`."""
         with self._lock:
             if self._closed:
                 raise BusClosedError("cannot publish: the bus is closed")

@@ -396,8 +396,11 @@ class Guest:
 
         def fits(c: Caller, call: str, tp: int, tl: int, pp: int = 0, pl: int = 0) -> bool:
             # Pointers are checked first (a bad one traps); caps before copying anything.
-            check(c, call, "topic", tp, tl)
-            check(c, call, "payload", pp, pl)
+            size = c.size()
+            if (tp & U32) + (tl & U32) > size:
+                check(c, call, "topic", tp, tl)  # raises, with the message
+            if (pp & U32) + (pl & U32) > size:
+                check(c, call, "payload", pp, pl)
             if tl & U32 > MAX_TOPIC_BYTES:
                 effects.refuse(call, f"topic of {tl & U32} bytes (the limit is {MAX_TOPIC_BYTES})")
                 return False

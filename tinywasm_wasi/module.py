@@ -45,6 +45,7 @@ LOG_LINES_PER_SECOND = (
     100  # a guest's log lines beyond this (after a burst) are counted, not logged
 )
 LOG_BURST = 200
+KNOWN_TOPICS = 1024  # validated topics remembered per module (beyond it, checked each time)
 
 
 class ModuleState(enum.Enum):
@@ -153,6 +154,7 @@ class WasmModule:
         self._trap_window = quarantine[1]
         self._on_faulty = on_faulty
         self.faulty = False
+        self._known_topics: dict[bytes, str] = {}  # concrete topics already validated
         self._answers: Answers | None = None  # settles HTTP answers on the loop, batched
         self.mailbox = Mailbox(
             self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
@@ -430,12 +432,12 @@ class WasmModule:
     # -- GuestEffects: called by host functions on the module thread ------------------------
 
     def publish(self, topic: bytes, payload: bytes) -> None:
-        name = self._topic("publish", topic, validate_topic)
+        name = self._known_topics.get(topic) or self._topic("publish", topic, validate_topic)
         if name is not None:
             self._effect("publish", name, payload)
 
     def broadcast(self, topic: bytes, payload: bytes) -> None:
-        name = self._topic("ws_broadcast", topic, validate_topic)
+        name = self._known_topics.get(topic) or self._topic("ws_broadcast", topic, validate_topic)
         if name is not None:
             self._effect("broadcast", name, payload)
 
@@ -483,7 +485,7 @@ class WasmModule:
 
     def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
         try:
-            return check(raw.decode("utf-8"))
+            name = check(raw.decode("utf-8"))
         except (UnicodeDecodeError, TopicError) as exc:
             self.counters["invalid_topics"] += 1
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
@@ -491,18 +493,22 @@ class WasmModule:
                 log, "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
             )
             return None
+        if check is validate_topic and len(self._known_topics) < KNOWN_TOPICS:
+            self._known_topics[raw] = name  # a concrete topic: checked once, then looked up
+        return name
 
     def _effect(self, kind: str, topic: str, payload: bytes) -> None:
-        with self._lock:
-            if not self._effects_live:
-                self._held.append((kind, topic, payload))
-                return
+        if not self._effects_live:  # once live, always live: the lock is for the held list
+            with self._lock:
+                if not self._effects_live:
+                    self._held.append((kind, topic, payload))
+                    return
         self._perform(kind, topic, payload)
 
     def _perform(self, kind: str, topic: str, payload: bytes) -> None:
         if kind == "publish":
             self.counters["published"] += 1
-            self._bus.publish(topic, payload)
+            self._bus.publish_checked(topic, payload)  # checked in `publish`
         else:
             self.counters["broadcast"] += 1
             self._broadcast(topic, payload)
