@@ -351,3 +351,15 @@ def test_each_subscriber_sees_each_publishers_messages_in_order() -> None:
         assert _numbers_by_publisher(received) == {p: expected for p in range(PUBLISHERS)}
     # The lock gives both subscribers one total order.
     assert exact == wild
+
+
+def test_publish_checked_delivers_like_publish_and_refuses_after_close() -> None:
+    bus = Bus()
+    got: list[tuple[str, bytes]] = []
+    bus.subscribe("a.*", lambda t, p: got.append((t, p)))
+    assert bus.publish_checked("a.b", b"1") == 1  # a topic the caller validated already
+    assert got == [("a.b", b"1")]
+    assert bus.stats().published == 1
+    bus.close()
+    with pytest.raises(BusClosedError):
+        bus.publish_checked("a.b", b"2")
