@@ -29,7 +29,8 @@
  *   malloc(size) -> ptr          the host allocates the delivery buffer with it (fallback
  *                                export name: `alloc`). Without either, a module cannot
  *                                receive messages.
- *   free(ptr)                    called after each delivery with the pointer malloc gave.
+ *   free(ptr)                    called with a pointer malloc gave once the host is done with
+ *                                that block (it keeps one block for data up to 64 KiB).
  *
  * wasi-libc has malloc/free but does not export them: put TW_EXPORT_ALLOCATOR(); once in
  * one source file of the module.
