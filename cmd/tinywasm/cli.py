@@ -61,14 +61,23 @@ def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("expected a number of seconds, zero or more, e.g. 5 or 0.5")
-    return seconds
+def _non_negative(what: str) -> Callable[[str], float]:
+    """A parser for a finite number, zero or more; `what` completes "expected ..."."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"expected {what}")
+        return number
+
+    return parse
+
+
+_seconds = _non_negative("a number of seconds, zero or more, e.g. 5 or 0.5")
+_rate = _non_negative("frames per second, zero (no limit) or more, e.g. 100")
 
 
 def _positive_seconds(value: str) -> float:
@@ -95,16 +104,6 @@ def _size(value: str) -> int:
         return parse_size(value)
     except LimitsError:
         raise ValueError("expected a size in bytes, e.g. 65536, 64KiB or 16MiB") from None
-
-
-def _rate(value: str) -> float:
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = math.nan
-    if not math.isfinite(rate) or rate < 0:
-        raise ValueError("expected frames per second, zero (no limit) or more, e.g. 100")
-    return rate
 
 
 def _origins(value: str) -> tuple[str, ...]:
