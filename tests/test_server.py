@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +13,7 @@ import pytest
 from bus import decode_message
 from tests.conftest import ServerFactory
 from tests.wat import guest, write
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -292,3 +294,19 @@ async def test_reload_finds_a_middleware_by_its_module_name(make_server: ServerF
         async with http.post(f"{server.url}/api/modules/nothing/reload") as resp:
             assert resp.status == 404
             assert "no module file for 'nothing'" in await resp.text()
+
+
+async def test_reload_applies_a_limits_file_edit_to_the_same_bytes(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    shutil.copy(DEFAULT_MODULES_DIR / "receiver.wasm", tmp_path / "receiver.wasm")
+    server = await make_server(modules_dir=tmp_path, watch=False)
+    assert server.host.modules["receiver"].limits.memory_limit == 64 * 1024 * 1024
+    (tmp_path / "limits.toml").write_text('[receiver]\nmemory_limit = "2MiB"\n')
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/api/modules/receiver/reload") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["result"]["outcome"] == "swapped"
+        async with http.post(f"{server.url}/api/modules/receiver/reload") as resp:
+            assert (await resp.json())["result"] is None  # nothing changed since
+    assert server.host.modules["receiver"].limits.memory_limit == 2 * 1024 * 1024

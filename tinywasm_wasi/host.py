@@ -444,7 +444,12 @@ class ModuleHost:
                 del self.quarantined[name]
             return await self._unload(name, trigger) if old is not None else None
         sha = hashlib.sha256(data).hexdigest()
-        if old is not None and old.compiled.sha256 == sha:
+        limits_changed = old is not None and self.limits_for(name) != old.limits
+        if limits_changed and old is not None and old.compiled.sha256 == sha:
+            log.info(
+                "module %s: its limits in limits.toml changed; swapping it to apply them", name
+            )
+        if old is not None and old.compiled.sha256 == sha and not limits_changed:
             if file != old.file:  # renamed: only the rule or order changed
                 log.info(
                     "module %s: now %s (rule %s)",
