@@ -610,6 +610,13 @@ def test_token_bucket_refills_at_the_rate_up_to_the_burst() -> None:
     assert bucket.take(100.0) == pytest.approx(0.1)
 
 
+def test_try_take_refuses_without_running_into_debt() -> None:
+    bucket = TokenBucket(10, burst=2, now=0.0)
+    assert [bucket.try_take(0.0) for _ in range(4)] == [True, True, False, False]
+    assert bucket.try_take(0.1)  # refusals cost nothing: one token a tenth of a second
+    assert not bucket.try_take(0.1)
+
+
 def test_token_bucket_keeps_the_average_rate() -> None:
     bucket = TokenBucket(50, now=0.0)
     now = 0.0

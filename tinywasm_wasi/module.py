@@ -31,6 +31,7 @@ from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedEr
 from tinywasm_wasi.guest import Guest
 from tinywasm_wasi.limits import Limits
 from tinywasm_wasi.mailbox import Mailbox, Request, Requeued
+from tinywasm_wasi.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.rules import ModuleFileName, Rule
 from tinywasm_wasi.runtime import CompiledModule, Runtime
 
@@ -54,48 +55,6 @@ class ModuleState(enum.Enum):
     DRAINING = "draining"
     CLOSED = "closed"
     FAILED = "failed"
-
-
-class _RateLimited:
-    """Log at most one line per `interval` seconds, counting what was suppressed."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, logger: logging.Logger, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        logger.warning(msg, *args)
-
-
-class _LogBudget:
-    """Token bucket for one module's log lines; reports what it suppressed once a second."""
-
-    def __init__(self, rate: float = LOG_LINES_PER_SECOND, burst: int = LOG_BURST) -> None:
-        self.rate, self.burst = rate, burst
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-        self.suppressed = 0  # lines dropped since the last report
-        self.total_suppressed = 0
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.suppressed += 1
-        self.total_suppressed += 1
-        return False
 
 
 class WasmModule:
@@ -144,10 +103,12 @@ class WasmModule:
         }
         self._on_probation = False
         self._probation_failed = threading.Event()
-        self._warn_drop = _RateLimited()
-        self._warn_topic = _RateLimited()
-        self._warn_refused = _RateLimited()
-        self._log_budget = _LogBudget()
+        self._warn_drop = LogLimiter(log)
+        self._warn_topic = LogLimiter(log)
+        self._warn_refused = LogLimiter(log)
+        self._log_budget = TokenBucket(LOG_LINES_PER_SECOND, burst=LOG_BURST, now=time.monotonic())
+        self._log_suppressed = 0  # guest log lines left out since the last report
+        self._log_suppressed_total = 0
         self._last_log_report = time.monotonic()
         # Quarantine: `quarantine[0]` traps within `quarantine[1]` seconds call on_faulty once.
         self._trap_times: deque[float] = deque(maxlen=quarantine[0])
@@ -331,7 +292,6 @@ class WasmModule:
         if self.mailbox.put(topic, payload):
             return True
         self._warn_drop(
-            log,
             "module %r: mailbox full (%d messages or %d bytes), dropped a message on %r; "
             "raise --mailbox-size / --mailbox-bytes or make the module faster",
             self.name,
@@ -463,25 +423,26 @@ class WasmModule:
             sub.cancel()
 
     def log(self, line: str, *, stream: str) -> None:
-        budget = self._log_budget
         now = time.monotonic()
-        if budget.suppressed and now - self._last_log_report >= 1.0:
+        if self._log_suppressed and now - self._last_log_report >= 1.0:
             guest_log.warning(
                 "[%s] %d log line(s) suppressed: more than %d lines/s",
                 self.name,
-                budget.suppressed,
+                self._log_suppressed,
                 LOG_LINES_PER_SECOND,
             )
-            budget.suppressed = 0
+            self._log_suppressed = 0
             self._last_log_report = now
-        if not budget.take():
+        if not self._log_budget.try_take(now):
+            self._log_suppressed += 1
+            self._log_suppressed_total += 1
             return
         level = logging.WARNING if stream == "stderr" else logging.INFO
         guest_log.log(level, "[%s] %s", self.name, line)
 
     def refuse(self, call: str, reason: str) -> None:
         self.counters["refused"] += 1
-        self._warn_refused(log, "module %r: %s refused: %s", self.name, call, reason)
+        self._warn_refused("module %r: %s refused: %s", self.name, call, reason)
 
     def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
         try:
@@ -490,7 +451,7 @@ class WasmModule:
             self.counters["invalid_topics"] += 1
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
             self._warn_topic(
-                log, "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
+                "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
             )
             return None
         if check is validate_topic and len(self._known_topics) < KNOWN_TOPICS:
@@ -552,7 +513,7 @@ class WasmModule:
                 "dropped": self.mailbox.dropped,
             },
             "counters": dict(self.counters),
-            "log_lines_suppressed": self._log_budget.total_suppressed,
+            "log_lines_suppressed": self._log_suppressed_total,
             "limits": {
                 "memory_limit": self.limits.memory_limit,
                 "call_timeout": self.limits.call_timeout,

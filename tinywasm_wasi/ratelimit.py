@@ -53,6 +53,16 @@ class TokenBucket:
         self._tokens -= 1
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def try_take(self, now: float) -> bool:
+        """Take one token at time `now` if one is saved up; False (nothing taken) if not."""
+        if now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
 
 class LogLimiter:
     """Log at most one line per `interval` seconds; the next line counts what was left out."""
