@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from tinywasm_wasi.exceptions import ModuleLoadError, UnknownImportError
+from tinywasm_wasi.http_abi import http_mode
 
 __all__ = ["HOST_IMPORTS", "WASI_MODULE", "ModuleInterface", "inspect_module"]
 
@@ -146,6 +147,7 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         if "on_message" in exports
         else None
     )
+    http = http_mode(exports)
     return ModuleInterface(
         exports=tuple(exports),
         imports=tuple(imports),
@@ -156,9 +158,5 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         has_free="free" in exports,
         has_drain="drain" in exports,
         has_state=("save_state" in exports, "restore_state" in exports),
-        http="handle_http"
-        if "handle_http" in exports
-        else "handle"
-        if "handle" in exports
-        else None,
+        http=None if http is None else http.value,
     )

@@ -38,7 +38,6 @@ from tinywasm_wasi.http_abi import (
     compat_response,
     encode_compat_request,
     encode_full_request,
-    http_mode,
     join_headers,
     parse_response,
 )
@@ -106,8 +105,7 @@ class Dispatcher:
                 if m.rule is not None and m.rule.applies_to(name)
             ]
             # Compat mode sends method and path only: headers are gathered for full mode.
-            full = any(http_mode(m.compiled.interface.exports) is HttpMode.FULL for m in chain)
-            full = full or http_mode(target.compiled.interface.exports) is HttpMode.FULL
+            full = any(_mode(m) is HttpMode.FULL for m in (*chain, target))
             http_request = HttpRequest(
                 method=request.method,
                 path=request.rel_url.raw_path,
@@ -145,7 +143,7 @@ class Dispatcher:
                 f"module {name!r} is a middleware (rule {module.rule.text}): it runs in front "
                 "of the routes its rule names and cannot be reached directly",
             )
-        if http_mode(module.compiled.interface.exports) is None:
+        if _mode(module) is None:
             raise Failed(
                 404,
                 f"module {name!r} has no HTTP route: it exports neither handle nor handle_http",
@@ -190,7 +188,7 @@ class Dispatcher:
     ) -> HttpResponse | PassOn | None:
         """Ask `module`; if it is swapped away meanwhile, ask the version that replaced it."""
         for attempt in range(_ATTEMPTS):
-            mode = http_mode(module.compiled.interface.exports)
+            mode = _mode(module)
             if mode is None:
                 raise Failed(
                     500,
@@ -232,6 +230,12 @@ class Dispatcher:
         return failed
 
 
+def _mode(module: WasmModule) -> HttpMode | None:
+    """The mode `module` answers in (found once, when it was compiled)."""
+    http = module.compiled.interface.http
+    return None if http is None else HttpMode(http)
+
+
 def _swapped(
     called: WasmModule, current: WasmModule | None, mode: HttpMode, exc: TinywasmError
 ) -> bool:
@@ -246,7 +250,7 @@ def _swapped(
         return False
     if isinstance(exc, ModuleClosedError):
         return True
-    return http_mode(current.compiled.interface.exports) is not mode
+    return _mode(current) is not mode
 
 
 def add_dispatch_routes(app: web.Application, host: ModuleHost, config: Config) -> None:
