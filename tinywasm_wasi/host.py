@@ -38,7 +38,7 @@ from pathlib import Path
 from bus import Bus
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
 from tinywasm_wasi.history import ModuleHistory, Outcome, SwapGate, VersionRecord
-from tinywasm_wasi.limits import Limits, LimitsError, load_overrides
+from tinywasm_wasi.limits import LIMITS_FILE, Limits, LimitsError, load_overrides
 from tinywasm_wasi.mailbox import Request
 from tinywasm_wasi.module import Broadcast, ModuleState, WasmModule
 from tinywasm_wasi.quarantine import Quarantine, next_backoff
@@ -121,7 +121,8 @@ class ModuleHost:
         self._last_quarantine: dict[str, Quarantine] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._overrides: tuple[str, dict[str, Limits]] = ("", {})
+        self._overrides: dict[str, Limits] = {}  # from limits.toml, per module name
+        self._limits_stamp: tuple[int, int, int] | None = None  # the file when last read
         self.refused: dict[str, str] = {}
         self.histories: dict[str, ModuleHistory] = {}
         self._gates: dict[str, SwapGate[tuple[Source | None, str]]] = {}
@@ -268,20 +269,25 @@ class ModuleHost:
     def limits_for(self, name: str) -> Limits:
         """The limits for module `name`: the defaults, overridden by limits.toml if it says so.
 
-        The file is read at every load, so an edit applies to the next load or swap.
-        A broken file is logged and ignored (the defaults apply).
+        The file is looked at at every load, so an edit applies to the next load or
+        swap; it is parsed again only when it changed (a folder of hundreds of modules
+        starts with one parse). A broken file is logged and ignored (the defaults apply).
         """
         if self.directory is None:
             return self.limits
         try:
-            overrides = load_overrides(self.directory, self.limits)
-        except LimitsError as exc:
-            if self._overrides[0] != str(exc):
+            info = (self.directory / LIMITS_FILE).stat()
+            stamp: tuple[int, int, int] | None = (info.st_mtime_ns, info.st_size, info.st_ino)
+        except OSError:
+            stamp = None
+        if stamp != self._limits_stamp:
+            self._limits_stamp = stamp
+            try:
+                self._overrides = load_overrides(self.directory, self.limits)
+            except LimitsError as exc:
                 log.error("ignoring the limits file: %s", exc)
-            self._overrides = (str(exc), {})
-            return self.limits
-        self._overrides = ("", overrides)
-        return overrides.get(name, self.limits)
+                self._overrides = {}
+        return self._overrides.get(name, self.limits)
 
     # -- quarantine --------------------------------------------------------------------------
 
