@@ -310,3 +310,16 @@ async def test_reload_applies_a_limits_file_edit_to_the_same_bytes(
         async with http.post(f"{server.url}/api/modules/receiver/reload") as resp:
             assert (await resp.json())["result"] is None  # nothing changed since
     assert server.host.modules["receiver"].limits.memory_limit == 2 * 1024 * 1024
+
+
+async def test_a_broken_limits_file_is_logged_once_and_the_defaults_apply(
+    make_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("a", "b"):
+        shutil.copy(DEFAULT_MODULES_DIR / "receiver.wasm", tmp_path / f"{name}.wasm")
+    (tmp_path / "limits.toml").write_text("[a]\nmemory_limit = \n")
+    server = await make_server(modules_dir=tmp_path, watch=False)
+    assert {m.limits.memory_limit for m in server.host.modules.values()} == {64 * 1024 * 1024}
+    errors = [r for r in caplog.records if "ignoring the limits file" in r.getMessage()]
+    assert len(errors) == 1
+    assert "is not valid TOML" in errors[0].getMessage()
