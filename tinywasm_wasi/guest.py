@@ -71,16 +71,6 @@ def _no_poll(_caller: Caller, _in: int, _out: int, _count: int, _events: int) ->
     return ERRNO_NOTSUP
 
 
-def _cause(text: str) -> str:
-    """The line that says why from wasmtime's multi-line error text."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        after = lines[lines.index("Caused by:") + 1 :]
-        if after:
-            return after[-1]
-    return lines[0] if lines else "trap"
-
-
 class Guest:
     """A live instance of one compiled module. Use only from its owner thread."""
 
@@ -119,7 +109,8 @@ class Guest:
             self._store.set_epoch_deadline(self._ticks)  # covers a start function
             instance = linker.instantiate(self._store, module)
         except wasmtime.Trap as exc:
-            raise self._trap("start", _cause(str(exc)), exc.trap_code) from None
+            trap = fastcall.call_trap(exc)
+            raise self._trap("start", trap.message, trap.trap_code) from None
         except wasmtime.WasmtimeError as exc:
             reason = " ".join(str(exc).strip().splitlines()[:2])
             if "memory minimum size" in reason:

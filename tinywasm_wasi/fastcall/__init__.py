@@ -40,6 +40,7 @@ from tinywasm_wasi.fastcall.api import (
     HostFunctions,
     HostTrap,
     MemoryRangeError,
+    call_trap,
 )
 from tinywasm_wasi.fastcall.capi import _capi, _FastBackend, _live_callbacks
 from tinywasm_wasi.fastcall.public import _PublicBackend
@@ -58,6 +59,7 @@ __all__ = [
     "HostTrap",
     "MemoryRangeError",
     "backend",
+    "call_trap",
 ]
 
 _live_callbacks = _live_callbacks  # host functions alive, by id (the tests watch it)

@@ -142,6 +142,11 @@ def _trap_error(details: str, code: wasmtime.TrapCode | None) -> CallTrap:
     return CallTrap(reason if sep and reason else details.strip(), code, details=details)
 
 
+def call_trap(trap: wasmtime.Trap) -> CallTrap:
+    """A trap wasmtime-py raised itself (e.g. from a start function), as a CallTrap."""
+    return _trap_error(trap.message, trap.trap_code)
+
+
 def _flat(text: str) -> str:
     return " ".join(text.split())  # wasmtime indents the lines of a message it wraps
 
