@@ -35,10 +35,10 @@ import wasmtime
 from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, record
 from bus import Bus
 from tests.wat import guest, write
-from tinywasm_wasi import fastcall
-from tinywasm_wasi.abi import HOST_IMPORTS, HOST_MODULE
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.runtime import fastcall
+from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE
+from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 PAYLOAD_AT = 4096  # the pump's payload lives here; the bump heap starts at 65536
 MAX_SIZE = 65536 - PAYLOAD_AT

@@ -1,6 +1,6 @@
 """Cost of one guest call and one host callback, fast path against wasmtime's public API.
 
-Both `tinywasm_wasi.fastcall` backends run the same operations on one WAT guest:
+Both `tinywasm_wasi.runtime.fastcall` backends run the same operations on one WAT guest:
 
 - guest call: Python calls an export (4 i32 arguments and no result; 1 argument and
   an i32 result);
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import wasmtime
 
 from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, record
-from tinywasm_wasi import fastcall
-from tinywasm_wasi.fastcall import Backend, HostCaller
+from tinywasm_wasi.runtime import fastcall
+from tinywasm_wasi.runtime.fastcall import Backend, HostCaller
 
 I32 = wasmtime.ValType.i32()
 TOPIC, PAYLOAD = 16, 64  # where the guest's data segments put them

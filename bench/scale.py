@@ -48,8 +48,8 @@ from bench.common import (
 )
 from bus import Bus
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 MODULE = DEFAULT_MODULES_DIR / "receiver.wasm"
 SETTLE_TIMEOUT = 60.0  # seconds for every mailbox to go idle after loading

@@ -33,7 +33,7 @@ from bench.common import Machine, Row, add_common_flags, command_line, markdown_
 from bench.common import record as record_section
 from tests.wat import guest
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.history import Outcome
+from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
 
 RELAY = """

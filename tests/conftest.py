@@ -12,9 +12,9 @@ import pytest
 from bus import Bus
 from tinywasm_wasi.build import build_module
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.server import WasiServer
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 
 class Broadcasts:

@@ -16,10 +16,10 @@ import wasmtime
 
 from bus import Bus
 from tests.conftest import Broadcasts
-from tinywasm_wasi.cache import ENTRY_SUFFIX, ModuleCache
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.runtime import ENGINE_SETTINGS, CompiledModule, Runtime
+from tinywasm_wasi.runtime.cache import ENTRY_SUFFIX, ModuleCache
+from tinywasm_wasi.runtime.engine import ENGINE_SETTINGS, CompiledModule, Runtime
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ import pytest
 
 from tests.wat import binary, guest
 from tinywasm_wasi.exceptions import GuestTrap
-from tinywasm_wasi.guest import HARD_LIMIT, Guest
-from tinywasm_wasi.limits import Limits
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.runtime.guest import HARD_LIMIT, Guest
 
 TIMEOUT = 0.05  # seconds: the call deadline in these tests
 

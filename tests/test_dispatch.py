@@ -1,4 +1,4 @@
-"""How a failed module call becomes an HTTP answer (tinywasm_wasi.dispatch.failure_status).
+"""How a failed module call becomes an HTTP answer (tinywasm_wasi.web.dispatch.failure_status).
 
 The routes themselves are tested end to end in test_http_routes.py.
 """
@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from tinywasm_wasi.dispatch import failure_status
 from tinywasm_wasi.exceptions import (
     GuestTrap,
     MailboxFullError,
     ModuleClosedError,
     TinywasmError,
 )
-from tinywasm_wasi.http_abi import ResponseError
+from tinywasm_wasi.policy.http_abi import ResponseError
+from tinywasm_wasi.web.dispatch import failure_status
 
 
 @pytest.mark.parametrize(

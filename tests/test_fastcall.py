@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tinywasm_wasi import fastcall
-from tinywasm_wasi.fastcall import (
+from tinywasm_wasi.runtime import fastcall
+from tinywasm_wasi.runtime.fastcall import (
     Backend,
     CallExit,
     CallTrap,

@@ -28,11 +28,11 @@ from tests.hostile import FD_WRITE, HEALTHY, ON_MESSAGE, REFUSED
 from tests.wat import IMPORTS, binary, guest
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.exceptions import GuestTrap, ModuleLoadError
-from tinywasm_wasi.guest import Guest
-from tinywasm_wasi.history import Outcome
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.limits import MAX_LOG_LINE, Limits
-from tinywasm_wasi.runtime import Runtime
+from tinywasm_wasi.policy.history import Outcome
+from tinywasm_wasi.policy.limits import MAX_LOG_LINE, Limits
+from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.runtime.guest import Guest
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tinywasm_wasi.history import MAX_GOOD_VERSIONS, ModuleHistory, Outcome, SwapGate, VersionRecord
+from tinywasm_wasi.policy.history import (
+    MAX_GOOD_VERSIONS,
+    ModuleHistory,
+    Outcome,
+    SwapGate,
+    VersionRecord,
+)
 
 
 def test_gate_runs_one_swap_and_folds_requests_into_one_follow_up() -> None:

@@ -54,8 +54,8 @@ from tests.hostile import (
 )
 from tests.wat import IMPORTS
 from tinywasm_wasi.exceptions import TinywasmError
-from tinywasm_wasi.history import Outcome
-from tinywasm_wasi.module import LOG_BURST
+from tinywasm_wasi.policy.history import Outcome
+from tinywasm_wasi.runtime.module import LOG_BURST
 from tinywasm_wasi.server import WasiServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ import wasmtime
 
 from tests.conftest import ServerFactory
 from tests.wat import guest
-from tinywasm_wasi.history import Outcome
+from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
 
 pytestmark = pytest.mark.timeout(180)

@@ -1,4 +1,4 @@
-"""The HTTP guest interface (tinywasm_wasi.http_abi): request encoding, response checking."""
+"""The HTTP guest interface (tinywasm_wasi.policy.http_abi): request encoding, response checking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from tinywasm_wasi.http_abi import (
+from tinywasm_wasi.policy.http_abi import (
     TEXT_PLAIN,
     HttpMode,
     HttpRequest,

@@ -16,9 +16,9 @@ from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from bus import Message, TopicError, decode_message, encode_message
-from tinywasm_wasi import hub as hub_module
-from tinywasm_wasi.hub import Hub
-from tinywasm_wasi.ws_protocol import encode_binary_frame
+from tinywasm_wasi.web import hub as hub_module
+from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.ws_protocol import encode_binary_frame
 
 TIMEOUT = 5.0
 

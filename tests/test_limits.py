@@ -1,4 +1,4 @@
-"""Per-module limits (tinywasm_wasi.limits) and the quarantine backoff rule: pure code."""
+"""Per-module limits (tinywasm_wasi.policy.limits) and the quarantine backoff rule: pure code."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from tests.hostile import HEALTHY
-from tinywasm_wasi.limits import LIMITS_FILE, Limits, LimitsError, load_overrides, parse_overrides
-from tinywasm_wasi.limits import parse_size as size
-from tinywasm_wasi.quarantine import MAX_BACKOFF, Quarantine, next_backoff
-from tinywasm_wasi.runtime import CompiledModule, Runtime
+from tinywasm_wasi.policy.limits import (
+    LIMITS_FILE,
+    Limits,
+    LimitsError,
+    load_overrides,
+    parse_overrides,
+)
+from tinywasm_wasi.policy.limits import parse_size as size
+from tinywasm_wasi.policy.quarantine import MAX_BACKOFF, Quarantine, next_backoff
+from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 
 DEFAULTS = Limits()
 KiB, MiB, GiB = 1024, 1024**2, 1024**3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tinywasm_wasi.mailbox import Mailbox, Request
+from tinywasm_wasi.runtime.mailbox import Mailbox, Request
 
 
 class Sink:

@@ -1,4 +1,4 @@
-"""Middleware rules and module file names (tinywasm_wasi.rules): pure table tests."""
+"""Middleware rules and module file names (tinywasm_wasi.policy.rules): pure table tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinywasm_wasi.rules import (
+from tinywasm_wasi.policy.rules import (
     Rule,
     RuleError,
     group_by_module,

@@ -19,10 +19,10 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ServerFactory
-from tinywasm_wasi.admin import AdminGuard, AdminRefusal, decide_admin, is_loopback
 from tinywasm_wasi.config import MiB
-from tinywasm_wasi.hub import Hub
-from tinywasm_wasi.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.web.admin import AdminGuard, AdminRefusal, decide_admin, is_loopback
+from tinywasm_wasi.web.hub import Hub
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ import wasmtime
 from tests.conftest import Broadcasts, HostFactory
 from tests.wat import guest
 from tinywasm_wasi.exceptions import ModuleLoadError
-from tinywasm_wasi.history import Outcome
+from tinywasm_wasi.policy.history import Outcome
 
 pytestmark = pytest.mark.timeout(120)
 

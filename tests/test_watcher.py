@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tinywasm_wasi.watcher import ModuleChange, ModuleWatcher, OnChange
+from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher, OnChange
 
 DEBOUNCE = 0.05
 TIMEOUT = 5.0

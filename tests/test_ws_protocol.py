@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus import Message, TopicError, encode_message
-from tinywasm_wasi.ws_protocol import (
+from tinywasm_wasi.web.ws_protocol import (
     MAX_CLOSE_REASON_BYTES,
     MAX_TOPICS,
     CloseCode,

@@ -6,7 +6,7 @@ directory and renamed into place, so a server watching ``dist`` never loads a ha
 file. `main` is the ``python -m cmd.tinywasm build`` command.
 
 The output file name can be set, for a middleware's rule and order
-(``20-auth@[echo_http].wasm``, see `tinywasm_wasi.rules`), with ``--output-name`` or,
+(``20-auth@[echo_http].wasm``, see `tinywasm_wasi.policy.rules`), with ``--output-name`` or,
 so that every build of the folder agrees, in a ``build.toml`` beside the sources::
 
     output = "20-auth@[echo_http].wasm"
@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 
 from tinywasm_wasi.exceptions import TinywasmError
-from tinywasm_wasi.rules import RuleError, parse_file_name
+from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 
 __all__ = [
     "BUILD_FILE",

@@ -18,18 +18,18 @@ from typing import Protocol
 from aiohttp import web
 
 from bus import Bus
-from tinywasm_wasi.admin import AdminGuard
-from tinywasm_wasi.bridge import LoopBridge
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.dispatch import add_dispatch_routes
-from tinywasm_wasi.history import VersionRecord
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.hub import Hub
-from tinywasm_wasi.limits import Limits
-from tinywasm_wasi.routes import add_module_routes, add_static_routes
-from tinywasm_wasi.rules import RuleError, parse_file_name
-from tinywasm_wasi.runtime import Runtime
-from tinywasm_wasi.watcher import ModuleChange, ModuleWatcher
+from tinywasm_wasi.policy.history import VersionRecord
+from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.rules import RuleError, parse_file_name
+from tinywasm_wasi.runtime.bridge import LoopBridge
+from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.supervisor.host import ModuleHost
+from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
+from tinywasm_wasi.web.admin import AdminGuard
+from tinywasm_wasi.web.dispatch import add_dispatch_routes
+from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.routes import add_module_routes, add_static_routes
 
 __all__ = ["DefaultServer", "Server", "WasiServer", "run_until_signalled"]
 

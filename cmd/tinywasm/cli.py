@@ -20,7 +20,7 @@ from typing import Any
 
 from bus import TopicError, validate_pattern
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.limits import LimitsError, parse_size
+from tinywasm_wasi.policy.limits import LimitsError, parse_size
 
 __all__ = ["SERVERS", "main", "parse_config", "select_server"]
 

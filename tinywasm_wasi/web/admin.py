@@ -21,7 +21,7 @@ from functools import wraps
 
 from aiohttp import hdrs, web
 
-from tinywasm_wasi.ratelimit import LogLimiter
+from tinywasm_wasi.policy.ratelimit import LogLimiter
 
 __all__ = ["AdminGuard", "AdminRefusal", "decide_admin", "is_loopback"]
 

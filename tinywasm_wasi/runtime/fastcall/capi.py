@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from tinywasm_wasi.fastcall.api import (
+from tinywasm_wasi.runtime.fastcall.api import (
     U32,
     CallExit,
     GuestFunc,

@@ -37,13 +37,13 @@ from pathlib import Path
 
 from bus import Bus
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
-from tinywasm_wasi.history import ModuleHistory, Outcome, SwapGate, VersionRecord
-from tinywasm_wasi.limits import LIMITS_FILE, Limits, LimitsError, load_overrides
-from tinywasm_wasi.mailbox import Request
-from tinywasm_wasi.module import Broadcast, ModuleState, WasmModule
-from tinywasm_wasi.quarantine import Quarantine, next_backoff
-from tinywasm_wasi.rules import ModuleFileName, RuleError, load_rule_txt, parse_file_name
-from tinywasm_wasi.runtime import CompiledModule, Runtime
+from tinywasm_wasi.policy.history import ModuleHistory, Outcome, SwapGate, VersionRecord
+from tinywasm_wasi.policy.limits import LIMITS_FILE, Limits, LimitsError, load_overrides
+from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
+from tinywasm_wasi.policy.rules import ModuleFileName, RuleError, load_rule_txt, parse_file_name
+from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
+from tinywasm_wasi.runtime.mailbox import Request
+from tinywasm_wasi.runtime.module import Broadcast, ModuleState, WasmModule
 
 __all__ = ["ModuleHost", "is_module_file"]
 
@@ -117,8 +117,8 @@ class ModuleHost:
         self.quarantine_backoff = quarantine_backoff
         self.directory: Path | None = None
         self.modules: dict[str, WasmModule] = {}
-        self.quarantined: dict[str, Quarantine] = {}
-        self._last_quarantine: dict[str, Quarantine] = {}
+        self.quarantined: dict[str, Quarantine[CompiledModule]] = {}
+        self._last_quarantine: dict[str, Quarantine[CompiledModule]] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._overrides: dict[str, Limits] = {}  # from limits.toml, per module name

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from tinywasm_wasi.host import is_module_file
+from tinywasm_wasi.supervisor.host import is_module_file
 
 __all__ = ["ModuleChange", "ModuleWatcher"]
 

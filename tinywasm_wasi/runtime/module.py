@@ -26,14 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
-from tinywasm_wasi.bridge import Answers
 from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError
-from tinywasm_wasi.guest import Guest
-from tinywasm_wasi.limits import Limits
-from tinywasm_wasi.mailbox import Mailbox, Request, Requeued
-from tinywasm_wasi.ratelimit import LogLimiter, TokenBucket
-from tinywasm_wasi.rules import ModuleFileName, Rule
-from tinywasm_wasi.runtime import CompiledModule, Runtime
+from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.rules import ModuleFileName, Rule
+from tinywasm_wasi.runtime.bridge import Answers
+from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
+from tinywasm_wasi.runtime.guest import Guest
+from tinywasm_wasi.runtime.mailbox import Mailbox, Request, Requeued
 
 __all__ = ["ModuleState", "WasmModule"]
 

@@ -28,8 +28,7 @@ from tinywasm_wasi.exceptions import (
     ModuleClosedError,
     TinywasmError,
 )
-from tinywasm_wasi.host import ModuleHost
-from tinywasm_wasi.http_abi import (
+from tinywasm_wasi.policy.http_abi import (
     HttpMode,
     HttpRequest,
     HttpResponse,
@@ -41,8 +40,9 @@ from tinywasm_wasi.http_abi import (
     join_headers,
     parse_response,
 )
-from tinywasm_wasi.module import WasmModule
-from tinywasm_wasi.ratelimit import LogLimiter
+from tinywasm_wasi.policy.ratelimit import LogLimiter
+from tinywasm_wasi.runtime.module import WasmModule
+from tinywasm_wasi.supervisor.host import ModuleHost
 
 __all__ = ["RESPONSE_OVERHEAD", "Dispatcher", "Failed", "add_dispatch_routes", "failure_status"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import wasmtime
 
-from tinywasm_wasi.abi import ModuleInterface, inspect_module
-from tinywasm_wasi.cache import ModuleCache
 from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.runtime.abi import ModuleInterface, inspect_module
+from tinywasm_wasi.runtime.cache import ModuleCache
 
 __all__ = ["ENGINE_SETTINGS", "EPOCH_TICK", "CompiledModule", "Runtime", "deadline_ticks"]
 

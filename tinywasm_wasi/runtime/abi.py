@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from tinywasm_wasi.exceptions import ModuleLoadError, UnknownImportError
-from tinywasm_wasi.http_abi import http_mode
+from tinywasm_wasi.policy.http_abi import http_mode
 
 __all__ = ["HOST_IMPORTS", "WASI_MODULE", "ModuleInterface", "inspect_module"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tinywasm_wasi.admin import AdminGuard, Handler
 from tinywasm_wasi.exceptions import ModuleLoadError
-from tinywasm_wasi.host import ModuleHost
+from tinywasm_wasi.supervisor.host import ModuleHost
+from tinywasm_wasi.web.admin import AdminGuard, Handler
 
 __all__ = ["add_module_routes", "add_static_routes"]
 

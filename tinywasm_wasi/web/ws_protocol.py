@@ -7,7 +7,7 @@ the 123 bytes a WebSocket close frame allows. Before the upgrade,
 `check_origin` applies the `--ws-origins` policy (`parse_origins`) and
 `describe_bad_handshake` explains a refused handshake; after it,
 `protocol_error_reason` names what was wrong with a frame aiohttp refused.
-`tinywasm_wasi.hub` feeds them.
+`tinywasm_wasi.web.hub` feeds them.
 """
 
 from __future__ import annotations

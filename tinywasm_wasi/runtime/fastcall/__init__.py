@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from tinywasm_wasi.fastcall.api import (
+from tinywasm_wasi.runtime.fastcall.api import (
     Backend,
     CallExit,
     CallTrap,
@@ -42,8 +42,8 @@ from tinywasm_wasi.fastcall.api import (
     MemoryRangeError,
     call_trap,
 )
-from tinywasm_wasi.fastcall.capi import _capi, _FastBackend, _live_callbacks
-from tinywasm_wasi.fastcall.public import _PublicBackend
+from tinywasm_wasi.runtime.fastcall.capi import _capi, _FastBackend, _live_callbacks
+from tinywasm_wasi.runtime.fastcall.public import _PublicBackend
 
 __all__ = [
     "FAST",

@@ -9,7 +9,7 @@ from typing import Any
 
 import wasmtime
 
-from tinywasm_wasi.fastcall.api import (
+from tinywasm_wasi.runtime.fastcall.api import (
     U32,
     CallExit,
     GuestFunc,

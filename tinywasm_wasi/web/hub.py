@@ -1,7 +1,7 @@
 """The WebSocket hub: fans bus messages out to browsers and lets browsers publish.
 
 ``GET /ws?topic=T`` subscribes a connection to one or more topic patterns (the
-query rules are in `tinywasm_wasi.ws_protocol`). Each client has one bounded
+query rules are in `tinywasm_wasi.web.ws_protocol`). Each client has one bounded
 send queue and one writer task; `Hub.broadcast` never awaits a socket: it
 writes to a transport without blocking or does ``put_nowait``. Frames are
 encoded once per broadcast and shared. A client whose socket keeps up (nothing
@@ -55,8 +55,8 @@ from bus import (
     validate_topic,
 )
 from tinywasm_wasi.config import MiB
-from tinywasm_wasi.ratelimit import LogLimiter, TokenBucket
-from tinywasm_wasi.ws_protocol import (
+from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.web.ws_protocol import (
     CloseCode,
     Publish,
     Refuse,

@@ -28,12 +28,12 @@ from typing import Any, Protocol
 import wasmtime
 
 from bus import MAX_TOPIC_BYTES
-from tinywasm_wasi import fastcall
-from tinywasm_wasi.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError
-from tinywasm_wasi.fastcall import HostCaller as Caller
-from tinywasm_wasi.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
-from tinywasm_wasi.runtime import deadline_ticks
+from tinywasm_wasi.policy.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
+from tinywasm_wasi.runtime import fastcall
+from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
+from tinywasm_wasi.runtime.engine import deadline_ticks
+from tinywasm_wasi.runtime.fastcall import HostCaller as Caller
 
 __all__ = ["Guest", "GuestEffects"]
 

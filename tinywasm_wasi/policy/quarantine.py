@@ -10,16 +10,16 @@ after (within four backoffs), up to `MAX_BACKOFF`; a new file ends it at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from tinywasm_wasi.runtime import CompiledModule
+from typing import Any, Generic, TypeVar
 
 __all__ = ["MAX_BACKOFF", "Quarantine", "next_backoff"]
+
+C = TypeVar("C")  # what is retried: the compiled module, opaque here
 
 MAX_BACKOFF = 300.0  # seconds
 
 
-def next_backoff(previous: Quarantine | None, base: float, now: float) -> float:
+def next_backoff(previous: Quarantine[Any] | None, base: float, now: float) -> float:
     """The wait before the next retry: `base`, or double the last one if it recurred soon."""
     if previous is None or now - previous.retry_at > 4 * previous.backoff:
         return base
@@ -27,10 +27,10 @@ def next_backoff(previous: Quarantine | None, base: float, now: float) -> float:
 
 
 @dataclass(slots=True)
-class Quarantine:
+class Quarantine(Generic[C]):
     """A module out of service, and when it is retried."""
 
-    compiled: CompiledModule
+    compiled: C
     error: str | None
     since: float  # time.time()
     backoff: float  # seconds

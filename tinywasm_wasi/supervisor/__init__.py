@@ -1,0 +1,1 @@
+"""The set of running modules: loading a folder, swapping, quarantine, watching."""

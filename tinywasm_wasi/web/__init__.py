@@ -1,0 +1,1 @@
+"""The aiohttp side: WebSocket hub, /m/<name> dispatch, status and admin routes."""
