@@ -110,13 +110,13 @@ async def run_stack(directory: Path, count: int) -> StackResult:
         settled = await host.quiesce(SETTLE_TIMEOUT)
         ended, cpu_ended = time.perf_counter(), time.process_time()
         return StackResult(
-            hops=sink.counters["delivered"],
+            hops=sink.counters.delivered,
             elapsed=ended - begun,
             cpu=cpu_ended - cpu_begun,
             publish_elapsed=published - begun,
             settled=settled,
             dropped=bus.stats().dropped,
-            failed=sum(m.counters["failed"] for m in host.modules.values()),
+            failed=sum(m.counters.failed for m in host.modules.values()),
         )
     finally:
         await host.stop()

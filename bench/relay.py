@@ -232,7 +232,7 @@ async def _phases(server: WasiServer, phases: list[Phase], cpu: CpuSampler) -> l
     chat = server.host.modules["chat"]
     results = []
     for phase in phases:
-        hub0, bus0, mod0 = server.hub.stats(), server.bus.stats(), dict(chat.counters)
+        hub0, bus0, mod0 = server.hub.stats(), server.bus.stats(), chat.counters.as_dict()
         (out,) = await asyncio.to_thread(_drive, server.url, phase)
         hub1, bus1 = server.hub.stats(), server.bus.stats()
         latencies = array("q")
@@ -250,8 +250,8 @@ async def _phases(server: WasiServer, phases: list[Phase], cpu: CpuSampler) -> l
                 server_cpu_s=cpu.between(out["first_ns"], out["ended_ns"]),
                 inbound_published=hub1.inbound_published - hub0.inbound_published,
                 inbound_refused=hub1.inbound_refused - hub0.inbound_refused,
-                module_delivered=chat.counters["delivered"] - mod0["delivered"],
-                module_failed=chat.counters["failed"] - mod0["failed"],
+                module_delivered=chat.counters.delivered - mod0["delivered"],
+                module_failed=chat.counters.failed - mod0["failed"],
                 dropped=bus1.dropped - bus0.dropped,
             )
         )

@@ -12,6 +12,7 @@ from tinywasm_wasi.exceptions import (
     MailboxFullError,
     ModuleClosedError,
     TinywasmError,
+    TrapCode,
 )
 from tinywasm_wasi.policy.http_abi import ResponseError
 from tinywasm_wasi.web.dispatch import failure_status
@@ -21,14 +22,14 @@ from tinywasm_wasi.web.dispatch import failure_status
     ("exc", "status", "reason", "retry_after"),
     [
         (
-            GuestTrap("m", "handle", "x", "INTERRUPT"),
+            GuestTrap("m", "handle", "x", TrapCode.INTERRUPT),
             504,
             "module 'm' did not answer within 250 ms",
             None,
         ),
         (
             GuestTrap(
-                "m", "handle_http", "error while executing at wasm backtrace:", "UNREACHABLE"
+                "m", "handle_http", "error while executing at wasm backtrace:", TrapCode.UNREACHABLE
             ),
             500,
             "module 'm' trapped in handle_http() [UNREACHABLE]",

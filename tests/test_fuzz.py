@@ -501,8 +501,8 @@ async def test_a_module_never_sees_another_modules_writes_or_traps(
     assert await modules.quiesce(10)
     for name in SIDES:
         counters = modules.modules[name].counters
-        assert counters["traps"] == traps[name]
-        assert counters["delivered"] == len(actions) + len(touched) - traps[name] - sum(
+        assert counters.traps == traps[name]
+        assert counters.delivered == len(actions) + len(touched) - traps[name] - sum(
             1 for n, *_ in actions if n != name
         )
         # untouched bytes are 0: the other module's stores never show here

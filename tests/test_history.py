@@ -1,37 +1,19 @@
-"""The pure swap bookkeeping: the coalescing gate and the version history."""
+"""The version history (pure). Coalescing is the swap machine's: tests/policy/test_swap.py."""
 
 from __future__ import annotations
-
-import pytest
 
 from tinywasm_wasi.policy.history import (
     MAX_GOOD_VERSIONS,
     ModuleHistory,
     Outcome,
-    SwapGate,
+    Trigger,
     VersionRecord,
 )
 
 
-def test_gate_runs_one_swap_and_folds_requests_into_one_follow_up() -> None:
-    gate: SwapGate[str] = SwapGate()
-    assert gate.request("v1") is True
-    assert [gate.request(v) for v in ("v2", "v3", "v4")] == [False, False, False]
-    assert gate.finish() == "v4"  # the latest request wins
-    assert gate.running
-    assert gate.finish() is None
-    assert not gate.running
-    assert gate.request("v5") is True
-
-
-def test_gate_finish_without_a_swap_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="without a running swap"):
-        SwapGate[str]().finish()
-
-
 def record(sha: str, outcome: Outcome) -> VersionRecord:
     return VersionRecord(
-        sha256=sha, size=1, at=0.0, trigger="api", outcome=outcome, duration_ms=1.0
+        sha256=sha, size=1, at=0.0, trigger=Trigger.API, outcome=outcome, duration_ms=1.0
     )
 
 

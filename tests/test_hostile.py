@@ -55,7 +55,7 @@ from tests.hostile import (
 from tests.wat import IMPORTS
 from tinywasm_wasi.exceptions import TinywasmError
 from tinywasm_wasi.policy.history import Outcome
-from tinywasm_wasi.runtime.module import LOG_BURST
+from tinywasm_wasi.runtime.guest_log import LOG_BURST
 from tinywasm_wasi.server import WasiServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -427,7 +427,7 @@ async def test_the_healthy_module_serves_while_a_runaway_call_is_still_running(
             while module.mailbox.idle:
                 await asyncio.sleep(0.001)
         await traffic.roundtrip(50)
-        assert module.counters["interrupted"] == 0, "interrupted before the healthy pings ended"
+        assert module.counters.interrupted == 0, "interrupted before the healthy pings ended"
         assert not module.mailbox.idle  # still stuck in the loop
         await traffic.handled("loop", 1)
         elapsed = time.monotonic() - begun

@@ -155,8 +155,8 @@ async def test_examples_compat_echo_full_echo_tag_and_auth(
 
     middlewares = [m.name for m in server.host.middlewares()]
     assert middlewares == ["tag", "auth"]
-    assert server.host.modules["echo"].counters["requests"] == 2
-    assert server.host.modules["tag"].counters["requests"] == 4
+    assert server.host.modules["echo"].counters.requests == 2
+    assert server.host.modules["tag"].counters.requests == 4
 
 
 async def test_middlewares_unknown_names_and_modules_without_http_are_404(
@@ -175,7 +175,7 @@ async def test_middlewares_unknown_names_and_modules_without_http_are_404(
         status, _, body = await get(http, f"{server.url}/m/chat")
         assert status == 404
         assert b"exports neither handle nor handle_http" in body
-    assert server.host.modules["tag"].counters["requests"] == 0  # nothing ran for a 404
+    assert server.host.modules["tag"].counters.requests == 0  # nothing ran for a 404
 
 
 async def test_api_modules_shows_each_modules_role_and_rule(
@@ -250,7 +250,7 @@ async def test_order_is_by_prefix_then_name_and_the_first_answer_ends_the_chain(
         for _ in range(2):
             status, _, body = await get(http, f"{server.url}/m/t")
             assert (status, body) == (200, b"ten")
-    counters = {n: m.counters["requests"] for n, m in server.host.modules.items()}
+    counters = {n: m.counters.requests for n, m in server.host.modules.items()}
     assert counters == {"t": 0, "quiet": 2, "nine": 2, "ten": 2, "alpha": 0, "zz": 0}
 
 
@@ -340,7 +340,7 @@ async def test_body_over_the_limit_is_413_with_or_without_content_length(
         assert b"over the 1000 byte limit" in body
         status, _, body = await get(http, f"{server.url}/m/e", "POST", data=b"x" * 100)
         assert status == 200 and json.loads(body)["body_size"] == 100
-    assert server.host.modules["ok"].counters["requests"] == 1
+    assert server.host.modules["ok"].counters.requests == 1
 
 
 async def test_traps_malformed_answers_and_middleware_failures_are_500_with_a_reason(
@@ -375,7 +375,7 @@ async def test_traps_malformed_answers_and_middleware_failures_are_500_with_a_re
             assert "Traceback" not in text and text.count("\n") == 1
             assert headers["Content-Type"].startswith("text/plain")
         assert (await get(http, f"{server.url}/m/ok"))[2] == b"ok"  # the server goes on
-    assert server.host.modules["guarded"].counters["requests"] == 0  # failed closed
+    assert server.host.modules["guarded"].counters.requests == 0  # failed closed
 
 
 async def test_a_runaway_handler_is_interrupted_with_504(
@@ -492,4 +492,4 @@ async def test_the_examples_copy_into_a_two_middleware_pass_through_setup(
         got = await asyncio.gather(*(get(http, f"{server.url}/m/echo") for _ in range(20)))
     assert [(status, body) for status, _, body in got] == [(200, b"echo: GET /m/echo\n")] * 20
     assert [m.name for m in server.host.middlewares()] == ["tag", "tag2"]
-    assert server.host.modules["tag2"].counters["requests"] == 20
+    assert server.host.modules["tag2"].counters.requests == 20

@@ -13,8 +13,10 @@ class Sink:
     def __init__(self) -> None:
         self.got: list[tuple[str, bytes]] = []
         self.gate = threading.Event()
+        self.entered = threading.Event()  # a delivery has started
 
     def __call__(self, topic: str, payload: bytes) -> None:
+        self.entered.set()
         self.gate.wait(5)
         self.got.append((topic, payload))
 
@@ -68,3 +70,56 @@ def test_taking_pending_work_moves_its_bytes_too() -> None:
         sink.gate.set()
         box.close()
         other.close()
+
+
+def test_close_skips_a_call_its_caller_gave_up_on_and_fails_the_others() -> None:
+    sink = Sink()
+    box = Mailbox("m", capacity=10, deliver=sink)
+    try:
+        box.put("t", b"blocks")  # the thread sits in this delivery until the gate opens
+        assert sink.entered.wait(5)
+        abandoned = box.call(lambda: "never")
+        waiting = box.call(lambda: "never either")
+        assert abandoned.cancel()  # what asyncio.wrap_future does when its awaiter times out
+        assert box.put("t", b"queued") and box.put("t", b"queued too")
+        assert box.close() == 2  # no InvalidStateError; the two queued messages discarded
+        assert abandoned.cancelled()
+        assert "closed before the call ran" in str(waiting.exception(timeout=1))
+    finally:
+        sink.gate.set()
+        box.close()
+
+
+def test_on_settled_calls_back_when_idle_or_stuck_behind_a_hold() -> None:
+    sink = Sink()
+    box = Mailbox("m", capacity=10, deliver=sink)
+    results: list[bool] = []
+    settled = threading.Event()
+
+    def record(idle: bool) -> None:
+        results.append(idle)
+        settled.set()
+
+    try:
+        box.on_settled(record)  # idle already: called at once
+        assert results == [True]
+        box.put("t", b"1")
+        box.put("t", b"2")
+        settled.clear()
+        box.on_settled(record)
+        assert results == [True], "not settled while a delivery runs"
+        sink.gate.set()
+        assert settled.wait(5)
+        assert results == [True, True] and sink.got == [("t", b"1"), ("t", b"2")]
+
+        box.hold()
+        box.put("t", b"3")
+        settled.clear()
+        box.on_settled(record)  # held with work queued: it cannot get idle by itself
+        assert settled.wait(5)
+        assert results == [True, True, False]
+
+        box.forget_settled(record)  # forgetting an unknown callback is fine
+    finally:
+        sink.gate.set()
+        box.close()

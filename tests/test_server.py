@@ -42,8 +42,8 @@ async def test_two_browsers_chat_through_the_chat_module(
         assert await receive(bob) == b"\xffbinary from bob"
     await server.host.quiesce(5)  # the frame can arrive before the counter is bumped
     chat = server.host.modules["chat"]
-    assert chat.counters["delivered"] == 2
-    assert chat.counters["broadcast"] == 2
+    assert chat.counters.delivered == 2
+    assert chat.counters.broadcast == 2
 
 
 async def test_monitor_sees_every_topic_through_its_wildcard(
@@ -87,8 +87,12 @@ async def test_sender_publishes_from_init_and_receiver_forwards_it(
     server = await make_server(modules_dir=example_modules)
     await server.host.quiesce(5)
     receiver = server.host.modules["receiver"]
-    assert receiver.counters == {**receiver.counters, "delivered": 1, "broadcast": 1}
-    assert server.host.modules["sender"].counters["published"] == 1
+    assert receiver.counters.as_dict() == {
+        **receiver.counters.as_dict(),
+        "delivered": 1,
+        "broadcast": 1,
+    }
+    assert server.host.modules["sender"].counters.published == 1
 
 
 async def test_browsers_may_only_publish_to_the_inbound_allow_list(
@@ -104,7 +108,7 @@ async def test_browsers_may_only_publish_to_the_inbound_allow_list(
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 1008
         assert "chat" in msg.extra and "--ws-inbound" in msg.extra
-    assert server.host.modules["chat"].counters["delivered"] == 0
+    assert server.host.modules["chat"].counters.delivered == 0
     assert server.hub.stats().inbound_refused == 1
 
 
@@ -131,6 +135,8 @@ async def test_healthz_and_api_modules_report_modules_and_clients(
     assert set(chat["counters"]) >= {"delivered", "failed", "published", "broadcast"}
     assert modules["monitor"]["subscriptions"] == [">"]
     assert body["refused"] == {}
+    hub = body["hub"]  # the hub's counters, slow-consumer closes among them
+    assert hub["clients"] == 1 and hub["slow_disconnects"] == 0
 
 
 async def test_demo_page_is_served(make_server: ServerFactory) -> None:

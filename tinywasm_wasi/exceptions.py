@@ -21,6 +21,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
     "GuestError",
     "GuestTrap",
@@ -28,6 +30,7 @@ __all__ = [
     "ModuleClosedError",
     "ModuleLoadError",
     "TinywasmError",
+    "TrapCode",
     "UnknownImportError",
 ]
 
@@ -48,14 +51,61 @@ class GuestError(TinywasmError):
     """A call into a running module failed."""
 
 
-class GuestTrap(GuestError):
-    """The guest trapped. `code` is wasmtime's trap code name or None; `call` the export."""
+class TrapCode(enum.StrEnum):
+    """Why a guest call failed: wasmtime's trap codes for core modules, and the host's own."""
 
-    def __init__(self, module: str, call: str, message: str, code: str | None = None) -> None:
+    STACK_OVERFLOW = "STACK_OVERFLOW"
+    MEMORY_OUT_OF_BOUNDS = "MEMORY_OUT_OF_BOUNDS"
+    HEAP_MISALIGNED = "HEAP_MISALIGNED"
+    TABLE_OUT_OF_BOUNDS = "TABLE_OUT_OF_BOUNDS"
+    INDIRECT_CALL_TO_NULL = "INDIRECT_CALL_TO_NULL"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    INTEGER_OVERFLOW = "INTEGER_OVERFLOW"
+    INTEGER_DIVISION_BY_ZERO = "INTEGER_DIVISION_BY_ZERO"
+    BAD_CONVERSION_TO_INTEGER = "BAD_CONVERSION_TO_INTEGER"
+    UNREACHABLE = "UNREACHABLE"
+    INTERRUPT = "INTERRUPT"  # ran past its call deadline
+    OUT_OF_FUEL = "OUT_OF_FUEL"
+    NULL_REFERENCE = "NULL_REFERENCE"
+    ARRAY_OUT_OF_BOUNDS = "ARRAY_OUT_OF_BOUNDS"
+    ALLOCATION_TOO_LARGE = "ALLOCATION_TOO_LARGE"
+    CAST_FAILURE = "CAST_FAILURE"
+    UNCAUGHT_EXCEPTION = "UNCAUGHT_EXCEPTION"
+    OTHER = "OTHER"  # a code wasmtime added later; the message carries its name
+    HOST_FAULT = "host fault"  # a host function refused the call (bad pointer, cap...)
+    EXIT = "exit"  # the guest called proc_exit; `GuestTrap.exit_status` has the status
+
+    @classmethod
+    def of(cls, wasmtime_name: str) -> TrapCode:
+        """Our code for one of wasmtime's `TrapCode` names."""
+        member = cls.__members__.get(wasmtime_name)
+        return cls.OTHER if member is None or member in _HOST_CODES else member
+
+
+_HOST_CODES = frozenset({TrapCode.OTHER, TrapCode.HOST_FAULT, TrapCode.EXIT})
+
+
+class GuestTrap(GuestError):
+    """The guest trapped. `code` says why (None: no code); `call` is the export."""
+
+    def __init__(
+        self,
+        module: str,
+        call: str,
+        message: str,
+        code: TrapCode | None = None,
+        *,
+        exit_status: int | None = None,
+    ) -> None:
         self.module = module
         self.call = call
         self.code = code
-        label = f" [{code}]" if code else ""
+        self.exit_status = exit_status
+        label = ""
+        if code is TrapCode.EXIT:
+            label = f" [exit {exit_status}]"
+        elif code is not None:
+            label = f" [{code.value}]"
         super().__init__(f"module {module!r} trapped in {call}(){label}: {message}")
 
 

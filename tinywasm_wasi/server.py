@@ -1,10 +1,18 @@
-"""The servers: `WasiServer` (modules, bus, WebSocket hub) and `DefaultServer` (static only).
+"""The aiohttp application and its life cycle; the two servers that run it.
 
-Both run on one aiohttp `AppRunner`/`TCPSite` with `start()` and `stop()`;
-`stop()` is idempotent and logs "closing" and "closed". The WasiServer stops
-in the order that loses nothing: stop accepting connections, let module
-traffic settle and drain every module (their last broadcasts still reach
-connected browsers), close WebSocket clients with 1001, then the bus.
+`create_app(config)` builds the whole WasiServer as one `web.Application`:
+
+- `cleanup_ctx`, in order: the bus and wasmtime runtime (closed last), the
+  modules (loaded at start-up), the folder watcher;
+- `on_shutdown`, in order: stop the watcher, drain every module (their last
+  broadcasts still reach connected browsers), close WebSocket clients with 1001.
+
+aiohttp runs these around `serve()`: stop accepting connections, shutdown
+hooks, wait for handlers, cleanup contexts in reverse. Shared objects sit on
+the app under typed `web.AppKey`s, so tests can use `aiohttp_client(create_app(config))`.
+
+`WasiServer` and `DefaultServer` are the two servers the CLI starts: `start()`
+and `stop()` (idempotent; logs "closing" and "closed") around one `serve()`.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
 
 from bus import Bus
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.policy.history import VersionRecord
+from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 from tinywasm_wasi.runtime.bridge import LoopBridge
@@ -31,9 +41,184 @@ from tinywasm_wasi.web.dispatch import add_dispatch_routes
 from tinywasm_wasi.web.hub import Hub
 from tinywasm_wasi.web.routes import add_module_routes, add_static_routes
 
-__all__ = ["DefaultServer", "Server", "WasiServer", "run_until_signalled"]
+__all__ = [
+    "BUS",
+    "CONFIG",
+    "HOST",
+    "HUB",
+    "DefaultServer",
+    "Served",
+    "Server",
+    "WasiServer",
+    "create_app",
+    "create_static_app",
+    "run_until_signalled",
+    "serve",
+]
 
 log = logging.getLogger("tinywasm.server")
+
+CONFIG = web.AppKey("config", Config)
+BUS = web.AppKey("bus", Bus)
+HOST = web.AppKey("host", ModuleHost)
+HUB = web.AppKey("hub", Hub)
+RUNTIME = web.AppKey("runtime", Runtime)
+_BRIDGE = web.AppKey("bridge", LoopBridge)
+_WATCHER = web.AppKey("watcher", ModuleWatcher)
+
+# Seconds aiohttp waits for request handlers after the shutdown hooks ran (the hub has
+# closed every WebSocket by then, so this bounds only a plain request still running).
+HANDLER_GRACE = 1.0
+
+
+def create_app(config: Config) -> web.Application:
+    """The WasiServer as an aiohttp application: modules, bus, hub and every route."""
+    app = web.Application()
+    bus = Bus()
+    hub = Hub(
+        publish=bus.publish,
+        inbound=config.ws_inbound,
+        queue_size=config.ws_queue_size,
+        queue_bytes=config.ws_queue_bytes,
+        max_frame=config.ws_max_frame,
+        rate_limit=config.ws_rate_limit,
+        origins=config.ws_origins,
+    )
+    runtime = Runtime(cache_dir=config.cache_dir)
+    bridge = LoopBridge(None, hub.broadcast)  # bound to the loop at start-up
+    host = ModuleHost(
+        runtime,
+        bus,
+        bridge.submit,
+        mailbox_size=config.mailbox_size,
+        mailbox_bytes=config.mailbox_bytes,
+        drain_timeout=config.drain_timeout,
+        probation=config.swap_probation,
+        limits=Limits(
+            memory_limit=config.memory_limit,
+            call_timeout=config.call_timeout,
+            max_payload=config.max_payload,
+        ),
+        max_module_size=config.max_module_size,
+        quarantine=(config.quarantine_traps, config.quarantine_window),
+        quarantine_backoff=config.quarantine_backoff,
+    )
+    app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
+    app[_BRIDGE] = bridge
+
+    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _frozen))
+    app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))
+
+    app.router.add_get("/ws", hub.handle)
+    add_module_routes(
+        app,
+        host,
+        hub.stats,
+        admin=AdminGuard(config.admin_token),
+        status_private=config.status_private,
+    )
+    add_dispatch_routes(app, host.view, config)
+    add_static_routes(app, config.web_dir)
+    return app
+
+
+async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[BUS].close()
+    app[RUNTIME].close()
+
+
+async def _modules(app: web.Application) -> AsyncIterator[None]:
+    app[_BRIDGE].bind(asyncio.get_running_loop())
+    host = app[HOST]
+    await host.load_dir(app[CONFIG].modules_dir)
+    try:
+        yield
+    finally:
+        await host.stop()  # already done by _stop_modules unless start-up failed
+
+
+async def _watcher(app: web.Application) -> AsyncIterator[None]:
+    config, host = app[CONFIG], app[HOST]
+    if config.watch and config.modules_dir.is_dir():
+
+        def on_change(change: ModuleChange) -> None:
+            try:
+                name = parse_file_name(change.path.name).name
+            except RuleError as exc:
+                log.error("ignoring module file %s: %s", change.path.name, exc)
+                return
+            host.schedule(name, Trigger.WATCHER)
+
+        watcher = ModuleWatcher(config.modules_dir, on_change, debounce=config.watch_debounce)
+        await watcher.start()
+        app[_WATCHER] = watcher
+    try:
+        yield
+    finally:
+        await _stop_watcher(app)
+
+
+async def _frozen(_app: web.Application) -> AsyncIterator[None]:
+    # What start-up made (modules, aiohttp, wasmtime bindings) lives as long as the
+    # server: keep it out of the collector's full passes, which otherwise walk it
+    # all and stall the event loop for tens of milliseconds (fan-out p99 spikes).
+    gc.freeze()
+    yield
+    gc.unfreeze()  # what was frozen at start is collectable again
+
+
+async def _stop_watcher(app: web.Application) -> None:
+    watcher = app.get(_WATCHER)
+    if watcher is not None:
+        await watcher.close()
+
+
+async def _stop_modules(app: web.Application) -> None:
+    await app[HOST].stop()
+    await asyncio.sleep(0)  # let the bridge hand over the last broadcasts
+
+
+async def _close_hub(app: web.Application) -> None:
+    await app[HUB].close()
+
+
+def create_static_app(config: Config) -> web.Application:
+    """The default server's application: the web folder and /healthz, no modules."""
+    app = web.Application()
+    app[CONFIG] = config
+    add_static_routes(app, config.web_dir)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "modules": "off"})
+
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    runner: web.AppRunner
+    port: int
+
+
+async def serve(app: web.Application, host: str, port: int) -> Served:
+    """Start `app` (its start-up hooks, then listening on host:port); `port` 0 picks one.
+
+    Stop it with `Served.runner.cleanup()`, which stops listening, runs the
+    shutdown hooks and then the cleanup contexts.
+    """
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=HANDLER_GRACE
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Served(runner, int(runner.addresses[0][1]))
 
 
 class Server(Protocol):
@@ -43,49 +228,38 @@ class Server(Protocol):
     def url(self) -> str: ...
 
 
-class _HttpServer:
-    """AppRunner/TCPSite life cycle shared by both servers."""
+class _AppServer:
+    """`start()`/`stop()` around one `serve()`; `stop()` is safe to call twice."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._port: int | None = None
+        self._served: Served | None = None
         self._stopped = False
-
-    async def _serve(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        try:
-            await self._site.start()
-        except BaseException:
-            await self._runner.cleanup()
-            self._runner = self._site = None
-            raise
-        address = self._runner.addresses[0]
-        self._port = int(address[1])
 
     @property
     def port(self) -> int:
-        if self._port is None:
+        if self._served is None:
             raise RuntimeError("the server is not started: await start() first")
-        return self._port
+        return self._served.port
 
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    async def _stop_accepting(self) -> None:
-        if self._site is not None:
-            await self._site.stop()
+    async def _start(self, app: web.Application) -> None:
+        self._served = await serve(app, self.config.host, self.config.port)
 
-    async def _cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("closing")
+        if self._served is not None:
+            await self._served.runner.cleanup()
+        log.info("closed")
 
 
-class DefaultServer(_HttpServer):
+class DefaultServer(_AppServer):
     """Serves the static web folder only; modules are off."""
 
     async def start(self) -> None:
@@ -94,126 +268,38 @@ class DefaultServer(_HttpServer):
             "to load the WebAssembly modules in %s",
             self.config.modules_dir,
         )
-        app = web.Application()
-        add_static_routes(app, self.config.web_dir)
-
-        async def healthz(_request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "modules": "off"})
-
-        app.router.add_get("/healthz", healthz)
-        await self._serve(app)
+        await self._start(create_static_app(self.config))
         log.info("serving %s on %s", self.config.web_dir, self.url)
 
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        log.info("closing")
-        await self._cleanup()
-        log.info("closed")
 
-
-class WasiServer(_HttpServer):
+class WasiServer(_AppServer):
     """Hosts every module in `config.modules_dir` on a bus, with a WebSocket hub at /ws."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.bus = Bus()
-        self.runtime = Runtime(cache_dir=config.cache_dir)
-        self.hub = Hub(
-            publish=self.bus.publish,
-            inbound=config.ws_inbound,
-            queue_size=config.ws_queue_size,
-            queue_bytes=config.ws_queue_bytes,
-            max_frame=config.ws_max_frame,
-            rate_limit=config.ws_rate_limit,
-            origins=config.ws_origins,
-        )
-        self.admin = AdminGuard(config.admin_token)
-        self._bridge: LoopBridge | None = None
-        self._host: ModuleHost | None = None
-        self._watcher: ModuleWatcher | None = None
+        self.app = create_app(config)
+        self.bus = self.app[BUS]
+        self.hub = self.app[HUB]
+        self.runtime = self.app[RUNTIME]
+        self._host = self.app[HOST]
+        self._started = False
 
     @property
     def host(self) -> ModuleHost:
-        if self._host is None:
+        if not self._started:
             raise RuntimeError("the server is not started: await start() first")
         return self._host
 
     async def start(self) -> None:
         """Load the modules, then listen. A module that fails to load is logged and skipped."""
-        config = self.config
-        self._bridge = LoopBridge(asyncio.get_running_loop(), self.hub.broadcast)
-        self._host = ModuleHost(
-            self.runtime,
-            self.bus,
-            self._bridge.submit,
-            mailbox_size=config.mailbox_size,
-            mailbox_bytes=config.mailbox_bytes,
-            drain_timeout=config.drain_timeout,
-            probation=config.swap_probation,
-            limits=Limits(
-                memory_limit=config.memory_limit,
-                call_timeout=config.call_timeout,
-                max_payload=config.max_payload,
-            ),
-            max_module_size=config.max_module_size,
-            quarantine=(config.quarantine_traps, config.quarantine_window),
-            quarantine_backoff=config.quarantine_backoff,
-        )
-        await self._host.load_dir(config.modules_dir)
-        if config.watch and config.modules_dir.is_dir():
-            self._watcher = ModuleWatcher(
-                config.modules_dir, self._on_file_change, debounce=config.watch_debounce
-            )
-            await self._watcher.start()
-        app = web.Application()
-        app.router.add_get("/ws", self.hub.handle)
-        add_module_routes(
-            app,
-            self._host,
-            lambda: self.hub.clients,
-            admin=self.admin,
-            status_private=config.status_private,
-        )
-        add_dispatch_routes(app, self._host, config)
-        add_static_routes(app, config.web_dir)
-        try:
-            await self._serve(app)
-        except BaseException:
-            if self._watcher is not None:
-                await self._watcher.close()
-            await self._host.stop()
-            raise
-        # What start-up made (modules, aiohttp, wasmtime bindings) lives as long as the
-        # server: keep it out of the collector's full passes, which otherwise walk it
-        # all and stall the event loop for tens of milliseconds (fan-out p99 spikes).
-        gc.freeze()
+        await self._start(self.app)
+        self._started = True
         log.info(
             "serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
             len(self._host.modules),
             self.url,
             self.url.replace("http", "ws", 1),
         )
-
-    async def stop(self) -> None:
-        """Drain and close modules, close clients with 1001, stop. Safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        log.info("closing")
-        await self._stop_accepting()
-        if self._watcher is not None:
-            await self._watcher.close()
-        if self._host is not None:
-            await self._host.stop()
-        await asyncio.sleep(0)  # let the bridge hand over the last broadcasts
-        await self.hub.close()
-        await self._cleanup()
-        self.bus.close()
-        self.runtime.close()
-        gc.unfreeze()  # what was frozen at start is collectable again
-        log.info("closed")
 
     async def reload(self, name: str, trigger: str = "api") -> VersionRecord | None:
         """Swap module `name` to the current bytes of its file (unload if it is gone).
@@ -222,14 +308,6 @@ class WasiServer(_HttpServer):
         request was folded into a swap already running.
         """
         return await self.host.swap(name, trigger)
-
-    def _on_file_change(self, change: ModuleChange) -> None:
-        try:
-            name = parse_file_name(change.path.name).name
-        except RuleError as exc:
-            log.error("ignoring module file %s: %s", change.path.name, exc)
-            return
-        self.host.schedule(name, "watcher")
 
 
 async def run_until_signalled(server: Server) -> None:

@@ -1,4 +1,4 @@
-"""Version history of one module name, and the pure rule that coalesces swap requests.
+"""Version history of one module name: its attempts and its last good versions.
 
 Both are plain data structures: no I/O, no asyncio, tested directly.
 """
@@ -8,14 +8,24 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-__all__ = ["ModuleHistory", "Outcome", "SwapGate", "VersionRecord"]
-
-T = TypeVar("T")
+__all__ = ["ModuleHistory", "Outcome", "Trigger", "VersionRecord"]
 
 MAX_RECORDS = 50
 MAX_GOOD_VERSIONS = 5
+
+
+class Trigger(enum.StrEnum):
+    """Why an attempt was made; shown in the history and the swap log line."""
+
+    STARTUP = "startup"
+    WATCHER = "watcher"
+    API = "api"
+    ROLLBACK = "rollback"
+    DELETE = "delete"
+    QUARANTINE = "quarantine"
+    RETRY = "retry"
 
 
 class Outcome(enum.Enum):
@@ -35,7 +45,7 @@ class VersionRecord:
     sha256: str
     size: int
     at: float  # time.time() when the attempt started
-    trigger: str  # "startup", "watcher", "api", "rollback", "delete", "quarantine", "retry"
+    trigger: Trigger
     outcome: Outcome
     duration_ms: float  # until the new version served (probation not included)
     held: int = 0  # messages held in the new version's mailbox during cut-over
@@ -44,6 +54,7 @@ class VersionRecord:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcome"] = self.outcome.value
+        data["trigger"] = self.trigger.value
         data["duration_ms"] = round(self.duration_ms, 3)
         return data
 
@@ -76,36 +87,3 @@ class ModuleHistory:
         """Drop the newest good version (after rolling back to the one before it)."""
         if self._good:
             self._good.pop()
-
-
-class SwapGate(Generic[T]):
-    """Per-module rule: one swap at a time; requests meanwhile become one follow-up.
-
-    `request(item)` returns True when the caller should run a swap of `item` now.
-    While one runs, further requests return False and replace the single pending
-    follow-up (the latest wins). `finish()` returns that follow-up exactly once,
-    or None when there is none and the gate is free again.
-    """
-
-    def __init__(self) -> None:
-        self._running = False
-        self._next: T | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def request(self, item: T) -> bool:
-        if self._running:
-            self._next = item
-            return False
-        self._running = True
-        return True
-
-    def finish(self) -> T | None:
-        if not self._running:
-            raise RuntimeError("SwapGate.finish() without a running swap")
-        follow_up, self._next = self._next, None
-        if follow_up is None:
-            self._running = False
-        return follow_up

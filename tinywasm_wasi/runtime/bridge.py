@@ -27,10 +27,14 @@ log = logging.getLogger("tinywasm.bridge")
 class _Batched:
     """Run `_flush` on `loop` once per burst of `_wake` calls from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
         self._lock = threading.Lock()
         self._scheduled = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush on `loop` from now on (for a bridge made before its loop runs)."""
+        self._loop = loop
 
     def _wake(self) -> bool:
         """Schedule a flush unless one is pending; False if the loop is closed."""
@@ -38,8 +42,11 @@ class _Batched:
             if self._scheduled:
                 return True
             self._scheduled = True
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("bridge used before bind(loop)")
         try:
-            self._loop.call_soon_threadsafe(self._run_flush)
+            loop.call_soon_threadsafe(self._run_flush)
         except RuntimeError:  # the loop is closed: the server is gone
             return False
         return True
@@ -57,18 +64,16 @@ class LoopBridge(_Batched):
     """Run `sink(topic, payload)` on `loop` for every `submit`, in submit order."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, sink: Callable[[str, bytes], object]
+        self, loop: asyncio.AbstractEventLoop | None, sink: Callable[[str, bytes], object]
     ) -> None:
         super().__init__(loop)
         self._sink = sink
         self._pending: deque[tuple[str, bytes]] = deque()
-        self.lost = 0
 
     def submit(self, topic: str, payload: bytes) -> None:
-        """Queue one call; safe from any thread."""
+        """Queue one call; safe from any thread. After the loop closed, nobody listens."""
         self._pending.append((topic, payload))
         if not self._wake():
-            self.lost += len(self._pending)
             self._pending.clear()
 
     def _flush(self) -> None:
@@ -90,6 +95,7 @@ class Answers(_Batched):
 
     def future(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
         """A new future and the function (any thread) that settles it: `reply(result, error)`."""
+        assert self._loop is not None
         future = self._loop.create_future()
 
         def reply(result: Any, error: BaseException | None) -> None:

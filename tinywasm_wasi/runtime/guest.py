@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import wasmtime
 
 from bus import MAX_TOPIC_BYTES
-from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TrapCode
 from tinywasm_wasi.policy.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
 from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
@@ -137,7 +137,7 @@ class Guest:
             try:
                 self.call(entry)
             except GuestTrap as exc:
-                if exc.code != "exit 0":
+                if exc.code is not TrapCode.EXIT or exc.exit_status != 0:
                     raise
         if self.interface.has_init:
             self.call("init")
@@ -231,7 +231,7 @@ class Guest:
                 self.name,
                 call,
                 f"returned {ptr:#x}+{length}, outside its memory ({size} bytes)",
-                "host fault",
+                TrapCode.HOST_FAULT,
             )
         return self._memory.read(ptr, length)
 
@@ -281,7 +281,7 @@ class Guest:
             return self._funcs[export](*args)
         except fastcall.CallExit as exc:
             raise GuestTrap(
-                self.name, export, f"proc_exit({exc.code})", f"exit {exc.code}"
+                self.name, export, f"proc_exit({exc.code})", TrapCode.EXIT, exit_status=exc.code
             ) from None
         except fastcall.CallTrap as exc:
             raise self._trap(export, exc.message, exc.trap_code) from None
@@ -304,13 +304,15 @@ class Guest:
 
     def _trap(self, call: str, message: str, code: wasmtime.TrapCode | None) -> GuestTrap:
         if self._fault is not None:
-            return GuestTrap(self.name, call, self._fault, "host fault")
+            return GuestTrap(self.name, call, self._fault, TrapCode.HOST_FAULT)
         if code is wasmtime.TrapCode.INTERRUPT:
             message = (
                 f"interrupted: ran past its {self.limits.call_timeout * 1000:g} ms deadline "
                 "(raise call_timeout for this module in limits.toml, or make the call shorter)"
             )
-        return GuestTrap(self.name, call, message, code.name if code is not None else None)
+        if code is not None and TrapCode.of(code.name) is TrapCode.OTHER:
+            message = f"{message} (wasmtime trap code {code.name})"
+        return GuestTrap(self.name, call, message, None if code is None else TrapCode.of(code.name))
 
     def _lend(self, data: bytes) -> tuple[int, bool]:
         """Place a delivery or request; returns (pointer, whether the caller must free it).

@@ -15,11 +15,16 @@ and its result comes back through a `concurrent.futures.Future`.
 A mailbox can be *held*: messages queue up but none is delivered until
 `release()` (a call at the head of the queue still runs); the swap uses this to
 keep a new version closed during cut-over.
+
+The event loop never blocks on a mailbox: `on_settled(callback)` calls back
+(from the module thread, or at once) when the mailbox is idle or held with
+nothing running, so a waiter on the loop needs no thread of its own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -27,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import ModuleClosedError
 
 log = logging.getLogger("tinywasm.mailbox")
@@ -37,6 +43,8 @@ Delivery = tuple[str, bytes]
 
 
 Reply = Callable[[bytes | None, BaseException | None], None]
+# Called once when the mailbox settles: True when idle, False when held with work queued.
+Settled = Callable[[bool], None]
 
 
 class Request:
@@ -96,7 +104,7 @@ class Mailbox:
         answer: Callable[[Request], bytes | None] | None = None,
         *,
         held: bool = False,
-        byte_capacity: int = 64 * 1024 * 1024,
+        byte_capacity: int = Config.mailbox_bytes,
     ) -> None:
         self.name = name
         self.capacity = capacity
@@ -110,6 +118,7 @@ class Mailbox:
         self._busy = False  # the thread is running an item
         self._held = held
         self._closed = False
+        self._settled: list[Settled] = []
         self.accepted = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._serve, name=f"module-{name}", daemon=True)
@@ -199,6 +208,44 @@ class Mailbox:
                 self._cond.wait(left)
             return True
 
+    def on_settled(self, callback: Settled) -> None:
+        """Call `callback(True)` once nothing is queued or running, or `callback(False)` once
+        it is held with nothing running but work queued (it cannot get idle by itself).
+
+        Called at once (on this thread) if that is already so, else from the module thread.
+        """
+        with self._cond:
+            state = self._settled_state()
+            if state is None:
+                self._settled.append(callback)
+                return
+        callback(state)
+
+    def forget_settled(self, callback: Settled) -> None:
+        """Drop a callback registered with `on_settled` that is no longer wanted."""
+        with self._cond, contextlib.suppress(ValueError):
+            self._settled.remove(callback)
+
+    def _settled_state(self) -> bool | None:
+        """Under the lock: True idle, False held and stuck, None still working."""
+        if self._busy:
+            return None
+        if not self._items or self._closed:
+            return True
+        if self._held and not isinstance(self._items[0], _Call):
+            return False
+        return None
+
+    def _take_settled(self) -> tuple[list[Settled], bool]:
+        """Under the lock: the callbacks to call now and with what, if the mailbox settled."""
+        if not self._settled:
+            return [], False
+        state = self._settled_state()
+        if state is None:
+            return [], False
+        callbacks, self._settled = self._settled, []
+        return callbacks, state
+
     def wait_paused(self, timeout: float) -> bool:
         """Block until no item is running (after `hold()`); False on timeout."""
         deadline = time.monotonic() + timeout
@@ -229,11 +276,14 @@ class Mailbox:
             self._bytes += sum(_size(m) for m in messages)
             self._cond.notify()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 0.0) -> int:
         """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
 
-        Queued calls and requests fail with ModuleClosedError; queued messages
-        are discarded (callers drain first, or take them with `take_pending`).
+        Queued calls and requests fail with ModuleClosedError (a call whose caller
+        gave up is skipped); queued messages are discarded (callers drain first, or
+        take them with `take_pending`). Returns how many messages were discarded.
+        Waits up to `timeout` for the thread to end (0: does not wait; it is a
+        daemon and ends after the item it runs).
         """
         with self._cond:
             self._closed = True
@@ -241,15 +291,23 @@ class Mailbox:
             self._items.clear()
             self._messages = 0
             self._bytes = 0
+            callbacks, self._settled = self._settled, []
             self._cond.notify_all()
+        discarded = 0
         for item in leftover:
             closed = ModuleClosedError(f"module {self.name!r} closed before the call ran")
             if isinstance(item, _Call):
-                item.future.set_exception(closed)
+                if item.future.set_running_or_notify_cancel():  # False: cancelled by its caller
+                    item.future.set_exception(closed)
             elif isinstance(item, Request):
                 item.fail(closed)
-        if threading.current_thread() is not self._thread:
+            else:
+                discarded += 1
+        for callback in callbacks:
+            callback(True)
+        if timeout > 0 and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return discarded
 
     # -- the module thread -----------------------------------------------------------------
 
@@ -277,6 +335,16 @@ class Mailbox:
                 ) and not self._closed:
                     self._busy = False
                     cond.notify_all()
+                    if self._settled:
+                        callbacks, state = self._take_settled()
+                        if callbacks:
+                            cond.release()  # callbacks run without the lock
+                            try:
+                                for callback in callbacks:
+                                    callback(state)
+                            finally:
+                                cond.acquire()
+                            continue
                     cond.wait()
                 if self._closed:
                     self._busy = False

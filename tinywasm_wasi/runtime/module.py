@@ -1,9 +1,6 @@
 """A loaded module: one Guest, its mailbox, its subscriptions and its side effects.
 
-Life cycle (`ModuleState`)::
-
-    STARTING --take_over()--> LIVE --drain() or cut-over--> DRAINING --close()--> CLOSED
-        \\--start() fails--> FAILED      DRAINING --take_over() (roll back)--> LIVE
+Life cycle: `ModuleState`, with the transitions in `policy/lifecycle.py`.
 
 While STARTING, the guest runs `_initialize`/`_start` and `init()`. What it
 does then is recorded, not performed: subscriptions are pending and publishes
@@ -17,44 +14,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
-from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError
+from tinywasm_wasi.config import Config
+from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError, TrapCode
+from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
 from tinywasm_wasi.policy.limits import Limits
-from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.policy.rules import ModuleFileName, Rule
+from tinywasm_wasi.policy.traps import TrapWindow
 from tinywasm_wasi.runtime.bridge import Answers
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.guest import Guest
-from tinywasm_wasi.runtime.mailbox import Mailbox, Request, Requeued
+from tinywasm_wasi.runtime.guest_log import GuestLog
+from tinywasm_wasi.runtime.mailbox import Mailbox, Pending, Request, Requeued
 
-__all__ = ["ModuleState", "WasmModule"]
+__all__ = ["ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
 
 log = logging.getLogger("tinywasm.module")
-guest_log = logging.getLogger("tinywasm.guest")
 
 Broadcast = Callable[[str, bytes], None]
 
-LOG_LINES_PER_SECOND = (
-    100  # a guest's log lines beyond this (after a burst) are counted, not logged
-)
-LOG_BURST = 200
 KNOWN_TOPICS = 1024  # validated topics remembered per module (beyond it, checked each time)
 
 
-class ModuleState(enum.Enum):
-    STARTING = "starting"
-    LIVE = "live"
-    DRAINING = "draining"
-    CLOSED = "closed"
-    FAILED = "failed"
+@dataclass(slots=True)
+class ModuleCounters:
+    """What one module version did, counted on its thread; read for /api/modules."""
+
+    delivered: int = 0
+    failed: int = 0
+    published: int = 0
+    broadcast: int = 0
+    invalid_topics: int = 0
+    refused: int = 0
+    requests: int = 0
+    traps: int = 0
+    interrupted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class WasmModule:
@@ -68,9 +73,9 @@ class WasmModule:
         broadcast: Broadcast,
         *,
         mailbox_size: int,
-        mailbox_bytes: int = 64 * 1024 * 1024,
+        mailbox_bytes: int = Config.mailbox_bytes,
         limits: Limits | None = None,
-        quarantine: tuple[int, float] = (5, 10.0),
+        quarantine: tuple[int, float] = (Config.quarantine_traps, Config.quarantine_window),
         on_faulty: Callable[[WasmModule], None] | None = None,
     ) -> None:
         self.compiled = compiled
@@ -87,32 +92,18 @@ class WasmModule:
         self._held: list[tuple[str, str, bytes]] = []
         self._subs_live = False
         self._effects_live = False
-        self.state = ModuleState.STARTING
+        self._state = ModuleState.STARTING
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self.counters = {
-            "delivered": 0,
-            "failed": 0,
-            "published": 0,
-            "broadcast": 0,
-            "invalid_topics": 0,
-            "refused": 0,
-            "requests": 0,
-            "traps": 0,
-            "interrupted": 0,
-        }
+        self.counters = ModuleCounters()
         self._on_probation = False
-        self._probation_failed = threading.Event()
+        self._probation_failed: Callable[[], None] | None = None  # wakes `probation()`
         self._warn_drop = LogLimiter(log)
         self._warn_topic = LogLimiter(log)
         self._warn_refused = LogLimiter(log)
-        self._log_budget = TokenBucket(LOG_LINES_PER_SECOND, burst=LOG_BURST, now=time.monotonic())
-        self._log_suppressed = 0  # guest log lines left out since the last report
-        self._log_suppressed_total = 0
-        self._last_log_report = time.monotonic()
+        self._guest_log = GuestLog(self.name)
         # Quarantine: `quarantine[0]` traps within `quarantine[1]` seconds call on_faulty once.
-        self._trap_times: deque[float] = deque(maxlen=quarantine[0])
-        self._trap_window = quarantine[1]
+        self._traps = TrapWindow(*quarantine)
         self._on_faulty = on_faulty
         self.faulty = False
         self._known_topics: dict[bytes, str] = {}  # concrete topics already validated
@@ -123,6 +114,15 @@ class WasmModule:
 
     # -- life cycle (event loop) -----------------------------------------------------------
 
+    @property
+    def state(self) -> ModuleState:
+        return self._state
+
+    def _move_to(self, state: ModuleState) -> None:
+        """Change state as `policy/lifecycle.py` allows (raises ModuleStateError otherwise)."""
+        if state is not self._state:
+            self._state = check_transition(self.name, self._state, state)
+
     async def start(self) -> None:
         """Instantiate the guest on its thread and run its entry point and `init()`.
 
@@ -131,7 +131,7 @@ class WasmModule:
         try:
             await asyncio.wrap_future(self.mailbox.call(self._start_guest))
         except BaseException as exc:
-            self.state = ModuleState.FAILED
+            self._move_to(ModuleState.FAILED)
             self.last_error = str(exc)
             self._discard()
             raise
@@ -167,11 +167,11 @@ class WasmModule:
             subs = self._bus.swap(cancel, [(p, self._on_bus_message) for p in patterns])
             self._subs = dict(zip(patterns, subs, strict=True))
             self._subs_live = True
-            self.state = ModuleState.LIVE
+            self._move_to(ModuleState.LIVE)
             if other is not None:
                 other._subs = dict.fromkeys(other._subs)
                 other._subs_live = False
-                other.state = ModuleState.DRAINING
+                other._move_to(ModuleState.DRAINING)
 
     def release(self) -> None:
         """Perform the publishes and broadcasts held since start, in order."""
@@ -187,15 +187,14 @@ class WasmModule:
         Returns False if `timeout` passed first; the caller logs what was pending.
         """
         self._cancel_subscriptions()
-        if self.state is ModuleState.LIVE:
-            self.state = ModuleState.DRAINING
+        if self._state is ModuleState.LIVE:
+            self._move_to(ModuleState.DRAINING)
         deadline = time.monotonic() + timeout
-        loop = asyncio.get_running_loop()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if not await loop.run_in_executor(None, self.mailbox.wait_idle, left):
+            if not await self.settled(left):
                 return False
             wait_ms = await self.call(self._guest_drain) if self._guest else 0
             # depth, not idle: our own drain call may still count as running.
@@ -203,20 +202,53 @@ class WasmModule:
                 return True
             await asyncio.sleep(min(wait_ms / 1000, max(0.0, deadline - time.monotonic())))
 
+    async def settled(self, timeout: float) -> bool:
+        """Wait until the mailbox is idle; False after `timeout`, or at once when it is
+        held with work queued (it cannot get idle by itself). Ties up no thread."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def settle(idle: bool) -> None:
+            def set_result() -> None:
+                if not done.done():
+                    done.set_result(idle)
+
+            if threading.get_ident() == loop_thread:
+                set_result()
+            else:
+                loop.call_soon_threadsafe(set_result)
+
+        loop_thread = threading.get_ident()
+        self.mailbox.on_settled(settle)
+        try:
+            async with asyncio.timeout(timeout):
+                return await done
+        except TimeoutError:
+            return False
+        finally:
+            self.mailbox.forget_settled(settle)
+
     async def probation(self, window: float) -> str | None:
         """Open the mailbox and watch the first deliveries for `window` seconds.
 
         Returns the trap message if one failed (the mailbox is then held again,
         the failed message back in front), or None if the version held up.
         """
-        self._probation_failed.clear()
+        loop = asyncio.get_running_loop()
+        failed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(failed.set)
+
+        self._probation_failed = wake
         self._on_probation = True
         self.mailbox.release()
-        deadline = time.monotonic() + window
-        while time.monotonic() < deadline and not self._probation_failed.is_set():
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window):
+                await failed.wait()
         self._on_probation = False
-        return self.last_error if self._probation_failed.is_set() else None
+        self._probation_failed = None
+        return self.last_error if failed.is_set() else None
 
     def save_state(self) -> bytes | None:
         """On the module thread: the guest's `save_state()` bytes, or None."""
@@ -234,27 +266,29 @@ class WasmModule:
             self._record_trap(exc)
             return 0
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Cancel subscriptions, stop the thread, free the instance. Safe to call twice.
+    async def close(self, timeout: float = 5.0) -> int:
+        """Cancel subscriptions, free the instance, stop the thread. Safe to call twice.
 
-        A guest stuck in a call past `timeout` is abandoned to its (daemon) thread.
+        The close goes ahead of anything still queued (callers drain first); what is
+        left is discarded and its count returned. A guest stuck in a call past
+        `timeout` is abandoned to its (daemon) thread.
         """
-        if self.state is ModuleState.CLOSED:
-            return
+        if self._state is ModuleState.CLOSED:
+            return 0
         self._cancel_subscriptions()
-        if self.state is not ModuleState.FAILED:
-            self.state = ModuleState.CLOSED
+        if self._state is not ModuleState.FAILED:
+            self._move_to(ModuleState.CLOSED)
         self.mailbox.release()
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.wrap_future(self.mailbox.call(self._close_guest))
+                await asyncio.wrap_future(self.mailbox.call(self._close_guest, first=True))
         except ModuleClosedError:  # already closed by a failed start
             pass
         except TimeoutError:
             log.warning(
                 "module %r: still busy after %.1f s; abandoning its thread", self.name, timeout
             )
-        await asyncio.get_running_loop().run_in_executor(None, self.mailbox.close, 0.5)
+        return self.mailbox.close()
 
     def _close_guest(self) -> None:
         if self._guest is not None:
@@ -274,6 +308,53 @@ class WasmModule:
         """Forget the effects held since start (a version that is being rolled back)."""
         with self._lock:
             self._held.clear()
+
+    # -- swaps: the mailbox moves between versions only through these ------------------------
+
+    def hold(self) -> None:
+        """Queue deliveries and requests without running them (a version being cut over)."""
+        self.mailbox.hold()
+
+    @property
+    def queued(self) -> int:
+        """Messages, requests and calls waiting in the mailbox."""
+        return self.mailbox.depth
+
+    @property
+    def idle(self) -> bool:
+        return self.mailbox.idle
+
+    def hand_queue_to(self, other: WasmModule) -> int:
+        """Move this version's queued messages and requests in front of `other`'s."""
+        moved = self.mailbox.take_pending()
+        other.mailbox.prepend(moved)
+        return len(moved)
+
+    async def take_back(self, failed: WasmModule) -> None:
+        """Roll back: take the subscriptions and queued messages back from `failed`, close it.
+
+        The caller has already cut `failed` over from this version; its messages are
+        newer than anything this version still has queued, so they go behind them.
+        """
+        failed.hold()
+        self.hold()
+        self.take_over(failed)
+        await asyncio.to_thread(failed.mailbox.wait_paused, 5.0)
+        self.mailbox.prepend(failed.mailbox.take_pending())
+        self.mailbox.release()
+        failed.discard_held()
+        await failed.close()
+
+    def fail_pending(self, error: BaseException) -> int:
+        """Answer queued requests with `error`; drop queued messages. Returns the dropped count."""
+        dropped = 0
+        pending: list[Pending] = self.mailbox.take_pending()
+        for item in pending:
+            if isinstance(item, Request):
+                item.fail(error)
+            else:
+                dropped += 1
+        return dropped
 
     async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:
         """Run `fn` on the module thread, after everything queued before it (or first)."""
@@ -307,7 +388,7 @@ class WasmModule:
             return
         try:
             guest.deliver(topic, payload)
-            self.counters["delivered"] += 1
+            self.counters.delivered += 1
         except GuestTrap as exc:
             self._record_trap(exc)
             if self._on_probation:
@@ -315,21 +396,22 @@ class WasmModule:
                 # message, so the old version can take it back with the rest.
                 self.mailbox.hold()
                 self.mailbox.prepend([(topic, payload)])
-                self._probation_failed.set()
+                self._fail_probation()
+
+    def _fail_probation(self) -> None:
+        wake = self._probation_failed
+        if wake is not None:
+            wake()
 
     def _record_trap(self, exc: GuestTrap) -> None:
-        self.counters["failed"] += 1
-        self.counters["traps"] += 1
-        if exc.code == "INTERRUPT":
-            self.counters["interrupted"] += 1
+        self.counters.failed += 1
+        self.counters.traps += 1
+        if exc.code == TrapCode.INTERRUPT:
+            self.counters.interrupted += 1
         self.last_error = str(exc)
         log.warning("%s", exc)
-        now = time.monotonic()
-        times = self._trap_times
-        times.append(now)
         if (
-            len(times) == times.maxlen
-            and now - times[0] <= self._trap_window
+            self._traps.record(time.monotonic())
             and not self.faulty
             and not self._on_probation  # a failing new version is rolled back instead
         ):
@@ -355,7 +437,7 @@ class WasmModule:
         future, reply = self._answers.future()
         request = Request(export, body, limit, reply, future.cancelled)
         if not self.mailbox.put_request(request):
-            if self.state is ModuleState.CLOSED:
+            if self._state is ModuleState.CLOSED:
                 raise ModuleClosedError(f"module {self.name!r} is closed")
             raise MailboxFullError(
                 f"module {self.name!r} is busy: its mailbox holds {self.mailbox.capacity} "
@@ -383,10 +465,10 @@ class WasmModule:
                 # As for messages: keep the request for the version that takes over.
                 self.mailbox.hold()
                 self.mailbox.prepend([request])
-                self._probation_failed.set()
+                self._fail_probation()
                 raise Requeued from None
             raise
-        self.counters["requests"] += 1
+        self.counters.requests += 1
         return body
 
     # -- GuestEffects: called by host functions on the module thread ------------------------
@@ -423,32 +505,17 @@ class WasmModule:
             sub.cancel()
 
     def log(self, line: str, *, stream: str) -> None:
-        now = time.monotonic()
-        if self._log_suppressed and now - self._last_log_report >= 1.0:
-            guest_log.warning(
-                "[%s] %d log line(s) suppressed: more than %d lines/s",
-                self.name,
-                self._log_suppressed,
-                LOG_LINES_PER_SECOND,
-            )
-            self._log_suppressed = 0
-            self._last_log_report = now
-        if not self._log_budget.try_take(now):
-            self._log_suppressed += 1
-            self._log_suppressed_total += 1
-            return
-        level = logging.WARNING if stream == "stderr" else logging.INFO
-        guest_log.log(level, "[%s] %s", self.name, line)
+        self._guest_log.write(line, stream=stream)
 
     def refuse(self, call: str, reason: str) -> None:
-        self.counters["refused"] += 1
+        self.counters.refused += 1
         self._warn_refused("module %r: %s refused: %s", self.name, call, reason)
 
     def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
         try:
             name = check(raw.decode("utf-8"))
         except (UnicodeDecodeError, TopicError) as exc:
-            self.counters["invalid_topics"] += 1
+            self.counters.invalid_topics += 1
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
             self._warn_topic(
                 "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
@@ -468,10 +535,10 @@ class WasmModule:
 
     def _perform(self, kind: str, topic: str, payload: bytes) -> None:
         if kind == "publish":
-            self.counters["published"] += 1
+            self.counters.published += 1
             self._bus.publish_checked(topic, payload)  # checked in `publish`
         else:
-            self.counters["broadcast"] += 1
+            self.counters.broadcast += 1
             self._broadcast(topic, payload)
 
     # -- status --------------------------------------------------------------------------------
@@ -492,7 +559,7 @@ class WasmModule:
         rule = self.file.rule if self.file is not None else None
         return {
             "name": self.name,
-            "state": self.state.value,
+            "state": self._state.value,
             "role": "module" if rule is None else "middleware",
             "rule": None if rule is None else rule.text,
             "http": c.interface.http,
@@ -512,8 +579,8 @@ class WasmModule:
                 "accepted": self.mailbox.accepted,
                 "dropped": self.mailbox.dropped,
             },
-            "counters": dict(self.counters),
-            "log_lines_suppressed": self._log_suppressed_total,
+            "counters": self.counters.as_dict(),
+            "log_lines_suppressed": self._guest_log.suppressed_total,
             "limits": {
                 "memory_limit": self.limits.memory_limit,
                 "call_timeout": self.limits.call_timeout,

@@ -1,7 +1,7 @@
 """HTTP routes to modules: ``/m/<name>[/<rest>]``, any method, through middlewares.
 
 A request runs through the middlewares whose rule names the route, in order
-(`ModuleHost.middlewares`), then through the target module. The first module
+(`RegistryView.middlewares`), then through the target module. The first module
 that answers ends the chain; a full-mode middleware may instead pass the
 request on with headers added. Each call goes through the module's mailbox,
 like a bus message, so it is ordered with the module's messages and moves with
@@ -27,6 +27,7 @@ from tinywasm_wasi.exceptions import (
     MailboxFullError,
     ModuleClosedError,
     TinywasmError,
+    TrapCode,
 )
 from tinywasm_wasi.policy.http_abi import (
     HttpMode,
@@ -42,7 +43,7 @@ from tinywasm_wasi.policy.http_abi import (
 )
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.runtime.module import WasmModule
-from tinywasm_wasi.supervisor.host import ModuleHost
+from tinywasm_wasi.supervisor.registry import RegistryView
 
 __all__ = ["RESPONSE_OVERHEAD", "Dispatcher", "Failed", "add_dispatch_routes", "failure_status"]
 
@@ -70,11 +71,11 @@ class Failed(Exception):
 def failure_status(module: str, exc: TinywasmError, call_timeout: float) -> Failed:
     """The answer for a module call that failed with `exc`."""
     if isinstance(exc, GuestTrap):
-        if exc.code == "INTERRUPT":
+        if exc.code is TrapCode.INTERRUPT:
             return Failed(
                 504, f"module {module!r} did not answer within {call_timeout * 1000:.0f} ms"
             )
-        if exc.code in (None, "host fault"):  # the host's own one-line message
+        if exc.code in (None, TrapCode.HOST_FAULT):  # the host's own one-line message
             return Failed(500, str(exc))
         return Failed(500, f"module {module!r} trapped in {exc.call}() [{exc.code}]")
     if isinstance(exc, MailboxFullError):
@@ -87,10 +88,10 @@ def failure_status(module: str, exc: TinywasmError, call_timeout: float) -> Fail
 
 
 class Dispatcher:
-    """The aiohttp handler for ``/m/...``; reads the live modules from `host` per request."""
+    """The aiohttp handler for ``/m/...``; reads the live modules from `registry` per request."""
 
-    def __init__(self, host: ModuleHost, config: Config) -> None:
-        self._host = host
+    def __init__(self, registry: RegistryView, config: Config) -> None:
+        self._host = registry
         self._max_body = config.http_max_body
         self._warn: dict[str, LogLimiter] = {}  # per module: one line a second at most
 
@@ -253,8 +254,8 @@ def _swapped(
     return _mode(current) is not mode
 
 
-def add_dispatch_routes(app: web.Application, host: ModuleHost, config: Config) -> None:
-    """Route ``/m/{name}`` and ``/m/{name}/{rest}``, any method, to the modules of `host`."""
-    dispatcher = Dispatcher(host, config)
+def add_dispatch_routes(app: web.Application, registry: RegistryView, config: Config) -> None:
+    """Route ``/m/{name}`` and ``/m/{name}/{rest}``, any method, to the modules of `registry`."""
+    dispatcher = Dispatcher(registry, config)
     app.router.add_route("*", "/m/{name}", dispatcher.handle)
     app.router.add_route("*", "/m/{name}/{rest:.*}", dispatcher.handle)

@@ -7,6 +7,7 @@ an `AdminGuard` (tinywasm_wasi/admin.py): a token, or loopback clients only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
+from tinywasm_wasi.web.hub import HubStats
 
 __all__ = ["add_module_routes", "add_static_routes"]
 
@@ -39,14 +41,14 @@ def _public(handler: Handler) -> Handler:
 def add_module_routes(
     app: web.Application,
     host: ModuleHost,
-    clients: Callable[[], int],
+    hub_stats: Callable[[], HubStats],
     *,
     admin: AdminGuard | None = None,
     status_private: bool = False,
 ) -> None:
     """`/healthz`, `/api/modules` and each module's history, reload and rollback.
 
-    `clients()` returns the WebSocket client count. `admin` guards reload and
+    `hub_stats()` returns the WebSocket hub's counters. `admin` guards reload and
     rollback; the default serves them to loopback clients only. With
     `status_private`, it guards the module status and history too (`/healthz`
     stays public, for load balancers).
@@ -59,7 +61,7 @@ def add_module_routes(
             {
                 "status": "ok",
                 "modules": len(host.live()),
-                "clients": clients(),
+                "clients": hub_stats().clients,
             }
         )
 
@@ -69,13 +71,14 @@ def add_module_routes(
             {
                 "modules": [m.snapshot() for m in host.modules.values()]
                 + [q.to_json() for q in host.quarantined.values()],
-                "refused": host.refused,
+                "refused": dict(host.refused),
                 "bus": {
                     "published": stats.published,
                     "delivered": stats.delivered,
                     "dropped": stats.dropped,
                     "subscriptions": stats.subscriptions,
                 },
+                "hub": asdict(hub_stats()),
             }
         )
 

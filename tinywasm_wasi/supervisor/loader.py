@@ -1,0 +1,159 @@
+"""The modules folder: which files are modules, their names and rules, their limits, their bytes.
+
+Everything that looks at the folder is here: file names (`[NN-]name@[rule].wasm`),
+`rule.txt` beside them, `limits.toml` (re-read only when it changes), and
+reading a file without reading more than the size cap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinywasm_wasi.policy.limits import LIMITS_FILE, Limits, LimitsError, load_overrides
+from tinywasm_wasi.policy.rules import (
+    ModuleFileName,
+    RuleError,
+    group_by_module,
+    load_rule_txt,
+    parse_file_name,
+)
+
+__all__ = ["DEFAULT_MAX_MODULE_SIZE", "FolderScan", "ModuleLoader", "Source", "is_module_file"]
+
+log = logging.getLogger("tinywasm.host")
+
+DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
+
+# Where a swap's new bytes come from: a callable, so a follow-up re-reads the file.
+Source = Callable[[], bytes | None]
+
+
+def is_module_file(path: Path) -> bool:
+    """True for `name.wasm`; False for hidden and temporary files editors and compilers leave."""
+    name = path.name
+    return (
+        name.endswith(".wasm")
+        and not name.startswith(".")
+        and "_temp_" not in name
+        and not name.endswith((".tmp.wasm", "~.wasm"))
+        and len(name) > len(".wasm")
+    )
+
+
+def read_file(path: Path, max_size: int = DEFAULT_MAX_MODULE_SIZE) -> Source:
+    """A source that reads `path` when called; None when the file is gone.
+
+    Reads at most one byte past `max_size`, so an oversized file is refused
+    without being read whole.
+    """
+
+    def read() -> bytes | None:
+        try:
+            with path.open("rb") as f:
+                return f.read(max_size + 1)
+        except FileNotFoundError:
+            return None
+
+    return read
+
+
+@dataclass(frozen=True, slots=True)
+class FolderScan:
+    """The module files of a folder at start-up, one per name, and the files refused."""
+
+    files: list[Path]
+    refused: dict[str, str]  # file name -> reason
+
+
+class ModuleLoader:
+    """Reads the modules folder for the supervisor; holds the parsed `limits.toml`."""
+
+    def __init__(self, limits: Limits, *, max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> None:
+        self.limits = limits
+        self.max_module_size = max_module_size
+        self.directory: Path | None = None
+        self._overrides: dict[str, Limits] = {}  # from limits.toml, per module name
+        self._limits_stamp: tuple[int, int, int] | None = None  # the file when last read
+
+    def scan(self, directory: Path) -> FolderScan:
+        """The module files in `directory`, sorted by name; conflicts and bad names refused."""
+        self.directory = directory
+        names = [p.name for p in directory.iterdir() if is_module_file(p)]
+        refused: dict[str, str] = {}
+        for file_name in names:
+            try:
+                parse_file_name(file_name)
+            except RuleError as exc:
+                refused[file_name] = str(exc)
+        files = []
+        for name, group in group_by_module(names).items():
+            first, *others = group
+            files.append(directory / first.file)
+            for other in others:
+                refused[other.file] = (
+                    f"module {name!r} already loads from {first.file}; remove one of them"
+                )
+        files.sort()
+        return FolderScan(files, dict(sorted(refused.items())))
+
+    def find_file(self, name: str) -> ModuleFileName | None:
+        """The file module `name` loads from now: ``name.wasm`` or ``[NN-]name@[rule].wasm``.
+
+        Looked up in the folder each time, so a rename (a middleware's new rule)
+        is seen by the next load or swap. With several candidates the first by
+        file name wins (the others are refused at startup with the reason).
+        """
+        if self.directory is None:
+            return None
+        try:
+            files = [p.name for p in self.directory.iterdir() if is_module_file(p)]
+        except OSError:
+            return None
+        found = group_by_module(files).get(name)
+        return found[0] if found else None
+
+    def with_rule_txt(self, parsed: ModuleFileName) -> ModuleFileName:
+        """The reference layout: a `rule.txt` gives a module without `@[rule]` its rule.
+
+        Raises:
+            RuleError: the rule.txt holds an invalid rule.
+        """
+        if parsed.rule is not None or self.directory is None:
+            return parsed
+        found = load_rule_txt(self.directory, parsed.name)
+        if found is None:
+            return parsed
+        return ModuleFileName(parsed.file, parsed.name, found[0], parsed.order)
+
+    def path_of(self, file: ModuleFileName | None) -> Path | None:
+        return None if file is None or self.directory is None else self.directory / file.file
+
+    def reader(self, path: Path | None) -> Source:
+        """A source for `path` (None: a source that says the file is gone)."""
+        return (lambda: None) if path is None else read_file(path, self.max_module_size)
+
+    def limits_for(self, name: str) -> Limits:
+        """The limits for module `name`: the defaults, overridden by limits.toml if it says so.
+
+        The file is looked at at every load, so an edit applies to the next load or
+        swap; it is parsed again only when it changed (a folder of hundreds of modules
+        starts with one parse). A broken file is logged and ignored (the defaults apply).
+        """
+        if self.directory is None:
+            return self.limits
+        try:
+            info = (self.directory / LIMITS_FILE).stat()
+            stamp: tuple[int, int, int] | None = (info.st_mtime_ns, info.st_size, info.st_ino)
+        except OSError:
+            stamp = None
+        if stamp != self._limits_stamp:
+            self._limits_stamp = stamp
+            try:
+                self._overrides = load_overrides(self.directory, self.limits)
+            except LimitsError as exc:
+                log.error("ignoring the limits file: %s", exc)
+                self._overrides = {}
+        return self._overrides.get(name, self.limits)

@@ -1,0 +1,478 @@
+"""Carries out what `policy/swap.py` decides: stage, cut over, drain, hand over, open, roll back.
+
+One `SwapMachine` per module name decides; `Swapper.run` performs each action
+it returns and feeds the result back as the next event, until the machine
+rests. The first caller for a name runs the operation and any follow-up
+coalesced into it; other callers meanwhile get None at once.
+
+A swap replaces a running version without losing or duplicating a message:
+
+1. stage: compile, validate, instantiate and `init()` the new version; its
+   subscriptions are recorded and its effects held. Failure: the old version
+   keeps serving and the attempt is recorded as refused.
+2. cut over: one `Bus.swap` moves the subscriptions from old to new; from then
+   every message goes to the new version's mailbox, which is held closed.
+3. drain the old version: its queued messages, then its `drain()` export, up
+   to the drain timeout (then its leftover messages move to the new version).
+4. hand over state: old `save_state()` bytes -> new `restore_state()`.
+5. open the new mailbox on probation; close the old version once the new one
+   has survived the probation window. A trap in `restore_state` or during
+   probation rolls back: the old version takes its subscriptions back, and the
+   new version's queued messages (the failed one first) move to the old one.
+
+HTTP requests travel through mailboxes with the messages, so the same steps
+answer each request exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus import Bus
+from tinywasm_wasi.config import Config
+from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
+from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
+from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
+from tinywasm_wasi.policy.rules import ModuleFileName, RuleError
+from tinywasm_wasi.policy.swap import (
+    Action,
+    Event,
+    Request,
+    RequestKind,
+    Resting,
+    Step,
+    SwapMachine,
+)
+from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
+from tinywasm_wasi.runtime.module import Broadcast, WasmModule
+from tinywasm_wasi.supervisor.loader import ModuleLoader, Source
+from tinywasm_wasi.supervisor.registry import Registry
+from tinywasm_wasi.supervisor.timers import RetryTimers
+
+__all__ = ["SwapSettings", "Swapper"]
+
+log = logging.getLogger("tinywasm.host")
+
+# The actions that begin an operation: each starts a new attempt.
+STARTS = frozenset({Action.READ, Action.QUARANTINE, Action.START_RETRY})
+
+
+@dataclass(slots=True, kw_only=True)
+class SwapSettings:
+    """Shared by the host and its swapper; a change applies to the next operation."""
+
+    mailbox_size: int
+    mailbox_bytes: int = Config.mailbox_bytes
+    drain_timeout: float = Config.drain_timeout
+    probation: float = Config.swap_probation
+    quarantine: tuple[int, float] = (Config.quarantine_traps, Config.quarantine_window)
+    quarantine_backoff: float = Config.quarantine_backoff
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one operation on a name has gathered so far, for its actions and its record."""
+
+    name: str
+    request: Request
+    begun: float = field(default_factory=time.perf_counter)
+    at: float = field(default_factory=time.time)
+    old: WasmModule | None = None
+    new: WasmModule | None = None
+    file: ModuleFileName | None = None
+    data: bytes | None = None  # the new bytes (kept in the history when they go live)
+    sha: str = "-"
+    compiled: CompiledModule | None = None  # the version acted on when no bytes were read
+    error: str | None = None
+    held: int = 0
+    opened: float | None = None  # perf_counter when the new version opened
+    backoff: float = 0.0
+
+
+class Swapper:
+    """Runs loads, swaps, unloads, quarantines and retries, one operation per name at a time."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        bus: Bus,
+        broadcast: Broadcast,
+        loader: ModuleLoader,
+        registry: Registry,
+        settings: SwapSettings,
+        on_faulty: Callable[[WasmModule], None],
+        retry: Callable[[str], None],
+    ) -> None:
+        self._runtime = runtime
+        self._bus = bus
+        self._broadcast = broadcast
+        self._loader = loader
+        self._registry = registry
+        self.settings = settings
+        self._on_faulty = on_faulty
+        self.timers = RetryTimers(retry)
+        self._machines: dict[str, SwapMachine] = {}
+
+    # -- starting a version ------------------------------------------------------------------
+
+    async def stage(self, name: str, data: bytes, path: Path | None) -> WasmModule:
+        """Compile, instantiate and start a version; subscriptions recorded, effects held."""
+        if len(data) > self._loader.max_module_size:
+            raise ModuleLoadError(
+                f"the file is over the {self._loader.max_module_size} byte limit for modules "
+                "(raise --max-module-size / TINYWASM_MAX_MODULE_SIZE)"
+            )
+        compiled = await asyncio.to_thread(self._runtime.compile_module, name, data, path)
+        return await self.start_compiled(compiled)
+
+    async def start_compiled(self, compiled: CompiledModule) -> WasmModule:
+        s = self.settings
+        module = WasmModule(
+            compiled,
+            self._runtime,
+            self._bus,
+            self._broadcast,
+            mailbox_size=s.mailbox_size,
+            mailbox_bytes=s.mailbox_bytes,
+            limits=self._loader.limits_for(compiled.name),
+            quarantine=s.quarantine,
+            on_faulty=self._on_faulty,
+        )
+        await module.start()
+        interface = compiled.interface
+        if module.subscriptions and (interface.handler is None or interface.allocator is None):
+            missing = "on_message or on_topic_message" if interface.handler is None else "malloc"
+            await module.close()
+            raise ModuleLoadError(
+                f"it subscribes to {', '.join(module.subscriptions)} but does not export "
+                f"{missing}, so it could not receive anything"
+            )
+        return module
+
+    # -- running operations --------------------------------------------------------------------
+
+    def busy(self, name: str) -> bool:
+        machine = self._machines.get(name)
+        return machine is not None and machine.busy
+
+    def _machine(self, name: str) -> SwapMachine:
+        machine = self._machines.get(name)
+        if machine is None:
+            machine = self._machines[name] = SwapMachine(name, resting=self._resting(name))
+        return machine
+
+    def _resting(self, name: str) -> Resting:
+        view = self._registry.view
+        if name in view.modules:
+            return Resting.LIVE
+        return Resting.QUARANTINED if name in view.quarantined else Resting.ABSENT
+
+    async def run(self, name: str, request: Request) -> VersionRecord | None:
+        """Ask for `request` on `name`; run it (and what is coalesced into it) if none runs.
+
+        Returns the record of the last attempt this call ran, or None when it was
+        coalesced into a running operation or changed nothing.
+        """
+        machine = self._machine(name)
+        step = machine.request(request)
+        if not step.actions:
+            if machine.busy:
+                log.info(
+                    "swap %s (%s): coalesced into the swap already running",
+                    name,
+                    request.trigger.value,
+                )
+            return None
+        attempt = Attempt(name, request)
+        last: VersionRecord | None = None
+        while step.actions:
+            event: Event | None = None
+            for action in step.actions:
+                if action in STARTS:
+                    assert step.request is not None
+                    attempt = Attempt(name, step.request)
+                try:
+                    event = await self._do(action, attempt, step)
+                except Exception:
+                    log.exception("swap %s failed unexpectedly in %s", name, action.value)
+                    event = None
+                    step = machine.reset(self._resting(name))
+                    break
+                if action is Action.RECORD:
+                    last = self._last_record(name)
+            else:
+                if event is None:
+                    break
+                step = machine.handle(event)
+        return last
+
+    def _last_record(self, name: str) -> VersionRecord | None:
+        history = self._registry.view.histories.get(name)
+        return history.records[-1] if history and history.records else None
+
+    async def _do(self, action: Action, a: Attempt, step: Step) -> Event | None:
+        """Perform one action; an action that ends a step returns the next event."""
+        match action:
+            case Action.READ:
+                return await self._read(a)
+            case Action.STAGE:
+                return await self._stage(a)
+            case Action.ACTIVATE:
+                assert a.new is not None
+                a.new.activate()
+                self._registry.put(a.new)
+                a.new.release()
+            case Action.CUT_OVER:
+                assert a.new is not None and a.old is not None
+                a.new.hold()
+                a.new.take_over(a.old)
+                self._registry.put(a.new)
+            case Action.DRAIN_OLD:
+                assert a.old is not None
+                idle = await a.old.drain(self.settings.drain_timeout)
+                return Event.DRAINED if idle else Event.DRAIN_TIMED_OUT
+            case Action.MOVE_QUEUED:
+                assert a.old is not None and a.new is not None
+                moved = a.old.hand_queue_to(a.new)
+                log.warning(
+                    "swap %s: old version still busy after the %.1f s drain timeout; "
+                    "%d queued message(s) moved to the new version",
+                    a.name,
+                    self.settings.drain_timeout,
+                    moved,
+                )
+            case Action.HAND_OVER_STATE:
+                return await self._hand_over(a)
+            case Action.OPEN:
+                assert a.new is not None
+                a.held = a.new.queued
+                a.new.release()  # its effects held since start happen now, in order
+                a.opened = time.perf_counter()
+                failure = await a.new.probation(self.settings.probation)
+                if failure is None:
+                    return Event.PROBATION_PASSED
+                a.error = failure
+                return Event.PROBATION_FAILED
+            case Action.CLOSE_OLD:
+                assert a.old is not None
+                await a.old.close()
+            case Action.ROLL_BACK:
+                assert a.old is not None and a.new is not None
+                if a.opened is None:
+                    a.opened = time.perf_counter()
+                self._registry.put(a.old)
+                await a.old.take_back(a.new)
+                return Event.ROLLED_BACK
+            case Action.UNLOAD:
+                return await self._unload(a)
+            case Action.QUARANTINE:
+                return await self._quarantine(a)
+            case Action.SCHEDULE_RETRY:
+                self.timers.schedule(a.name, a.backoff)
+            case Action.CANCEL_RETRY:
+                self.timers.cancel(a.name)
+            case Action.END_QUARANTINE:
+                self._registry.end_quarantine(a.name, remember=a.request.kind is RequestKind.RETRY)
+            case Action.START_RETRY:
+                return await self._start_retry(a)
+            case Action.RECORD:
+                assert step.outcome is not None
+                self._record(a, step.outcome)
+        return None
+
+    # -- the actions that take time ------------------------------------------------------------
+
+    async def _read(self, a: Attempt) -> Event:
+        a.old = old = self._registry.view.modules.get(a.name)
+        a.file = file = old.file if old is not None else None
+        source: Source | None = a.request.source  # type: ignore[assignment]
+        if source is None:  # the module's file, as the folder has it now
+            try:
+                found = await asyncio.to_thread(self._loader.find_file, a.name)
+                a.file = file = None if found is None else self._loader.with_rule_txt(found)
+            except RuleError as exc:
+                a.error, a.data = str(exc), b""
+                return Event.READ_FAILED
+            source = self._loader.reader(self._loader.path_of(file))
+        data = await asyncio.to_thread(source)
+        if data is None:
+            return Event.READ_GONE
+        a.data, a.sha = data, hashlib.sha256(data).hexdigest()
+        if old is None or old.compiled.sha256 != a.sha:
+            return Event.READ_NEW
+        if self._loader.limits_for(a.name) != old.limits:
+            log.info(
+                "module %s: its limits in limits.toml changed; swapping it to apply them", a.name
+            )
+            return Event.READ_NEW
+        if file != old.file:  # renamed: only the rule or order changed
+            log.info(
+                "module %s: now %s (rule %s)",
+                a.name,
+                file.file if file else "-",
+                file.rule if file and file.rule else "none",
+            )
+            old.file = file
+        else:
+            log.debug(
+                "swap %s (%s): same bytes as the running version, nothing to do",
+                a.name,
+                a.request.trigger.value,
+            )
+        return Event.READ_SAME
+
+    async def _stage(self, a: Attempt) -> Event:
+        assert a.data is not None
+        try:
+            a.new = await self.stage(a.name, a.data, self._loader.path_of(a.file))
+        except TinywasmError as exc:
+            a.error = str(exc)
+            return Event.STAGE_FAILED
+        a.new.file = a.file
+        self._registry.accept(a.name)
+        return Event.STAGED
+
+    async def _hand_over(self, a: Attempt) -> Event:
+        old, new = a.old, a.new
+        assert old is not None and new is not None
+        try:
+            state = await old.call(old.save_state)
+            if state is not None and await new.call(lambda: new.restore_state(state), first=True):
+                log.info("swap %s: handed over %d bytes of state", a.name, len(state))
+        except GuestTrap as exc:
+            if exc.call != "save_state":
+                a.error = str(exc)
+                return Event.RESTORE_TRAPPED
+            log.warning("swap %s: state not handed over: %s", a.name, exc)
+        return Event.HANDED_OVER
+
+    async def _unload(self, a: Attempt) -> Event:
+        module = self._registry.pop(a.name)
+        a.compiled = module.compiled
+        idle = await module.drain(self.settings.drain_timeout)
+        await module.close()
+        a.error = None if idle else "drain timed out"
+        return Event.UNLOADED
+
+    async def _quarantine(self, a: Attempt) -> Event:
+        module = self._registry.view.modules.get(a.name)
+        if module is None or not module.faulty:
+            return Event.NOT_FAULTY  # swapped or unloaded meanwhile
+        now = time.time()
+        self._registry.pop(a.name)
+        a.compiled = module.compiled
+        snapshot = module.snapshot()
+        dropped = module.fail_pending(
+            ModuleClosedError(f"module {a.name!r} is quarantined: it kept trapping")
+        )
+        await module.close(timeout=1.0)
+        previous = self._registry.previous_quarantine(a.name)
+        a.backoff = next_backoff(previous, self.settings.quarantine_backoff, now)
+        self._registry.quarantine(
+            a.name,
+            Quarantine(
+                compiled=module.compiled,
+                error=module.last_error,
+                since=now,
+                backoff=a.backoff,
+                retry_at=now + a.backoff,
+                retries=previous.retries if previous else 0,
+                snapshot=snapshot,
+            ),
+        )
+        traps, window = self.settings.quarantine
+        a.error = f"{traps} traps within {window:g} s; last: {module.last_error}"
+        log.error(
+            "module %s quarantined after %s; %d queued message(s) dropped; "
+            "retrying in %g s (or when its file changes)",
+            a.name,
+            a.error,
+            dropped,
+            a.backoff,
+        )
+        return Event.QUARANTINED
+
+    async def _start_retry(self, a: Attempt) -> Event:
+        entry = self._registry.view.quarantined[a.name]
+        entry.retries += 1
+        entry.retry_at = time.time()
+        a.compiled = entry.compiled
+        try:
+            a.new = await self.start_compiled(entry.compiled)
+        except TinywasmError as exc:
+            a.backoff = next_backoff(entry, self.settings.quarantine_backoff, time.time())
+            entry.error, entry.backoff = str(exc), a.backoff
+            entry.retry_at = time.time() + a.backoff
+            a.error = str(exc)
+            log.error("module %s: retry failed (%s); next retry in %g s", a.name, exc, a.backoff)
+            return Event.RETRY_FAILED
+        log.info("module %s: back in service after quarantine (retry %d)", a.name, entry.retries)
+        return Event.RETRY_STARTED
+
+    # -- history -------------------------------------------------------------------------------
+
+    def _record(self, a: Attempt, outcome: Outcome) -> None:
+        """Record the attempt; its duration runs until the new version opened (or now)."""
+        end = a.opened if a.opened is not None else time.perf_counter()
+        kept = a.data if a.compiled is None else None
+        if kept is not None:
+            sha, size = (a.sha if a.sha != "-" else hashlib.sha256(kept).hexdigest()), len(kept)
+        else:
+            assert a.compiled is not None
+            sha, size = a.compiled.sha256, a.compiled.size
+        record = VersionRecord(
+            sha256=sha,
+            size=size,
+            at=a.at,
+            trigger=a.request.trigger,
+            outcome=outcome,
+            duration_ms=(end - a.begun) * 1000,
+            held=a.held,
+            error=a.error,
+        )
+        self._registry.record(a.name, record, kept)
+        if a.request.kind is not RequestKind.CHANGE:
+            return  # quarantine and retry log their own lines
+        if outcome is Outcome.UNLOADED:
+            log.info(
+                "unloaded module %s (%s, %.1f ms)", a.name, record.trigger.value, record.duration_ms
+            )
+            return
+        if outcome in (Outcome.REFUSED, Outcome.ROLLED_BACK):
+            self._registry.refuse(a.name, a.error or outcome.value)
+        before = a.old.compiled.sha256[:8] if a.old is not None else "none"
+        line = "swap %s %s -> %s (%s): %s in %.1f ms, %d held"
+        args = (
+            a.name,
+            before,
+            sha[:8] if a.data else "-",
+            record.trigger.value,
+            outcome.value,
+            record.duration_ms,
+            record.held,
+        )
+        if record.error:
+            log.warning(line + ": %s", *args, record.error)
+        else:
+            log.info(line, *args)
+
+    def record_startup(
+        self, name: str, data: bytes, outcome: Outcome, begun: float, at: float, error: str | None
+    ) -> None:
+        """Record a load made by the start-up passes (not through a machine)."""
+        record = VersionRecord(
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            at=at,
+            trigger=Trigger.STARTUP,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            error=error,
+        )
+        self._registry.record(name, record, data)
