@@ -21,7 +21,17 @@ from bench.common import add_common_flags
 
 BENCH = Path(__file__).resolve().parent
 # In the order they run: the cheap, module-only ones first, the long fan-out last but one.
-SCENARIOS = ("bus_hop", "fastcall", "relay", "http", "swap", "scale", "fanout", "fanout_max")
+SCENARIOS = (
+    "bus_hop",
+    "fastcall",
+    "cache",
+    "relay",
+    "http",
+    "swap",
+    "scale",
+    "fanout",
+    "fanout_max",
+)
 # Scenario → (script, flags it always gets here): the full HTTP picture includes the
 # middleware chain, and fan-out is measured paced and flat out.
 SCRIPTS = {

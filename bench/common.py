@@ -61,6 +61,9 @@ magnitude: rerun before comparing two versions.
   wasmtime's public API).
 - `python -m bench.fastcall`: the cost of one guest call and one host callback, on
   the fast path against wasmtime's public API.
+- `python -m bench.cache`: our compiled-module cache against wasmtime's
+  `Config.cache`: load time cold and warm (the demo modules and a generated 2 MB
+  one), entry size, and what a damaged entry does in each.
 - `python -m bench.relay`: browser → `/ws` → the demo `chat` module → `ws_broadcast`
   → browser; messages/s flat out and latency at a fixed 1,000 messages/s.
 - `python -m bench.fanout`: one module's `ws_broadcast` fanned out to 100 and 1,000

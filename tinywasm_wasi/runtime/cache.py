@@ -33,6 +33,10 @@ Nothing here fails a load: an unusable folder (missing and not creatable, not
 writable, unsafe) or a failed write logs one warning and turns the cache off
 for this process. Writes go to a private temp file renamed into place, so
 readers and concurrent writers only ever see whole entries.
+
+Why not wasmtime's own `Config.cache`: its entries carry no checksum, and a
+damaged one can run damaged code or kill the process (measured in
+ARCHITECTURE.md, "Start-up", with `python -m bench.cache`).
 """
 
 from __future__ import annotations
