@@ -28,7 +28,7 @@ from tests.hostile import FD_WRITE, HEALTHY, ON_MESSAGE, REFUSED
 from tests.wat import IMPORTS, binary, guest
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.exceptions import GuestTrap, ModuleLoadError
-from tinywasm_wasi.policy.history import Outcome
+from tinywasm_wasi.policy.history import Outcome, Trigger
 from tinywasm_wasi.policy.limits import MAX_LOG_LINE, Limits
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.runtime.guest import Guest
@@ -158,12 +158,12 @@ async def test_staging_any_bytes_loads_or_refuses_and_the_healthy_module_keeps_a
     host: tuple[ModuleHost, Broadcasts], data: bytes
 ) -> None:
     modules, broadcasts = host
-    record = await modules.swap("fuzzed", "fuzz", lambda: data)
+    record = await modules.swap("fuzzed", Trigger.API, lambda: data)
     assert record is not None
     event(record.outcome.value if record.error is None else f"refused: {record.error[:24]}")
     if record.outcome is Outcome.LOADED:
         assert "fuzzed" in modules.modules
-        unload = await modules.swap("fuzzed", "fuzz", lambda: None)
+        unload = await modules.swap("fuzzed", Trigger.API, lambda: None)
         assert unload is not None and unload.outcome is Outcome.UNLOADED
     else:
         assert record.outcome is Outcome.REFUSED
@@ -482,8 +482,8 @@ async def test_a_module_never_sees_another_modules_writes_or_traps(
 ) -> None:
     modules, broadcasts = host
     for name, data in SIDES.items():  # fresh instances for each example
-        await modules.swap(name, "fuzz", lambda: None)
-        record = await modules.swap(name, "fuzz", lambda data=data: data)
+        await modules.swap(name, Trigger.API, lambda: None)
+        record = await modules.swap(name, Trigger.API, lambda data=data: data)
         assert record is not None and record.outcome is Outcome.LOADED
     broadcasts.items.clear()
     stored: dict[str, dict[int, int]] = {"left": {}, "right": {}}

@@ -17,14 +17,14 @@ DRAIN_TIMEOUT = 1.0
 # Generous: the bug this guards against made stop take 7 s (1 module) to 10 s (24 modules).
 STOP_BOUND = DRAIN_TIMEOUT + 2.5
 
-# Each delivery spins for a few milliseconds, so 400 queued messages are seconds of work.
+# Each delivery spins for a few milliseconds, so 1000 queued messages are seconds of work.
 SLOW = guest(
     """
   (func (export "init") (call $subscribe {work} (i32.const 0)))
   (func (export "on_message") (param i32 i32) (local $i i32)
     (loop $spin
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $spin (i32.lt_u (local.get $i) (i32.const 4000000)))))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000000)))))
 """,
     {"work": "work"},
 )
@@ -45,7 +45,7 @@ async def test_stop_with_a_backlog_takes_the_drain_timeout_and_raises_nothing(
     assert len(server.host.modules) == modules
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{server.url}/ws?topic=news")
-        for i in range(400):
+        for i in range(1000):
             server.bus.publish("work", str(i).encode())
         slow = server.host.modules["slow0"]
         assert slow.queued > 100, "the backlog is there before stop"
