@@ -11,12 +11,12 @@ from tinywasm_wasi.policy.limits import (
     LIMITS_FILE,
     Limits,
     LimitsError,
-    load_overrides,
     parse_overrides,
 )
 from tinywasm_wasi.policy.limits import parse_size as size
 from tinywasm_wasi.policy.quarantine import MAX_BACKOFF, Quarantine, next_backoff
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
+from tinywasm_wasi.supervisor.loader import load_overrides
 
 DEFAULTS = Limits()
 KiB, MiB, GiB = 1024, 1024**2, 1024**3

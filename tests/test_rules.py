@@ -10,11 +10,11 @@ from tinywasm_wasi.policy.rules import (
     Rule,
     RuleError,
     group_by_module,
-    load_rule_txt,
     parse_file_name,
     parse_rule,
     rule_txt_paths,
 )
+from tinywasm_wasi.supervisor.loader import load_rule_txt
 
 ROUTES = ("users", "auth", "admin", "echo")
 

@@ -17,7 +17,6 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 from tinywasm_wasi.exceptions import TinywasmError
 
@@ -25,7 +24,6 @@ __all__ = [
     "LIMITS_FILE",
     "Limits",
     "LimitsError",
-    "load_overrides",
     "parse_overrides",
     "parse_size",
 ]
@@ -119,14 +117,3 @@ def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
         except LimitsError as exc:
             raise LimitsError(f"{LIMITS_FILE}: [{name}]: {exc}") from None
     return result
-
-
-def load_overrides(directory: Path, defaults: Limits) -> dict[str, Limits]:
-    """Read `limits.toml` from `directory`; no file means no overrides."""
-    try:
-        text = (directory / LIMITS_FILE).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LimitsError(f"cannot read {directory / LIMITS_FILE}: {exc}") from None
-    return parse_overrides(text, defaults)

@@ -24,7 +24,7 @@ name (``10-foo.wasm`` is the module ``10-foo``). Middlewares run in
 without, each group by name.
 
 The reference server's layout, ``rule.txt`` in the module's source folder, is
-read by `load_rule_txt` (the only function here that touches the disk).
+read by `supervisor/loader.py`'s `load_rule_txt`; nothing here touches the disk.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ __all__ = [
     "Rule",
     "RuleError",
     "group_by_module",
-    "load_rule_txt",
     "parse_file_name",
     "parse_rule",
     "rule_txt_paths",
@@ -191,26 +190,3 @@ def rule_txt_paths(modules_dir: Path, name: str) -> tuple[Path, Path]:
        (the reference reads ``modules/<name>/rule.txt`` beside its output folder).
     """
     return modules_dir / name / RULE_TXT, modules_dir.parent / name / RULE_TXT
-
-
-def load_rule_txt(modules_dir: Path, name: str) -> tuple[Rule, Path] | None:
-    """Read the first ``rule.txt`` of `rule_txt_paths`; None when there is none.
-
-    An empty (or white-space only) ``rule.txt`` means ``*``, as in the reference.
-    It is read when the module loads or swaps: edit it, then reload the module.
-
-    Raises:
-        RuleError: the file holds an invalid rule (the message names the file).
-    """
-    for path in rule_txt_paths(modules_dir, name):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RuleError(f"cannot read {path}: {exc}") from None
-        try:
-            return parse_rule(text if text.strip() else "*"), path
-        except RuleError as exc:
-            raise RuleError(f"{path}: {exc}") from None
-    return None

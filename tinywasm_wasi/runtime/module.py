@@ -18,10 +18,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
+from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError, TrapCode
 from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
@@ -30,36 +29,14 @@ from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.policy.rules import ModuleFileName, Rule
 from tinywasm_wasi.policy.traps import TrapWindow
 from tinywasm_wasi.runtime.bridge import Answers
+from tinywasm_wasi.runtime.effects import Broadcast, ModuleCounters, ModuleEffects
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.guest import Guest
-from tinywasm_wasi.runtime.guest_log import GuestLog
 from tinywasm_wasi.runtime.mailbox import Mailbox, Pending, Request, Requeued
 
-__all__ = ["ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
+__all__ = ["Broadcast", "ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
 
 log = logging.getLogger("tinywasm.module")
-
-Broadcast = Callable[[str, bytes], None]
-
-KNOWN_TOPICS = 1024  # validated topics remembered per module (beyond it, checked each time)
-
-
-@dataclass(slots=True)
-class ModuleCounters:
-    """What one module version did, counted on its thread; read for /api/modules."""
-
-    delivered: int = 0
-    failed: int = 0
-    published: int = 0
-    broadcast: int = 0
-    invalid_topics: int = 0
-    refused: int = 0
-    requests: int = 0
-    traps: int = 0
-    interrupted: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class WasmModule:
@@ -84,29 +61,21 @@ class WasmModule:
         # The file it was loaded from, with its middleware rule (None: not from a folder).
         self.file: ModuleFileName | None = None
         self._runtime = runtime
-        self._bus = bus
-        self._broadcast = broadcast
         self._guest: Guest | None = None
-        self._lock = threading.Lock()
-        self._subs: dict[str, Subscription | None] = {}
-        self._held: list[tuple[str, str, bytes]] = []
-        self._subs_live = False
-        self._effects_live = False
         self._state = ModuleState.STARTING
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self.counters = ModuleCounters()
+        self._effects = ModuleEffects(
+            self.name, bus, broadcast, self.counters, self._on_bus_message
+        )
         self._on_probation = False
         self._probation_failed: Callable[[], None] | None = None  # wakes `probation()`
         self._warn_drop = LogLimiter(log)
-        self._warn_topic = LogLimiter(log)
-        self._warn_refused = LogLimiter(log)
-        self._guest_log = GuestLog(self.name)
         # Quarantine: `quarantine[0]` traps within `quarantine[1]` seconds call on_faulty once.
         self._traps = TrapWindow(*quarantine)
         self._on_faulty = on_faulty
         self.faulty = False
-        self._known_topics: dict[bytes, str] = {}  # concrete topics already validated
         self._answers: Answers | None = None  # settles HTTP answers on the loop, batched
         self.mailbox = Mailbox(
             self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
@@ -139,7 +108,7 @@ class WasmModule:
     def _start_guest(self) -> None:
         c = self.compiled
         self._guest = Guest(
-            self.name, self._runtime.engine, c.module, c.interface, self, self.limits
+            self.name, self._runtime.engine, c.module, c.interface, self._effects, self.limits
         )
         self._guest.start()
 
@@ -154,32 +123,21 @@ class WasmModule:
         of the two. Used to activate a new version (`other` is the old one, or
         None) and to roll back (`other` is the failed new version).
         """
-        with contextlib.ExitStack() as locks:
-            if other is not None:
-                locks.enter_context(other._lock)
-            locks.enter_context(self._lock)
-            if self.state not in (ModuleState.STARTING, ModuleState.DRAINING):
+
+        def check() -> None:
+            if self._state not in (ModuleState.STARTING, ModuleState.DRAINING):
                 raise ModuleClosedError(
-                    f"cannot make module {self.name!r} live: it is {self.state.value}"
+                    f"cannot make module {self.name!r} live: it is {self._state.value}"
                 )
-            cancel = [] if other is None else [s for s in other._subs.values() if s is not None]
-            patterns = list(self._subs)
-            subs = self._bus.swap(cancel, [(p, self._on_bus_message) for p in patterns])
-            self._subs = dict(zip(patterns, subs, strict=True))
-            self._subs_live = True
-            self._move_to(ModuleState.LIVE)
-            if other is not None:
-                other._subs = dict.fromkeys(other._subs)
-                other._subs_live = False
-                other._move_to(ModuleState.DRAINING)
+
+        self._effects.go_live(None if other is None else other._effects, check)
+        self._move_to(ModuleState.LIVE)
+        if other is not None:
+            other._move_to(ModuleState.DRAINING)
 
     def release(self) -> None:
         """Perform the publishes and broadcasts held since start, in order."""
-        with self._lock:
-            held, self._held = self._held, []
-            self._effects_live = True
-        for kind, topic, payload in held:
-            self._perform(kind, topic, payload)
+        self._effects.release()
 
     async def drain(self, timeout: float) -> bool:
         """Stop new deliveries and wait until idle (mailbox empty, `drain()` at 0).
@@ -297,17 +255,14 @@ class WasmModule:
 
     def _discard(self) -> None:
         """Throw away a module that never went live (its held effects vanish with it)."""
-        with self._lock:
-            self._held.clear()
-            self._subs.clear()
+        self._effects.forget()
         self.mailbox.release()
         self.mailbox.call(self._close_guest)
         self.mailbox.close(timeout=0)
 
     def discard_held(self) -> None:
         """Forget the effects held since start (a version that is being rolled back)."""
-        with self._lock:
-            self._held.clear()
+        self._effects.discard_held()
 
     # -- swaps: the mailbox moves between versions only through these ------------------------
 
@@ -361,11 +316,7 @@ class WasmModule:
         return await asyncio.wrap_future(self.mailbox.call(fn, first=first))
 
     def _cancel_subscriptions(self) -> None:
-        with self._lock:
-            subs = [s for s in self._subs.values() if s is not None]
-            self._subs_live = False
-        if subs:
-            self._bus.swap(subs, ())
+        self._effects.cancel_subscriptions()
 
     # -- deliveries (module thread) ---------------------------------------------------------
 
@@ -471,76 +422,6 @@ class WasmModule:
         self.counters.requests += 1
         return body
 
-    # -- GuestEffects: called by host functions on the module thread ------------------------
-
-    def publish(self, topic: bytes, payload: bytes) -> None:
-        name = self._known_topics.get(topic) or self._topic("publish", topic, validate_topic)
-        if name is not None:
-            self._effect("publish", name, payload)
-
-    def broadcast(self, topic: bytes, payload: bytes) -> None:
-        name = self._known_topics.get(topic) or self._topic("ws_broadcast", topic, validate_topic)
-        if name is not None:
-            self._effect("broadcast", name, payload)
-
-    def subscribe(self, pattern: bytes) -> None:
-        name = self._topic("subscribe", pattern, validate_pattern)
-        if name is None:
-            return
-        with self._lock:
-            if name in self._subs:
-                return
-            if self._subs_live:
-                self._subs[name] = self._bus.subscribe(name, self._on_bus_message)
-            else:
-                self._subs[name] = None
-
-    def unsubscribe(self, pattern: bytes) -> None:
-        name = self._topic("unsubscribe", pattern, validate_pattern)
-        if name is None:
-            return
-        with self._lock:
-            sub = self._subs.pop(name, None)
-        if sub is not None:
-            sub.cancel()
-
-    def log(self, line: str, *, stream: str) -> None:
-        self._guest_log.write(line, stream=stream)
-
-    def refuse(self, call: str, reason: str) -> None:
-        self.counters.refused += 1
-        self._warn_refused("module %r: %s refused: %s", self.name, call, reason)
-
-    def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
-        try:
-            name = check(raw.decode("utf-8"))
-        except (UnicodeDecodeError, TopicError) as exc:
-            self.counters.invalid_topics += 1
-            reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            self._warn_topic(
-                "module %r: %s with an invalid topic ignored: %s", self.name, call, reason
-            )
-            return None
-        if check is validate_topic and len(self._known_topics) < KNOWN_TOPICS:
-            self._known_topics[raw] = name  # a concrete topic: checked once, then looked up
-        return name
-
-    def _effect(self, kind: str, topic: str, payload: bytes) -> None:
-        if not self._effects_live:  # once live, always live: the lock is for the held list
-            with self._lock:
-                if not self._effects_live:
-                    self._held.append((kind, topic, payload))
-                    return
-        self._perform(kind, topic, payload)
-
-    def _perform(self, kind: str, topic: str, payload: bytes) -> None:
-        if kind == "publish":
-            self.counters.published += 1
-            self._bus.publish_checked(topic, payload)  # checked in `publish`
-        else:
-            self.counters.broadcast += 1
-            self._broadcast(topic, payload)
-
     # -- status --------------------------------------------------------------------------------
 
     @property
@@ -550,8 +431,7 @@ class WasmModule:
 
     @property
     def subscriptions(self) -> list[str]:
-        with self._lock:
-            return list(self._subs)
+        return self._effects.subscriptions
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready status for /api/modules."""
@@ -580,7 +460,7 @@ class WasmModule:
                 "dropped": self.mailbox.dropped,
             },
             "counters": self.counters.as_dict(),
-            "log_lines_suppressed": self._guest_log.suppressed_total,
+            "log_lines_suppressed": self._effects.guest_log.suppressed_total,
             "limits": {
                 "memory_limit": self.limits.memory_limit,
                 "call_timeout": self.limits.call_timeout,

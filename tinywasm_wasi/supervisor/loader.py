@@ -8,24 +8,39 @@ reading a file without reading more than the size cap.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinywasm_wasi.policy.limits import LIMITS_FILE, Limits, LimitsError, load_overrides
+from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.policy.limits import LIMITS_FILE, Limits, LimitsError, parse_overrides
 from tinywasm_wasi.policy.rules import (
     ModuleFileName,
+    Rule,
     RuleError,
     group_by_module,
-    load_rule_txt,
     parse_file_name,
+    parse_rule,
+    rule_txt_paths,
 )
 
-__all__ = ["DEFAULT_MAX_MODULE_SIZE", "FolderScan", "ModuleLoader", "Source", "is_module_file"]
+__all__ = [
+    "DEFAULT_MAX_MODULE_SIZE",
+    "FolderScan",
+    "ModuleLoader",
+    "Source",
+    "is_module_file",
+    "load_overrides",
+    "load_rule_txt",
+    "read_regular",
+]
 
 log = logging.getLogger("tinywasm.host")
 
 DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
+MAX_TEXT_FILE = 64 * 1024  # rule.txt and limits.toml
 
 # Where a swap's new bytes come from: a callable, so a follow-up re-reads the file.
 Source = Callable[[], bytes | None]
@@ -43,21 +58,105 @@ def is_module_file(path: Path) -> bool:
     )
 
 
+def read_regular(path: Path, max_size: int) -> bytes | None:
+    """At most `max_size` + 1 bytes of the regular file at `path`; None when it is missing.
+
+    Opened without blocking, so a FIFO or a device in the folder cannot stall the
+    server; anything that is not a regular file (after following symlinks) is refused.
+
+    Raises:
+        ModuleLoadError: not a regular file, or unreadable; the message says which.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ModuleLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ModuleLoadError(
+                f"{path.name} is not a regular file ({_kind(mode)}); "
+                "only regular files (or symlinks to them) are read"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_size + 1)
+    except OSError as exc:
+        raise ModuleLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
 def read_file(path: Path, max_size: int = DEFAULT_MAX_MODULE_SIZE) -> Source:
     """A source that reads `path` when called; None when the file is gone.
 
     Reads at most one byte past `max_size`, so an oversized file is refused
-    without being read whole.
+    without being read whole. Raises ModuleLoadError for what is not a regular file.
     """
+    return lambda: read_regular(path, max_size)
 
-    def read() -> bytes | None:
+
+def _read_text(path: Path) -> str | None:
+    data = read_regular(path, MAX_TEXT_FILE)
+    if data is None:
+        return None
+    if len(data) > MAX_TEXT_FILE:
+        raise ModuleLoadError(f"{path.name} is over {MAX_TEXT_FILE} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModuleLoadError(f"{path.name} is not UTF-8 text: {exc}") from None
+
+
+def load_overrides(directory: Path, defaults: Limits) -> dict[str, Limits]:
+    """Read `limits.toml` from `directory`; no file means no overrides.
+
+    Raises:
+        LimitsError: the file is unreadable or invalid (the message says where).
+    """
+    path = directory / LIMITS_FILE
+    try:
+        text = _read_text(path)
+    except ModuleLoadError as exc:
+        raise LimitsError(f"cannot read {path}: {exc}") from None
+    return {} if text is None else parse_overrides(text, defaults)
+
+
+def load_rule_txt(modules_dir: Path, name: str) -> tuple[Rule, Path] | None:
+    """Read the first ``rule.txt`` of `rule_txt_paths`; None when there is none.
+
+    An empty (or white-space only) ``rule.txt`` means ``*``, as in the reference.
+    It is read when the module loads or swaps: edit it, then reload the module.
+
+    Raises:
+        RuleError: the file is unreadable or holds an invalid rule (the message names it).
+    """
+    for path in rule_txt_paths(modules_dir, name):
         try:
-            with path.open("rb") as f:
-                return f.read(max_size + 1)
-        except FileNotFoundError:
-            return None
-
-    return read
+            text = _read_text(path)
+        except ModuleLoadError as exc:
+            raise RuleError(f"cannot read {path}: {exc}") from None
+        if text is None:
+            continue
+        try:
+            return parse_rule(text if text.strip() else "*"), path
+        except RuleError as exc:
+            raise RuleError(f"{path}: {exc}") from None
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,7 +300,11 @@ class Swapper:
                 a.error, a.data = str(exc), b""
                 return Event.READ_FAILED
             source = self._loader.reader(self._loader.path_of(file))
-        data = await asyncio.to_thread(source)
+        try:
+            data = await asyncio.to_thread(source)
+        except TinywasmError as exc:  # not a regular file, unreadable
+            a.error, a.data = str(exc), b""
+            return Event.READ_FAILED
         if data is None:
             return Event.READ_GONE
         a.data, a.sha = data, hashlib.sha256(data).hexdigest()
