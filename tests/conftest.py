@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,10 +12,17 @@ import pytest
 
 from bus import Bus
 from tinywasm_wasi.build import build_module
+from tinywasm_wasi.cli import fast_path
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
+from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.server import WasiServer
 from tinywasm_wasi.supervisor.host import ModuleHost
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # As the CLI does: `TINYWASM_FASTPATH=0 python -m pytest` runs every module on the public API.
+    fastcall.prefer_fast_path(fast_path(os.environ))
 
 
 class Broadcasts:

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cmd.tinywasm.cli import SERVERS, main, parse_config, select_server
-from tinywasm_wasi.config import Config
+from tinywasm_wasi.cli import (
+    SERVERS,
+    default_cache_dir,
+    fast_path,
+    main,
+    parse_config,
+    select_server,
+)
+from tinywasm_wasi.config import DEFAULT_CACHE_DIR, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,7 +205,7 @@ def _exit_message(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFi
         parse_config(argv, env)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: python -m cmd.tinywasm")
+    assert err.startswith("usage: tinywasm ")
     return err
 
 
@@ -301,6 +308,34 @@ def test_main_dispatches_build(capsys: pytest.CaptureFixture[str]) -> None:
     assert "build" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_xdg_cache_home_moves_the_default_cache_dir() -> None:
+    assert default_cache_dir({}) == DEFAULT_CACHE_DIR
+    assert default_cache_dir({"XDG_CACHE_HOME": ""}) == DEFAULT_CACHE_DIR
+    xdg = {"XDG_CACHE_HOME": "/x/cache"}
+    assert parse_config([], xdg).cache_dir == Path("/x/cache/tinywasm-wasi")
+    assert parse_config([], {**xdg, "TINYWASM_CACHE_DIR": "/c"}).cache_dir == Path("/c")
+    assert parse_config(["--cache-dir", "off"], xdg).cache_dir is None
+
+
+@pytest.mark.parametrize(
+    ("env", "fast"),
+    [({}, True), ({"TINYWASM_FASTPATH": "1"}, True), ({"TINYWASM_FASTPATH": "0"}, False)],
+)
+def test_tinywasm_fastpath_0_selects_the_public_api(env: dict[str, str], fast: bool) -> None:
+    assert fast_path(env) is fast
+
+
+def test_main_prog_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"], env={}, prog="python -m cmd.tinywasm")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m cmd.tinywasm ")
+    assert "Compile guest modules with: python -m cmd.tinywasm build" in out
+    with pytest.raises(SystemExit):
+        main(["build", "--help"], env={})
+    assert capsys.readouterr().out.startswith("usage: tinywasm build ")
+
+
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
     environ.pop("PYTHONSAFEPATH", None)  # the repository root must come first on sys.path
@@ -320,7 +355,7 @@ def test_pdb_works_when_cmd_is_this_package() -> None:
         assert cmd.Cmd.__init__.__code__.co_filename == stdlib_cmd
         assert issubclass(pdb.Pdb, cmd.Cmd)
         pdb.Pdb()
-        import cmd.tinywasm.cli
+        import cmd.tinywasm
         """
     )
     result = _run("-c", script)

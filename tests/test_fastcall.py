@@ -548,10 +548,12 @@ def test_a_host_function_can_shadow_a_wasi_one(backend: Backend) -> None:
 
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TINYWASM_FASTPATH", raising=False)
+    monkeypatch.setattr(fastcall, "_prefer_fast", True)  # restored after the test
     assert fastcall.backend(False) is fastcall.PUBLIC
     assert fastcall.backend() is (fastcall.FAST or fastcall.PUBLIC)
-    monkeypatch.setenv("TINYWASM_FASTPATH", "0")
+    monkeypatch.setenv("TINYWASM_FASTPATH", "0")  # only the CLI reads it
+    assert fastcall.backend() is (fastcall.FAST or fastcall.PUBLIC)
+    fastcall.prefer_fast_path(False)
     assert fastcall.backend() is fastcall.PUBLIC
     if fastcall.FAST is None:
         with pytest.raises(RuntimeError, match="unchecked C API"):

@@ -3,7 +3,7 @@
 `build_module(Path("modules/chat"))` compiles every ``*.c`` in the directory into
 ``modules/dist/chat.wasm``. The output is written under a temporary name in the same
 directory and renamed into place, so a server watching ``dist`` never loads a half-written
-file. `main` is the ``python -m cmd.tinywasm build`` command.
+file. The ``tinywasm build`` command (`tinywasm_wasi.cli.build`) reports what this returns.
 
 The output file name can be set, for a middleware's rule and order
 (``20-auth@[echo_http].wasm``, see `tinywasm_wasi.policy.rules`), with ``--output-name`` or,
@@ -14,7 +14,6 @@ so that every build of the folder agrees, in a ``build.toml`` beside the sources
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
@@ -25,6 +24,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from tinywasm_wasi.config import data_dir
 from tinywasm_wasi.exceptions import TinywasmError
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 
@@ -34,14 +34,14 @@ __all__ = [
     "BuildError",
     "build_module",
     "check_output_name",
-    "main",
     "output_name",
     "zig_cc_command",
 ]
 
 logger = logging.getLogger("tinywasm.build")
 
-INCLUDE_DIR = Path(__file__).resolve().parent.parent / "modules" / "include"
+# tinywasm.h and friends: shipped in the package, or modules/include in a checkout.
+INCLUDE_DIR = data_dir("include", "modules/include")
 BUILD_FILE = "build.toml"
 
 # The first build at a new optimisation level fills zig's cache (about 20 s on CI).
@@ -208,47 +208,3 @@ def build_module(
         (time.monotonic() - started) * 1000,
     )
     return target
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def main(argv: list[str]) -> int:
-    """Run ``python -m cmd.tinywasm build <module-dir>... [-o OUT_DIR]``; return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cmd.tinywasm build",
-        description="Compile C guest modules to WebAssembly with zig cc.",
-    )
-    parser.add_argument(
-        "module_dirs", nargs="+", type=Path, metavar="module-dir", help="e.g. modules/chat"
-    )
-    parser.add_argument(
-        "-o",
-        "--out-dir",
-        type=Path,
-        default=None,
-        help="output directory (default: dist/ next to each module directory)",
-    )
-    parser.add_argument(
-        "-n",
-        "--output-name",
-        default=None,
-        metavar="FILE",
-        help="output file name, e.g. '20-auth@[users].wasm' (one module only; default: "
-        f"'output' in the module's {BUILD_FILE}, else <module-dir name>.wasm)",
-    )
-    args = parser.parse_args(argv)
-    if args.output_name is not None and len(args.module_dirs) > 1:
-        parser.error("--output-name names one output: give one module directory")
-    for module_dir in args.module_dirs:
-        try:
-            output = build_module(module_dir, args.out_dir, output=args.output_name)
-        except BuildError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"built {_display(output)} ({output.stat().st_size} bytes)")
-    return 0

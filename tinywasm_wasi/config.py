@@ -1,19 +1,39 @@
-"""Server configuration: one frozen dataclass. Only `cmd` reads flags and TINYWASM_* variables."""
+"""Server configuration: one frozen dataclass. Only `tinywasm_wasi.cli` reads the environment."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_MODULES_DIR", "DEFAULT_WEB_DIR", "Config", "KiB", "MiB"]
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_MODULES_DIR",
+    "DEFAULT_WEB_DIR",
+    "Config",
+    "KiB",
+    "MiB",
+    "data_dir",
+]
 
-_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODULES_DIR = _ROOT / "modules" / "dist"
-DEFAULT_WEB_DIR = _ROOT / "web"
-DEFAULT_CACHE_DIR = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinywasm-wasi"
-)
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def data_dir(installed: str, checkout: str) -> Path:
+    """A folder of data files that ships with the package.
+
+    pyproject.toml maps ``modules/dist``, ``web`` and ``modules/include`` into the
+    package as ``tinywasm_wasi/{examples,static,include}``. An installed copy has the
+    folder `installed` inside the package; a checkout (editable install, or run from
+    the repository root) has it at `checkout`, relative to the repository root.
+    """
+    inside = _PACKAGE / installed
+    return inside if inside.is_dir() else _PACKAGE.parent / checkout
+
+
+DEFAULT_MODULES_DIR = data_dir("examples", "modules/dist")
+DEFAULT_WEB_DIR = data_dir("static", "web")
+# The CLI puts it under $XDG_CACHE_HOME instead when that is set.
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinywasm-wasi"
 KiB = 1024
 MiB = 1024 * KiB
 

@@ -1,3 +1,3 @@
-from cmd.tinywasm.cli import main
+from tinywasm_wasi.cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m cmd.tinywasm"))

@@ -27,8 +27,6 @@ keep it, so a callback never waits out another thread's switch interval.
 
 from __future__ import annotations
 
-import os
-
 from tinywasm_wasi.runtime.fastcall.api import (
     Backend,
     CallExit,
@@ -60,6 +58,7 @@ __all__ = [
     "MemoryRangeError",
     "backend",
     "call_trap",
+    "prefer_fast_path",
 ]
 
 _live_callbacks = _live_callbacks  # host functions alive, by id (the tests watch it)
@@ -67,17 +66,29 @@ _live_callbacks = _live_callbacks  # host functions alive, by id (the tests watc
 FAST: Backend | None = None if _capi is None else _FastBackend(_capi)
 PUBLIC: Backend = _PublicBackend()
 
+_prefer_fast = True  # what backend() picks by default; see prefer_fast_path
+
+
+def prefer_fast_path(enabled: bool) -> None:
+    """Set what `backend()` picks by default: FAST where available (True) or PUBLIC.
+
+    For the whole process, before modules are loaded; the CLI calls it for
+    ``TINYWASM_FASTPATH=0``. Backends already handed out are not changed.
+    """
+    global _prefer_fast
+    _prefer_fast = enabled
+
 
 def backend(fast: bool | None = None) -> Backend:
     """The backend to use: FAST where this wasmtime has it, unless `fast` is False.
 
-    With `fast=None`, ``TINYWASM_FASTPATH=0`` in the environment also selects PUBLIC.
+    With `fast=None`, the choice made with `prefer_fast_path` (FAST unless told otherwise).
 
     Raises:
         RuntimeError: `fast=True` but this wasmtime lacks an unchecked C entry point.
     """
     if fast is None:
-        if os.environ.get("TINYWASM_FASTPATH", "1") == "0":
+        if not _prefer_fast:
             return PUBLIC
         return PUBLIC if FAST is None else FAST
     if not fast:

@@ -1,7 +1,9 @@
 """The command line: flags and TINYWASM_* variables become a Config, then a running server.
 
-This is the only place that reads the environment. Each setting has a flag and
-a variable; the flag wins over the variable, which wins over the Config default.
+Installed as the `tinywasm` console script; ``python -m cmd.tinywasm`` runs the same
+`main` from the repository root. This is the only module that reads the environment
+or prints: the library takes everything as arguments and logs. Each setting has a
+flag and a variable; the flag wins over the variable, which wins over the Config default.
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from bus import TopicError, validate_pattern
-from tinywasm_wasi.config import Config
+from tinywasm_wasi.config import DEFAULT_CACHE_DIR, Config
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
 
-__all__ = ["SERVERS", "main", "parse_config", "select_server"]
+__all__ = [
+    "SERVERS",
+    "build",
+    "default_cache_dir",
+    "fast_path",
+    "main",
+    "parse_config",
+    "select_server",
+]
 
 SERVERS = ("wasi",)
 SERVER_ENV = "TINYWASM_SERVER"
+FASTPATH_ENV = "TINYWASM_FASTPATH"
+PROG = "tinywasm"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Errors from binding the listening socket; anything else is reported as it is.
@@ -291,7 +303,9 @@ SETTINGS = (
     ),
 )
 
-_EPILOG = f"""\
+
+def _epilog(prog: str) -> str:
+    return f"""\
 environment:
   Each setting above can also be set with its TINYWASM_* variable; the flag wins.
   An empty variable counts as unset, except TINYWASM_WS_INBOUND, where empty
@@ -299,8 +313,11 @@ environment:
   {SERVER_ENV}={SERVERS[0]} hosts the WebAssembly modules on the bus with the
   WebSocket hub at /ws; unset or empty runs the static default server, which
   serves the web folder only.
+  {FASTPATH_ENV}=0 calls modules through wasmtime's public API instead of the
+  fast path (slower; for comparison and debugging).
+  XDG_CACHE_HOME moves the default cache folder to $XDG_CACHE_HOME/{DEFAULT_CACHE_DIR.name}.
 
-Compile guest modules with: python -m cmd.tinywasm build <module-dir>...
+Compile guest modules with: {prog} build <module-dir>...
 """
 
 
@@ -310,16 +327,15 @@ def _show_default(value: object) -> str:
     return str(value)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str, defaults: Config) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cmd.tinywasm",
+        prog=prog,
         description="Serve the web folder and, with TINYWASM_SERVER=wasi, host WebAssembly\n"
         "modules on a pub/sub bus that fans out to WebSocket clients.",
-        epilog=_EPILOG,
+        epilog=_epilog(prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    defaults = Config()
     for setting in SETTINGS:
         default = _show_default(getattr(defaults, setting.field))
         help_text = f"{setting.help} [env {setting.env}; default: {default}]"
@@ -336,16 +352,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str], env: Mapping[str, str]) -> Config:
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME/tinywasm-wasi`` if that variable is set, else Config's default."""
+    xdg = env.get("XDG_CACHE_HOME")
+    return Path(xdg) / DEFAULT_CACHE_DIR.name if xdg else DEFAULT_CACHE_DIR
+
+
+def parse_config(argv: list[str], env: Mapping[str, str], prog: str = PROG) -> Config:
     """Build a Config from flags, then TINYWASM_* variables, then the Config defaults.
 
     Raises:
         SystemExit: status 2 with a message naming the flag and the variable
             for a bad value; status 0 after printing ``--help``.
     """
-    parser = _parser()
+    cache_dir = default_cache_dir(env)
+    parser = _parser(prog, Config(cache_dir=cache_dir))
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"cache_dir": cache_dir}
     for setting in SETTINGS:
         raw: str | None = getattr(args, setting.field)
         source = f"{setting.flag} {raw!r}"
@@ -382,26 +405,84 @@ def select_server(env: Mapping[str, str]) -> str | None:
     return name
 
 
-def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Run ``python -m cmd.tinywasm [build] ...``; return the exit status."""
+def fast_path(env: Mapping[str, str]) -> bool:
+    """False if ``TINYWASM_FASTPATH=0``: call modules through wasmtime's public API."""
+    return env.get(FASTPATH_ENV, "1") != "0"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def build(argv: list[str], prog: str = f"{PROG} build") -> int:
+    """Run ``tinywasm build <module-dir>... [-o OUT_DIR] [-n NAME]``; return the exit status."""
+    from tinywasm_wasi.build import BUILD_FILE, BuildError, build_module
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Compile C guest modules to WebAssembly with zig cc.",
+    )
+    parser.add_argument(
+        "module_dirs", nargs="+", type=Path, metavar="module-dir", help="e.g. modules/chat"
+    )
+    parser.add_argument(
+        "-o",
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="output directory (default: dist/ next to each module directory)",
+    )
+    parser.add_argument(
+        "-n",
+        "--output-name",
+        default=None,
+        metavar="FILE",
+        help="output file name, e.g. '20-auth@[users].wasm' (one module only; default: "
+        f"'output' in the module's {BUILD_FILE}, else <module-dir name>.wasm)",
+    )
+    args = parser.parse_args(argv)
+    if args.output_name is not None and len(args.module_dirs) > 1:
+        parser.error("--output-name names one output: give one module directory")
+    for module_dir in args.module_dirs:
+        try:
+            output = build_module(module_dir, args.out_dir, output=args.output_name)
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"built {_display(output)} ({output.stat().st_size} bytes)")
+    return 0
+
+
+def main(
+    argv: list[str] | None = None, env: Mapping[str, str] | None = None, *, prog: str = PROG
+) -> int:
+    """Run ``tinywasm [build] ...``; return the exit status.
+
+    `prog` names the command in usage and help (``python -m cmd.tinywasm`` passes its own).
+    """
     args = sys.argv[1:] if argv is None else argv
     environ = os.environ if env is None else env
     if args[:1] == ["build"]:
-        from tinywasm_wasi import build
-
-        return build.main(args[1:])
+        return build(args[1:], prog=f"{prog} build")
 
     try:
         server_name = select_server(environ)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    config = parse_config(args, environ)
+    config = parse_config(args, environ, prog)
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
 
     # Imported here so that parsing and --help do not load aiohttp and wasmtime.
     from tinywasm_wasi.server import DefaultServer, WasiServer, run_until_signalled
 
+    if server_name == "wasi":
+        from tinywasm_wasi.runtime import fastcall
+
+        fastcall.prefer_fast_path(fast_path(environ))
     server = WasiServer(config) if server_name == "wasi" else DefaultServer(config)
     try:
         asyncio.run(run_until_signalled(server))
