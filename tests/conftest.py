@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bus import Bus
+from tests.support import eventually
 from tinywasm_wasi.build import build_module
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
 from tinywasm_wasi.runtime.engine import Runtime
@@ -33,12 +33,13 @@ class Broadcasts:
             return [p for t, p in self.items if t == topic]
 
     async def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[bytes]:
-        async def poll() -> list[bytes]:
-            while len(self.on(topic)) < count:
-                await asyncio.sleep(0.002)
-            return self.on(topic)
-
-        return await asyncio.wait_for(poll(), timeout)
+        await eventually(
+            lambda: len(self.on(topic)) >= count,
+            f"{count} broadcast(s) on {topic!r}",
+            timeout=timeout,
+            interval=0.002,
+        )
+        return self.on(topic)
 
 
 @pytest.fixture(scope="session")
