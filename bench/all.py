@@ -106,7 +106,8 @@ def main() -> None:
         print(f"{o.name:<{width}}  {o.seconds:6.1f} s  {o.status}")
     failed = [o.name for o in outcomes if o.failed]
     if failed:
-        print(f"\n{len(failed)} scenario(s) failed: {', '.join(failed)}")
+        sys.stdout.flush()
+        print(f"\n{len(failed)} scenario(s) failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
 
 

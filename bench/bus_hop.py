@@ -32,7 +32,15 @@ from pathlib import Path
 
 import wasmtime
 
-from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, record
+from bench.common import (
+    Machine,
+    Row,
+    add_common_flags,
+    command_line,
+    fail_on,
+    markdown_table,
+    record,
+)
 from bus import Bus
 from tests.wat import guest, write
 from tinywasm_wasi.runtime import fastcall
@@ -253,17 +261,19 @@ def main() -> None:
     problems = []
     if not stack.settled:
         problems.append(f"the stack was still busy after {SETTLE_TIMEOUT:.0f} s")
-    if stack.hops != count:
-        problems.append(f"{count - stack.hops} hop(s) missing")
-    for problem in problems:
-        print(f"warning: {problem}")
+    if stack.hops < count:
+        problems.append(f"{count - stack.hops} of {count} hop(s) lost")
+    if stack.hops > count:
+        problems.append(f"{stack.hops - count} hop(s) delivered twice ({stack.hops} of {count})")
+    if stack.dropped or stack.failed:
+        problems.append(f"{stack.dropped} message(s) dropped, {stack.failed} guest trap(s)")
+    fail_on(problems, "bench.bus_hop")
     if args.record:
         record(
             "bus_hop: module → module through the bus",
             command_line("bench.bus_hop"),
             table,
             machine=machine,
-            notes="\n".join(f"Warning: {p}." for p in problems),
         )
 
 

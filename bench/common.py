@@ -3,7 +3,8 @@
 Every script prints a table of `(metric, value)` rows and, with ``--record``,
 appends it to ``BENCHMARKS.md`` at the repository root together with the
 machine it ran on and the exact command line, so any number there can be
-reproduced.
+reproduced. A run that lost, duplicated or reordered a message, or saw a request
+fail, exits non-zero (`fail_on`) and records nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "Machine",
     "add_common_flags",
     "command_line",
+    "fail_on",
     "markdown_grid",
     "markdown_table",
     "percentile",
@@ -289,6 +291,24 @@ def _child_main(conn: Connection, target: Callable[..., Any], args: tuple[Any, .
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def fail_on(problems: Sequence[str], script: str, *, warnings: Sequence[str] = ()) -> None:
+    """End the run with exit status 1 if it went wrong; print `warnings` either way.
+
+    `problems` are what makes a run invalid: a message lost, duplicated or out of
+    order, a failed request, a module that did not load. They go to stderr, and the
+    run exits non-zero before anything is recorded, so neither CI (``--smoke``) nor
+    BENCHMARKS.md takes a broken run for a result. `warnings` are notes that do not
+    invalidate the numbers (e.g. a comparison skipped because a tool is missing).
+    """
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not problems:
+        return
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    sys.exit(f"{script}: {len(problems)} problem(s): the run is invalid and was not recorded")
 
 
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:

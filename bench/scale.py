@@ -42,6 +42,7 @@ from bench.common import (
     Machine,
     add_common_flags,
     command_line,
+    fail_on,
     markdown_grid,
     record,
     rss_kib,
@@ -373,21 +374,28 @@ def verdicts(runs: list[Run], marginal_kib: dict[str, float]) -> list[str]:
             f"- Marginal RSS per idle module ({bytes_kind} bytes, warm cache): {kib:.1f} KiB "
             f"({ok} the ≤ {TARGET_RSS_KIB:.0f} KiB target)."
         )
+    return lines
+
+
+def problems(runs: list[Run]) -> list[str]:
+    """What makes the run invalid: modules that did not load or settle, or a cache that
+    did not serve (or served) what it should have."""
+    found = []
     for run in runs:
         r = run.result
         if not r["settled"] or r["refused"] or r["loaded"] != run.count:
-            lines.append(
-                f"- Warning: {run.count} {run.bytes} modules, cache {run.cache}: "
-                f"{r['loaded']} loaded, {r['refused']} refused, settled {r['settled']}."
+            found.append(
+                f"{run.count} {run.bytes} modules, cache {run.cache}: "
+                f"{r['loaded']} loaded, {r['refused']} refused, settled {r['settled']}"
             )
         # Same bytes, cold: modules compiled after the first entry was written are hits.
         expect = {"warm": run.count, "off": 0, "cold": 0 if run.bytes == "distinct" else None}
         if expect[run.cache] not in (None, r["cached"]):
-            lines.append(
-                f"- Warning: {run.count} {run.bytes} modules, cache {run.cache}: "
-                f"{r['cached']} loaded from the cache, expected {expect[run.cache]}."
+            found.append(
+                f"{run.count} {run.bytes} modules, cache {run.cache}: "
+                f"{r['cached']} loaded from the cache, expected {expect[run.cache]}"
             )
-    return lines
+    return found
 
 
 def main() -> None:
@@ -437,6 +445,7 @@ def main() -> None:
     for line in lines:
         print(line)
     notes += lines
+    fail_on(problems(runs), "bench.scale")
     if args.record:
         record(
             "scale: start-up and memory with many modules",

@@ -29,7 +29,15 @@ from pathlib import Path
 import aiohttp
 import wasmtime
 
-from bench.common import Machine, Row, add_common_flags, command_line, markdown_table, percentile
+from bench.common import (
+    Machine,
+    Row,
+    add_common_flags,
+    command_line,
+    fail_on,
+    markdown_table,
+    percentile,
+)
 from bench.common import record as record_section
 from tests.wat import guest
 from tinywasm_wasi.config import Config
@@ -268,15 +276,13 @@ def main() -> None:
         result = asyncio.run(run(Path(tmp), swaps, rate, args.debounce))
     table, problems = rows(result, swaps, rate, args.debounce)
     print(markdown_table(table))
-    for problem in problems:
-        print(f"warning: {problem}")
+    fail_on(problems, "bench.swap")
     if args.record:
         record_section(
             "swap: hot swap under load, write → serving, HTTP answers and delivery gaps",
             command_line("bench.swap"),
             table,
             machine=machine,
-            notes="\n".join(f"Warning: {p}." for p in problems),
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bus import Bus
+from tests.support import eventually
 from tinywasm_wasi.build import build_module
 from tinywasm_wasi.cli import fast_path
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
@@ -41,12 +41,13 @@ class Broadcasts:
             return [p for t, p in self.items if t == topic]
 
     async def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[bytes]:
-        async def poll() -> list[bytes]:
-            while len(self.on(topic)) < count:
-                await asyncio.sleep(0.002)
-            return self.on(topic)
-
-        return await asyncio.wait_for(poll(), timeout)
+        await eventually(
+            lambda: len(self.on(topic)) >= count,
+            f"{count} broadcast(s) on {topic!r}",
+            timeout=timeout,
+            interval=0.002,
+        )
+        return self.on(topic)
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@ A message typed in one tab goes browser -> /ws -> bus -> chat WebAssembly module
 -> ws_broadcast -> every browser on `chat`. Playwright drives Debian's
 /usr/bin/chromium through the driver bundled in its wheel; nothing is downloaded
 (never run `playwright install`). Skipped where Chromium or Playwright is
-missing; deselect with `-m "not browser"`.
+missing, unless TINYWASM_REQUIRE_BROWSER=1 (as in CI): then that is an error.
+Deselect with `-m "not browser"`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -19,28 +21,50 @@ import pytest
 
 from tests.conftest import ServerFactory
 
-pytest.importorskip(
-    "playwright", reason="needs Playwright: pip install playwright (never `playwright install`)"
-)
-from playwright.async_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Error,
-    Page,
-    async_playwright,
-    expect,
-)
+try:
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Error,
+        Page,
+        async_playwright,
+        expect,
+    )
+except ImportError:
+    HAVE_PLAYWRIGHT = False
+else:
+    HAVE_PLAYWRIGHT = True
 
 CHROMIUM = shutil.which("chromium")
+REQUIRE_BROWSER = "TINYWASM_REQUIRE_BROWSER"
 pytestmark = [
     pytest.mark.browser,
     # Opening a tab has no timeout of its own; this bounds it (~1 s idle, ~3 s on a busy box).
     pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="needs Debian's Chromium: apt-get install -y chromium"
-    ),
 ]
+
+
+def missing_browser() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not HAVE_PLAYWRIGHT:
+        return "needs Playwright: pip install playwright (never `playwright install`)"
+    if CHROMIUM is None:
+        return "needs Debian's Chromium on PATH: apt-get install -y chromium"
+    return None
+
+
+def require_browser() -> None:
+    """Skip when the browser is missing; with TINYWASM_REQUIRE_BROWSER=1, fail instead."""
+    reason = missing_browser()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(
+            f"{REQUIRE_BROWSER}=1, so the browser test must run, but it {reason}", pytrace=False
+        )
+    pytest.skip(reason)
+
 
 # Flags for a quiet, sandbox-less run as root: no GPU, no calls home, no first-run UI.
 CHROMIUM_ARGS = [
@@ -63,6 +87,7 @@ CONNECTED = re.compile(r"(?<!dis)(?<!not )\bconnected\b", re.IGNORECASE)
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless; closed after the test."""
+    require_browser()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=LAUNCH_MS
@@ -150,3 +175,16 @@ async def test_two_tabs_chat_through_the_chat_module(
 
     await context.close()
     assert errors.items == []
+
+
+@pytest.mark.parametrize(
+    ("required", "outcome"), [("1", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_chromium_is_an_error_only_when_the_browser_is_required(
+    monkeypatch: pytest.MonkeyPatch, required: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(f"{__name__}.HAVE_PLAYWRIGHT", True)
+    monkeypatch.setattr(f"{__name__}.CHROMIUM", None)
+    monkeypatch.setenv(REQUIRE_BROWSER, required)
+    with pytest.raises(outcome, match="Chromium"):
+        require_browser()

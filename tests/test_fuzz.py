@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 from bus import Bus
 from tests.conftest import Broadcasts
 from tests.hostile import FD_WRITE, HEALTHY, ON_MESSAGE, REFUSED
+from tests.support import eventually
 from tests.wat import IMPORTS, binary, guest
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.exceptions import GuestTrap, ModuleLoadError
@@ -147,9 +147,7 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[ModuleHost, Broadcasts]]:
 
 async def healthy_answers(host: ModuleHost, broadcasts: Broadcasts, tag: bytes) -> None:
     host.bus.publish("ping", tag)
-    async with asyncio.timeout(5):
-        while tag not in broadcasts.on("pong"):
-            await asyncio.sleep(0.002)
+    await eventually(lambda: tag in broadcasts.on("pong"), f"the healthy module's pong {tag!r}")
 
 
 @settings(SLOW, max_examples=60)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import wasmtime
 
 from tests.conftest import ServerFactory
+from tests.support import eventually
 from tests.wat import guest
 from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
@@ -39,13 +42,19 @@ def relay(version: int) -> bytes:
     )
 
 
-async def wait_for_sha(server: WasiServer, name: str, data: bytes, timeout: float = 10) -> None:
-    import hashlib
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
-    sha = hashlib.sha256(data).hexdigest()
-    async with asyncio.timeout(timeout):
-        while name not in server.host.modules or server.host.modules[name].compiled.sha256 != sha:
-            await asyncio.sleep(0.005)
+
+def running_sha(server: WasiServer, name: str) -> str | None:
+    module = server.host.modules.get(name)
+    return None if module is None else module.compiled.sha256
+
+
+async def wait_for_sha(server: WasiServer, name: str, data: bytes) -> None:
+    await eventually(
+        lambda: running_sha(server, name) == sha(data), f"{name} to serve sha256 {sha(data)[:12]}"
+    )
 
 
 async def test_swaps_by_write_rename_and_api_under_load_deliver_every_number_once_in_order(
@@ -129,9 +138,14 @@ async def test_burst_of_writes_within_the_debounce_is_one_swap(
     for n in range(1, 21):
         path.write_bytes(relay(n))
         await asyncio.sleep(0.005)
-    await wait_for_sha(server, "relay", relay(20))
-    await asyncio.sleep(0.6)
+    last = sha(relay(20))
     records = server.host.histories["relay"].records
+    # The version serves from the cut-over; its record is written when the swap ends.
+    await eventually(lambda: any(r.sha256 == last for r in records), "the swap to version 20")
+    # A barrier: the watcher delivers bursts in order, so once a module written after the
+    # burst has loaded, every swap the burst asked for has been asked for.
+    (tmp_path / "zzz.wasm").write_bytes(relay(99))
+    await eventually(lambda: "zzz" in server.host.histories, "the barrier module to load")
     assert [r.trigger for r in records] == ["startup", "watcher"]
 
 
@@ -143,11 +157,10 @@ async def test_partial_file_is_refused_then_the_completed_file_swaps_in(
     server = await make_server(modules_dir=tmp_path, watch_debounce=0.03, swap_probation=0.01)
     full = relay(1)
     path.write_bytes(full[: len(full) // 2])  # a build caught half-written
-    async with asyncio.timeout(10):
-        while [r.outcome for r in server.host.histories["relay"].records][
-            -1
-        ] is not Outcome.REFUSED:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: server.host.histories["relay"].records[-1].outcome is Outcome.REFUSED,
+        "the half-written file to be refused",
+    )
     assert (
         server.host.modules["relay"].compiled.sha256
         == server.host.histories["relay"].records[0].sha256
@@ -163,10 +176,12 @@ async def test_delete_unloads_and_recreate_loads_through_the_watcher(
     path.write_bytes(relay(0))
     server = await make_server(modules_dir=tmp_path, watch_debounce=0.03)
     path.unlink()
-    async with asyncio.timeout(10):
-        while "relay" in server.host.modules:
-            await asyncio.sleep(0.01)
-    assert server.host.histories["relay"].records[-1].outcome is Outcome.UNLOADED
+    # The module leaves the table first; its record is written once it has drained.
+    await eventually(
+        lambda: server.host.histories["relay"].records[-1].outcome is Outcome.UNLOADED,
+        "relay's unload to be recorded",
+    )
+    assert "relay" not in server.host.modules
     assert server.bus.publish("nums", b"x") == 0
     path.write_bytes(relay(1))
     await wait_for_sha(server, "relay", relay(1))
@@ -174,15 +189,18 @@ async def test_delete_unloads_and_recreate_loads_through_the_watcher(
 
 
 async def test_history_reload_and_rollback_endpoints(
-    tmp_path: Path, make_server: ServerFactory
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tinywasm.watcher")
     path = tmp_path / "relay.wasm"
     path.write_bytes(relay(0))
     server = await make_server(modules_dir=tmp_path, watch=False, swap_probation=0.01)
     first = server.host.modules["relay"].compiled.sha256
     path.write_bytes(relay(1))
-    await asyncio.sleep(0.3)
-    assert server.host.modules["relay"].compiled.sha256 == first  # --no-watch: nothing happened
+    # --no-watch: no watcher was started (a started one says so), so the write changes nothing.
+    assert [r.getMessage() for r in caplog.records if r.name == "tinywasm.watcher"] == []
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("watch ")]
+    assert server.host.modules["relay"].compiled.sha256 == first
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{server.url}/api/modules/relay/reload") as resp:
             assert resp.status == 200

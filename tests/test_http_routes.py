@@ -21,6 +21,7 @@ import pytest
 import wasmtime
 
 from tests.conftest import ServerFactory
+from tests.support import eventually
 from tests.wat import guest
 from tinywasm_wasi.server import WasiServer
 
@@ -95,15 +96,15 @@ async def get(
         return resp.status, dict(resp.headers), await resp.read()
 
 
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def running_sha(server: WasiServer, name: str) -> str | None:
     module = server.host.modules.get(name)
     return None if module is None else module.compiled.sha256
+
+
+def recorded(server: WasiServer, name: str, sha: str) -> bool:
+    """Whether the history of `name` holds a finished swap (or load) to `sha`."""
+    history = server.host.histories.get(name)
+    return history is not None and any(r.sha256 == sha for r in history.records)
 
 
 def rule_of(server: WasiServer, name: str) -> str | None:
@@ -270,15 +271,15 @@ async def test_a_rename_changes_a_middlewares_rule_on_the_next_request(
         assert (await get(http, f"{server.url}/m/t"))[2] == b"ten"
 
         os.rename(directory / "10-ten@[*].wasm", directory / "10-ten@[-t].wasm")
-        await wait_until(lambda: rule_of(server, "ten") == "*,-t")
+        await eventually(lambda: rule_of(server, "ten") == "*,-t")
         assert (await get(http, f"{server.url}/m/t"))[2] == b"alpha"
 
         os.rename(directory / "alpha@[*].wasm", directory / "alpha@[other].wasm")
-        await wait_until(lambda: rule_of(server, "alpha") == "other")
+        await eventually(lambda: rule_of(server, "alpha") == "other")
         assert (await get(http, f"{server.url}/m/t"))[2] == b"target"
 
         os.rename(directory / "alpha@[other].wasm", directory / "alpha.wasm")  # no rule
-        await wait_until(
+        await eventually(
             lambda: "alpha" in server.host.modules and rule_of(server, "alpha") is None
         )
         # alpha is a route now, and ten (every route but t) runs in front of it.
@@ -401,9 +402,9 @@ async def test_a_full_mailbox_is_503_with_retry_after(
         base = mailbox.accepted
         first = asyncio.create_task(get(http, f"{server.url}/m/loops"))
         # It runs (taken out of the mailbox), so the next one fits in the one free place.
-        await wait_until(lambda: mailbox.accepted == base + 1 and mailbox.depth == 0)
+        await eventually(lambda: mailbox.accepted == base + 1 and mailbox.depth == 0)
         second = asyncio.create_task(get(http, f"{server.url}/m/loops"))
-        await wait_until(lambda: mailbox.depth == 1)  # it waits: the mailbox is full
+        await eventually(lambda: mailbox.depth == 1)  # it waits: the mailbox is full
         status, headers, body = await get(http, f"{server.url}/m/loops")
         assert (status, body) == (503, b"module 'loops' is busy: retry later\n")
         assert headers["Retry-After"] == "1"
@@ -456,13 +457,21 @@ async def test_swapping_a_target_and_a_middleware_under_load_fails_no_request(
             os.replace(temp, directory / "10-mw@[*].wasm")
             sha = hashlib.sha256(target).hexdigest()
             mw_sha = hashlib.sha256(middleware).hexdigest()
-            await wait_until(
+            # Serving from the cut-over; recorded once the swap is over (after probation).
+            await eventually(
                 lambda sha=sha, mw_sha=mw_sha: (
-                    running_sha(server, "t") == sha and running_sha(server, "mw") == mw_sha
-                )
+                    running_sha(server, "t") == sha
+                    and running_sha(server, "mw") == mw_sha
+                    and recorded(server, "t", sha)
+                    and recorded(server, "mw", mw_sha)
+                ),
+                f"the swaps to version {n} of t and mw",
             )
-            await asyncio.sleep(0.02)
-        await wait_until(lambda: b"v12" in answers_seen and "12" in mw_versions)
+            # Let the clients meet this version before the next swap.
+            await eventually(
+                lambda n=n: f"v{n}".encode() in answers_seen and str(n) in mw_versions,
+                f"requests answered by version {n} of t and mw",
+            )
         stop.set()
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:

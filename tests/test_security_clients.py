@@ -19,6 +19,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ServerFactory
+from tests.support import eventually
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.web.admin import AdminGuard, AdminRefusal, decide_admin, is_loopback
@@ -97,14 +98,6 @@ async def serve() -> AsyncIterator[Serve]:
     yield make
     for cleanup in reversed(cleanups):
         await cleanup()
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def recv_until_close(

@@ -12,6 +12,7 @@ import pytest
 
 from bus import decode_message
 from tests.conftest import ServerFactory
+from tests.support import eventually
 from tests.wat import guest, write
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
@@ -66,8 +67,14 @@ async def test_envelope_mode_and_several_topics_on_one_connection(
     make_server: ServerFactory, example_modules: Path
 ) -> None:
     server = await make_server(modules_dir=example_modules)
-    await server.host.quiesce(5)
-    await asyncio.sleep(0.05)  # let the sender's init message pass before we connect
+    # The sender publishes once from init() and the monitor echoes it on `monitor`: that
+    # copy must be on its way to the hub (it gets there on the next loop turn, long before
+    # our handshake) before we subscribe, or it would arrive as a third frame.
+    assert await server.host.quiesce(5)
+    monitor = server.host.modules["monitor"]
+    await eventually(
+        lambda: monitor.counters["broadcast"] == 1, "the monitor's copy of the sender's message"
+    )
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(f"{server.url}/ws?topic=chat&topic=monitor&envelope=cbor") as ws,
@@ -223,7 +230,6 @@ async def test_port_in_use_fails_start_with_an_oserror(make_server: ServerFactor
     first = await make_server()
     with pytest.raises(OSError):
         await make_server(port=first.port)
-    await asyncio.sleep(0)
 
 
 async def test_ws_settings_reach_the_hub(make_server: ServerFactory) -> None:
@@ -253,8 +259,7 @@ async def test_ws_settings_reach_the_hub(make_server: ServerFactory) -> None:
             assert "the limit is 100 bytes" in msg.extra
         # --ws-queue-bytes: a client that does not read is closed once 100 kB wait for it.
         async with http.ws_connect(f"{server.url}/ws?topic=big") as slow:
-            while server.hub.clients < 1:
-                await asyncio.sleep(0.005)
+            await eventually(lambda: server.hub.clients >= 1, "the hub to register the client")
             for _ in range(1000):
                 server.hub.broadcast("big", bytes(60_000))
                 await asyncio.sleep(0)

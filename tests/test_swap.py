@@ -12,6 +12,7 @@ import pytest
 import wasmtime
 
 from tests.conftest import Broadcasts, HostFactory
+from tests.support import eventually
 from tests.wat import guest
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.history import Outcome
@@ -124,8 +125,12 @@ async def test_requests_during_a_swap_coalesce_into_exactly_one_follow_up(
     )
     (tmp_path / "relay.wasm").write_bytes(relay(0, slow_drain))
     host = await make_host(tmp_path)
+    old = host.modules["relay"]
     first = asyncio.create_task(host.swap("relay", "api", lambda: relay(1, slow_drain)))
-    await asyncio.sleep(0.02)
+    # Past the cut-over, the first swap drains the old version for 4 x 25 ms: the
+    # requests below (which never yield to the loop) all come while it runs.
+    await eventually(lambda: host.modules["relay"] is not old, "the first swap's cut-over")
+    assert not first.done()
     later = [
         await host.swap("relay", "watcher", lambda v=v: relay(v, slow_drain)) for v in range(2, 8)
     ]
@@ -220,14 +225,18 @@ async def test_a_trap_in_the_first_deliveries_rolls_back_and_loses_nothing(
         1, RELAY.replace("(call $ws_broadcast {out} (local.get $p) (local.get $n))", "unreachable")
     )
     swap = asyncio.create_task(host.swap("relay", "api", lambda: crashing))
-    for i in range(200):
-        host.bus.publish("nums", str(i).encode())
+    # A steady stream (200 messages at least) until the swap has decided, however long
+    # staging takes, so the new version surely meets messages while on probation.
+    sent = 0
+    while not swap.done() or sent < 200:
+        host.bus.publish("nums", str(sent).encode())
+        sent += 1
         await asyncio.sleep(0.001)
     record = await swap
     assert record is not None
     assert record.outcome is Outcome.ROLLED_BACK
     assert "unreachable" in (record.error or "").lower()
-    assert numbers(await broadcasts.wait_for("out", 200)) == list(range(200))
+    assert numbers(await broadcasts.wait_for("out", sent)) == list(range(sent))
     assert host.modules["relay"].state.value == "live"
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import eventually
 from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher, OnChange
 
 DEBOUNCE = 0.05
 TIMEOUT = 5.0
+BARRIER = "zzzz-barrier"  # sorts after every module name used here
 
 Start = Callable[..., Awaitable[ModuleWatcher]]
 
@@ -29,21 +31,30 @@ class Recorder:
         self.changes.append(change)
 
     async def wait_for(self, count: int) -> list[ModuleChange]:
-        await until(lambda: len(self.changes) >= count)
+        await eventually(lambda: len(self.changes) >= count, f"{count} change(s)")
         return self.changes
 
+    async def settle(self, directory: Path) -> None:
+        """Wait until every change already on its way has been delivered.
 
-async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
+        A barrier: one more module file, named to sort after every other, is renamed into
+        `directory`. inotify reports events in order and the watcher delivers bursts in
+        order (and a burst's changes in name order), so once the barrier's change arrives
+        nothing written before it is still in flight. The barrier's changes are dropped.
+        """
+        barrier = change(directory, BARRIER, True)
+        before = self.changes.count(barrier)
+        temp = directory / f".{BARRIER}.tmp"  # hidden from the watcher until renamed
+        temp.write_bytes(b"\0asm barrier %d" % before)
+        os.replace(temp, barrier.path)
+        await eventually(lambda: self.changes.count(barrier) > before, "the barrier file's change")
+        self.changes[:] = [c for c in self.changes if c.name != BARRIER]
 
-    await asyncio.wait_for(poll(), timeout)
 
-
-async def settle(debounce: float = DEBOUNCE) -> None:
-    """Long enough for any further change from the last burst to be delivered."""
-    await asyncio.sleep(3 * debounce)
+def watcher_tasks(directory: str) -> list[asyncio.Task[object]]:
+    """The watcher's reading and dispatching tasks on `directory` that are still running."""
+    names = {f"watch {directory}", f"dispatch changes in {directory}"}
+    return [t for t in asyncio.all_tasks() if t.get_name() in names and not t.done()]
 
 
 def change(directory: Path, name: str, exists: bool) -> ModuleChange:
@@ -81,7 +92,7 @@ async def test_create_write_delete(
     assert await seen.wait_for(2) == [change(tmp_path, "a", True)] * 2
     (tmp_path / "a.wasm").unlink()
     assert (await seen.wait_for(3))[2] == change(tmp_path, "a", False)
-    await settle()
+    await seen.settle(tmp_path)
     assert len(seen.changes) == 3
     messages = [r.getMessage() for r in caplog.records if r.name == "tinywasm.watcher"]
     assert "change: a.wasm written" in messages
@@ -114,7 +125,7 @@ async def test_write_temp_then_replace_is_one_change(
     (tmp_path / temp).write_bytes(b"\0asm")
     os.replace(tmp_path / temp, tmp_path / "a.wasm")
     await seen.wait_for(1)
-    await settle()
+    await seen.settle(tmp_path)
     assert seen.changes == [change(tmp_path, "a", True)]
 
 
@@ -124,7 +135,7 @@ async def test_rename_unloads_old_name_and_loads_new(tmp_path: Path, start: Star
     await start(tmp_path, seen)
     os.replace(tmp_path / "a.wasm", tmp_path / "b.wasm")
     await seen.wait_for(2)
-    await settle()
+    await seen.settle(tmp_path)
     assert seen.changes == [change(tmp_path, "a", False), change(tmp_path, "b", True)]
 
 
@@ -135,7 +146,7 @@ async def test_burst_of_writes_is_one_change(tmp_path: Path, start: Start) -> No
         (tmp_path / "a.wasm").write_bytes(b"\0asm" + bytes([i]))
         await asyncio.sleep(0.002)
     await seen.wait_for(1)
-    await settle()
+    await seen.settle(tmp_path)
     assert seen.changes == [change(tmp_path, "a", True)]
 
 
@@ -148,7 +159,7 @@ async def test_burst_longer_than_debounce_is_one_change(tmp_path: Path, start: S
         (tmp_path / "a.wasm").write_bytes(b"\0asm" + bytes([i]))
         await asyncio.sleep(0.01)
     await seen.wait_for(1)
-    await settle(0.1)
+    await seen.settle(tmp_path)
     assert seen.changes == [change(tmp_path, "a", True)]
 
 
@@ -160,11 +171,11 @@ async def test_non_module_files_are_ignored(tmp_path: Path, start: Start) -> Non
         (tmp_path / name).unlink()
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "y.wasm").write_bytes(b"\0asm")  # only the top level counts
-    await settle()
+    await seen.settle(tmp_path)
     # A real module written afterwards proves the watcher was listening all along.
     (tmp_path / "z.wasm").write_bytes(b"\0asm")
     await seen.wait_for(1)
-    await settle()
+    await seen.settle(tmp_path)
     assert seen.changes == [change(tmp_path, "z", True)]
 
 
@@ -180,14 +191,14 @@ async def test_failing_on_change_is_logged_and_watching_goes_on(
 
     await start(tmp_path, on_change)
     (tmp_path / "bad.wasm").write_bytes(b"\0asm")
-    await until(lambda: any(r.exc_info for r in caplog.records))
+    await eventually(lambda: any(r.exc_info for r in caplog.records))
     (record,) = [r for r in caplog.records if r.name == "tinywasm.watcher" and r.exc_info]
     assert record.levelno == logging.ERROR
     assert "bad.wasm" in record.getMessage()
     assert "load failed" in caplog.text  # the traceback
 
     (tmp_path / "good.wasm").write_bytes(b"\0asm")
-    await until(lambda: len(seen) == 2)
+    await eventually(lambda: len(seen) == 2)
     assert seen == [change(tmp_path, "bad", True), change(tmp_path, "good", True)]
 
 
@@ -204,7 +215,7 @@ async def test_sync_and_async_on_change(tmp_path: Path, start: Start, kind: str)
 
     await start(tmp_path, sync_on_change if kind == "sync" else async_on_change)
     (tmp_path / "a.wasm").write_bytes(b"\0asm")
-    await until(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1)
     assert seen == [change(tmp_path, "a", True)]
 
 
@@ -267,7 +278,7 @@ async def test_directory_removed_logs_and_stops(
     seen = Recorder()
     await start(directory, seen)
     shutil.rmtree(directory)
-    await until(lambda: "was removed or replaced" in caplog.text)
+    await eventually(lambda: "was removed or replaced" in caplog.text)
     await seen.wait_for(1)
     assert seen.changes == [change(directory, "a", False)]
     assert [r.levelno for r in caplog.records if "removed" in r.getMessage()] == [logging.ERROR]
@@ -286,9 +297,11 @@ async def test_directory_renamed_away_stops(
     await start(Path("modules"), seen)
     Path("modules", "a.wasm").write_bytes(b"\0asm")
     assert await seen.wait_for(1) == [change(Path("modules"), "a", True)]
+    assert len(watcher_tasks("modules")) == 2  # so waiting for them to end below means something
 
     os.rename("modules", "moved")
-    await until(lambda: "was removed or replaced" in caplog.text)
+    await eventually(lambda: "was removed or replaced" in caplog.text)
     Path("moved", "b.wasm").write_bytes(b"\0asm")  # the inode is still watched by inotify
-    await settle()
+    # Stopped means its tasks end; until they have, a change could still be delivered.
+    await eventually(lambda: not watcher_tasks("modules"), "the watcher's tasks to end")
     assert len(seen.changes) == 1
