@@ -73,7 +73,7 @@ async def test_envelope_mode_and_several_topics_on_one_connection(
     assert await server.host.quiesce(5)
     monitor = server.host.modules["monitor"]
     await eventually(
-        lambda: monitor.counters["broadcast"] == 1, "the monitor's copy of the sender's message"
+        lambda: monitor.counters.broadcast == 1, "the monitor's copy of the sender's message"
     )
     async with (
         aiohttp.ClientSession() as http,
