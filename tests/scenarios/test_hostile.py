@@ -1,7 +1,7 @@
 """Hostile and broken modules against a real server: each hurts only itself.
 
 Every test runs a real WasiServer on loopback with two modules: a hostile one
-from tests/hostile.py and `healthy`, which answers each WebSocket frame on
+from tests/scenarios/hostile.py and `healthy`, which answers each WebSocket frame on
 "ping" with a frame on "pong". Real WebSocket clients drive the healthy module
 while the hostile one misbehaves and afterwards; every ping must come back, in
 order. `GET /api/modules` must then say what went wrong.
@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.hostile import (
+from tests.scenarios.hostile import (
     DRAIN_LOOP,
     FD_WRITE,
     FD_WRITE_FAULTS,

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from bus import Bus
 from tests.conftest import Broadcasts
-from tests.hostile import FD_WRITE, HEALTHY, ON_MESSAGE, REFUSED
+from tests.scenarios.hostile import FD_WRITE, HEALTHY, ON_MESSAGE, REFUSED
 from tests.support import eventually
 from tests.wat import IMPORTS, binary, guest
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import HEALTHY
+from tests.scenarios.hostile import HEALTHY
 from tinywasm_wasi.policy.limits import (
     LIMITS_FILE,
     Limits,
