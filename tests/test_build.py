@@ -19,6 +19,7 @@ from tinywasm_wasi.build import (
     zig_cc_command,
 )
 from tinywasm_wasi.cli import build as main  # `tinywasm build`: reports what build_module returns
+from tinywasm_wasi.policy.http_abi import HttpResponse, PassOn, parse_response
 
 # The first zig build on a machine fills its cache (about 20 s); later ones take ~50 ms.
 pytestmark = pytest.mark.timeout(300)
@@ -297,16 +298,20 @@ class _HttpGuest:
         assert isinstance(func, wasmtime.Func), export
         return func(self.store, *args)
 
-    def handle_http(self, request: bytes) -> Any:
-        ptr = self._call("malloc", len(request))
+    def raw_answer(self, request: bytes) -> bytes:
+        """The bytes handle_http points at (b"" for a 0 return)."""
+        ptr = self._call("malloc", len(request) or 1)
         self.memory.write(self.store, request, ptr)
         packed = self._call("handle_http", ptr, len(request)) & 0xFFFFFFFFFFFFFFFF
         self._call("free", ptr)
         at, size = packed >> 32, packed & 0xFFFFFFFF
-        return cbor2.loads(bytes(self.memory.read(self.store, at, at + size)))
+        return bytes(self.memory.read(self.store, at, at + size))
+
+    def handle_http(self, request: bytes) -> Any:
+        return cbor2.loads(self.raw_answer(request))
 
 
-def test_http_examples_read_requests_with_tinycbor(built: dict[str, Path]) -> None:
+def test_http_examples_read_requests_with_tw_cbor(built: dict[str, Path]) -> None:
     request = {
         "method": "GET",
         "path": "/m/echo_http/x",
@@ -340,3 +345,115 @@ def test_http_examples_read_requests_with_tinycbor(built: dict[str, Path]) -> No
     assert auth.handle_http(anonymous)["status"] == 401
     tag = _HttpGuest(built["tag"])
     assert tag.handle_http(b"") == {"next": True, "headers": {"x-tag": "tag"}}
+    # Indefinite lengths are malformed for tw_cbor.h's reader, at the top or nested: a 400.
+    unreadable = {"status": 400, "body": "echo_http: unreadable request\n"}
+    indefinite_map = b"\xbf" + cbor2.dumps(request)[1:] + b"\xff"
+    assert echo.handle_http(indefinite_map) == unreadable
+    known = {key: value for key, value in request.items() if key != "later"}
+    last_null = cbor2.dumps({**known, "later": None})  # ends with null (0xf6)
+    assert echo.handle_http(last_null)["status"] == 200
+    nested = last_null[:-1] + b"\x9f\x01\xff"  # null -> an indefinite array [1]
+    assert echo.handle_http(nested) == unreadable
+
+
+# A guest that answers through every tinywasm_http.h answer helper, picked by x-want.
+HELPERS_C = r"""
+#define TW_HTTP_RESPONSE_MAX 512
+#include "tinywasm.h"
+#include "tinywasm_http.h"
+
+TW_EXPORT_ALLOCATOR();
+
+static tw_http_request request;
+static tw_http_pair list[4];
+static char big[600];
+
+TW_EXPORT(handle_http) uint64_t handle_http(const void *req, int len) {
+    const tw_str *want;
+    size_t n;
+    if (!tw_http_parse(req, len, &request)) return tw_http_respond(400, TW_NO_HEADERS, "bad\n");
+    want = tw_http_header(&request, "x-want");
+    if (!want) return 0;
+    if (tc_eq(want->p, (size_t)want->len, "several"))
+        return tw_http_respond(201,
+                               TW_HEADERS({"content-type", "text/csv"}, {"x-a", "1"},
+                                          {"Set-Cookie", "a=1"}, {"x-empty", ""},
+                                          {"set-cookie", "b=2"}, {"x-b", "two words"}),
+                               "a,b\n");
+    if (tc_eq(want->p, (size_t)want->len, "next"))
+        return tw_http_next(TW_HEADERS({"x-user", "ann"}, {"x-role", "admin"}, {"x-c", "3"}));
+    if (tc_eq(want->p, (size_t)want->len, "next-bare")) return tw_http_next(TW_NO_HEADERS);
+    if (tc_eq(want->p, (size_t)want->len, "nothing")) return tw_http_respond(204, TW_NO_HEADERS, 0);
+    if (tc_eq(want->p, (size_t)want->len, "bytes"))
+        return tw_http_respond_bytes(200, TW_HEADERS({"x-n", "2"}), "\0\377", 2);
+    if (tc_eq(want->p, (size_t)want->len, "run-time")) {
+        for (n = 0; n < 3; n++) {
+            list[n].name = n == 1 ? "x-second" : "x-other";
+            list[n].value = n == 0 ? "zero" : n == 1 ? "one" : "two";
+        }
+        return tw_http_respond(200, (tw_http_headers){list, n}, "");
+    }
+    memset(big, 'x', sizeof big - 1);
+    return tw_http_respond(200, TW_NO_HEADERS, big); /* over TW_HTTP_RESPONSE_MAX */
+}
+"""
+
+
+def test_http_helpers_count_the_answer_map_for_the_author(tmp_path: Path) -> None:
+    module_dir = tmp_path / "helpers"
+    module_dir.mkdir()
+    (module_dir / "helpers.c").write_text(HELPERS_C)
+    guest = _HttpGuest(build_module(module_dir, tmp_path / "dist"))
+
+    def answer(want: str) -> tuple[bytes, HttpResponse | PassOn]:
+        request = {"method": "GET", "path": "/m/x", "route": "x", "query": "", "body": b""}
+        raw = guest.raw_answer(cbor2.dumps({**request, "headers": {"x-want": want}}))
+        # The host's own check: exactly one map with the right pair counts, nothing after it.
+        return raw, parse_response(raw, max_body=1 << 20, middleware=True)
+
+    raw, response = answer("several")
+    assert cbor2.loads(raw) == {
+        "status": 201,
+        "headers": {
+            "content-type": "text/csv",
+            "x-a": "1",
+            "Set-Cookie": ["a=1", "b=2"],
+            "x-empty": "",
+            "x-b": "two words",
+        },
+        "body": "a,b\n",
+    }
+    assert response == HttpResponse(
+        201,
+        (
+            ("content-type", "text/csv"),
+            ("x-a", "1"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-empty", ""),
+            ("x-b", "two words"),
+        ),
+        b"a,b\n",
+    )
+    raw, response = answer("next")
+    assert cbor2.loads(raw) == {
+        "next": True,
+        "headers": {"x-user": "ann", "x-role": "admin", "x-c": "3"},
+    }
+    assert response == PassOn({"x-user": "ann", "x-role": "admin", "x-c": "3"})
+    assert cbor2.loads(answer("next-bare")[0]) == {"next": True}
+    assert cbor2.loads(answer("nothing")[0]) == {"status": 204}
+    raw, response = answer("bytes")
+    assert cbor2.loads(raw) == {"status": 200, "headers": {"x-n": "2"}, "body": b"\x00\xff"}
+    assert response == HttpResponse(
+        200, (("x-n", "2"), ("content-type", "application/octet-stream")), b"\x00\xff"
+    )
+    raw, response = answer("run-time")
+    assert cbor2.loads(raw) == {
+        "status": 200,
+        "headers": {"x-other": ["zero", "two"], "x-second": "one"},
+        "body": "",
+    }
+    raw, response = answer("big")
+    assert cbor2.loads(raw) == {"status": 500, "body": "response buffer too small"}
+    assert guest.raw_answer(b"") == cbor2.dumps({"status": 400, "body": "bad\n"})

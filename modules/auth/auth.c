@@ -10,36 +10,13 @@
 
 TW_EXPORT_ALLOCATOR();
 
-static unsigned char out[256];
 static tw_http_request request;
 
 TW_EXPORT(handle_http) uint64_t handle_http(const void *req, int len) {
-    tc_writer w;
-    tc_writer_init(&w, out, sizeof out);
-    if (!tw_http_parse(req, len, &request)) {
-        tc_map(&w, 2);
-        tc_text_str(&w, "status");
-        tc_uint(&w, 400);
-        tc_text_str(&w, "body");
-        tc_text_str(&w, "auth: unreadable request\n");
-    } else if (tw_http_header(&request, "authorization") == 0) {
-        tc_map(&w, 3);
-        tc_text_str(&w, "status");
-        tc_uint(&w, 401);
-        tc_text_str(&w, "headers");
-        tc_map(&w, 1);
-        tc_text_str(&w, "www-authenticate");
-        tc_text_str(&w, "Bearer");
-        tc_text_str(&w, "body");
-        tc_text_str(&w, "missing Authorization header\n");
-    } else {
-        tc_map(&w, 2);
-        tc_text_str(&w, "next");
-        tc_bool(&w, 1);
-        tc_text_str(&w, "headers");
-        tc_map(&w, 1);
-        tc_text_str(&w, "x-auth");
-        tc_text_str(&w, "present");
-    }
-    return tw_http_result(&w);
+    if (!tw_http_parse(req, len, &request))
+        return tw_http_respond(400, TW_NO_HEADERS, "auth: unreadable request\n");
+    if (tw_http_header(&request, "authorization") == 0)
+        return tw_http_respond(401, TW_HEADERS({"www-authenticate", "Bearer"}),
+                               "missing Authorization header\n");
+    return tw_http_next(TW_HEADERS({"x-auth", "present"}));
 }

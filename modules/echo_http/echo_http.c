@@ -6,6 +6,9 @@
  * plus the header `x-echo: echo_http`. The body is echoed up to 4 KiB, byte by byte
  * (bytes above 0x7F as \u00XX). Middlewares in front of it show up in "headers" (x-tag,
  * x-auth). See docs/http.md. */
+#define JSON_MAX (48 * 1024)
+#define TW_HTTP_RESPONSE_MAX (JSON_MAX + 256) /* the answer holds the JSON and a little more */
+
 #include "tinywasm.h"
 #include "tinywasm_http.h"
 
@@ -13,8 +16,7 @@ TW_EXPORT_ALLOCATOR();
 
 #define BODY_ECHO_MAX 4096
 
-static char json[48 * 1024];
-static unsigned char out[sizeof json + 256];
+static char json[JSON_MAX];
 static tw_http_request request;
 static int json_len;
 static int json_over; /* the description did not fit in `json` */
@@ -58,18 +60,10 @@ static void put_field(const char *name, tw_str value) {
 }
 
 TW_EXPORT(handle_http) uint64_t handle_http(const void *req, int len) {
-    tc_writer w;
     char number[16];
     int i, n;
-    tc_writer_init(&w, out, sizeof out);
-    if (!tw_http_parse(req, len, &request)) {
-        tc_map(&w, 2);
-        tc_text_str(&w, "status");
-        tc_uint(&w, 400);
-        tc_text_str(&w, "body");
-        tc_text_str(&w, "echo_http: unreadable request\n");
-        return tw_http_result(&w);
-    }
+    if (!tw_http_parse(req, len, &request))
+        return tw_http_respond(400, TW_NO_HEADERS, "echo_http: unreadable request\n");
     json_len = json_over = 0;
     put_str("{\"method\":");
     put_json(request.method.p, request.method.len);
@@ -92,25 +86,10 @@ TW_EXPORT(handle_http) uint64_t handle_http(const void *req, int len) {
     put_json((const char *)request.body,
              request.body_len < BODY_ECHO_MAX ? request.body_len : BODY_ECHO_MAX);
     put_str("}\n");
-    if (json_over) {
-        tc_map(&w, 2);
-        tc_text_str(&w, "status");
-        tc_uint(&w, 431);
-        tc_text_str(&w, "body");
-        tc_text_str(&w, "echo_http: the request headers are too large to describe\n");
-        return tw_http_result(&w);
-    }
-
-    tc_map(&w, 3);
-    tc_text_str(&w, "status");
-    tc_uint(&w, 200);
-    tc_text_str(&w, "headers");
-    tc_map(&w, 2);
-    tc_text_str(&w, "content-type");
-    tc_text_str(&w, "application/json");
-    tc_text_str(&w, "x-echo");
-    tc_text_str(&w, "echo_http");
-    tc_text_str(&w, "body");
-    tc_bytes(&w, json, (size_t)json_len);
-    return tw_http_result(&w);
+    if (json_over)
+        return tw_http_respond(431, TW_NO_HEADERS,
+                               "echo_http: the request headers are too large to describe\n");
+    return tw_http_respond_bytes(
+        200, TW_HEADERS({"content-type", "application/json"}, {"x-echo", "echo_http"}), json,
+        (size_t)json_len);
 }

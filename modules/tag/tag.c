@@ -7,17 +7,6 @@
 
 TW_EXPORT_ALLOCATOR();
 
-static unsigned char out[64];
-
 TW_EXPORT(handle_http) uint64_t handle_http(const void *req, int len) {
-    tc_writer w;
-    tc_writer_init(&w, out, sizeof out);
-    tc_map(&w, 2);
-    tc_text_str(&w, "next");
-    tc_bool(&w, 1);
-    tc_text_str(&w, "headers");
-    tc_map(&w, 1);
-    tc_text_str(&w, "x-tag");
-    tc_text_str(&w, "tag");
-    return tw_http_result(&w);
+    return tw_http_next(TW_HEADERS({"x-tag", "tag"}));
 }

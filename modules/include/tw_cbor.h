@@ -1,11 +1,14 @@
 /*
- * tinycbor.h - a minimal CBOR (RFC 8949) reader and writer for guest modules, header-only.
+ * tw_cbor.h - a minimal CBOR (RFC 8949) reader and writer for guest modules, header-only.
+ * (Names start with tc_.) HTTP modules rarely need it directly: tinywasm_http.h reads the
+ * request and writes the answer with it.
  *
- * Enough for the HTTP full mode (docs/http.md): definite-length maps and arrays, text and
- * byte strings, unsigned and negative integers, true/false/null. Indefinite lengths, tags
- * and floats are skipped by tc_skip() but not read; the host never sends them.
+ * It covers what the HTTP full mode (docs/http.md) uses: definite-length maps and arrays,
+ * text and byte strings, unsigned and negative integers, true/false.
  *
  * Writer: fill a caller-owned buffer; on overflow `w.overflow` is set and writing stops.
+ * tc_map() and tc_array() take the number of pairs or items that follow: the caller counts
+ * them (tinywasm_http.h's tw_http_respond() and tw_http_next() count for you).
  *
  *     unsigned char buf[256];
  *     tc_writer w;
@@ -14,17 +17,24 @@
  *     tc_text_str(&w, "status");
  *     tc_uint(&w, 200);
  *
- * Reader: every tc_read_* returns 1 on success and 0 when the next item has another type
- * or the data is malformed (then `r.error` is set and every later call fails too). Strings
- * are returned as pointers into the input: nothing is copied or allocated.
+ * Reader: every tc_read_* returns 1 on success, and 0 when the next item has another type or
+ * there is none (nothing is consumed; step over an unwanted item with tc_skip()) or when
+ * the data is malformed (then `r.error` is set and every later call fails too). Strings are
+ * returned as pointers into the input: nothing is copied or allocated, and text is not
+ * checked to be UTF-8.
+ *
+ * Definite lengths only. An indefinite-length item (additional information 31, including
+ * the "break" byte 0xFF) or a reserved one (28-30) is malformed for this reader: reading or
+ * skipping it fails and sets `r.error`. The host's requests never contain one. tc_skip()
+ * steps over every other item: tags with their content, floats and simple values.
  *
  *     tc_reader r;
  *     tc_reader_init(&r, data, len);
  *     size_t n;
  *     if (!tc_read_map(&r, &n)) ...
  */
-#ifndef TINYCBOR_H
-#define TINYCBOR_H
+#ifndef TW_CBOR_H
+#define TW_CBOR_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +53,13 @@ enum {
 
 #define TC_MAX_DEPTH 16
 
+/* The writer's two workers stay out of line: inlined at every item they triple the code. */
+#if defined(__GNUC__) || defined(__clang__)
+#define TC_NOINLINE_ __attribute__((noinline))
+#else
+#define TC_NOINLINE_
+#endif
+
 /* -- writer ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -59,7 +76,8 @@ static inline void tc_writer_init(tc_writer *w, void *buf, size_t cap) {
     w->overflow = 0;
 }
 
-static inline void tc_put_(tc_writer *w, const void *data, size_t n) {
+static inline TC_NOINLINE_ void tc_put_(tc_writer *w, const void *data, size_t n) {
+    if (n == 0) return; /* data may be NULL then */
     if (w->overflow || n > w->cap - w->len) {
         w->overflow = 1;
         return;
@@ -68,7 +86,7 @@ static inline void tc_put_(tc_writer *w, const void *data, size_t n) {
     w->len += n;
 }
 
-static inline void tc_head_(tc_writer *w, int major, uint64_t v) {
+static inline TC_NOINLINE_ void tc_head_(tc_writer *w, int major, uint64_t v) {
     unsigned char b[9];
     size_t n, i;
     if (v < 24) {
@@ -134,7 +152,8 @@ static inline int tc_peek(const tc_reader *r) {
     return (r->error || r->p >= r->end) ? -1 : *r->p >> 5;
 }
 
-/* Read an item head: its major type and argument. Indefinite lengths (31) are errors. */
+/* Read an item head: its major type and argument. Indefinite (31) and reserved (28-30)
+ * additional information are malformed here. */
 static inline int tc_head_read_(tc_reader *r, int *major, uint64_t *v) {
     int ai, i, size;
     if (r->error || r->p >= r->end) return tc_fail_(r);
@@ -163,6 +182,7 @@ static inline int tc_expect_(tc_reader *r, int want, uint64_t *v) {
 static inline int tc_read_map(tc_reader *r, size_t *pairs) {
     uint64_t v;
     if (!tc_expect_(r, TC_MAP, &v)) return 0;
+    if ((uint64_t)(size_t)v != v) return tc_fail_(r); /* more than a size_t holds */
     *pairs = (size_t)v;
     return 1;
 }
@@ -170,6 +190,7 @@ static inline int tc_read_map(tc_reader *r, size_t *pairs) {
 static inline int tc_read_array(tc_reader *r, size_t *items) {
     uint64_t v;
     if (!tc_expect_(r, TC_ARRAY, &v)) return 0;
+    if ((uint64_t)(size_t)v != v) return tc_fail_(r);
     *items = (size_t)v;
     return 1;
 }
@@ -217,7 +238,8 @@ static inline int tc_skip_depth_(tc_reader *r, int depth) {
     }
 }
 
-/* Skip the next item, whatever it is (nested up to TC_MAX_DEPTH levels). */
+/* Skip the next item with its content (nested up to TC_MAX_DEPTH levels). Fails, setting
+ * r.error, on malformed data and on indefinite lengths. */
 static inline int tc_skip(tc_reader *r) { return tc_skip_depth_(r, 0); }
 
 /* 1 if the n bytes at s equal the NUL-terminated literal. */
@@ -225,4 +247,4 @@ static inline int tc_eq(const char *s, size_t n, const char *literal) {
     return strlen(literal) == n && memcmp(s, literal, n) == 0;
 }
 
-#endif /* TINYCBOR_H */
+#endif /* TW_CBOR_H */
