@@ -18,8 +18,7 @@ from yarl import URL
 from bus import Message, TopicError, decode_message, encode_message
 from tests.support import eventually
 from tinywasm_wasi.web import hub as hub_module
-from tinywasm_wasi.web.hub import Hub
-from tinywasm_wasi.web.ws_protocol import encode_binary_frame
+from tinywasm_wasi.web.hub import Hub, encode_binary_frame
 
 TIMEOUT = 5.0
 
@@ -118,17 +117,17 @@ async def connect(hub: Hub, client: Client, path: str) -> WebSocket:
     return ws
 
 
-async def stuck_client(
-    hub: Hub, client: Client, path: str
+async def raw_websocket(
+    hub: Hub, client: Client, path: str, *, receive_buffer: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A WebSocket client that never reads after the handshake (a tiny receive buffer),
-    so what the server sends backs up in the sockets."""
+    """A WebSocket client on a plain socket, to see exactly the bytes the server sends."""
     url = client.make_url(path)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=receive_buffer or 2**16)
     before = hub.clients
     writer.write(
         f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
@@ -139,6 +138,30 @@ async def stuck_client(
     assert head.startswith(b"HTTP/1.1 101"), head
     await eventually(lambda: hub.clients > before)
     return reader, writer
+
+
+async def stuck_client(
+    hub: Hub, client: Client, path: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that never reads after the handshake (a tiny receive buffer),
+    so what the server sends backs up in the sockets."""
+    return await raw_websocket(hub, client, path, receive_buffer=4096)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[WSMsgType, bytes]:
+    """One unfragmented frame from the server (RFC 6455 5.2: servers do not mask)."""
+    first, second = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    assert first & 0x80 and not second & 0x80, (first, second)  # FIN, no mask
+    size = second & 0x7F
+    if size >= 126:
+        size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+    return WSMsgType(first & 0x0F), await reader.readexactly(size)
+
+
+def client_frame(opcode: WSMsgType, payload: bytes) -> bytes:
+    """One frame as a client sends it: masked, here with the all-zero key (payload unchanged)."""
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + bytes(4) + payload
 
 
 async def recv(ws: WebSocket) -> bytes:
@@ -162,7 +185,10 @@ async def recv_until_close(ws: WebSocket, limit: int = 1000) -> tuple[list[bytes
 async def test_one_client_gets_raw_bytes_exactly(start: Start) -> None:
     hub, _, client = await start()
     ws = await connect(hub, client, "/ws?topic=chat")
+    # Every length encoding: 7-bit (to 125), 16-bit (126 to 65535), 64-bit (65536 on).
+    sizes = [125, 126, 65535, 65536]
     payloads = [b"hello", b"\xff\xfe\x00\x80 not utf-8", b"", bytes(range(256)) * 300]
+    payloads += [bytes(range(256)) * (n // 256) + bytes(n % 256) for n in sizes]
     for payload in payloads:
         assert hub.broadcast("chat", payload) == 1
     assert [await recv(ws) for _ in payloads] == payloads
@@ -319,6 +345,63 @@ async def test_bad_requests_get_400_with_a_reason(start: Start, path: str, text:
     assert text in await response.text()
 
 
+GOOD_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+async def raw_get(client: Client, path: str, headers: str) -> tuple[bytes, str]:
+    """Send one GET with exactly `headers` (CRLF-terminated lines); the status line and body."""
+    url = client.make_url(path)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}\r\n{headers}\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+    finally:
+        writer.close()
+    return head.split(b"\r\n", 1)[0], body.decode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ("", "No WebSocket UPGRADE hdr: None"),
+        ("Upgrade: h2c\r\nConnection: Upgrade\r\n", "No WebSocket UPGRADE hdr: h2c"),
+        (
+            "Upgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Version: 13\r\n"
+            + GOOD_KEY,
+            "No CONNECTION upgrade hdr: keep-alive",
+        ),
+        (UPGRADE + "Sec-WebSocket-Version: 12\r\n" + GOOD_KEY, "Unsupported version: 12"),
+        (UPGRADE + GOOD_KEY, "Unsupported version:)"),  # no version header
+        (UPGRADE + "Sec-WebSocket-Version: 13\r\n", "Handshake error: None"),
+        (
+            UPGRADE + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n",
+            "Handshake error: 'c2hvcnQ='",
+        ),
+    ],
+)
+async def test_bad_handshakes_get_400_with_aiohttps_reason(
+    start: Start, headers: str, reason: str
+) -> None:
+    hub, _, client = await start()
+    status, body = await raw_get(client, "/ws?topic=chat", headers)
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert body.startswith(
+        "/ws is a WebSocket endpoint: connect with new WebSocket(...), "
+        "e.g. ws://host:port/ws?topic=chat (handshake refused: "
+    )
+    assert reason in body
+    assert hub.clients == 0
+
+
 async def test_websocket_handshake_without_topic_is_refused(start: Start) -> None:
     hub, _, client = await start()
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
@@ -382,6 +465,74 @@ async def test_a_client_that_keeps_up_gets_frames_written_straight_through(start
         assert hub.broadcast("t", b"%d" % i) == 1
     assert hub.stats().slow_disconnects == 0
     assert [await recv(ws) for _ in range(50)] == [b"%d" % i for i in range(50)]
+
+
+@pytest.mark.parametrize(
+    ("ending", "close_code"),
+    [
+        ("the client closes", 1000),
+        ("aiohttp refuses a frame too big", 1009),
+        ("aiohttp gets no pong", None),  # it drops the connection: no close frame
+        # aiohttp 3.14 starts no close of its own that waits for the client's answer
+        # with the hub still subscribed; a close from another task does.
+        ("aiohttp closes it from another task", 1000),
+    ],
+)
+async def test_broadcasting_to_a_closing_connection_writes_nothing_after_the_close(
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    ending: str,
+    close_code: int | None,
+) -> None:
+    monkeypatch.setattr(hub_module, "HEARTBEAT", 0.2)  # a ping every 0.2 s, its pong due in 0.1
+    hub, _, client = await start(max_frame=8)
+    reader, writer = await raw_websocket(hub, client, "/ws?topic=t")
+    stop = asyncio.Event()
+
+    async def broadcast_every_turn() -> None:  # so one lands in whatever window there is
+        while not stop.is_set():
+            hub.broadcast("t", b"tick")
+            await asyncio.sleep(0)
+
+    broadcaster = asyncio.create_task(broadcast_every_turn())
+    try:
+        assert await read_frame(reader) == (WSMsgType.BINARY, b"tick")
+        if ending == "the client closes":
+            writer.write(client_frame(WSMsgType.CLOSE, struct.pack("!H", 1000)))
+        elif ending == "aiohttp refuses a frame too big":
+            writer.write(client_frame(WSMsgType.BINARY, b"x" * 16))  # over max_frame
+        elif ending == "aiohttp closes it from another task":
+            (server_side,) = [c.ws for c in hub._clients]  # aiohttp's WebSocketResponse
+            closing = asyncio.create_task(server_side.close())
+        seen: set[WSMsgType] = set()
+        closed_with: int | None = None
+        while True:
+            try:
+                opcode, payload = await read_frame(reader)
+            except asyncio.IncompleteReadError as exc:
+                assert exc.partial == b""  # the stream ends between frames
+                break
+            if opcode is WSMsgType.CLOSE:
+                closed_with = int.from_bytes(payload[:2], "big")
+                if ending == "aiohttp closes it from another task":
+                    writer.write(client_frame(WSMsgType.CLOSE, payload[:2]))  # the answer
+                    await asyncio.wait_for(closing, TIMEOUT)
+                assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # nothing after it
+                break
+            seen.add(opcode)
+        assert closed_with == close_code
+        assert seen <= {WSMsgType.BINARY, WSMsgType.PING}
+        if close_code is None:
+            assert WSMsgType.PING in seen  # the pings aiohttp sent before it gave up
+        await eventually(lambda: hub.clients == 0)
+    finally:
+        stop.set()
+        writer.close()
+        await broadcaster  # raises what broadcast raised, if anything
+    assert hub.broadcast("t", b"after") == 0
+    assert [r for r in caplog.records if r.name == "asyncio"] == []  # no write to a closed socket
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
 async def test_a_broadcast_is_encoded_once_and_shared_by_all_clients(

@@ -1,13 +1,14 @@
 """The WebSocket hub: fans bus messages out to browsers and lets browsers publish.
 
 ``GET /ws?topic=T`` subscribes a connection to one or more topic patterns (the
-query rules are in `tinywasm_wasi.web.ws_protocol`). Each client has one bounded
+query rules are in `tinywasm_wasi.web.hub_policy`). Each client has one bounded
 send queue and one writer task; `Hub.broadcast` never awaits a socket: it
 writes to a transport without blocking or does ``put_nowait``. Frames are
 encoded once per broadcast and shared. A client whose socket keeps up (nothing
-queued, nothing waiting in the transport) gets the encoded frame written
-straight to its transport, with no writer task wake-up; otherwise the frame is
-queued for its writer, so order is kept.
+queued, nothing waiting in the transport, not closing) gets the encoded frame
+written straight to its transport by `_write_through`, with no writer task
+wake-up; otherwise the frame is queued for its writer, which sends it with
+aiohttp's ``send_bytes``, so order is kept.
 
 Before the upgrade: 503 after `close`, 403 for an Origin the ``--ws-origins``
 policy refuses, 400 for a bad query or a request that is not a valid handshake.
@@ -39,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -56,16 +57,14 @@ from bus import (
 )
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
-from tinywasm_wasi.web.ws_protocol import (
-    CloseCode,
+from tinywasm_wasi.web.hub_policy import (
     Publish,
     Refuse,
     RequestError,
     WsRequest,
     check_origin,
     decide_inbound,
-    describe_bad_handshake,
-    encode_binary_frame,
+    handshake_refusal,
     parse_origins,
     parse_request,
     protocol_error_reason,
@@ -110,7 +109,8 @@ class _Socket(web.WebSocketResponse):
 
     aiohttp refuses a frame over ``max_msg_size`` (1009), text that is not UTF-8
     (1007) or a malformed frame (1002) by closing with an empty reason; the
-    client is told what was wrong and which setting applies instead.
+    client is told what was wrong and which setting applies instead. It also notes
+    when a close begins (`close_begun`), for `_write_through`.
     """
 
     def __init__(self, *, max_frame: int) -> None:
@@ -118,10 +118,16 @@ class _Socket(web.WebSocketResponse):
         # into a large message. aiohttp refuses a message of max_msg_size bytes.
         super().__init__(heartbeat=HEARTBEAT, compress=False, max_msg_size=max_frame + 1)
         self.max_frame = max_frame
+        # True from the first close(), before aiohttp writes its close frame: where
+        # aiohttp's `closed` turns true too. `_write_through` reads it for every client
+        # and frame, and the property cost about a fifth more server CPU per frame in
+        # bench.fanout than this plain attribute.
+        self.close_begun = False
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
+        self.close_begun = True
         if not message:
             message = protocol_error_reason(code, self.max_frame).encode("utf-8")
         return await super().close(code=code, message=message, drain=drain)
@@ -160,6 +166,64 @@ class _Client:
         self.stopping = asyncio.Event()  # set when the close begins: ends a throttle wait
         self.throttled = False  # the rate limit has slowed this client down (logged once)
         self.ended = ""  # how aiohttp ended the connection, when it did (for the log)
+
+
+def _write_through(
+    clients: Iterable[_Client], topic: str, raw: bytes
+) -> list[tuple[_Client, bytes]]:
+    """Write one broadcast to each client whose socket keeps up; return the others to queue.
+
+    The one place that bypasses aiohttp's writer. ``send_bytes`` must be awaited,
+    so each frame would cost a writer task wake-up per client: over a third more
+    server CPU per frame in fan-out, and a burst larger than the queue disconnects
+    every client (BENCHMARKS.md, "write-through"). Only a socket that keeps up
+    qualifies: no frame queued or being sent (order), nothing waiting in the
+    transport (flow control), no close begun on the WebSocket (no data frame may
+    follow a close frame) and the transport not closing (aiohttp closes it at
+    once when a pong is missed). Frames are encoded once and shared: the CBOR
+    envelope and the wire frames, raw and envelope. Each client that is behind
+    comes back with its frame.
+    """
+    envelope: bytes | None = None
+    wires: list[bytes | None] = [None, None]  # encoded frames: raw, envelope
+    behind: list[tuple[_Client, bytes]] = []
+    for client in clients:
+        kind = client.wanted.envelope
+        if kind:
+            if envelope is None:
+                envelope = encode_message(Message(topic=topic, payload=raw))
+            frame = envelope
+        else:
+            frame = raw
+        transport = client.transport
+        if (
+            client.sending
+            or client.queue is None
+            or not client.queue.empty()
+            or client.ws.close_begun
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            behind.append((client, frame))
+            continue
+        wire = wires[kind]
+        if wire is None:
+            wire = wires[kind] = encode_binary_frame(frame)
+        transport.write(wire)
+    return behind
+
+
+def encode_binary_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, size))
+    elif size < 1 << 16:
+        header = bytes((0x82, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x82, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 class Hub:
@@ -268,34 +332,9 @@ class Hub:
         if len(targets) > 1:
             targets = list(dict.fromkeys(targets))  # two matching patterns, one frame
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
-        envelope: bytes | None = None
-        wires: list[bytes | None] = [None, None]  # encoded frames: raw, envelope
-        queued = 0
-        for client in targets:
-            if client.wanted.envelope:
-                if envelope is None:
-                    envelope = encode_message(Message(topic=topic, payload=raw))
-                frame = envelope
-            else:
-                frame = raw
-            queue = client.queue
-            assert queue is not None  # subscribed clients always have one
-            transport = client.transport
-            if (
-                not client.sending
-                and queue.empty()
-                and transport is not None
-                and not transport.is_closing()
-                and transport.get_write_buffer_size() == 0
-            ):
-                # The socket keeps up: write the frame now, no writer task wake-up.
-                kind = 1 if client.wanted.envelope else 0
-                wire = wires[kind]
-                if wire is None:
-                    wire = wires[kind] = encode_binary_frame(frame)
-                transport.write(wire)
-                queued += 1
-                continue
+        behind = _write_through(targets, topic, raw)
+        queued = len(targets) - len(behind)
+        for client, frame in behind:
             if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
                 self._slow(
                     client,
@@ -306,6 +345,8 @@ class Hub:
                     self._queue_bytes,
                 )
                 continue
+            queue = client.queue
+            assert queue is not None  # subscribed clients always have one
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:
@@ -330,7 +371,7 @@ class Hub:
             client.peer,
             *args,
         )
-        self._begin_close(client, CloseCode.TRY_AGAIN_LATER, reason)
+        self._begin_close(client, WSCloseCode.TRY_AGAIN_LATER, reason)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The ``GET /ws`` route: 503, 403 (origin), 400 (query, handshake) or a WebSocket."""
@@ -347,15 +388,10 @@ class Hub:
         except RequestError as exc:
             return web.Response(status=400, text=f"{exc}\n")
         ws = _Socket(max_frame=self._max_frame)
-        if not ws.can_prepare(request):
-            why = describe_bad_handshake(
-                upgrade=headers.get(hdrs.UPGRADE),
-                connection=headers.get(hdrs.CONNECTION),
-                version=headers.get(hdrs.SEC_WEBSOCKET_VERSION),
-                key=headers.get(hdrs.SEC_WEBSOCKET_KEY),
-            )
-            return web.Response(status=400, text=f"{why}\n")
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except web.HTTPBadRequest as exc:  # aiohttp checks the handshake before sending
+            return web.Response(status=400, text=f"{handshake_refusal(exc.text or '')}\n")
         client = _Client(ws, request, wanted, self._queue_size)
         self._clients.add(client)
         for pattern in wanted.patterns:
@@ -363,12 +399,12 @@ class Hub:
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
         log.debug("ws %s connected: topics %s", client.peer, ", ".join(wanted.patterns))
         if self.closed:  # the hub closed while the handshake was being sent
-            self._begin_close(client, CloseCode.GOING_AWAY, "server shutting down")
+            self._begin_close(client, WSCloseCode.GOING_AWAY, "server shutting down")
         try:
             await self._read(client)
         finally:
             # The closer releases the client, so even a cancelled handler leaks nothing.
-            closer = self._begin_close(client, CloseCode.GOING_AWAY, "server closing connection")
+            closer = self._begin_close(client, WSCloseCode.GOING_AWAY, "server closing connection")
             await asyncio.shield(closer)
         return ws
 
@@ -380,7 +416,7 @@ class Hub:
         self._state = _State.CLOSED
         try:
             closers = [
-                self._begin_close(client, CloseCode.GOING_AWAY, "server shutting down")
+                self._begin_close(client, WSCloseCode.GOING_AWAY, "server shutting down")
                 for client in list(self._clients)
             ]
             if closers:
@@ -417,7 +453,7 @@ class Hub:
                 except TopicError as exc:
                     decision = refuse_topic_error(exc)
                 except BusClosedError:
-                    self._begin_close(client, CloseCode.GOING_AWAY, "server shutting down")
+                    self._begin_close(client, WSCloseCode.GOING_AWAY, "server shutting down")
                     return
             if isinstance(decision, Refuse):
                 self._inbound_refused += 1
@@ -445,7 +481,7 @@ class Hub:
         if isinstance(error, WebSocketError):
             self._inbound_refused += 1
             reason = protocol_error_reason(error.code, self._max_frame) or str(error)
-            detail = "" if error.code == CloseCode.MESSAGE_TOO_BIG else f" ({error})"
+            detail = "" if error.code == WSCloseCode.MESSAGE_TOO_BIG else f" ({error})"
             client.ended = f"closed with {error.code} {reason}"
             self._warn_refused(
                 "ws %s closed with %d: %s%s", client.peer, error.code, reason, detail
@@ -478,7 +514,7 @@ class Hub:
             while not queue.empty():
                 queue.get_nowait()
 
-    def _begin_close(self, client: _Client, code: CloseCode, reason: str) -> asyncio.Task[None]:
+    def _begin_close(self, client: _Client, code: WSCloseCode, reason: str) -> asyncio.Task[None]:
         """Stop queuing to `client` now and schedule its close (once); does not block."""
         self._unsubscribe(client)
         client.stopping.set()
@@ -502,7 +538,7 @@ class Hub:
                 return
             await asyncio.sleep(FLUSH_POLL)
 
-    async def _close_client(self, client: _Client, code: CloseCode, reason: str) -> None:
+    async def _close_client(self, client: _Client, code: WSCloseCode, reason: str) -> None:
         """Close the socket unless the client already did, then release the client."""
         writer, ws = client.writer, client.ws
         sent = not ws.closed

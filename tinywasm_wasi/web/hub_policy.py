@@ -1,30 +1,30 @@
-"""The WebSocket hub's rules as pure functions: no aiohttp, no asyncio.
+"""The WebSocket hub's own policy as pure functions: no sockets, no event loop.
 
-`parse_request` turns the ``/ws`` query into a `WsRequest` (or a `RequestError`
-whose text is the HTTP 400 body), `decide_inbound` says what a frame a browser
-sent means (`Publish` or `Refuse`), and `fit_reason` makes a close reason fit
-the 123 bytes a WebSocket close frame allows. Before the upgrade,
-`check_origin` applies the `--ws-origins` policy (`parse_origins`) and
-`describe_bad_handshake` explains a refused handshake; after it,
-`protocol_error_reason` names what was wrong with a frame aiohttp refused.
-`tinywasm_wasi.web.hub` feeds them.
+What aiohttp does not decide for the hub: `parse_request` turns the ``/ws``
+query into a `WsRequest` (or a `RequestError` whose text is the HTTP 400 body),
+`check_origin` applies the ``--ws-origins`` policy (`parse_origins`) before the
+upgrade, `decide_inbound` says what a frame a browser sent means (`Publish` or
+`Refuse`), and the close reasons: `protocol_error_reason` names what was wrong
+with a frame aiohttp refused, `handshake_refusal` puts aiohttp's reason for a
+refused handshake after advice, and `fit_reason` makes a reason fit the 123
+bytes a close frame allows. Close codes are aiohttp's `WSCloseCode`; the
+handshake checks and the framing are aiohttp's too. `tinywasm_wasi.web.hub`
+feeds them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode
 
 from bus import MessageError, TopicError, decode_message, matches, validate_pattern, validate_topic
 
 __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "MAX_TOPICS",
-    "CloseCode",
     "OriginPolicy",
     "Publish",
     "Refuse",
@@ -32,9 +32,8 @@ __all__ = [
     "WsRequest",
     "check_origin",
     "decide_inbound",
-    "describe_bad_handshake",
-    "encode_binary_frame",
     "fit_reason",
+    "handshake_refusal",
     "parse_origins",
     "parse_request",
     "protocol_error_reason",
@@ -46,17 +45,6 @@ MAX_TOPICS = 64
 # A topic quoted inside a close reason is cut to this many bytes, so that the
 # advice after it (which setting to change) still fits in the reason.
 _QUOTED_TOPIC_BYTES = 32
-
-
-class CloseCode(IntEnum):
-    """The WebSocket close codes the hub sends (RFC 6455 section 7.4)."""
-
-    GOING_AWAY = 1001  # the server is shutting down
-    PROTOCOL_ERROR = 1002  # a malformed or unexpected frame (sent by aiohttp)
-    INVALID_DATA = 1007  # a text frame not UTF-8, or an envelope not a CBOR Message
-    POLICY_VIOLATION = 1008  # the client may not publish to that topic
-    MESSAGE_TOO_BIG = 1009  # a frame over --ws-max-frame (sent by aiohttp)
-    TRY_AGAIN_LATER = 1013  # slow consumer: its send queue overflowed
 
 
 class RequestError(ValueError):
@@ -83,7 +71,7 @@ class Publish:
 class Refuse:
     """An inbound frame refused: close the connection with `code` and `reason`."""
 
-    code: CloseCode
+    code: WSCloseCode
     reason: str
 
 
@@ -137,7 +125,8 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
         try:
             message = decode_message(data)
         except MessageError as exc:
-            return Refuse(CloseCode.INVALID_DATA, fit_reason(str(exc)))
+            # 1007, which RFC 6455 names "invalid frame payload data": not only text.
+            return Refuse(WSCloseCode.INVALID_TEXT, fit_reason(str(exc)))
         topic, payload = message.topic, message.payload
     else:
         topic, payload = request.patterns[0], data
@@ -145,7 +134,7 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
             validate_topic(topic)
         except TopicError:
             return Refuse(
-                CloseCode.POLICY_VIOLATION,
+                WSCloseCode.POLICY_VIOLATION,
                 fit_reason(
                     f"cannot publish to {_quote(topic)}: raw frames go to the first ?topic=, "
                     "which must have no wildcard"
@@ -154,41 +143,32 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
     if not any(matches(pattern, topic) for pattern in allowed):
         setting = "controls it" if allowed else "is empty"
         why = f"publishing to {_quote(topic)} is not allowed: the server's --ws-inbound setting"
-        return Refuse(CloseCode.POLICY_VIOLATION, fit_reason(f"{why} {setting}"))
+        return Refuse(WSCloseCode.POLICY_VIOLATION, fit_reason(f"{why} {setting}"))
     return Publish(topic, payload)
-
-
-def encode_binary_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x82, size))
-    elif size < 1 << 16:
-        header = bytes((0x82, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x82, 127)) + size.to_bytes(8, "big")
-    return header + payload
 
 
 def refuse_topic_error(exc: TopicError) -> Refuse:
     """The refusal for a frame whose topic the bus rejected."""
-    return Refuse(CloseCode.POLICY_VIOLATION, fit_reason(f"topic refused: {exc}"))
+    return Refuse(WSCloseCode.POLICY_VIOLATION, fit_reason(f"topic refused: {exc}"))
 
 
 def protocol_error_reason(code: int, max_frame: int) -> str:
     """The close reason for a frame refused by aiohttp's own checks, by close code."""
-    if code == CloseCode.MESSAGE_TOO_BIG:
+    if code == WSCloseCode.MESSAGE_TOO_BIG:
         return fit_reason(
             f"frame too big: the limit is {max_frame} bytes (the server's --ws-max-frame setting)"
         )
-    if code == CloseCode.INVALID_DATA:
+    if code == WSCloseCode.INVALID_TEXT:
         return "text frame is not valid UTF-8: send other bytes as a binary frame"
-    if code == CloseCode.PROTOCOL_ERROR:
+    if code == WSCloseCode.PROTOCOL_ERROR:
         return "protocol error: malformed or unexpected WebSocket frame (see RFC 6455)"
     return ""
 
 
 # -- before the upgrade: origins and handshakes -------------------------------------------
+
+# aiohttp's reason quotes a header the client sent: cut it, the advice matters more.
+_HANDSHAKE_REASON_BYTES = 200
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _ORIGIN_SETTING = "--ws-origins / TINYWASM_WS_ORIGINS"
@@ -264,32 +244,17 @@ def check_origin(policy: OriginPolicy, origin: str | None, host: str | None) -> 
     )
 
 
-def describe_bad_handshake(
-    *, upgrade: str | None, connection: str | None, version: str | None, key: str | None
-) -> str:
-    """Say why a request to ``/ws`` is not a WebSocket handshake, from its headers.
+def handshake_refusal(reason: str) -> str:
+    """The HTTP 400 text for a request to ``/ws`` that aiohttp refused as a handshake.
 
-    Only the explanation: aiohttp decides whether the handshake is valid.
+    `reason` is aiohttp's own (the text of the ``HTTPBadRequest`` it raised):
+    it comes after advice for the common case, a plain GET from a browser tab.
     """
-    if (upgrade or "").strip().lower() != "websocket":
-        return (
-            "/ws is a WebSocket endpoint: connect with new WebSocket(...), "
-            "e.g. ws://host:port/ws?topic=chat"
-        )
-    if "upgrade" not in [t.strip().lower() for t in (connection or "").split(",")]:
-        return "bad WebSocket handshake: the Connection header must include Upgrade"
-    if version not in ("13", "8", "7"):
-        return (
-            f"bad WebSocket handshake: Sec-WebSocket-Version {fit_reason(version or '', 20)!r} "
-            "is not supported: use 13"
-        )
-    try:
-        key_ok = key is not None and len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        key_ok = False
-    if not key_ok:
-        return "bad WebSocket handshake: Sec-WebSocket-Key must be 16 random bytes in base64"
-    return "bad WebSocket handshake: see RFC 6455 section 4.1"
+    why = fit_reason(" ".join(reason.split()), _HANDSHAKE_REASON_BYTES)
+    return (
+        "/ws is a WebSocket endpoint: connect with new WebSocket(...), "
+        f"e.g. ws://host:port/ws?topic=chat (handshake refused: {why})"
+    )
 
 
 def _origin_key(text: str) -> _OriginKey | None:
