@@ -204,7 +204,7 @@ async def test_api_modules_shows_each_modules_role_and_rule(
 async def test_each_rule_form_runs_in_front_of_the_routes_it_names(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
-    echo_http = example("echo_http.wasm", Path(__file__).parent.parent / "modules" / "dist")
+    echo_http = example("echo_http.wasm", Path(__file__).parents[2] / "modules" / "dist")
     directory = files(
         tmp_path,
         {
@@ -319,7 +319,7 @@ async def test_no_answer_is_204_in_both_modes_and_full_mode_status_and_headers_p
 async def test_body_over_the_limit_is_413_with_or_without_content_length(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
-    echo_http = example("echo_http.wasm", Path(__file__).parent.parent / "modules" / "dist")
+    echo_http = example("echo_http.wasm", Path(__file__).parents[2] / "modules" / "dist")
     directory = files(tmp_path, {"e.wasm": echo_http, "ok.wasm": answers("ok")})
     server = await make_server(modules_dir=directory, http_max_body=1000, watch=False)
 
@@ -419,7 +419,7 @@ async def test_swapping_a_target_and_a_middleware_under_load_fails_no_request(
 ) -> None:
     """Every request is answered by exactly one version, across swaps that also change the
     target's mode (compat <-> full) and the middleware's bytes."""
-    echo_http = example("echo_http.wasm", Path(__file__).parent.parent / "modules" / "dist")
+    echo_http = example("echo_http.wasm", Path(__file__).parents[2] / "modules" / "dist")
     directory = files(
         tmp_path,
         {
