@@ -333,6 +333,8 @@ class Swapper:
 
     async def _stage(self, a: Attempt) -> Event:
         assert a.data is not None
+        # The attempt's time runs from here: reading the file is the watcher's part.
+        a.begun, a.at = time.perf_counter(), time.time()
         try:
             a.new = await self.stage(a.name, a.data, self._loader.path_of(a.file))
         except TinywasmError as exc:
