@@ -113,7 +113,7 @@ def create_app(config: Config) -> web.Application:
     add_module_routes(
         app,
         host,
-        hub.stats,
+        hub,
         admin=AdminGuard(config.admin_token),
         status_private=config.status_private,
     )

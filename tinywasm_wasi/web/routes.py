@@ -6,7 +6,6 @@ an `AdminGuard` (tinywasm_wasi/admin.py): a token, or loopback clients only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from aiohttp import web
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
-from tinywasm_wasi.web.hub import HubStats
+from tinywasm_wasi.web.hub import Hub
 
 __all__ = ["add_module_routes", "add_static_routes"]
 
@@ -41,14 +40,14 @@ def _public(handler: Handler) -> Handler:
 def add_module_routes(
     app: web.Application,
     host: ModuleHost,
-    hub_stats: Callable[[], HubStats],
+    hub: Hub,
     *,
     admin: AdminGuard | None = None,
     status_private: bool = False,
 ) -> None:
     """`/healthz`, `/api/modules` and each module's history, reload and rollback.
 
-    `hub_stats()` returns the WebSocket hub's counters. `admin` guards reload and
+    `hub` gives the client count and the hub's counters. `admin` guards reload and
     rollback; the default serves them to loopback clients only. With
     `status_private`, it guards the module status and history too (`/healthz`
     stays public, for load balancers).
@@ -61,7 +60,7 @@ def add_module_routes(
             {
                 "status": "ok",
                 "modules": len(host.live()),
-                "clients": hub_stats().clients,
+                "clients": hub.clients,
             }
         )
 
@@ -78,7 +77,7 @@ def add_module_routes(
                     "dropped": stats.dropped,
                     "subscriptions": stats.subscriptions,
                 },
-                "hub": asdict(hub_stats()),
+                "hub": asdict(hub.stats()),
             }
         )
 
