@@ -115,13 +115,19 @@ class Runtime:
         """Stop advancing this engine's epoch (calls then run without a deadline). Idempotent."""
         _CLOCK.discard(self)
 
-    def compile_module(self, name: str, data: bytes, path: Path | None = None) -> CompiledModule:
-        """Compile and check `data`; raise ModuleLoadError with the reason if it is unusable."""
+    def compile_module(
+        self, name: str, data: bytes, path: Path | None = None, *, sha256: str | None = None
+    ) -> CompiledModule:
+        """Compile and check `data`; raise ModuleLoadError with the reason if it is unusable.
+
+        `sha256` is the bytes' hash when the caller has it already (it keys the cache).
+        """
         started = time.perf_counter()
         if not data.startswith(b"\0asm"):
             what = "empty" if not data else "not a WebAssembly binary (no \\0asm magic)"
-            raise ModuleLoadError(f"{what}: build it with `python -m cmd.tinywasm build`")
-        sha256 = hashlib.sha256(data).hexdigest()
+            raise ModuleLoadError(f"{what}: build it with `tinywasm build`")
+        if sha256 is None:
+            sha256 = hashlib.sha256(data).hexdigest()
         cache = self.cache
         module = cache.load(self.engine, sha256, name) if cache is not None else None
         cached = module is not None

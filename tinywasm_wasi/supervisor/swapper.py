@@ -27,6 +27,7 @@ answer each request exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -121,14 +122,18 @@ class Swapper:
 
     # -- starting a version ------------------------------------------------------------------
 
-    async def stage(self, name: str, data: bytes, path: Path | None) -> WasmModule:
+    async def stage(
+        self, name: str, data: bytes, path: Path | None, *, sha256: str | None = None
+    ) -> WasmModule:
         """Compile, instantiate and start a version; subscriptions recorded, effects held."""
         if len(data) > self._loader.max_module_size:
             raise ModuleLoadError(
                 f"the file is over the {self._loader.max_module_size} byte limit for modules "
                 "(raise --max-module-size / TINYWASM_MAX_MODULE_SIZE)"
             )
-        compiled = await asyncio.to_thread(self._runtime.compile_module, name, data, path)
+        compiled = await asyncio.to_thread(
+            functools.partial(self._runtime.compile_module, name, data, path, sha256=sha256)
+        )
         return await self.start_compiled(compiled)
 
     async def start_compiled(self, compiled: CompiledModule) -> WasmModule:
@@ -336,7 +341,7 @@ class Swapper:
         # The attempt's time runs from here: reading the file is the watcher's part.
         a.begun, a.at = time.perf_counter(), time.time()
         try:
-            a.new = await self.stage(a.name, a.data, self._loader.path_of(a.file))
+            a.new = await self.stage(a.name, a.data, self._loader.path_of(a.file), sha256=a.sha)
         except TinywasmError as exc:
             a.error = str(exc)
             return Event.STAGE_FAILED
