@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bus import TopicError, validate_pattern
-from tinywasm_wasi.config import DEFAULT_CACHE_DIR, Config
+from tinywasm_wasi.config import DEFAULT_CACHE_DIR, MAX_CALL_TIMEOUT, MAX_MEMORY, Config
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
 
 __all__ = [
@@ -92,11 +92,21 @@ _seconds = _non_negative("a number of seconds, zero or more, e.g. 5 or 0.5")
 _rate = _non_negative("frames per second, zero (no limit) or more, e.g. 100")
 
 
-def _positive_seconds(value: str) -> float:
+def _call_timeout(value: str) -> float:
     seconds = _seconds(value)
-    if seconds == 0:
-        raise ValueError("expected a number of seconds more than zero, e.g. 0.1")
+    if seconds == 0 or seconds > MAX_CALL_TIMEOUT:
+        raise ValueError(
+            f"expected a number of seconds more than zero and at most {MAX_CALL_TIMEOUT:g}, "
+            "e.g. 0.1"
+        )
     return seconds
+
+
+def _memory(value: str) -> int:
+    size = _size(value)
+    if size > MAX_MEMORY:
+        raise ValueError("expected a size of at most 4GiB, the most a 32-bit memory can address")
+    return size
 
 
 def _patterns(value: str) -> tuple[str, ...]:
@@ -231,13 +241,13 @@ SETTINGS = (
     _Setting(
         "memory_limit",
         "SIZE",
-        _size,
+        _memory,
         "linear memory a module may grow to (e.g. 64MiB); beyond it memory.grow fails",
     ),
     _Setting(
         "call_timeout",
         "SECONDS",
-        _positive_seconds,
+        _call_timeout,
         "deadline for one call into a module (init, on_message, handle, drain...)",
     ),
     _Setting("max_module_size", "SIZE", _size, "largest .wasm file loaded"),

@@ -36,6 +36,9 @@ DEFAULT_WEB_DIR = data_dir("static", "web")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinywasm-wasi"
 KiB = 1024
 MiB = 1024 * KiB
+MAX_SIZE = 1024**4  # 1 TiB: any size past it is a typo, not a setting
+MAX_MEMORY = 4 * 1024**3  # the most a 32-bit WebAssembly memory can address
+MAX_CALL_TIMEOUT = 3600.0  # seconds one call into a module may be given, at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +121,16 @@ class Config:
                 raise ValueError(f"{field} must be at least 1 byte")
         if self.ws_queue_bytes < 1 or self.http_max_body < 1:
             raise ValueError("ws_queue_bytes and http_max_body must be at least 1 byte")
-        if self.call_timeout <= 0:
-            raise ValueError("call_timeout must be more than zero seconds, e.g. 0.1")
+        if not (0 < self.call_timeout <= MAX_CALL_TIMEOUT):
+            raise ValueError(
+                f"call_timeout must be more than zero and at most {MAX_CALL_TIMEOUT:g} "
+                "seconds, e.g. 0.1"
+            )
+        if self.memory_limit > MAX_MEMORY:
+            raise ValueError(
+                "memory_limit must be at most 4GiB, the most a 32-bit WebAssembly memory "
+                "can address"
+            )
         if self.quarantine_traps < 1:
             raise ValueError("quarantine_traps must be at least 1")
         if self.quarantine_window < 0 or self.quarantine_backoff < 0 or self.ws_rate_limit < 0:

@@ -149,6 +149,23 @@ def test_no_text_means_no_overrides() -> None:
         ),
         ("[chat]\ncall_timeout = inf", "limits.toml: [chat]: call_timeout must be a number"),
         ("[chat]\ncall_timeout = nan", "limits.toml: [chat]: call_timeout must be a number"),
+        # Absurd values are refused with the allowed range, never wrapped or crashing.
+        (
+            "[chat]\ncall_timeout = 1e308",
+            "limits.toml: [chat]: call_timeout must be at most 3600 seconds",
+        ),
+        (
+            '[chat]\nmemory_limit = "1e30GiB"',
+            "limits.toml: [chat] memory_limit: '1e30GiB' is too large: sizes go up to 1TiB",
+        ),
+        (
+            "[chat]\nmax_payload = 99999999999999999999999",
+            "limits.toml: [chat] max_payload: 99999999999999999999999 is too large",
+        ),
+        (
+            '[chat]\nmemory_limit = "5GiB"',
+            "limits.toml: [chat]: memory_limit must be at most 4GiB, the most a 32-bit",
+        ),
     ],
 )
 def test_bad_override_files_are_refused_naming_the_table_and_key(text: str, message: str) -> None:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ MAX_PAYLOAD = 4096
 LIMITS = Limits(memory_limit=1024 * 1024, call_timeout=0.05, max_payload=MAX_PAYLOAD)
 FAST = settings(
     max_examples=300,
-    deadline=timedelta(seconds=2),
+    deadline=None,  # what is asserted is the outcome; time under a loaded machine is not
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SLOW = settings(FAST, max_examples=40)

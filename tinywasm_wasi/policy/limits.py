@@ -18,10 +18,14 @@ import math
 import tomllib
 from dataclasses import dataclass
 
+from tinywasm_wasi.config import MAX_CALL_TIMEOUT, MAX_MEMORY, MAX_SIZE
 from tinywasm_wasi.exceptions import TinywasmError
 
 __all__ = [
     "LIMITS_FILE",
+    "MAX_CALL_TIMEOUT",
+    "MAX_MEMORY",
+    "MAX_SIZE",
     "Limits",
     "LimitsError",
     "parse_overrides",
@@ -31,6 +35,7 @@ __all__ = [
 LIMITS_FILE = "limits.toml"
 MAX_LOG_LINE = 4096  # bytes of one guest log line; longer lines are cut
 COMPAT_RESPONSE_CAP = 64 * 1024  # bytes a compat-mode `handle` response may span
+
 
 _SIZE_UNITS = {
     "": 1,
@@ -61,6 +66,8 @@ def parse_size(value: str | int) -> int:
             size = 0
     if size < 1:
         raise LimitsError(f"{value!r} is not a size: use bytes, e.g. 65536, 64KiB or 16MiB")
+    if size > MAX_SIZE:
+        raise LimitsError(f"{value!r} is too large: sizes go up to 1TiB")
     return size
 
 
@@ -77,6 +84,17 @@ class Limits:
             raise LimitsError("memory_limit and max_payload must be at least 1 byte")
         if not (math.isfinite(self.call_timeout) and self.call_timeout > 0):
             raise LimitsError("call_timeout must be a number of seconds more than zero, e.g. 0.1")
+        if self.call_timeout > MAX_CALL_TIMEOUT:
+            raise LimitsError(
+                f"call_timeout must be at most {MAX_CALL_TIMEOUT:g} seconds, e.g. 0.1"
+            )
+        if self.memory_limit > MAX_MEMORY:
+            raise LimitsError(
+                "memory_limit must be at most 4GiB, the most a 32-bit WebAssembly memory "
+                "can address"
+            )
+        if self.max_payload > MAX_SIZE:
+            raise LimitsError("max_payload must be at most 1TiB")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Limits)}
