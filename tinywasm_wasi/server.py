@@ -282,18 +282,16 @@ class WasiServer(_AppServer):
         self.hub = self.app[HUB]
         self.runtime = self.app[RUNTIME]
         self._host = self.app[HOST]
-        self._started = False
 
     @property
     def host(self) -> ModuleHost:
-        if not self._started:
+        if self._served is None:
             raise RuntimeError("the server is not started: await start() first")
         return self._host
 
     async def start(self) -> None:
         """Load the modules, then listen. A module that fails to load is logged and skipped."""
         await self._start(self.app)
-        self._started = True
         log.info(
             "serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
             len(self._host.modules),

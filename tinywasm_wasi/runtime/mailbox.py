@@ -197,17 +197,6 @@ class Mailbox:
         with self._cond:
             return not self._items and not self._busy
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until nothing is queued or running; False on timeout. Not for the event loop."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._items or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._held and not self._busy):
-                    return False
-                self._cond.wait(left)
-            return True
-
     def on_settled(self, callback: Settled) -> None:
         """Call `callback(True)` once nothing is queued or running, or `callback(False)` once
         it is held with nothing running but work queued (it cannot get idle by itself).

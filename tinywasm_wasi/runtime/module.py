@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -166,17 +165,13 @@ class WasmModule:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
 
-        def settle(idle: bool) -> None:
-            def set_result() -> None:
-                if not done.done():
-                    done.set_result(idle)
+        def set_result(idle: bool) -> None:
+            if not done.done():
+                done.set_result(idle)
 
-            if threading.get_ident() == loop_thread:
-                set_result()
-            else:
-                loop.call_soon_threadsafe(set_result)
+        def settle(idle: bool) -> None:  # on the module thread, or here at once
+            loop.call_soon_threadsafe(set_result, idle)
 
-        loop_thread = threading.get_ident()
         self.mailbox.on_settled(settle)
         try:
             async with asyncio.timeout(timeout):
@@ -288,8 +283,9 @@ class WasmModule:
     async def take_back(self, failed: WasmModule) -> None:
         """Roll back: take the subscriptions and queued messages back from `failed`, close it.
 
-        The caller has already cut `failed` over from this version; its messages are
-        newer than anything this version still has queued, so they go behind them.
+        `failed` took this version's subscriptions at the cut-over, so what it has queued
+        is older than anything that reaches this version after the take-over: it goes
+        in front.
         """
         failed.hold()
         self.hold()

@@ -14,6 +14,7 @@ module's `init()` reach every module started with it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ from tinywasm_wasi.supervisor.loader import (
     read_file,
 )
 from tinywasm_wasi.supervisor.registry import Registry, RegistryView
-from tinywasm_wasi.supervisor.swapper import Swapper, SwapSettings
+from tinywasm_wasi.supervisor.swapper import EMPTY_SHA256, Swapper, SwapSettings
 
 __all__ = ["ModuleHost", "is_module_file"]
 
@@ -174,20 +175,21 @@ class ModuleHost:
     async def _start_file(self, path: Path) -> WasmModule | None:
         name = path.name
         begun, at = time.perf_counter(), time.time()
-        data = b""
+        data, sha = b"", EMPTY_SHA256
         try:
             file = self.loader.with_rule_txt(parse_file_name(path.name))
             name = file.name
             raw = await asyncio.to_thread(read_file(path, self.loader.max_module_size))
             data = raw or b""
-            module = await self.swapper.stage(name, data, path)
+            sha = hashlib.sha256(data).hexdigest()  # once: it keys the cache and the history
+            module = await self.swapper.stage(name, data, path, sha256=sha)
             module.file = file
         except (OSError, TinywasmError) as exc:
             self._registry.refuse(name, str(exc))
-            self.swapper.record_startup(name, data, Outcome.REFUSED, begun, at, str(exc))
+            self.swapper.record_startup(name, data, sha, Outcome.REFUSED, begun, at, str(exc))
             log.error("refused module %s: %s", path.name, exc)
             return None
-        self.swapper.record_startup(name, data, Outcome.LOADED, begun, at, None)
+        self.swapper.record_startup(name, data, sha, Outcome.LOADED, begun, at, None)
         log.info(
             "loaded module %s (%d bytes, sha256 %s, %.1f ms)",
             name,

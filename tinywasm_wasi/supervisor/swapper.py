@@ -62,6 +62,8 @@ log = logging.getLogger("tinywasm.host")
 
 # The actions that begin an operation: each starts a new attempt.
 STARTS = frozenset({Action.READ, Action.QUARANTINE, Action.START_RETRY})
+STARTUP = Request(RequestKind.CHANGE, Trigger.STARTUP)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # what a refused read records
 
 
 @dataclass(slots=True, kw_only=True)
@@ -94,6 +96,7 @@ class Attempt:
     held: int = 0
     opened: float | None = None  # perf_counter when the new version opened
     backoff: float = 0.0
+    record: VersionRecord | None = None  # once recorded
 
 
 class Swapper:
@@ -162,10 +165,6 @@ class Swapper:
 
     # -- running operations --------------------------------------------------------------------
 
-    def busy(self, name: str) -> bool:
-        machine = self._machines.get(name)
-        return machine is not None and machine.busy
-
     def _machine(self, name: str) -> SwapMachine:
         machine = self._machines.get(name)
         if machine is None:
@@ -206,20 +205,15 @@ class Swapper:
                     event = await self._do(action, attempt, step)
                 except Exception:
                     log.exception("swap %s failed unexpectedly in %s", name, action.value)
-                    event = None
                     step = machine.reset(self._resting(name))
                     break
                 if action is Action.RECORD:
-                    last = self._last_record(name)
+                    last = attempt.record
             else:
                 if event is None:
                     break
                 step = machine.handle(event)
         return last
-
-    def _last_record(self, name: str) -> VersionRecord | None:
-        history = self._registry.view.histories.get(name)
-        return history.records[-1] if history and history.records else None
 
     async def _do(self, action: Action, a: Attempt, step: Step) -> Event | None:
         """Perform one action; an action that ends a step returns the next event."""
@@ -302,13 +296,13 @@ class Swapper:
                 found = await asyncio.to_thread(self._loader.find_file, a.name)
                 a.file = file = None if found is None else self._loader.with_rule_txt(found)
             except RuleError as exc:
-                a.error, a.data = str(exc), b""
+                a.error, a.data, a.sha = str(exc), b"", EMPTY_SHA256
                 return Event.READ_FAILED
             source = self._loader.reader(self._loader.path_of(file))
         try:
             data = await asyncio.to_thread(source)
         except TinywasmError as exc:  # not a regular file, unreadable
-            a.error, a.data = str(exc), b""
+            a.error, a.data, a.sha = str(exc), b"", EMPTY_SHA256
             return Event.READ_FAILED
         if data is None:
             return Event.READ_GONE
@@ -428,16 +422,17 @@ class Swapper:
 
     # -- history -------------------------------------------------------------------------------
 
-    def _record(self, a: Attempt, outcome: Outcome) -> None:
-        """Record the attempt; its duration runs until the new version opened (or now)."""
+    def _keep(self, a: Attempt, outcome: Outcome) -> VersionRecord:
+        """Put the attempt in the history: the bytes read when there are some, else the
+        version acted on. Its duration runs until the new version opened (or now)."""
         end = a.opened if a.opened is not None else time.perf_counter()
         kept = a.data if a.compiled is None else None
         if kept is not None:
-            sha, size = (a.sha if a.sha != "-" else hashlib.sha256(kept).hexdigest()), len(kept)
+            sha, size = a.sha, len(kept)
         else:
             assert a.compiled is not None
             sha, size = a.compiled.sha256, a.compiled.size
-        record = VersionRecord(
+        a.record = VersionRecord(
             sha256=sha,
             size=size,
             at=a.at,
@@ -447,7 +442,13 @@ class Swapper:
             held=a.held,
             error=a.error,
         )
-        self._registry.record(a.name, record, kept)
+        self._registry.record(a.name, a.record, kept)
+        return a.record
+
+    def _record(self, a: Attempt, outcome: Outcome) -> None:
+        """Record the attempt and log its one line."""
+        record = self._keep(a, outcome)
+        sha = record.sha256
         if a.request.kind is not RequestKind.CHANGE:
             return  # quarantine and retry log their own lines
         if outcome is Outcome.UNLOADED:
@@ -474,16 +475,15 @@ class Swapper:
             log.info(line, *args)
 
     def record_startup(
-        self, name: str, data: bytes, outcome: Outcome, begun: float, at: float, error: str | None
+        self,
+        name: str,
+        data: bytes,
+        sha256: str,
+        outcome: Outcome,
+        begun: float,
+        at: float,
+        error: str | None,
     ) -> None:
-        """Record a load made by the start-up passes (not through a machine)."""
-        record = VersionRecord(
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            at=at,
-            trigger=Trigger.STARTUP,
-            outcome=outcome,
-            duration_ms=(time.perf_counter() - begun) * 1000,
-            error=error,
-        )
-        self._registry.record(name, record, data)
+        """Record a load made by the start-up passes (not through a machine; they log)."""
+        a = Attempt(name, STARTUP, begun=begun, at=at, data=data, sha=sha256, error=error)
+        self._keep(a, outcome)
