@@ -271,6 +271,13 @@ SETTINGS = (
         _optional_path,
         "folder for compiled modules, so restarts and swaps skip compiling; off disables it",
     ),
+    _Setting(
+        "state_dir",
+        "DIR",
+        _path,
+        "folder for the server's own state (history, pins); unset: .tinywasm inside the "
+        "modules folder",
+    ),
     _Setting("ws_max_frame", "SIZE", _size, "largest WebSocket frame a client may send"),
     _Setting(
         "ws_queue_bytes",

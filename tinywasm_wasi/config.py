@@ -82,6 +82,8 @@ class Config:
     quarantine_backoff: float = 5.0
     # Folder for compiled modules (keyed by sha256, wasmtime version, engine settings); None: off.
     cache_dir: Path | None = DEFAULT_CACHE_DIR
+    # Folder for the server's own state (history, pins); None: <modules_dir>/.tinywasm.
+    state_dir: Path | None = None
 
     # -- untrusted clients
     # Largest WebSocket frame a client may send.
@@ -98,6 +100,11 @@ class Config:
     status_private: bool = False
     # Largest HTTP request body passed to a module, and largest full-mode response body.
     http_max_body: int = 1 * MiB
+
+    @property
+    def state_path(self) -> Path:
+        """Where the server keeps its own state: state_dir, else <modules_dir>/.tinywasm."""
+        return self.state_dir if self.state_dir is not None else self.modules_dir / ".tinywasm"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -35,6 +35,7 @@ from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.supervisor.host import ModuleHost
+from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
 from tinywasm_wasi.web.admin import AdminGuard
 from tinywasm_wasi.web.dispatch import add_dispatch_routes
@@ -46,6 +47,7 @@ __all__ = [
     "CONFIG",
     "HOST",
     "HUB",
+    "STATE",
     "DefaultServer",
     "Served",
     "Server",
@@ -63,6 +65,7 @@ BUS = web.AppKey("bus", Bus)
 HOST = web.AppKey("host", ModuleHost)
 HUB = web.AppKey("hub", Hub)
 RUNTIME = web.AppKey("runtime", Runtime)
+STATE = web.AppKey("state", StateDir)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
 
@@ -105,6 +108,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
     app[_BRIDGE] = bridge
+    app[STATE] = StateDir(config.state_path)
 
     app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _frozen))
     app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))

@@ -1,0 +1,142 @@
+"""The server's own small files beside the modules: history, pins, deploy records.
+
+`StateDir` is a folder (by default `<modules_dir>/.tinywasm/`) the server writes
+to and reads back after a restart. It never holds a module: the watcher and the
+loader look only at the top level of the modules folder.
+
+Every write is atomic (a temporary file renamed into place) or an append of one
+whole JSON line, so a crash leaves either the old content or the new. A folder
+that cannot be created or written (a read-only install, a full disk) is not an
+error for the server: the first failure logs one warning saying what is lost and
+how to fix it, and from then on the state lives in memory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.supervisor.loader import read_regular
+
+__all__ = ["MAX_STATE_FILE", "STATE_DIR_NAME", "StateDir"]
+
+log = logging.getLogger("tinywasm.state")
+
+STATE_DIR_NAME = ".tinywasm"
+# Largest state file read back; a bigger one is refused with a warning, not loaded.
+MAX_STATE_FILE = 64 * 1024 * 1024
+
+
+class StateDir:
+    """One folder of server state files, named by plain file names (no sub-folders)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._enabled = True
+
+    @property
+    def enabled(self) -> bool:
+        """False after a write failed; the state is then kept in memory only."""
+        return self._enabled
+
+    def write(self, name: str, data: bytes) -> bool:
+        """Replace file `name` with `data` atomically. False if the folder is off."""
+        name = self._checked(name)
+        if not self._ready():
+            return False
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._turn_off(exc)
+            return False
+        return True
+
+    def append_line(self, name: str, record: Mapping[str, Any]) -> bool:
+        """Append `record` as one JSON line to file `name`. False if the folder is off."""
+        name = self._checked(name)
+        if not self._ready():
+            return False
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            with open(self.path / name, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as exc:
+            self._turn_off(exc)
+            return False
+        return True
+
+    def read(self, name: str) -> bytes | None:
+        """The content of file `name`, or None when it is missing, unreadable or too big."""
+        try:
+            data = read_regular(self.path / self._checked(name), MAX_STATE_FILE)
+        except ModuleLoadError as exc:
+            log.warning("state file %s ignored: %s", name, exc)
+            return None
+        if data is not None and len(data) > MAX_STATE_FILE:
+            log.warning(
+                "state file %s ignored: larger than %d bytes; delete it to start afresh",
+                name,
+                MAX_STATE_FILE,
+            )
+            return None
+        return data
+
+    def read_lines(self, name: str) -> Iterator[dict[str, Any]]:
+        """The JSON objects of file `name`, one per line; damaged lines are skipped."""
+        data = self.read(name)
+        if not data:
+            return
+        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("state file %s: line %d is not JSON; skipped", name, number)
+                continue
+            if isinstance(record, dict):
+                yield record
+
+    def remove(self, name: str) -> None:
+        """Delete file `name` if it exists."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path / self._checked(name))
+
+    def _ready(self) -> bool:
+        if not self._enabled:
+            return False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._turn_off(exc)
+            return False
+        return True
+
+    def _turn_off(self, exc: OSError) -> None:
+        self._enabled = False
+        log.warning(
+            "state directory %s cannot be written (%s): history and pins are kept in "
+            "memory only until restart; point --state-dir at a writable folder",
+            self.path,
+            exc.strerror or exc,
+        )
+
+    @staticmethod
+    def _checked(name: str) -> str:
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ValueError(f"state file name {name!r} must be a plain file name")
+        return name
