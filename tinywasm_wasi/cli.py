@@ -28,6 +28,7 @@ __all__ = [
     "SERVERS",
     "build",
     "default_cache_dir",
+    "deploy",
     "fast_path",
     "main",
     "parse_config",
@@ -335,6 +336,7 @@ environment:
   XDG_CACHE_HOME moves the default cache folder to $XDG_CACHE_HOME/{DEFAULT_CACHE_DIR.name}.
 
 Compile guest modules with: {prog} build <module-dir>...
+Deploy one to a running server with: {prog} deploy <file.wasm> --server URL
 """
 
 
@@ -473,6 +475,62 @@ def build(argv: list[str], prog: str = f"{PROG} build") -> int:
     return 0
 
 
+def deploy(argv: list[str], env: Mapping[str, str], prog: str = f"{PROG} deploy") -> int:
+    """Run ``tinywasm deploy <file.wasm> --server URL [--token T] [--name N] [--delete]``."""
+    from tinywasm_wasi.deploy_client import DeployClientError, send
+    from tinywasm_wasi.policy.rules import RuleError, parse_file_name
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Deploy a module to a running server (PUT /api/modules/<name>), "
+        "or remove it with --delete.",
+        epilog="The token defaults to TINYWASM_ADMIN_TOKEN; without one, the server "
+        "accepts deploys from its own machine only.",
+    )
+    parser.add_argument("file", type=Path, metavar="file.wasm", help="the module to deploy")
+    parser.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:6060")
+    parser.add_argument("--token", default=None, help="the server's admin token")
+    parser.add_argument(
+        "--name", default=None, help="module name (default: from the file name, e.g. chat)"
+    )
+    parser.add_argument(
+        "--delete", action="store_true", help="unload the module and remove its file instead"
+    )
+    args = parser.parse_args(argv)
+    name = args.name
+    if name is None:
+        try:
+            name = parse_file_name(args.file.name).name
+        except RuleError as exc:
+            parser.error(f"{exc}; or give --name")
+    token = args.token or env.get("TINYWASM_ADMIN_TOKEN") or None
+    data = None
+    if not args.delete:
+        try:
+            data = args.file.read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    try:
+        answer = send(args.server, name, data, token=token)
+    except DeployClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    body = answer.body
+    if body is not None and "outcome" in body:
+        result = body.get("result") or {}
+        line = f"{name}: {body['outcome']} (sha256 {str(body.get('sha256', '-'))[:12]}"
+        if result.get("duration_ms") is not None:
+            line += f", {result['duration_ms']:.1f} ms"
+        line += ")"
+        if body.get("error"):
+            line += f": {body['error']}"
+        print(line, file=sys.stdout if answer.ok else sys.stderr)
+    else:
+        print(f"error: the server answered {answer.status}: {answer.text}", file=sys.stderr)
+    return 0 if answer.ok else 1
+
+
 def main(
     argv: list[str] | None = None, env: Mapping[str, str] | None = None, *, prog: str = PROG
 ) -> int:
@@ -484,6 +542,8 @@ def main(
     environ = os.environ if env is None else env
     if args[:1] == ["build"]:
         return build(args[1:], prog=f"{prog} build")
+    if args[:1] == ["deploy"]:
+        return deploy(args[1:], environ, prog=f"{prog} deploy")
 
     try:
         server_name = select_server(environ)

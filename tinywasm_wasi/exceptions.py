@@ -16,6 +16,7 @@ Hierarchy::
     ├── build.BuildError      compiling a C module failed
     ├── limits.LimitsError    a limit value or limits.toml is invalid (also a ValueError)
     ├── rules.RuleError       a middleware rule or module file name is invalid (ValueError)
+    ├── names.ModuleNameError a module name outside the documented character set (ValueError)
     └── http_abi.ResponseError    a module's HTTP answer breaks the interface (ValueError)
 """
 

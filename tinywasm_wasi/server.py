@@ -40,6 +40,7 @@ from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
 from tinywasm_wasi.web.admin import AdminGuard
 from tinywasm_wasi.web.dispatch import add_dispatch_routes
 from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.release import add_release_routes
 from tinywasm_wasi.web.routes import add_module_routes, add_static_routes
 
 __all__ = [
@@ -114,13 +115,9 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
-    add_module_routes(
-        app,
-        host,
-        hub,
-        admin=AdminGuard(config.admin_token),
-        status_private=config.status_private,
-    )
+    admin = AdminGuard(config.admin_token)
+    add_module_routes(app, host, hub, admin=admin, status_private=config.status_private)
+    add_release_routes(app, host, admin)
     add_dispatch_routes(app, host.view, config)
     add_static_routes(app, config.web_dir)
     return app

@@ -22,6 +22,7 @@ class Trigger(enum.StrEnum):
     STARTUP = "startup"
     WATCHER = "watcher"
     API = "api"
+    DEPLOY = "deploy"  # PUT /api/modules/{name}
     ROLLBACK = "rollback"
     DELETE = "delete"
     QUARANTINE = "quarantine"

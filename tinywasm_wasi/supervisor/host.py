@@ -30,6 +30,7 @@ from tinywasm_wasi.policy.rules import ModuleFileName, parse_file_name
 from tinywasm_wasi.policy.swap import Request, RequestKind
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.module import Broadcast, WasmModule
+from tinywasm_wasi.supervisor.deployer import Deployer, DeployResult
 from tinywasm_wasi.supervisor.loader import (
     DEFAULT_MAX_MODULE_SIZE,
     ModuleLoader,
@@ -86,6 +87,13 @@ class ModuleHost:
             self.settings,
             on_faulty=self._on_faulty,
             retry=self._retry,
+        )
+        self.deployer = Deployer(
+            self.loader,
+            self.swap,
+            self.swapper.idle,
+            self._registry.view.histories.get,
+            self._running_sha,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[VersionRecord | None]] = set()
@@ -225,6 +233,18 @@ class ModuleHost:
         if source is None and self.loader.directory is None:
             raise RuntimeError("no modules folder: load_dir() first")
         return await self.swapper.run(name, Request(RequestKind.CHANGE, Trigger(trigger), source))
+
+    async def deploy(self, name: str, data: bytes) -> DeployResult:
+        """Write `data` as `name`'s file and swap to it (see `supervisor/deployer.py`)."""
+        return await self.deployer.deploy(name, data)
+
+    async def undeploy(self, name: str) -> DeployResult:
+        """Remove `name`'s file and unload it."""
+        return await self.deployer.undeploy(name)
+
+    def _running_sha(self, name: str) -> str | None:
+        module = self.modules.get(name)
+        return None if module is None else module.compiled.sha256
 
     async def rollback(self, name: str) -> VersionRecord | None:
         """Return `name` to its previous good version, kept in memory."""

@@ -122,6 +122,8 @@ class Swapper:
         self._on_faulty = on_faulty
         self.timers = RetryTimers(retry)
         self._machines: dict[str, SwapMachine] = {}
+        # Per name, while a caller runs operations on it: done when it rests again.
+        self._running: dict[str, asyncio.Future[None]] = {}
 
     # -- starting a version ------------------------------------------------------------------
 
@@ -194,6 +196,23 @@ class Swapper:
                 )
             return None
         attempt = Attempt(name, request)
+        last: VersionRecord | None = None
+        running = self._running[name] = asyncio.get_running_loop().create_future()
+        try:
+            last = await self._run_steps(name, machine, step, attempt)
+        finally:
+            del self._running[name]
+            running.set_result(None)
+        return last
+
+    async def idle(self, name: str) -> None:
+        """Wait until `name` rests: the running operation and its follow-up are done."""
+        while (running := self._running.get(name)) is not None:
+            await asyncio.shield(running)
+
+    async def _run_steps(
+        self, name: str, machine: SwapMachine, step: Step, attempt: Attempt
+    ) -> VersionRecord | None:
         last: VersionRecord | None = None
         while step.actions:
             event: Event | None = None
