@@ -55,7 +55,7 @@ from tests.support import eventually
 from tests.wat import IMPORTS
 from tinywasm_wasi.exceptions import TinywasmError
 from tinywasm_wasi.policy.history import Outcome
-from tinywasm_wasi.runtime.guest_log import LOG_BURST
+from tinywasm_wasi.runtime.guest_log import LOG_BURST, LOG_LINES_PER_SECOND
 from tinywasm_wasi.server import WasiServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -252,9 +252,11 @@ async def test_a_module_misbehaving_on_each_message_hurts_only_itself(
     limits = f"[{case.name}]\n{case.limits}\n" if case.limits else ""
     server = await start(make_server, tmp_path, {case.name: case.data}, limits)
     async with Traffic(server) as traffic:
+        began = time.monotonic()
         during = traffic.trigger(case.payload, times=TRIGGERS)
         await asyncio.gather(during, traffic.roundtrip(50))
         await traffic.handled(case.name, TRIGGERS)
+        flooded_for = time.monotonic() - began
         await traffic.roundtrip()  # after
         await traffic.healthz()
         await traffic.handled("healthy", traffic.sent)  # its counters lag its last pong a little
@@ -290,7 +292,10 @@ async def test_a_module_misbehaving_on_each_message_hurts_only_itself(
     if case.log_flood:
         # every line is either logged or counted as suppressed, and most were suppressed
         assert len(flood_lines) + entry["log_lines_suppressed"] == FLOOD * TRIGGERS
-        assert len(flood_lines) < LOG_BURST + 100
+        # The budget: the burst, plus what refills while the flood runs (a busy machine
+        # makes it run longer, so the bound follows the time it took).
+        assert len(flood_lines) <= LOG_BURST + LOG_LINES_PER_SECOND * flooded_for + 1
+        assert entry["log_lines_suppressed"] > 0
     if case.name == "long_log_line":
         assert [len(line) for line in flood_lines] == [len("[long_log_line] ") + 4096] * TRIGGERS
 
