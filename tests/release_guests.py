@@ -29,3 +29,16 @@ def versioned(version: int, extra: str = "") -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# State handoff: the old version's save_state hands over "s"; a version with
+# RESTORE_TRAPS traps in restore_state, so its swap is rolled back after cut-over.
+SAVES_STATE = """
+  (data (i32.const 3000) "s")
+  (func (export "save_state") (result i64) (i64.const 12884901888001))
+  (func (export "restore_state") (param i32 i32))
+"""
+RESTORE_TRAPS = """
+  (func (export "save_state") (result i64) (i64.const 0))
+  (func (export "restore_state") (param i32 i32) unreachable)
+"""

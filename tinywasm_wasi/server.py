@@ -89,6 +89,7 @@ def create_app(config: Config) -> web.Application:
         origins=config.ws_origins,
     )
     runtime = Runtime(cache_dir=config.cache_dir)
+    state = StateDir(config.state_path)
     bridge = LoopBridge(None, hub.broadcast)  # bound to the loop at start-up
     host = ModuleHost(
         runtime,
@@ -106,10 +107,11 @@ def create_app(config: Config) -> web.Application:
         max_module_size=config.max_module_size,
         quarantine=(config.quarantine_traps, config.quarantine_window),
         quarantine_backoff=config.quarantine_backoff,
+        state=state,
     )
     app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
     app[_BRIDGE] = bridge
-    app[STATE] = StateDir(config.state_path)
+    app[STATE] = state
 
     app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _frozen))
     app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))

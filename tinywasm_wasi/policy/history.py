@@ -80,6 +80,10 @@ class ModuleHistory:
             )
             self._good.append((record.sha256, data))
 
+    def bytes_of(self, sha256: str) -> bytes | None:
+        """The bytes of a recent good version, if they are still kept."""
+        return next((d for s, d in reversed(self._good) if s == sha256), None)
+
     def previous_good(self) -> tuple[str, bytes] | None:
         """The good version before the current one, or None if there is none."""
         return self._good[-2] if len(self._good) >= 2 else None

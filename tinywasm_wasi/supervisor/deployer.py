@@ -31,6 +31,7 @@ from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.names import check_module_name
 from tinywasm_wasi.supervisor.loader import ModuleLoader, read_regular
+from tinywasm_wasi.supervisor.pins import PinStore
 
 __all__ = ["DeployOutcome", "DeployResult", "Deployer", "NotDeployedError", "write_atomically"]
 
@@ -109,12 +110,14 @@ class Deployer:
         idle: Callable[[str], Awaitable[None]],
         histories: Callable[[str], ModuleHistory | None],
         running_sha: Callable[[str], str | None],
+        pins: PinStore,
     ) -> None:
         self._loader = loader
         self._swap = swap
         self._idle = idle
         self._histories = histories
         self._running_sha = running_sha
+        self._pins = pins
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -152,11 +155,21 @@ class Deployer:
                 await asyncio.to_thread(write_atomically, path, data)
             except OSError as exc:
                 raise ModuleLoadError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+            pin, pinned = self._pins.get(name), self._pins.data(name)
+            if pin is not None and pin.file_sha256 == sha:  # the version rolled back from, again
+                self._pins.drop(name, "the version it was pinned against was deployed again")
             began = time.time()
             record = await self._swap(name, Trigger.DEPLOY)
             result = await self._result(name, sha, began, record)
             if not result.outcome.ok:
                 await asyncio.to_thread(self._put_back, path, before)
+                made = self._pins.get(name)
+                if made is not None and made.file_sha256 == sha:  # pinned against our file
+                    self._pins.drop(name, "the file it was pinned against was put back")
+                if pin is not None and pinned is not None and self._pins.get(name) is None:
+                    self._pins.put(
+                        pin, pinned
+                    )  # the file holds what it held before: so does the pin
         log.info("deploy %s (%s): %s", name, sha[:12], result.outcome.value)
         return result
 

@@ -25,6 +25,7 @@ from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.pins import FileVerdict, judge_file
 from tinywasm_wasi.policy.quarantine import Quarantine
 from tinywasm_wasi.policy.rules import ModuleFileName, parse_file_name
 from tinywasm_wasi.policy.swap import Request, RequestKind
@@ -38,7 +39,9 @@ from tinywasm_wasi.supervisor.loader import (
     is_module_file,
     read_file,
 )
+from tinywasm_wasi.supervisor.pins import PinStore
 from tinywasm_wasi.supervisor.registry import Registry, RegistryView
+from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.supervisor.swapper import EMPTY_SHA256, Swapper, SwapSettings
 
 __all__ = ["ModuleHost", "is_module_file"]
@@ -65,6 +68,7 @@ class ModuleHost:
         max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
         quarantine: tuple[int, float] = (Config.quarantine_traps, Config.quarantine_window),
         quarantine_backoff: float = Config.quarantine_backoff,
+        state: StateDir | None = None,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
@@ -78,6 +82,7 @@ class ModuleHost:
         )
         self.loader = ModuleLoader(limits or Limits(), max_module_size=max_module_size)
         self._registry = Registry()
+        self.pins = PinStore(state)
         self.swapper = Swapper(
             runtime,
             bus,
@@ -87,6 +92,7 @@ class ModuleHost:
             self.settings,
             on_faulty=self._on_faulty,
             retry=self._retry,
+            pins=self.pins,
         )
         self.deployer = Deployer(
             self.loader,
@@ -94,6 +100,7 @@ class ModuleHost:
             self.swapper.idle,
             self._registry.view.histories.get,
             self._running_sha,
+            self.pins,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[VersionRecord | None]] = set()
@@ -162,6 +169,7 @@ class ModuleHost:
                 directory,
             )
             return
+        self.pins.load()
         scan = self.loader.scan(directory)
         for file_name, reason in scan.refused.items():
             self._registry.refuse(file_name, reason)
@@ -190,6 +198,7 @@ class ModuleHost:
             raw = await asyncio.to_thread(read_file(path, self.loader.max_module_size))
             data = raw or b""
             sha = hashlib.sha256(data).hexdigest()  # once: it keys the cache and the history
+            data, sha = self._pinned(name, data, sha)
             module = await self.swapper.stage(name, data, path, sha256=sha)
             module.file = file
         except (OSError, TinywasmError) as exc:
@@ -206,6 +215,29 @@ class ModuleHost:
             (time.perf_counter() - begun) * 1000,
         )
         return module
+
+    def _pinned(self, name: str, data: bytes, sha: str) -> tuple[bytes, str]:
+        """At start-up: the pinned version if the file still holds the one rolled back from."""
+        pin = self.pins.get(name)
+        verdict = judge_file(pin, sha)
+        if verdict is FileVerdict.CHANGED:
+            self.pins.drop(name, "its file changed while the server was stopped")
+        if pin is None or verdict is not FileVerdict.PINNED:
+            return data, sha
+        pinned = self.pins.data(name)
+        if pinned is None:
+            self.pins.drop(name, "its pinned bytes are missing")
+            return data, sha
+        log.warning(
+            "module %s: serving pinned version %s, not its file's %s (%s); "
+            "POST /api/modules/%s/unpin to serve the file",
+            name,
+            pin.sha256[:12],
+            sha[:12],
+            pin.reason,
+            name,
+        )
+        return pinned, pin.sha256
 
     # -- swaps -----------------------------------------------------------------------------------
 
@@ -245,6 +277,16 @@ class ModuleHost:
     def _running_sha(self, name: str) -> str | None:
         module = self.modules.get(name)
         return None if module is None else module.compiled.sha256
+
+    async def unpin(self, name: str) -> VersionRecord | None:
+        """End `name`'s pin and swap to its file's version.
+
+        Raises:
+            ModuleLoadError: `name` is not pinned.
+        """
+        if not self.pins.drop(name, "by request"):
+            raise ModuleLoadError(f"module {name!r} is not pinned: it serves its file's version")
+        return await self.swap(name, Trigger.API)
 
     async def rollback(self, name: str) -> VersionRecord | None:
         """Return `name` to its previous good version, kept in memory."""

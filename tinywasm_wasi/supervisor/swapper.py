@@ -39,6 +39,7 @@ from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
+from tinywasm_wasi.policy.pins import FileVerdict, judge_file, pin_after
 from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
 from tinywasm_wasi.policy.rules import ModuleFileName, RuleError
 from tinywasm_wasi.policy.swap import (
@@ -53,6 +54,7 @@ from tinywasm_wasi.policy.swap import (
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.module import Broadcast, WasmModule
 from tinywasm_wasi.supervisor.loader import ModuleLoader, Source
+from tinywasm_wasi.supervisor.pins import PinStore
 from tinywasm_wasi.supervisor.registry import Registry
 from tinywasm_wasi.supervisor.timers import RetryTimers
 
@@ -112,6 +114,7 @@ class Swapper:
         settings: SwapSettings,
         on_faulty: Callable[[WasmModule], None],
         retry: Callable[[str], None],
+        pins: PinStore | None = None,
     ) -> None:
         self._runtime = runtime
         self._bus = bus
@@ -121,6 +124,7 @@ class Swapper:
         self.settings = settings
         self._on_faulty = on_faulty
         self.timers = RetryTimers(retry)
+        self.pins = pins if pins is not None else PinStore(None)
         self._machines: dict[str, SwapMachine] = {}
         # Per name, while a caller runs operations on it: done when it rests again.
         self._running: dict[str, asyncio.Future[None]] = {}
@@ -302,6 +306,7 @@ class Swapper:
             case Action.RECORD:
                 assert step.outcome is not None
                 self._record(a, step.outcome)
+                await self._pin(a, step.outcome)
         return None
 
     # -- the actions that take time ------------------------------------------------------------
@@ -323,9 +328,19 @@ class Swapper:
         except TinywasmError as exc:  # not a regular file, unreadable
             a.error, a.data, a.sha = str(exc), b"", EMPTY_SHA256
             return Event.READ_FAILED
+        from_file = a.request.source is None
         if data is None:
+            if from_file:
+                self.pins.drop(a.name, "its file was deleted")
             return Event.READ_GONE
         a.data, a.sha = data, hashlib.sha256(data).hexdigest()
+        if from_file:
+            verdict = judge_file(self.pins.get(a.name), a.sha)
+            if verdict is FileVerdict.PINNED:
+                log.debug("swap %s: the file still holds the version rolled back from", a.name)
+                return Event.READ_SAME
+            if verdict is FileVerdict.CHANGED:
+                self.pins.drop(a.name, "its file changed")
         if old is None or old.compiled.sha256 != a.sha:
             return Event.READ_NEW
         if self._loader.limits_for(a.name) != old.limits:
@@ -438,6 +453,27 @@ class Swapper:
             return Event.RETRY_FAILED
         log.info("module %s: back in service after quarantine (retry %d)", a.name, entry.retries)
         return Event.RETRY_STARTED
+
+    async def _pin(self, a: Attempt, outcome: Outcome) -> None:
+        """After a rollback, pin what runs if the file holds another version (sticky)."""
+        trigger = a.request.trigger
+        if outcome is not Outcome.ROLLED_BACK and trigger is not Trigger.ROLLBACK:
+            return
+        live = self._registry.view.modules.get(a.name)
+        live_sha = None if live is None else live.compiled.sha256
+        if a.request.source is None and a.data:
+            file_sha: str | None = a.sha  # the file's bytes were just read
+        else:
+            path = self._loader.path_of(self._loader.find_file(a.name))
+            data = None if path is None else await asyncio.to_thread(self._loader.reader(path))
+            file_sha = None if data is None else hashlib.sha256(data).hexdigest()
+        pin = pin_after(a.name, outcome, trigger, live_sha, file_sha, time.time())
+        history = self._registry.view.histories.get(a.name)
+        data = None if pin is None or history is None else history.bytes_of(pin.sha256)
+        if pin is None or data is None:
+            self.pins.drop(a.name, "it serves its file's version again")
+            return
+        self.pins.put(pin, data)
 
     # -- history -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -64,12 +65,18 @@ def add_module_routes(
             }
         )
 
+    def with_pin(entry: dict[str, Any]) -> dict[str, Any]:
+        pin = host.pins.get(str(entry.get("name")))
+        entry["pinned"] = None if pin is None else pin.to_json()
+        entry["file_differs"] = pin is not None
+        return entry
+
     async def list_modules(_request: web.Request) -> web.Response:
         stats = host.bus.stats()
         return web.json_response(
             {
-                "modules": [m.snapshot() for m in host.modules.values()]
-                + [q.to_json() for q in host.quarantined.values()],
+                "modules": [with_pin(m.snapshot()) for m in host.modules.values()]
+                + [with_pin(q.to_json()) for q in host.quarantined.values()],
                 "refused": dict(host.refused),
                 "bus": {
                     "published": stats.published,
@@ -116,9 +123,18 @@ def add_module_routes(
             raise web.HTTPConflict(text=f"{exc}\n") from None
         return web.json_response({"name": name, "result": record.to_json() if record else None})
 
+    async def unpin(request: web.Request) -> web.Response:
+        name = known(request)
+        try:
+            record = await host.unpin(name)
+        except ModuleLoadError as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        return web.json_response({"name": name, "result": record.to_json() if record else None})
+
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
     app.router.add_get("/api/modules", status(list_modules))
     app.router.add_get("/api/modules/{name}/history", status(history))
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))
+    app.router.add_post("/api/modules/{name}/unpin", admin(unpin))
