@@ -19,13 +19,17 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tinywasm_wasi.eventloop import ASYNCIO, UVLOOP, choose_loop
+
+T = TypeVar("T")
 
 __all__ = [
     "BENCHMARKS",
@@ -212,6 +216,35 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
         return float("nan")
     rank = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
     return sorted_values[rank]
+
+
+def add_loops_flag(parser: argparse.ArgumentParser) -> None:
+    """``--loops``: the event loops our server is measured on, one run each, in order."""
+
+    def parse(text: str) -> list[str]:
+        loops = [part.strip() for part in text.split(",") if part.strip()]
+        if not loops or not set(loops) <= {ASYNCIO, UVLOOP}:
+            raise argparse.ArgumentTypeError(
+                f"choose from {ASYNCIO} and {UVLOOP}, e.g. asyncio,uvloop"
+            )
+        return loops
+
+    parser.add_argument(
+        "--loops",
+        type=parse,
+        default=[ASYNCIO, UVLOOP],
+        help="our server's event loops, one run each, in this order (asyncio,uvloop)",
+    )
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on a new event loop of the kind `loop` names (asyncio or uvloop)."""
+    choice = choose_loop(loop == UVLOOP)
+    if choice.name != loop:
+        main.close()
+        raise SystemExit(f"error: {loop} was asked for but {choice.why}")
+    with asyncio.Runner(loop_factory=choice.factory) as runner:
+        return runner.run(main)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,10 @@ rate is 100,000 frames/s divided by the clients (1,000 messages/s to 100
 clients, 100/s to 1,000), for 2 seconds; ``--rate 0`` publishes flat out.
 
     python -m bench.fanout [--clients 100,1000] [--rate R] [--messages M] [--no-nats]
-                           [--record] [--smoke]
+                           [--loops asyncio,uvloop] [--record] [--smoke]
+
+Our server runs once per event loop of ``--loops`` (asyncio's default loop, then
+uvloop's), one after the other in the same run, before nats-server.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from bench.common import (
     Children,
     Machine,
     add_common_flags,
+    add_loops_flag,
     command_line,
     fail_on,
     markdown_grid,
@@ -62,6 +66,7 @@ from bench.common import (
     process_rss_kib,
     record,
     rss_kib,
+    run_on,
 )
 from tests.wat import guest, write
 from tinywasm_wasi.config import Config
@@ -492,7 +497,7 @@ async def drive(server: Server, s: Settings) -> Outcome:
     )
 
 
-async def run_tinywasm(s: Settings, modules_dir: Path) -> Outcome:
+async def run_tinywasm(s: Settings, modules_dir: Path, loop: str) -> Outcome:
     """Our server, in this process: the relay module broadcasts what is published on fan.in."""
     wasi = WasiServer(
         Config(
@@ -510,7 +515,7 @@ async def run_tinywasm(s: Settings, modules_dir: Path) -> Outcome:
         if list(wasi.host.modules) != ["relay"]:
             raise RuntimeError(f"the relay module did not load: {wasi.host.refused}")
         server = Server(
-            target=Target(TINYWASM, f"{wasi.url}/ws?topic={OUT_TOPIC}"),
+            target=Target(f"{TINYWASM} ({loop})", f"{wasi.url}/ws?topic={OUT_TOPIC}"),
             publish=lambda payload: wasi.bus.publish(IN_TOPIC, payload),
             flush=lambda: None,  # bus.publish has queued the message when it returns
             ready=lambda _connected: wasi.hub.clients >= s.clients,
@@ -688,6 +693,7 @@ def main() -> None:
         "--queue-size", type=int, default=1_000, help="our ws_queue_size per client (1000)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="limit per run, s (60)")
+    add_loops_flag(parser)
     parser.add_argument(
         "--no-nats", dest="nats", action="store_false", help="skip the nats-server comparison"
     )
@@ -729,7 +735,10 @@ def main() -> None:
             )
             machine = Machine.detect()  # per run: its load average is the one this run met
             print(f"\n## {s.clients} clients, {_rate(s.rate)}\n# {machine.describe()}")
-            outcomes = [asyncio.run(asyncio.wait_for(run_tinywasm(s, Path(tmp)), s.timeout))]
+            outcomes = []
+            for name in args.loops:
+                ours = asyncio.wait_for(run_tinywasm(s, Path(tmp), name), s.timeout)
+                outcomes.append(run_on(name, ours))
             if binary is not None:
                 nats = run_nats(s, binary, Path(tmp))
                 outcomes.append(asyncio.run(asyncio.wait_for(nats, s.timeout)))

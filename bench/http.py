@@ -16,7 +16,10 @@ fixed time by ``wrk`` when it is on PATH (``apt-get install wrk``), otherwise by
 Python aiohttp clients in separate processes; the table says which.
 
     python -m bench.http [--seconds S] [--connections 1,50] [--middlewares]
-                         [--record] [--smoke]
+                         [--loops asyncio,uvloop] [--record] [--smoke]
+
+Each route is measured once per event loop of ``--loops`` (the server's own
+loop: asyncio's default, then uvloop's), one after the other in the same run.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from bench.common import (
     Children,
     Machine,
     add_common_flags,
+    add_loops_flag,
     command_line,
     fail_on,
     markdown_grid,
     percentile,
     record,
+    run_on,
 )
 from tests.wat import guest, write
 from tinywasm_wasi.build import build_module
@@ -90,6 +95,7 @@ class Measured:
     connections: int
     load: Load
     server_cpu_s: float
+    loop: str  # the server's event loop: asyncio or uvloop
 
 
 # -- load generators ------------------------------------------------------------------------
@@ -218,6 +224,7 @@ async def run(
     connections: list[int],
     seconds: int,
     wrk_binary: str | None,
+    loop: str,
 ) -> list[Measured]:
     """Start the server, load each route at each connection count, stop the server."""
     server = WasiServer(
@@ -245,8 +252,9 @@ async def run(
                     else:
                         load = await asyncio.to_thread(run_python_clients, url, conns, seconds)
                     cpu = time.process_time() - cpu_begun
-                    measured.append(Measured(route, conns, load, cpu))
-                    print(f"# {route} x{conns}: {load.requests / load.seconds:,.0f} requests/s")
+                    measured.append(Measured(route, conns, load, cpu, loop))
+                    rate = load.requests / load.seconds
+                    print(f"# {loop} {route} x{conns}: {rate:,.0f} requests/s")
     finally:
         await server.stop()
     return measured
@@ -255,6 +263,7 @@ async def run(
 # -- report ---------------------------------------------------------------------------------
 
 HEADER = [
+    "loop",
     "route",
     "connections",
     "requests/s",
@@ -266,13 +275,17 @@ HEADER = [
 
 
 def rows(measured: list[Measured]) -> list[list[str]]:
-    plain = {m.connections: m.load.requests / m.load.seconds for m in measured if m.route == PLAIN}
+    plain: dict[tuple[str, int], float] = {}  # the latest /healthz row per (loop, connections)
     table = []
     for m in measured:
         rate = m.load.requests / m.load.seconds
-        ratio = f"{rate / plain[m.connections]:.2f}x" if m.connections in plain else ""
+        if m.route == PLAIN:
+            plain[(m.loop, m.connections)] = rate
+        base = plain.get((m.loop, m.connections))
+        ratio = f"{rate / base:.2f}x" if base else ""
         table.append(
             [
+                m.loop,
                 f"GET {m.route}",
                 f"{m.connections}",
                 f"{rate:,.0f}",
@@ -310,6 +323,7 @@ def main() -> None:
         action="store_true",
         help="also /m/echo_mw: echo behind two pass-through middleware modules",
     )
+    add_loops_flag(parser)
     parser.add_argument(
         "--python-clients", action="store_true", help="use the Python clients even if wrk exists"
     )
@@ -329,7 +343,11 @@ def main() -> None:
         directory = Path(tmp)
         prepare_modules(directory, args.middlewares)
         routes = [PLAIN, ECHO, *([ECHO_MW] if args.middlewares else [])]
-        measured = asyncio.run(run(directory, routes, args.connections, args.seconds, wrk_binary))
+        measured = []
+        for name in args.loops:
+            measured += run_on(
+                name, run(directory, routes, args.connections, args.seconds, wrk_binary, name)
+            )
     table = rows(measured)
     print(markdown_grid(HEADER, table))
     fail_on(

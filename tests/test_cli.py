@@ -86,6 +86,8 @@ VALUES = [
     ("--http-max-body", "TINYWASM_HTTP_MAX_BODY", "2MiB", "http_max_body", 2 * 1024**2),
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "on", "status_private", True),
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "off", "status_private", False),
+    ("--uvloop", "TINYWASM_UVLOOP", "off", "uvloop", False),
+    ("--uvloop", "TINYWASM_UVLOOP", "on", "uvloop", True),
 ]
 
 # A valid value for each variable that differs from every value in VALUES.
@@ -118,6 +120,7 @@ OTHER = {
     "TINYWASM_WS_ORIGINS": "https://other.example",
     "TINYWASM_ADMIN_TOKEN": "other-token",
     "TINYWASM_HTTP_MAX_BODY": "7KiB",
+    "TINYWASM_UVLOOP": "no",
     "TINYWASM_STATUS_PRIVATE": "yes",
 }
 
@@ -129,6 +132,12 @@ def test_no_watch_turns_watching_off_and_beats_the_variable() -> None:
     assert parse_config(["--no-watch"], {}).watch is False
     assert parse_config(["--no-watch"], {"TINYWASM_WATCH": "on"}).watch is False
     assert parse_config([], {}).watch is True
+
+
+def test_no_uvloop_turns_uvloop_off_and_beats_the_variable() -> None:
+    assert parse_config(["--no-uvloop"], {}).uvloop is False
+    assert parse_config(["--no-uvloop"], {"TINYWASM_UVLOOP": "on"}).uvloop is False
+    assert parse_config([], {}).uvloop is True
 
 
 def test_tables_cover_every_config_field() -> None:

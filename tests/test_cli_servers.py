@@ -93,6 +93,7 @@ def test_wasi_server_loads_the_examples_and_stops_cleanly_on_sigterm(
     for name in ("chat", "monitor", "receiver", "sender", "echo", "echo_http", "auth", "tag"):
         assert f"loaded module {name} " in output
     assert "[sender] " in output  # guest log lines are tagged with the module
+    assert "event loop: uvloop" in output  # a dependency, so the default
     assert output.index("closing") < output.index("closed")
 
 
@@ -133,8 +134,9 @@ def test_an_unknown_server_exits_2_listing_the_valid_values() -> None:
 
 
 def test_sigint_stops_the_wasi_server_too(running: list[Running]) -> None:
-    r = start("wasi", "--modules-dir", str(ROOT / "modules" / "dist"))
+    r = start("wasi", "--modules-dir", str(ROOT / "modules" / "dist"), "--no-uvloop")
     running.append(r)
+    r.wait_for("event loop: asyncio")
     r.wait_for(URL.pattern)
     r.proc.send_signal(signal.SIGINT)
     _, rest = r.proc.communicate(timeout=20)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bus import TopicError, validate_pattern
 from tinywasm_wasi.config import DEFAULT_CACHE_DIR, MAX_CALL_TIMEOUT, MAX_MEMORY, Config
+from tinywasm_wasi.eventloop import choose_loop
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
 
 __all__ = [
@@ -240,6 +241,12 @@ SETTINGS = (
     ),
     _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
     _Setting(
+        "uvloop",
+        "on|off",
+        _switch,
+        "run on uvloop's event loop when it is installed (--no-uvloop is --uvloop off)",
+    ),
+    _Setting(
         "memory_limit",
         "SIZE",
         _memory,
@@ -367,6 +374,13 @@ def _parser(prog: str, defaults: Config) -> argparse.ArgumentParser:
         )
     parser.add_argument(
         "--no-watch", dest="watch", action="store_const", const="off", help="same as --watch off"
+    )
+    parser.add_argument(
+        "--no-uvloop",
+        dest="uvloop",
+        action="store_const",
+        const="off",
+        help="same as --uvloop off",
     )
     return parser
 
@@ -561,8 +575,13 @@ def main(
 
         fastcall.prefer_fast_path(fast_path(environ))
     server = WasiServer(config) if server_name == "wasi" else DefaultServer(config)
+    loop = choose_loop(config.uvloop)
+    # The static server's first line says that modules are off; the loop matters less there.
+    level = logging.INFO if server_name == "wasi" else logging.DEBUG
+    log.log(level, "event loop: %s%s", loop.name, f" ({loop.why})" if loop.why else "")
     try:
-        asyncio.run(run_until_signalled(server))
+        with asyncio.Runner(loop_factory=loop.factory) as runner:
+            runner.run(run_until_signalled(server))
     except OSError as exc:
         if exc.filename is None and exc.errno in _LISTEN_ERRNOS:
             log.error(

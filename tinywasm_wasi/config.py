@@ -65,6 +65,8 @@ class Config:
     # Seconds a swapped-in version is watched; a trap then rolls back to the old one.
     swap_probation: float = 0.5
     log_level: str = "INFO"
+    # Run on uvloop's event loop when it is installed (the CLI applies it; see eventloop.py).
+    uvloop: bool = True
 
     # -- limits per module (docs/security.md); `limits.toml` in modules_dir overrides per module
     # Linear memory a module may grow to; beyond it memory.grow fails in the guest.
