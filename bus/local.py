@@ -7,6 +7,13 @@ Holding the lock across a publish gives every subscriber one total order of
 messages, so each sees a topic's messages in publish order even when several
 threads publish at once. A handler returns False when its queue refused the
 message; the bus counts that as dropped (the handler itself logs why).
+
+With a `Remote` (bus/remote.py; bus/nats.py is the NATS one), delivery is local
+first: the local subscribers are called, then the message is forwarded, still
+under the lock, so the remote side sees this process's publishes in the order
+they were made here. Messages from other processes come in through
+`deliver_remote`, which calls only the local subscribers of the pattern the
+message arrived for, and never forwards: no message goes round twice.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bus.exceptions import BusClosedError
+from bus.remote import Interest, Remote
 from bus.topics import TopicIndex, validate_pattern, validate_topic
 
 __all__ = ["Bus", "BusStats", "Handler", "Subscription"]
@@ -72,8 +80,11 @@ class Bus:
     whole surface the server uses.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remote: Remote | None = None) -> None:
+        """Create a bus; with `remote`, publishes also reach (and come from) other processes."""
         self._lock = threading.Lock()
+        self._remote = remote
+        self._interest = Interest()
         self._index: TopicIndex[Subscription] = TopicIndex()
         self._published = 0
         self._delivered = 0
@@ -109,6 +120,34 @@ class Bus:
                     sub.dropped += 1
                     self._dropped += 1
             self._delivered += accepted
+            if self._remote is not None:
+                self._remote.forward(topic, payload)
+            return accepted
+
+    def deliver_remote(self, pattern: str, topic: str, payload: bytes) -> int:
+        """Deliver a message from another process to the local subscribers of `pattern`.
+
+        The remote side subscribed once per pattern, so a message matching two local
+        patterns arrives once for each: each arrival serves its own pattern's
+        subscribers. Never forwarded. After close() it is ignored (returns 0).
+        """
+        with self._lock:
+            if self._closed:
+                return 0
+            accepted = 0
+            for sub in self._index.under(pattern):
+                try:
+                    ok = sub.handler(topic, payload) is not False
+                except Exception:
+                    log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
+                    ok = False
+                if ok:
+                    sub.delivered += 1
+                    accepted += 1
+                else:
+                    sub.dropped += 1
+                    self._dropped += 1
+            self._delivered += accepted
             return accepted
 
     def subscribe(self, pattern: str, handler: Handler) -> Subscription:
@@ -131,17 +170,24 @@ class Bus:
             for sub in cancel:
                 if sub._bus is self:
                     sub._bus = None
-                    self._index.remove(sub.pattern, sub)
+                    self._unindex(sub)
             created = []
             for pattern, handler in new_specs:
                 sub = Subscription(self, pattern, handler)
                 self._index.add(pattern, sub)
+                if self._interest.add(pattern) and self._remote is not None:
+                    self._remote.want(pattern)
                 created.append(sub)
             return created
 
+    def _unindex(self, sub: Subscription) -> None:
+        removed = self._index.remove(sub.pattern, sub)
+        if removed and self._interest.remove(sub.pattern) and self._remote is not None:
+            self._remote.unwant(sub.pattern)
+
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
-            self._index.remove(sub.pattern, sub)
+            self._unindex(sub)
 
     def stats(self) -> BusStats:
         """A snapshot of the counters."""

@@ -144,6 +144,12 @@ class TopicIndex(Generic[T]):
             found.sort(key=lambda pv: self._seq[(pv[0], id(pv[1]))])
         return [v for _, v in found]
 
+    def under(self, pattern: str) -> list[T]:
+        """Values added under exactly `pattern` (not under patterns matching it), oldest first."""
+        if not is_wildcard(pattern):
+            return list(self._exact.get(pattern, ()))
+        return [v for p, _, v in self._wild if p == pattern]
+
     def patterns(self) -> Iterator[str]:
         """Every pattern that has at least one value."""
         yield from self._exact

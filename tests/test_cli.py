@@ -87,6 +87,15 @@ VALUES = [
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "on", "status_private", True),
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "off", "status_private", False),
     ("--uvloop", "TINYWASM_UVLOOP", "off", "uvloop", False),
+    ("--nats", "TINYWASM_NATS", "nats://127.0.0.1:4222", "nats", ("nats://127.0.0.1:4222",)),
+    (
+        "--nats",
+        "TINYWASM_NATS",
+        "nats://a:4222, nats://b:4222",
+        "nats",
+        ("nats://a:4222", "nats://b:4222"),
+    ),
+    ("--nats-buffer", "TINYWASM_NATS_BUFFER", "0", "nats_buffer", 0),
     ("--uvloop", "TINYWASM_UVLOOP", "on", "uvloop", True),
 ]
 
@@ -121,6 +130,8 @@ OTHER = {
     "TINYWASM_ADMIN_TOKEN": "other-token",
     "TINYWASM_HTTP_MAX_BODY": "7KiB",
     "TINYWASM_UVLOOP": "no",
+    "TINYWASM_NATS": "nats://elsewhere:4222",
+    "TINYWASM_NATS_BUFFER": "7",
     "TINYWASM_STATUS_PRIVATE": "yes",
 }
 

@@ -141,6 +141,20 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
+NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
+def _nats_urls(value: str) -> tuple[str, ...]:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(NATS_SCHEMES) or len(url.split("://", 1)[1]) == 0:
+            raise ValueError(
+                f"{url!r} is not a NATS server URL: use nats://host:port, e.g. "
+                "nats://127.0.0.1:4222 (separate a cluster's servers with commas)"
+            )
+    return tuple(dict.fromkeys(urls))
+
+
 def _optional_path(value: str) -> Path | None:
     if value.strip().lower() in ("off", "none"):
         return None
@@ -240,6 +254,20 @@ SETTINGS = (
         "how long a swapped-in version is watched; a trap then rolls back to the old one",
     ),
     _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
+    _Setting(
+        "nats",
+        "URLS",
+        _nats_urls,
+        "NATS server(s) the bus joins, e.g. nats://127.0.0.1:4222 (comma-separated for a "
+        "cluster); unset: this process only",
+    ),
+    _Setting(
+        "nats_buffer",
+        "N",
+        _whole_number(0),
+        "messages for other processes held while NATS is away; past it they are dropped "
+        "and counted",
+    ),
     _Setting(
         "uvloop",
         "on|off",

@@ -65,6 +65,10 @@ class Config:
     # Seconds a swapped-in version is watched; a trap then rolls back to the old one.
     swap_probation: float = 0.5
     log_level: str = "INFO"
+    # NATS servers the bus joins (nats://host:port); empty: this process only (the in-process bus).
+    nats: tuple[str, ...] = ()
+    # Messages for other processes held while NATS is away; past it they are dropped and counted.
+    nats_buffer: int = 10_000
     # Run on uvloop's event loop when it is installed (the CLI applies it; see eventloop.py).
     uvloop: bool = True
 
@@ -140,6 +144,8 @@ class Config:
                 "memory_limit must be at most 4GiB, the most a 32-bit WebAssembly memory "
                 "can address"
             )
+        if self.nats_buffer < 0:
+            raise ValueError("nats_buffer must be zero or more messages")
         if self.quarantine_traps < 1:
             raise ValueError("quarantine_traps must be at least 1")
         if self.quarantine_window < 0 or self.quarantine_backoff < 0 or self.ws_rate_limit < 0:

@@ -28,6 +28,8 @@ from typing import Protocol
 from aiohttp import web
 
 from bus import Bus
+from bus.nats import NatsLink
+from bus.remote import BROADCAST_PREFIX, TOPIC_PREFIX
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
@@ -48,6 +50,7 @@ __all__ = [
     "CONFIG",
     "HOST",
     "HUB",
+    "NATS",
     "STATE",
     "DefaultServer",
     "Served",
@@ -67,6 +70,7 @@ HOST = web.AppKey("host", ModuleHost)
 HUB = web.AppKey("hub", Hub)
 RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", StateDir)
+NATS = web.AppKey("nats", NatsLink)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
 
@@ -78,8 +82,15 @@ HANDLER_GRACE = 1.0
 def create_app(config: Config) -> web.Application:
     """The WasiServer as an aiohttp application: modules, bus, hub and every route."""
     app = web.Application()
-    bus = Bus()
+    link = NatsLink(config.nats, buffer=config.nats_buffer) if config.nats else None
+    # With NATS, the bus and the hub each get a channel: bus topics under tw.t.,
+    # broadcasts under tw.b. (bus/remote.py); what other processes send comes back
+    # through deliver_remote. Without it they are this process's alone, as before.
+    bus = Bus(
+        remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)) if link else None
+    )
     hub = Hub(
+        remote=link.channel(BROADCAST_PREFIX, lambda *m: hub.deliver_remote(*m)) if link else None,
         publish=bus.publish,
         inbound=config.ws_inbound,
         queue_size=config.ws_queue_size,
@@ -112,13 +123,15 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
     app[_BRIDGE] = bridge
     app[STATE] = state
+    if link is not None:
+        app[NATS] = link
 
     app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _frozen))
     app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
     admin = AdminGuard(config.admin_token)
-    add_module_routes(app, host, hub, admin=admin, status_private=config.status_private)
+    add_module_routes(app, host, hub, nats=link, admin=admin, status_private=config.status_private)
     add_release_routes(app, host, admin)
     add_dispatch_routes(app, host.view, config)
     add_static_routes(app, config.web_dir)
@@ -126,9 +139,16 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
-    yield
-    app[BUS].close()
-    app[RUNTIME].close()
+    link = app.get(NATS)
+    if link is not None:
+        await link.connect()  # before the modules load: their subscriptions want subjects
+    try:
+        yield
+    finally:
+        app[BUS].close()
+        if link is not None:
+            await link.close()  # after the modules' last publishes and broadcasts
+        app[RUNTIME].close()
 
 
 async def _modules(app: web.Application) -> AsyncIterator[None]:

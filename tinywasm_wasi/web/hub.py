@@ -31,6 +31,13 @@ Close codes sent:
   (``--ws-queue-size``) or bytes (``--ws-queue-bytes``), so it is disconnected
   (never silently dropped from); its queued frames are released.
 
+With a `remote` (a NATS channel under ``tw.b.``), `broadcast` also forwards each
+frame to the other processes' hubs, and `deliver_remote` takes theirs. The hub
+wants a pattern from the others only while one of its own clients subscribes to
+it (`bus.remote.Interest`), and a frame that arrives for a pattern reaches the
+clients for whom that pattern is the first of theirs to match the topic: a
+client on ``chat.*`` and ``chat.a`` gets one frame, as it would locally.
+
 Register `Hub.close` in the app's ``on_shutdown``: aiohttp waits for open
 handlers before it runs ``cleanup_ctx``, so WebSockets must be closed earlier.
 """
@@ -52,9 +59,11 @@ from bus import (
     TopicError,
     TopicIndex,
     encode_message,
+    matches,
     validate_pattern,
     validate_topic,
 )
+from bus.remote import Interest, Remote
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.web.hub_policy import (
@@ -239,6 +248,7 @@ class Hub:
         max_frame: int = 1 * MiB,
         rate_limit: float = 100.0,
         origins: Sequence[str] = (),
+        remote: Remote | None = None,
     ) -> None:
         """Create a hub.
 
@@ -254,6 +264,8 @@ class Hub:
             origins: Origin values allowed to open a connection (``scheme://host[:port]``,
                 or ``*`` for any); empty means the server's own origin only. Clients
                 that send no Origin header are always allowed.
+            remote: forwards broadcasts to the other processes' hubs and asks
+                them for the patterns this hub's clients want; None: this process only.
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
@@ -280,6 +292,8 @@ class Hub:
         self._origins = parse_origins(origins)
         self._state = _State.OPEN
         self._closed = asyncio.Event()
+        self._remote = remote
+        self._interest = Interest()
         self._index: TopicIndex[_Client] = TopicIndex()
         self._clients: set[_Client] = set()
         self._frames_queued = 0
@@ -318,7 +332,8 @@ class Hub:
     def broadcast(self, topic: str, payload: bytes) -> int:
         """Queue one frame for every client subscribed to `topic`; return how many.
 
-        Call on the event loop. A no-op after `close`.
+        With a remote, the frame also goes to the other processes' hubs. Call on
+        the event loop. A no-op after `close`.
 
         Raises:
             TopicError: `topic` is not a valid concrete topic.
@@ -326,11 +341,30 @@ class Hub:
         if self._state is _State.CLOSED:
             return 0
         validate_topic(topic)
+        if self._remote is not None:
+            self._remote.forward(topic, bytes(payload))
         targets = self._index.match(topic)
         if not targets:
             return 0
         if len(targets) > 1:
             targets = list(dict.fromkeys(targets))  # two matching patterns, one frame
+        return self._fan_out(targets, topic, payload)
+
+    def deliver_remote(self, pattern: str, topic: str, payload: bytes) -> int:
+        """Fan out a frame another process's hub broadcast; it arrived for `pattern`.
+
+        Call on the event loop. Never forwarded. A no-op after `close`.
+        """
+        if self._state is _State.CLOSED:
+            return 0
+        targets = [
+            client
+            for client in self._index.under(pattern)
+            if next(p for p in client.wanted.patterns if matches(p, topic)) == pattern
+        ]
+        return self._fan_out(targets, topic, payload) if targets else 0
+
+    def _fan_out(self, targets: list[_Client], topic: str, payload: bytes) -> int:
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
         behind = _write_through(targets, topic, raw)
         queued = len(targets) - len(behind)
@@ -396,6 +430,8 @@ class Hub:
         self._clients.add(client)
         for pattern in wanted.patterns:
             self._index.add(pattern, client)
+            if self._interest.add(pattern) and self._remote is not None:
+                self._remote.want(pattern)
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
         log.debug("ws %s connected: topics %s", client.peer, ", ".join(wanted.patterns))
         if self.closed:  # the hub closed while the handshake was being sent
@@ -511,6 +547,8 @@ class Hub:
         if queue is not None:
             for pattern in client.wanted.patterns:
                 self._index.remove(pattern, client)
+                if self._interest.remove(pattern) and self._remote is not None:
+                    self._remote.unwant(pattern)
             while not queue.empty():
                 queue.get_nowait()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bus.nats import NatsLink
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
@@ -43,6 +44,7 @@ def add_module_routes(
     host: ModuleHost,
     hub: Hub,
     *,
+    nats: NatsLink | None = None,
     admin: AdminGuard | None = None,
     status_private: bool = False,
 ) -> None:
@@ -51,19 +53,24 @@ def add_module_routes(
     `hub` gives the client count and the hub's counters. `admin` guards reload and
     rollback; the default serves them to loopback clients only. With
     `status_private`, it guards the module status and history too (`/healthz`
-    stays public, for load balancers).
+    stays public, for load balancers). With `nats`, /healthz says ``degraded``
+    while the NATS connection is down (local traffic still flows: the answer
+    stays 200), and /api/modules carries the link's counters.
     """
     if admin is None:
         admin = AdminGuard(None)
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "modules": len(host.live()),
-                "clients": hub.clients,
-            }
-        )
+        body: dict[str, object] = {
+            "status": "ok",
+            "modules": len(host.live()),
+            "clients": hub.clients,
+        }
+        if nats is not None:
+            body["nats"] = "connected" if nats.connected else "disconnected"
+            if not nats.connected:
+                body["status"] = "degraded"
+        return web.json_response(body)
 
     def with_pin(entry: dict[str, Any]) -> dict[str, Any]:
         pin = host.pins.get(str(entry.get("name")))
@@ -85,6 +92,7 @@ def add_module_routes(
                     "subscriptions": stats.subscriptions,
                 },
                 "hub": asdict(hub.stats()),
+                **({"nats": asdict(nats.stats())} if nats is not None else {}),
             }
         )
 

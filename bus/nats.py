@@ -1,0 +1,339 @@
+"""The bus over a real NATS server (nats-py): one connection per process, shared.
+
+`NatsLink` owns the connection; each `channel(prefix, deliver)` is a `Remote`
+(bus/remote.py) for one kind of traffic: bus topics under ``tw.t.``, WebSocket
+broadcasts under ``tw.b.``. A channel is called from any thread, under its
+owner's lock, and never blocks: messages go into an outbox and one task on the
+event loop sends them, in order.
+
+- **No echo.** The connection is made with ``no_echo``: the server does not send
+  a process its own messages back, so local-first delivery never doubles up.
+- **Interest.** A channel subscribes to a subject when its first local
+  subscriber of that pattern arrives and drops it with the last; the task
+  reconciles what is wanted with what is subscribed. nats-py resubscribes after
+  a reconnect.
+- **Outage.** While NATS is unreachable, outgoing messages are held, up to
+  `buffer` of them; past it they are dropped and counted. Local delivery never
+  waits for NATS. When the connection comes back, the held messages go first,
+  in order, then the new ones. `connected` is False meanwhile (/healthz says
+  ``degraded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from bus.exceptions import BusError
+from bus.remote import from_subject, to_subject
+
+__all__ = ["LinkError", "LinkStats", "NatsChannel", "NatsLink"]
+
+log = logging.getLogger("tinywasm.nats")
+
+Deliver = Callable[[str, str, bytes], object]
+"""Called on the event loop with (pattern, topic, payload) for a message from another process."""
+
+RECONNECT_WAIT = 0.25  # seconds between reconnect attempts: an outage ends soon after NATS is back
+CONNECT_TIMEOUT = 2.0  # seconds for one connection attempt
+CLOSE_TIMEOUT = 2.0  # seconds close() waits for the last messages to be flushed
+
+
+class LinkError(BusError, ConnectionError):
+    """The NATS connection could not be made."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """Counters since the link was created; `held` is the current count."""
+
+    connected: bool
+    forwarded: int  # messages handed to NATS
+    received: int  # messages from other processes
+    held: int  # waiting for NATS to come back
+    dropped: int  # refused while NATS was away and `buffer` was full
+    disconnects: int
+    subjects: int  # subjects subscribed to now
+
+
+class NatsChannel:
+    """A `Remote` for the topics under one subject prefix."""
+
+    __slots__ = ("_deliver", "_link", "prefix")
+
+    def __init__(self, link: NatsLink, prefix: str, deliver: Deliver) -> None:
+        self._link = link
+        self.prefix = prefix
+        self._deliver = deliver
+
+    def forward(self, topic: str, payload: bytes) -> None:
+        self._link._send(to_subject(self.prefix, topic), payload)
+
+    def want(self, pattern: str) -> None:
+        self._link._want(to_subject(self.prefix, pattern), self, pattern)
+
+    def unwant(self, pattern: str) -> None:
+        self._link._unwant(to_subject(self.prefix, pattern))
+
+    def _receive(self, pattern: str, msg: Msg) -> None:
+        self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
+
+
+class NatsLink:
+    """One NATS connection for this process's bus and hub. See the module docstring."""
+
+    def __init__(self, servers: Sequence[str], *, buffer: int = 10_000, name: str = "") -> None:
+        """Create a link; `connect()` on the event loop makes the connection.
+
+        Args:
+            servers: NATS URLs (``nats://host:port``); several for a cluster.
+            buffer: messages held while NATS is away before further ones are dropped.
+            name: the connection's name, as NATS monitoring shows it.
+        """
+        if not servers:
+            raise ValueError("give at least one NATS server URL, e.g. nats://127.0.0.1:4222")
+        if buffer < 0:
+            raise ValueError(f"buffer must be zero or more messages, not {buffer}")
+        self.servers = tuple(servers)
+        self._buffer = buffer
+        self._name = name
+        self._nc: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._held: deque[tuple[str, bytes]] = deque()
+        self._wanted: dict[str, tuple[NatsChannel, str]] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._woken = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._closed = False
+        self._forwarded = self._received = self._dropped = self._disconnects = 0
+
+    def channel(self, prefix: str, deliver: Deliver) -> NatsChannel:
+        """A `Remote` for the topics under `prefix`; `deliver` gets what other processes send."""
+        return NatsChannel(self, prefix, deliver)
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up (False before connect, during an outage, after close)."""
+        return self._connected
+
+    def stats(self) -> LinkStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            held = len(self._held) + len(self._outbox)
+        return LinkStats(
+            connected=self._connected,
+            forwarded=self._forwarded,
+            received=self._received,
+            held=held,
+            dropped=self._dropped,
+            disconnects=self._disconnects,
+            subjects=len(self._subs),
+        )
+
+    def subjects(self) -> list[str]:
+        """The subjects subscribed to now, sorted."""
+        return sorted(self._subs)
+
+    async def connect(self) -> None:
+        """Connect and start sending; reconnects by itself afterwards.
+
+        Raises:
+            LinkError: no server in `servers` could be reached.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            self._nc = await nats.connect(
+                list(self.servers),
+                name=self._name or None,
+                no_echo=True,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT,  # nats-py says int; floats work
+                connect_timeout=CONNECT_TIMEOUT,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                error_cb=self._on_error,
+            )
+        except (TimeoutError, NatsError, OSError) as exc:
+            raise LinkError(
+                f"cannot connect to NATS at {', '.join(self.servers)}: {exc or type(exc).__name__}"
+                "; start a nats-server there or fix --nats / TINYWASM_NATS"
+            ) from None
+        self._connected = True
+        log.info(
+            "connected to NATS at %s",
+            self._nc.connected_url.netloc if self._nc.connected_url else "?",
+        )
+        self._task = asyncio.create_task(self._run(), name="nats link")
+        self._poke()
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Wait until what was sent and subscribed so far has reached the NATS server.
+
+        Raises:
+            TimeoutError: not within `timeout` seconds (NATS away, or too slow).
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                with self._lock:
+                    pending = bool(self._outbox or self._held or self._woken)
+                    settled = set(self._wanted) == set(self._subs)
+                if not pending and settled and self._connected and self._nc is not None:
+                    break
+                await asyncio.sleep(0.005)
+            await self._nc.flush()
+
+    async def close(self) -> None:
+        """Send what is queued (within a bound), then close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            self._poke()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    while self._outbox or (self._held and self._connected):
+                        await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        nc, self._nc = self._nc, None
+        self._connected = False
+        if nc is not None:
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await nc.close()
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def _send(self, subject: str, payload: bytes) -> None:
+        with self._lock:
+            self._outbox.append((subject, payload))
+            self._poke_locked()
+
+    def _want(self, subject: str, channel: NatsChannel, pattern: str) -> None:
+        with self._lock:
+            self._wanted[subject] = (channel, pattern)
+            self._poke_locked()
+
+    def _unwant(self, subject: str) -> None:
+        with self._lock:
+            self._wanted.pop(subject, None)
+            self._poke_locked()
+
+    def _poke(self) -> None:
+        with self._lock:
+            self._poke_locked()
+
+    def _poke_locked(self) -> None:
+        if self._woken or self._loop is None or (self._closed and self._task is None):
+            return
+        self._woken = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nothing is sent any more
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- the event loop's side --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                self._woken = False
+                batch, self._outbox = self._outbox, deque()
+                wanted = dict(self._wanted)
+            try:
+                await self._reconcile(wanted)
+                await self._emit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("NATS link: sending failed; will retry when woken")
+
+    async def _reconcile(self, wanted: dict[str, tuple[NatsChannel, str]]) -> None:
+        nc = self._nc
+        if nc is None or not self._connected:
+            return
+        for subject in [s for s in self._subs if s not in wanted]:
+            sub = self._subs.pop(subject)
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+        for subject, (channel, pattern) in wanted.items():
+            if subject not in self._subs:
+                self._subs[subject] = await nc.subscribe(
+                    subject, cb=self._callback(channel, pattern)
+                )
+
+    def _callback(self, channel: NatsChannel, pattern: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            self._received += 1
+            try:
+                channel._receive(pattern, msg)
+            except Exception:
+                log.exception("NATS link: delivering a message on %r failed", msg.subject)
+
+        return on_message
+
+    async def _emit(self, batch: deque[tuple[str, bytes]]) -> None:
+        held = self._held
+        nc = self._nc
+        up = nc is not None and self._connected
+        if up and not held:
+            assert nc is not None
+            for subject, payload in batch:
+                await nc.publish(subject, payload)
+            self._forwarded += len(batch)
+            return
+        for item in batch:
+            if len(held) < self._buffer:
+                held.append(item)
+            else:
+                self._dropped += 1
+                if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                    log.warning(
+                        "NATS is away: %d message(s) for other processes dropped so far "
+                        "(%d held, the most held)",
+                        self._dropped,
+                        self._buffer,
+                    )
+        if up:
+            assert nc is not None
+            while held:
+                subject, payload = held.popleft()
+                await nc.publish(subject, payload)
+                self._forwarded += 1
+
+    async def _on_disconnected(self) -> None:
+        if self._connected and not self._closed:
+            self._disconnects += 1
+            log.warning(
+                "NATS connection lost: local delivery goes on; messages for other processes "
+                "are held (up to %d) until it is back",
+                self._buffer,
+            )
+        self._connected = False
+
+    async def _on_reconnected(self) -> None:
+        self._connected = True
+        log.info("NATS connection back: sending %d held message(s)", len(self._held))
+        self._poke()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS: %s", exc)

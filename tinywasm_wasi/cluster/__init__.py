@@ -1,0 +1,1 @@
+"""More than one process: the embedded nats-server and the worker supervisor."""
