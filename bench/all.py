@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent
 # In the order they run: the cheap, module-only ones first, the long fan-out last but one.
 SCENARIOS = (
     "bus_hop",
+    "nats_hop",
     "fastcall",
     "cache",
     "relay",
