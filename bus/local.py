@@ -48,12 +48,15 @@ class BusStats:
 class Subscription:
     """One live (pattern, handler) pair. `cancel()` is safe to call twice."""
 
-    __slots__ = ("_bus", "delivered", "dropped", "handler", "pattern")
+    __slots__ = ("_bus", "delivered", "dropped", "handler", "local", "pattern")
 
-    def __init__(self, bus: Bus, pattern: str, handler: Handler) -> None:
+    def __init__(self, bus: Bus, pattern: str, handler: Handler, local: bool = False) -> None:
         self._bus: Bus | None = bus
         self.pattern = pattern
         self.handler = handler
+        # Local only: never asked from other processes nor served from them (a module
+        # that runs in every worker handles each message in the worker it was published in).
+        self.local = local
         self.delivered = 0
         self.dropped = 0
 
@@ -136,6 +139,8 @@ class Bus:
                 return 0
             accepted = 0
             for sub in self._index.under(pattern):
+                if sub.local:
+                    continue
                 try:
                     ok = sub.handler(topic, payload) is not False
                 except Exception:
@@ -150,12 +155,19 @@ class Bus:
             self._delivered += accepted
             return accepted
 
-    def subscribe(self, pattern: str, handler: Handler) -> Subscription:
-        """Call `handler(topic, payload)` for every message matching `pattern`."""
-        return self.swap((), [(pattern, handler)])[0]
+    def subscribe(self, pattern: str, handler: Handler, *, local: bool = False) -> Subscription:
+        """Call `handler(topic, payload)` for every message matching `pattern`.
+
+        With `local`, only for messages published in this process (see `Subscription.local`).
+        """
+        return self.swap((), [(pattern, handler)], local=local)[0]
 
     def swap(
-        self, cancel: Iterable[Subscription], add: Iterable[tuple[str, Handler]]
+        self,
+        cancel: Iterable[Subscription],
+        add: Iterable[tuple[str, Handler]],
+        *,
+        local: bool = False,
     ) -> list[Subscription]:
         """Cancel some subscriptions and create others in one step.
 
@@ -173,15 +185,15 @@ class Bus:
                     self._unindex(sub)
             created = []
             for pattern, handler in new_specs:
-                sub = Subscription(self, pattern, handler)
+                sub = Subscription(self, pattern, handler, local)
                 self._index.add(pattern, sub)
-                if self._interest.add(pattern) and self._remote is not None:
+                if not local and self._interest.add(pattern) and self._remote is not None:
                     self._remote.want(pattern)
                 created.append(sub)
             return created
 
     def _unindex(self, sub: Subscription) -> None:
-        removed = self._index.remove(sub.pattern, sub)
+        removed = self._index.remove(sub.pattern, sub) and not sub.local
         if removed and self._interest.remove(sub.pattern) and self._remote is not None:
             self._remote.unwant(sub.pattern)
 

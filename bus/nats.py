@@ -34,6 +34,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from bus.exceptions import BusError
 from bus.remote import from_subject, to_subject
@@ -86,6 +88,11 @@ class NatsChannel:
     def unwant(self, pattern: str) -> None:
         self._link._unwant(to_subject(self.prefix, pattern))
 
+    async def ready(self, timeout: float = 2.0) -> None:
+        """Wait (up to `timeout` seconds) until the patterns wanted so far are subscribed at
+        the NATS server. Returns early, without an error, while NATS is away."""
+        await self._link.subscribed(timeout)
+
     def _receive(self, pattern: str, msg: Msg) -> None:
         self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
 
@@ -115,6 +122,7 @@ class NatsLink:
         self._held: deque[tuple[str, bytes]] = deque()
         self._wanted: dict[str, tuple[NatsChannel, str]] = {}
         self._subs: dict[str, Subscription] = {}
+        self._services: dict[str, Subscription] = {}
         self._woken = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -198,6 +206,60 @@ class NatsLink:
                     break
                 await asyncio.sleep(0.005)
             await self._nc.flush()
+
+    async def subscribed(self, timeout: float) -> None:
+        """Wait until every wanted subject is subscribed and the server has seen it
+        (a round trip), at most `timeout` seconds; nothing is raised."""
+        with contextlib.suppress(TimeoutError, NatsError):
+            async with asyncio.timeout(timeout):
+                while self._connected and self._nc is not None:
+                    with self._lock:
+                        settled = set(self._wanted) == set(self._subs)
+                    if settled:
+                        await self._nc.flush()
+                        return
+                    await asyncio.sleep(0.002)
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """Send a request to whoever serves `subject` and wait for the answer.
+
+        Raises:
+            LinkError: NATS is away, or nobody serves `subject` now.
+            TimeoutError: no answer within `timeout` seconds.
+        """
+        nc = self._nc
+        if nc is None or not self._connected:
+            raise LinkError("NATS is away: the request cannot be sent")
+        try:
+            msg = await nc.request(subject, payload, timeout=timeout)
+        except NoRespondersError:
+            raise LinkError(f"nobody serves {subject} now") from None
+        except NatsTimeoutError:
+            raise TimeoutError(f"no answer on {subject} within {timeout:g} s") from None
+        return msg.data
+
+    async def serve(self, subject: str, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
+        """Answer the requests sent to `subject` with `handler`, each in its own task."""
+        nc = self._nc
+        if nc is None:
+            raise LinkError("connect() first")
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(msg: Msg) -> None:
+            try:
+                reply = await handler(msg.data)
+            except Exception:
+                log.exception("NATS link: answering a request on %s failed", msg.subject)
+                return
+            with contextlib.suppress(NatsError):
+                await msg.respond(reply)
+
+        async def on_request(msg: Msg) -> None:
+            task = asyncio.create_task(answer(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        self._services[subject] = await nc.subscribe(subject, cb=on_request)
 
     async def close(self) -> None:
         """Send what is queued (within a bound), then close. Safe to call twice."""

@@ -96,6 +96,9 @@ VALUES = [
         ("nats://a:4222", "nats://b:4222"),
     ),
     ("--nats-buffer", "TINYWASM_NATS_BUFFER", "0", "nats_buffer", 0),
+    ("--workers", "TINYWASM_WORKERS", "3", "workers", 3),
+    ("--workers", "TINYWASM_WORKERS", "1", "workers", 1),
+    ("--worker-index", "TINYWASM_WORKER_INDEX", "0", "worker_index", 0),
     ("--uvloop", "TINYWASM_UVLOOP", "on", "uvloop", True),
 ]
 
@@ -132,6 +135,8 @@ OTHER = {
     "TINYWASM_UVLOOP": "no",
     "TINYWASM_NATS": "nats://elsewhere:4222",
     "TINYWASM_NATS_BUFFER": "7",
+    "TINYWASM_WORKERS": "7",
+    "TINYWASM_WORKER_INDEX": "",
     "TINYWASM_STATUS_PRIVATE": "yes",
 }
 

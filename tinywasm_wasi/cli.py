@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from bus import TopicError, validate_pattern
-from tinywasm_wasi.config import DEFAULT_CACHE_DIR, MAX_CALL_TIMEOUT, MAX_MEMORY, Config
+from tinywasm_wasi.config import (
+    DEFAULT_CACHE_DIR,
+    MAX_CALL_TIMEOUT,
+    MAX_MEMORY,
+    MAX_WORKERS,
+    Config,
+)
 from tinywasm_wasi.eventloop import choose_loop
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
 
@@ -267,6 +273,19 @@ SETTINGS = (
         _whole_number(0),
         "messages for other processes held while NATS is away; past it they are dropped "
         "and counted",
+    ),
+    _Setting(
+        "workers",
+        "N",
+        _whole_number(1, MAX_WORKERS),
+        "worker processes sharing the port, joined over NATS (an embedded nats-server "
+        "on loopback unless --nats is given); 1 runs everything in this process",
+    ),
+    _Setting(
+        "worker_index",
+        "I",
+        _whole_number(0, MAX_WORKERS - 1),
+        "this process's place among --workers; set by the supervisor, not by hand",
     ),
     _Setting(
         "uvloop",
@@ -593,7 +612,17 @@ def main(
         print(exc, file=sys.stderr)
         return 2
     config = parse_config(args, environ, prog)
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    worker = f"[w{config.worker_index}] " if config.worker_index is not None else ""
+    logging.basicConfig(
+        level=config.log_level, format=LOG_FORMAT.replace("%(message)s", worker + "%(message)s")
+    )
+    if config.workers > 1 and not config.is_worker:
+        if server_name != "wasi":
+            log.error("--workers needs the wasi server: set %s=wasi", SERVER_ENV)
+            return 2
+        from tinywasm_wasi.cluster.supervisor import Supervisor
+
+        return Supervisor(config, args, environ).run()
 
     # Imported here so that parsing and --help do not load aiohttp and wasmtime.
     from tinywasm_wasi.server import DefaultServer, WasiServer, run_until_signalled

@@ -38,6 +38,7 @@ KiB = 1024
 MiB = 1024 * KiB
 MAX_SIZE = 1024**4  # 1 TiB: any size past it is a typo, not a setting
 MAX_MEMORY = 4 * 1024**3  # the most a 32-bit WebAssembly memory can address
+MAX_WORKERS = 64  # worker processes, at most
 MAX_CALL_TIMEOUT = 3600.0  # seconds one call into a module may be given, at most
 
 
@@ -69,6 +70,10 @@ class Config:
     nats: tuple[str, ...] = ()
     # Messages for other processes held while NATS is away; past it they are dropped and counted.
     nats_buffer: int = 10_000
+    # Worker processes sharing the port (SO_REUSEPORT) over NATS; 1: this process alone.
+    workers: int = 1
+    # Set by the supervisor in each worker it starts (0-based); None: not a worker.
+    worker_index: int | None = None
     # Run on uvloop's event loop when it is installed (the CLI applies it; see eventloop.py).
     uvloop: bool = True
 
@@ -108,6 +113,11 @@ class Config:
     http_max_body: int = 1 * MiB
 
     @property
+    def is_worker(self) -> bool:
+        """True in a process a supervisor started as one of --workers."""
+        return self.worker_index is not None
+
+    @property
     def state_path(self) -> Path:
         """Where the server keeps its own state: state_dir, else <modules_dir>/.tinywasm."""
         return self.state_dir if self.state_dir is not None else self.modules_dir / ".tinywasm"
@@ -144,6 +154,10 @@ class Config:
                 "memory_limit must be at most 4GiB, the most a 32-bit WebAssembly memory "
                 "can address"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1 to {MAX_WORKERS}")
+        if self.worker_index is not None and not 0 <= self.worker_index < self.workers:
+            raise ValueError(f"worker_index must be 0 to {self.workers - 1} (one of --workers)")
         if self.nats_buffer < 0:
             raise ValueError("nats_buffer must be zero or more messages")
         if self.quarantine_traps < 1:

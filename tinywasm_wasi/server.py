@@ -21,7 +21,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,7 @@ from bus.remote import BROADCAST_PREFIX, TOPIC_PREFIX
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
@@ -40,7 +41,8 @@ from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
 from tinywasm_wasi.web.admin import AdminGuard
-from tinywasm_wasi.web.dispatch import add_dispatch_routes
+from tinywasm_wasi.web.dispatch import Dispatcher, add_dispatch_routes
+from tinywasm_wasi.web.forward import NatsForwarder
 from tinywasm_wasi.web.hub import Hub
 from tinywasm_wasi.web.release import add_release_routes
 from tinywasm_wasi.web.routes import add_module_routes, add_static_routes
@@ -72,6 +74,10 @@ RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", StateDir)
 NATS = web.AppKey("nats", NatsLink)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
+_FORWARDER = web.AppKey("forwarder", NatsForwarder)
+_DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+STARTUP_SUBSCRIBE_TIMEOUT = 5.0  # seconds start-up waits for the modules' NATS subscriptions
+WORKER_HEADER = "X-Tinywasm-Worker"  # with --workers N: which worker answered
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
 
 # Seconds aiohttp waits for request handlers after the shutdown hooks ran (the hub has
@@ -89,8 +95,10 @@ def create_app(config: Config) -> web.Application:
     bus = Bus(
         remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)) if link else None
     )
+    broadcasts = link.channel(BROADCAST_PREFIX, lambda *m: hub.deliver_remote(*m)) if link else None
     hub = Hub(
-        remote=link.channel(BROADCAST_PREFIX, lambda *m: hub.deliver_remote(*m)) if link else None,
+        remote=broadcasts,
+        remote_ready=broadcasts.ready if broadcasts is not None else None,
         publish=bus.publish,
         inbound=config.ws_inbound,
         queue_size=config.ws_queue_size,
@@ -101,6 +109,12 @@ def create_app(config: Config) -> web.Application:
     )
     runtime = Runtime(cache_dir=config.cache_dir)
     state = StateDir(config.state_path)
+    # One of several workers: each module runs on its owner (policy/placement.py).
+    placement = (
+        Placement.of(config.worker_index, config.workers)
+        if config.worker_index is not None and config.workers > 1
+        else None
+    )
     bridge = LoopBridge(None, hub.broadcast)  # bound to the loop at start-up
     host = ModuleHost(
         runtime,
@@ -119,6 +133,7 @@ def create_app(config: Config) -> web.Application:
         quarantine=(config.quarantine_traps, config.quarantine_window),
         quarantine_backoff=config.quarantine_backoff,
         state=state,
+        placement=placement,
     )
     app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
     app[_BRIDGE] = bridge
@@ -133,15 +148,34 @@ def create_app(config: Config) -> web.Application:
     admin = AdminGuard(config.admin_token)
     add_module_routes(app, host, hub, nats=link, admin=admin, status_private=config.status_private)
     add_release_routes(app, host, admin)
-    add_dispatch_routes(app, host.view, config)
+    forwarder = None
+    if placement is not None and link is not None:
+        forwarder = NatsForwarder(
+            link, placement, lambda name: host.limits_for(name).call_timeout, host.runs_here
+        )
+        app[_FORWARDER] = forwarder
+        app.on_response_prepare.append(_worker_header(placement.me))
+    app[_DISPATCHER] = add_dispatch_routes(app, host.view, config, forwarder)
     add_static_routes(app, config.web_dir)
     return app
+
+
+def _worker_header(
+    me: str,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def add(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = me
+
+    return add
 
 
 async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
     link = app.get(NATS)
     if link is not None:
         await link.connect()  # before the modules load: their subscriptions want subjects
+        forwarder = app.get(_FORWARDER)
+        if forwarder is not None:
+            await forwarder.serve(app[_DISPATCHER].answer)
     try:
         yield
     finally:
@@ -155,6 +189,10 @@ async def _modules(app: web.Application) -> AsyncIterator[None]:
     app[_BRIDGE].bind(asyncio.get_running_loop())
     host = app[HOST]
     await host.load_dir(app[CONFIG].modules_dir)
+    link = app.get(NATS)
+    if link is not None:
+        # The modules' subscriptions reach the NATS server before the port opens.
+        await link.subscribed(STARTUP_SUBSCRIBE_TIMEOUT)
     try:
         yield
     finally:
@@ -225,7 +263,7 @@ class Served:
     port: int
 
 
-async def serve(app: web.Application, host: str, port: int) -> Served:
+async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> Served:
     """Start `app` (its start-up hooks, then listening on host:port); `port` 0 picks one.
 
     Stop it with `Served.runner.cleanup()`, which stops listening, runs the
@@ -236,7 +274,7 @@ async def serve(app: web.Application, host: str, port: int) -> Served:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -270,7 +308,9 @@ class _AppServer:
         return f"http://{self.config.host}:{self.port}"
 
     async def _start(self, app: web.Application) -> None:
-        self._served = await serve(app, self.config.host, self.config.port)
+        # Workers share the supervisor's port (SO_REUSEPORT): the kernel spreads connections.
+        reuse = self.config.is_worker
+        self._served = await serve(app, self.config.host, self.config.port, reuse_port=reuse)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -11,6 +11,7 @@ from tinywasm_wasi.policy.limits import (
     LIMITS_FILE,
     Limits,
     LimitsError,
+    Replicas,
     parse_overrides,
 )
 from tinywasm_wasi.policy.limits import parse_size as size
@@ -96,6 +97,14 @@ def test_overrides_replace_only_the_keys_given_per_module() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("text", "replicas"),
+    [("", Replicas.ONE), ('replicas = "all"', Replicas.ALL), ("replicas = 1", Replicas.ONE)],
+)
+def test_replicas_say_whether_every_worker_runs_the_module(text: str, replicas: Replicas) -> None:
+    assert parse_overrides(f"[echo]\n{text}\n", Limits())["echo"].replicas is replicas
+
+
 def test_overrides_start_from_the_given_defaults() -> None:
     defaults = Limits(memory_limit=1 * MiB, call_timeout=0.05, max_payload=100)
     got = parse_overrides('[a]\nmax_payload = "1KiB"\n', defaults)
@@ -115,7 +124,7 @@ def test_no_text_means_no_overrides() -> None:
         (
             "[chat]\nmemory = 1",
             "limits.toml: [chat] memory: unknown key; use one of call_timeout, max_payload, "
-            "memory_limit",
+            "memory_limit, replicas",
         ),
         (
             '[chat]\nmemory_limit = "lots"',
@@ -130,6 +139,13 @@ def test_no_text_means_no_overrides() -> None:
             "[chat]\nmax_payload = [1]",
             "limits.toml: [chat] max_payload: [1] is not a size",
         ),
+        (
+            '[chat]\nreplicas = "some"',
+            'limits.toml: [chat] replicas: expected "all" (every worker) or 1 (one owner), '
+            "not 'some'",
+        ),
+        ("[chat]\nreplicas = 2", 'limits.toml: [chat] replicas: expected "all"'),
+        ("[chat]\nreplicas = true", 'limits.toml: [chat] replicas: expected "all"'),
         (
             '[chat]\ncall_timeout = "fast"',
             "limits.toml: [chat] call_timeout: expected seconds as a number, e.g. 0.5",

@@ -7,6 +7,7 @@ override file sits in the modules folder and has one table per module name::
     memory_limit = "128MiB"
     call_timeout = 0.5        # seconds
     max_payload = "4MiB"
+    replicas = "all"          # with --workers N: run in every worker (stateless modules)
 
 Any key left out keeps the global default (set by flag or TINYWASM_* variable).
 """
@@ -17,6 +18,7 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 
 from tinywasm_wasi.config import MAX_CALL_TIMEOUT, MAX_MEMORY, MAX_SIZE
 from tinywasm_wasi.exceptions import TinywasmError
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_SIZE",
     "Limits",
     "LimitsError",
+    "Replicas",
     "parse_overrides",
     "parse_size",
 ]
@@ -71,6 +74,13 @@ def parse_size(value: str | int) -> int:
     return size
 
 
+class Replicas(StrEnum):
+    """How many workers run a module when there are several (``--workers N``)."""
+
+    ONE = "1"  # one owner, chosen by placement: per-module order and state hold
+    ALL = "all"  # every worker: a stateless module, each message handled where published
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:
     """What one module may use."""
@@ -78,6 +88,7 @@ class Limits:
     memory_limit: int = 64 * 1024 * 1024  # bytes of linear memory
     call_timeout: float = 0.1  # seconds per call into the guest
     max_payload: int = 1024 * 1024  # bytes per publish / ws_broadcast
+    replicas: Replicas = Replicas.ONE  # with several workers: one owner, or all of them
 
     def __post_init__(self) -> None:
         if self.memory_limit < 1 or self.max_payload < 1:
@@ -116,11 +127,18 @@ def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
             raise LimitsError(
                 f"{LIMITS_FILE}: {name!r} must be a table, e.g. [{name}] then key = value lines"
             )
-        changes: dict[str, float | int] = {}
+        changes: dict[str, float | int | Replicas] = {}
         for key, value in table.items():
             where = f"{LIMITS_FILE}: [{name}] {key}"
             if key not in _FIELDS:
                 raise LimitsError(f"{where}: unknown key; use one of {', '.join(sorted(_FIELDS))}")
+            if key == "replicas":
+                if value == "all" or (value == 1 and not isinstance(value, bool)):
+                    changes[key] = Replicas.ALL if value == "all" else Replicas.ONE
+                    continue
+                raise LimitsError(
+                    f'{where}: expected "all" (every worker) or 1 (one owner), not {value!r}'
+                )
             if key == "call_timeout":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise LimitsError(f"{where}: expected seconds as a number, e.g. 0.5")

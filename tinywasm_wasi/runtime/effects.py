@@ -57,8 +57,12 @@ class ModuleEffects:
         broadcast: Broadcast,
         counters: ModuleCounters,
         on_message: OnMessage,
+        *,
+        local: bool = False,
     ) -> None:
         self.name = name
+        # Subscriptions served only by this process's publishes (replicas = "all").
+        self._local = local
         self._bus = bus
         self._broadcast = broadcast
         self._counters = counters
@@ -85,7 +89,9 @@ class ModuleEffects:
             check()
             cancel = [] if other is None else [s for s in other._subs.values() if s is not None]
             patterns = list(self._subs)
-            subs = self._bus.swap(cancel, [(p, self._on_message) for p in patterns])
+            subs = self._bus.swap(
+                cancel, [(p, self._on_message) for p in patterns], local=self._local
+            )
             self._subs = dict(zip(patterns, subs, strict=True))
             self._subs_live = True
             if other is not None:
@@ -143,7 +149,7 @@ class ModuleEffects:
             if name in self._subs:
                 return
             if self._subs_live:
-                self._subs[name] = self._bus.subscribe(name, self._on_message)
+                self._subs[name] = self._bus.subscribe(name, self._on_message, local=self._local)
             else:
                 self._subs[name] = None
 

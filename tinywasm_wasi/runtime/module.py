@@ -23,7 +23,7 @@ from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError, TrapCode
 from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
-from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.limits import Limits, Replicas
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.policy.rules import ModuleFileName, Rule
 from tinywasm_wasi.policy.traps import TrapWindow
@@ -66,7 +66,12 @@ class WasmModule:
         self.last_error: str | None = None
         self.counters = ModuleCounters()
         self._effects = ModuleEffects(
-            self.name, bus, broadcast, self.counters, self._on_bus_message
+            self.name,
+            bus,
+            broadcast,
+            self.counters,
+            self._on_bus_message,
+            local=self.limits.replicas is Replicas.ALL,
         )
         self._on_probation = False
         self._probation_failed: Callable[[], None] | None = None  # wakes `probation()`

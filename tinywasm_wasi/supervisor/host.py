@@ -26,6 +26,7 @@ from tinywasm_wasi.exceptions import ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file
+from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.quarantine import Quarantine
 from tinywasm_wasi.policy.rules import ModuleFileName, parse_file_name
 from tinywasm_wasi.policy.swap import Request, RequestKind
@@ -69,8 +70,11 @@ class ModuleHost:
         quarantine: tuple[int, float] = (Config.quarantine_traps, Config.quarantine_window),
         quarantine_backoff: float = Config.quarantine_backoff,
         state: StateDir | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.runtime = runtime
+        # With several workers: which modules run here (the others run on their owner).
+        self.placement = placement
         self.bus = bus
         self.settings = SwapSettings(
             mailbox_size=mailbox_size,
@@ -156,6 +160,14 @@ class ModuleHost:
     def limits_for(self, name: str) -> Limits:
         return self.loader.limits_for(name)
 
+    def runs_here(self, name: str) -> bool:
+        """True if module `name` runs in this process (always, without placement)."""
+        if self.placement is None:
+            return True
+        file = self.find_file(name)
+        middleware = file is not None and file.rule is not None
+        return self.placement.runs_here(name, self.limits_for(name).replicas, middleware)
+
     # -- loading a folder ----------------------------------------------------------------------
 
     async def load_dir(self, directory: Path) -> None:
@@ -174,7 +186,8 @@ class ModuleHost:
         for file_name, reason in scan.refused.items():
             self._registry.refuse(file_name, reason)
             log.error("refused module file %s: %s", file_name, reason)
-        started = await asyncio.gather(*(self._start_file(p) for p in scan.files))
+        files = [p for p in scan.files if self._placed_here(p)]
+        started = await asyncio.gather(*(self._start_file(p) for p in files))
         ready = [m for m in started if m is not None]
         for module in ready:
             module.activate()
@@ -185,8 +198,26 @@ class ModuleHost:
             "%d module(s) loaded from %s, %d refused",
             len(ready),
             directory,
-            len(scan.files) - len(ready),
+            len(files) - len(ready),
         )
+
+    def _placed_here(self, path: Path) -> bool:
+        if self.placement is None:
+            return True
+        try:
+            file = self.loader.with_rule_txt(parse_file_name(path.name))
+        except TinywasmError:
+            return True  # refused where it is started, with the reason
+        limits = self.limits_for(file.name)
+        if self.placement.runs_here(file.name, limits.replicas, file.rule is not None):
+            return True
+        log.info(
+            "module %s runs on worker %s, not here (%s)",
+            file.name,
+            self.placement.owner(file.name),
+            self.placement.me,
+        )
+        return False
 
     async def _start_file(self, path: Path) -> WasmModule | None:
         name = path.name
@@ -246,6 +277,9 @@ class ModuleHost:
         self._submit(name, Request(RequestKind.CHANGE, Trigger(trigger), source))
 
     def _submit(self, name: str, request: Request) -> None:
+        if not self.runs_here(name) and name not in self.modules:
+            log.debug("module %s: %s left to its owner worker", name, request.kind.value)
+            return
         if self._stopping:
             log.info("module %s: %s ignored, the server is stopping", name, request.kind.value)
             return
@@ -264,6 +298,8 @@ class ModuleHost:
         """
         if source is None and self.loader.directory is None:
             raise RuntimeError("no modules folder: load_dir() first")
+        if not self.runs_here(name) and name not in self.modules:
+            return None  # its owner worker loads it
         return await self.swapper.run(name, Request(RequestKind.CHANGE, Trigger(trigger), source))
 
     async def deploy(self, name: str, data: bytes) -> DeployResult:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -41,6 +42,7 @@ from tinywasm_wasi.policy.http_abi import (
     join_headers,
     parse_response,
 )
+from tinywasm_wasi.policy.http_forward import Forwarded, ForwardedAnswer
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.runtime.module import WasmModule
 from tinywasm_wasi.supervisor.registry import RegistryView
@@ -90,16 +92,46 @@ def failure_status(module: str, exc: TinywasmError, call_timeout: float) -> Fail
 class Dispatcher:
     """The aiohttp handler for ``/m/...``; reads the live modules from `registry` per request."""
 
-    def __init__(self, registry: RegistryView, config: Config) -> None:
+    def __init__(
+        self, registry: RegistryView, config: Config, forward: Forwarder | None = None
+    ) -> None:
         self._host = registry
+        self._forward = forward
         self._max_body = config.http_max_body
         self._warn: dict[str, LogLimiter] = {}  # per module: one line a second at most
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
         try:
-            name = request.match_info["name"]
-            target = self._target(name)
+            owner = self._elsewhere(name)
+            if owner is None:
+                self._target(name)  # 404 or 503 before the body is read
             body = await self._read_body(request)
+            forwarded = Forwarded(
+                name=name,
+                method=request.method,
+                path=request.rel_url.raw_path,
+                query=request.rel_url.raw_query_string,
+                headers=tuple(request.headers.items()),
+                body=body,
+            )
+            if owner is not None:
+                assert self._forward is not None
+                answer = await self._forward.send(owner, forwarded)
+            else:
+                answer = await self.answer(forwarded)
+        except Failed as failed:
+            answer = _failure(failed)
+        headers = CIMultiDict(answer.headers)
+        if answer.retry_after:
+            headers["Retry-After"] = str(answer.retry_after)
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    async def answer(self, request: Forwarded) -> ForwardedAnswer:
+        """Run `request` through its middlewares and its module here; failures become answers."""
+        try:
+            name = request.name
+            target = self._target(name)
             chain = [
                 m
                 for m in self._host.middlewares()
@@ -109,19 +141,22 @@ class Dispatcher:
             full = any(_mode(m) is HttpMode.FULL for m in (*chain, target))
             http_request = HttpRequest(
                 method=request.method,
-                path=request.rel_url.raw_path,
+                path=request.path,
                 route=name,
-                query=request.rel_url.raw_query_string,
-                headers=join_headers(request.headers.items()) if full else {},
-                body=body,
+                query=request.query,
+                headers=join_headers(request.headers) if full else {},
+                body=request.body,
             )
-            answer = await self._run(chain, target, http_request)
+            result = await self._run(chain, target, http_request)
         except Failed as failed:
-            headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else None
-            return web.Response(status=failed.status, text=failed.reason + "\n", headers=headers)
-        return web.Response(
-            status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
-        )
+            return _failure(failed)
+        return ForwardedAnswer(result.status, tuple(result.headers), result.body)
+
+    def _elsewhere(self, name: str) -> str | None:
+        """The worker to forward a request for `name` to, or None to answer it here."""
+        if self._forward is None or name in self._host.modules:
+            return None
+        return self._forward.owner_of(name)
 
     def _target(self, name: str) -> WasmModule:
         module = self._host.modules.get(name)
@@ -231,6 +266,23 @@ class Dispatcher:
         return failed
 
 
+def _failure(failed: Failed) -> ForwardedAnswer:
+    headers = (("Content-Type", "text/plain; charset=utf-8"),)
+    return ForwardedAnswer(
+        failed.status, headers, (failed.reason + "\n").encode(), failed.retry_after
+    )
+
+
+class Forwarder(Protocol):
+    """Sends a request for a module another worker owns (web/forward.py)."""
+
+    def owner_of(self, name: str) -> str | None:
+        """The worker that runs `name` if it is not this one, else None."""
+
+    async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
+        """The owner's answer; raises Failed when it cannot be reached in time."""
+
+
 def _mode(module: WasmModule) -> HttpMode | None:
     """The mode `module` answers in (found once, when it was compiled)."""
     http = module.compiled.interface.http
@@ -254,8 +306,17 @@ def _swapped(
     return _mode(current) is not mode
 
 
-def add_dispatch_routes(app: web.Application, registry: RegistryView, config: Config) -> None:
-    """Route ``/m/{name}`` and ``/m/{name}/{rest}``, any method, to the modules of `registry`."""
-    dispatcher = Dispatcher(registry, config)
+def add_dispatch_routes(
+    app: web.Application,
+    registry: RegistryView,
+    config: Config,
+    forward: Forwarder | None = None,
+) -> Dispatcher:
+    """Route ``/m/{name}`` and ``/m/{name}/{rest}``, any method, to the modules of `registry`.
+
+    With `forward`, a request for a module another worker owns goes to that worker.
+    """
+    dispatcher = Dispatcher(registry, config, forward)
     app.router.add_route("*", "/m/{name}", dispatcher.handle)
     app.router.add_route("*", "/m/{name}/{rest:.*}", dispatcher.handle)
+    return dispatcher

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -249,6 +249,7 @@ class Hub:
         rate_limit: float = 100.0,
         origins: Sequence[str] = (),
         remote: Remote | None = None,
+        remote_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Create a hub.
 
@@ -266,6 +267,9 @@ class Hub:
                 that send no Origin header are always allowed.
             remote: forwards broadcasts to the other processes' hubs and asks
                 them for the patterns this hub's clients want; None: this process only.
+            remote_ready: awaited before a handshake is answered, once the client's
+                patterns are wanted: when it returns, the other processes' broadcasts
+                on them reach this hub (so an open WebSocket misses none).
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
@@ -293,6 +297,7 @@ class Hub:
         self._state = _State.OPEN
         self._closed = asyncio.Event()
         self._remote = remote
+        self._remote_ready = remote_ready
         self._interest = Interest()
         self._index: TopicIndex[_Client] = TopicIndex()
         self._clients: set[_Client] = set()
@@ -422,16 +427,21 @@ class Hub:
         except RequestError as exc:
             return web.Response(status=400, text=f"{exc}\n")
         ws = _Socket(max_frame=self._max_frame)
+        self._want(wanted.patterns)
         try:
+            if self._remote_ready is not None:
+                await self._remote_ready()
             await ws.prepare(request)
         except web.HTTPBadRequest as exc:  # aiohttp checks the handshake before sending
+            self._unwant(wanted.patterns)
             return web.Response(status=400, text=f"{handshake_refusal(exc.text or '')}\n")
+        except BaseException:
+            self._unwant(wanted.patterns)
+            raise
         client = _Client(ws, request, wanted, self._queue_size)
         self._clients.add(client)
         for pattern in wanted.patterns:
             self._index.add(pattern, client)
-            if self._interest.add(pattern) and self._remote is not None:
-                self._remote.want(pattern)
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
         log.debug("ws %s connected: topics %s", client.peer, ", ".join(wanted.patterns))
         if self.closed:  # the hub closed while the handshake was being sent
@@ -547,10 +557,20 @@ class Hub:
         if queue is not None:
             for pattern in client.wanted.patterns:
                 self._index.remove(pattern, client)
-                if self._interest.remove(pattern) and self._remote is not None:
-                    self._remote.unwant(pattern)
+            self._unwant(client.wanted.patterns)
             while not queue.empty():
                 queue.get_nowait()
+
+    def _want(self, patterns: Iterable[str]) -> None:
+        """Count a client's patterns; ask the other processes for those first wanted."""
+        for pattern in patterns:
+            if self._interest.add(pattern) and self._remote is not None:
+                self._remote.want(pattern)
+
+    def _unwant(self, patterns: Iterable[str]) -> None:
+        for pattern in patterns:
+            if self._interest.remove(pattern) and self._remote is not None:
+                self._remote.unwant(pattern)
 
     def _begin_close(self, client: _Client, code: WSCloseCode, reason: str) -> asyncio.Task[None]:
         """Stop queuing to `client` now and schedule its close (once); does not block."""

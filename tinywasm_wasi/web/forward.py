@@ -1,0 +1,98 @@
+"""HTTP to a module another worker owns: NATS request-reply, with the answers of a local call.
+
+Each worker answers forwarded requests on ``tw.http.<worker>`` by running the same
+dispatch as for its own requests (middlewares, then the module), so the status
+codes are the ones a local call gives. The caller waits for the module's call
+deadline (its ``call_timeout``) plus `TRANSIT` seconds for the hop and the
+owner's queue; past it the answer is 504. An owner that is not there (it died and
+is being restarted, or NATS is away) is 503 with ``Retry-After: 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bus.nats import LinkError, NatsLink
+from tinywasm_wasi.policy.http_forward import (
+    Forwarded,
+    ForwardedAnswer,
+    ForwardError,
+    decode_answer,
+    decode_request,
+    encode_answer,
+    encode_request,
+    subject_for,
+)
+from tinywasm_wasi.policy.placement import Placement
+from tinywasm_wasi.policy.ratelimit import LogLimiter
+from tinywasm_wasi.web.dispatch import Failed
+
+__all__ = ["TRANSIT", "NatsForwarder"]
+
+log = logging.getLogger("tinywasm.forward")
+
+TRANSIT = 1.0  # seconds allowed on top of the call deadline for the hop and the owner's queue
+
+
+class NatsForwarder:
+    """The `Forwarder` of one worker: sends to owners, answers what is sent to it."""
+
+    def __init__(
+        self,
+        link: NatsLink,
+        placement: Placement,
+        call_timeout: Callable[[str], float],
+        placed_here: Callable[[str], bool],
+    ) -> None:
+        self._link = link
+        self._placement = placement
+        self._call_timeout = call_timeout
+        self._placed_here = placed_here
+        self._warn = LogLimiter(log)
+        self.forwarded = 0
+        self.failed = 0
+
+    def owner_of(self, name: str) -> str | None:
+        if self._placed_here(name):
+            return None
+        owner = self._placement.owner(name)
+        return None if owner == self._placement.me else owner
+
+    async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
+        timeout = self._call_timeout(request.name) + TRANSIT
+        self.forwarded += 1
+        try:
+            raw = await self._link.request(subject_for(owner), encode_request(request), timeout)
+            return decode_answer(raw)
+        except TimeoutError:
+            self.failed += 1
+            raise Failed(
+                504,
+                f"module {request.name!r} on worker {owner} did not answer within "
+                f"{timeout * 1000:.0f} ms",
+            ) from None
+        except LinkError as exc:
+            self.failed += 1
+            self._warn("request for module %s: worker %s unreachable: %s", request.name, owner, exc)
+            raise Failed(
+                503,
+                f"module {request.name!r} runs on worker {owner}, which cannot be reached "
+                "now: retry later",
+                retry_after=1,
+            ) from None
+        except ForwardError as exc:
+            self.failed += 1
+            raise Failed(502, f"worker {owner} sent a malformed answer: {exc}") from None
+
+    async def serve(self, answer: Callable[[Forwarded], Awaitable[ForwardedAnswer]]) -> None:
+        """Answer the requests other workers forward to this one."""
+
+        async def on_request(data: bytes) -> bytes:
+            try:
+                request = decode_request(data)
+            except ForwardError as exc:
+                return encode_answer(ForwardedAnswer(400, (), f"{exc}\n".encode()))
+            return encode_answer(await answer(request))
+
+        await self._link.serve(subject_for(self._placement.me), on_request)
