@@ -30,6 +30,7 @@ SCENARIOS = (
     "http",
     "swap",
     "scale",
+    "workers",
     "fanout",
     "fanout_max",
 )

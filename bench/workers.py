@@ -1,0 +1,300 @@
+"""``--workers N`` against one process: HTTP requests/s and CPU, and failover after kill -9.
+
+Each run starts the real command line (``python -m tinywasm_wasi``, as a user does)
+on 127.0.0.1 with a folder holding the example ``echo`` module twice: as ``echo``,
+declared ``replicas = "all"`` (stateless: it answers in whichever worker the request
+reaches) and as ``owned`` (one owner worker). For each worker count and event loop it
+loads ``GET /m/echo`` and the plain route ``GET /healthz`` with ``wrk`` (50
+connections, one wrk thread) and reads the CPU time of every server process
+(supervisor, workers, nats-server) from /proc.
+
+Failover (workers > 1): ``kill -9`` the owner of ``owned``, then ``GET /m/owned``
+every 20 ms until it answers 200 again: the time from the kill to that answer.
+
+    python -m bench.workers [--workers 1,2] [--loops uvloop,asyncio] [--seconds S]
+                            [--record] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import Machine, add_common_flags, command_line, fail_on, markdown_grid, record
+from bench.common import process_cpu_s as cpu_of
+from tinywasm_wasi.cluster.nats_server import free_port
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR
+from tinywasm_wasi.eventloop import ASYNCIO, UVLOOP
+from tinywasm_wasi.policy.placement import owner, worker_names
+
+ROUTES = ("/m/echo", "/healthz")
+CONNECTIONS = 50
+START_TIMEOUT = 120.0  # seconds for the workers to serve on a busy machine
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
+    .. '"p50_us": %d, "p99_us": %d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Row:
+    workers: int
+    loop: str
+    route: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # server CPU per request, every server process
+    errors: int
+
+
+class Running:
+    """The command line's process tree: the supervisor (or the one server) and its log."""
+
+    def __init__(self, modules: Path, workers: int, loop: str, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+        env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR="off", TINYWASM_LOG_LEVEL="INFO")
+        command = [
+            sys.executable,
+            "-m",
+            "tinywasm_wasi",
+            "--workers",
+            str(workers),
+            "--port",
+            str(port),
+            "--modules-dir",
+            str(modules),
+            "--no-watch",
+            "--uvloop",
+            "on" if loop == UVLOOP else "off",
+        ]
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.workers = workers
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def find(self, pattern: str) -> list[re.Match[str]]:
+        regex = re.compile(pattern)
+        return [m for line in list(self.lines) if (m := regex.search(line))]
+
+    def pids(self) -> list[int]:
+        """Every server process alive now: this one, its workers and its nats-server."""
+        pids = [self.proc.pid]
+        pids += [int(m.group(1)) for m in self.find(r"worker w\d+ started \(pid (\d+)\)")]
+        pids += [int(m.group(1)) for m in self.find(r"nats-server .* \(pid (\d+)\)")]
+        return [p for p in pids if Path(f"/proc/{p}").exists()]
+
+    def cpu_s(self) -> float:
+        return sum(cpu_of(p) for p in self.pids())
+
+    async def serving(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(self.find(r"serving \d+ module")) < self.workers:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start:\n" + "".join(self.lines[-20:]))
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+async def wrk(binary: str, url: str, seconds: int, script: Path) -> dict[str, float]:
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "-s",
+        str(script),
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    raise RuntimeError(f"wrk printed no summary: {err.decode()[-300:]}")
+
+
+async def failover(base: str, running: Running) -> float:
+    """Seconds from kill -9 of the owner of `owned` to its next 200."""
+    name = owner("owned", worker_names(running.workers))
+    pid = int(running.find(rf"worker {name} started \(pid (\d+)\)")[-1].group(1))
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - killed < START_TIMEOUT:
+            try:
+                async with session.get(f"{base}/m/owned") as response:
+                    if response.status == 200 and time.monotonic() - killed > 0.05:
+                        return time.monotonic() - killed
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+    raise RuntimeError(f"/m/owned did not answer within {START_TIMEOUT:g} s of the kill")
+
+
+async def one(
+    modules: Path, workers: int, loop: str, seconds: int, binary: str, script: Path
+) -> tuple[list[Row], float | None]:
+    port = free_port()
+    running = Running(modules, workers, loop, port)
+    base = f"http://127.0.0.1:{port}"
+    rows = []
+    took = None
+    try:
+        await running.serving()
+        for route in ROUTES:
+            begun = running.cpu_s()
+            load = await wrk(binary, base + route, seconds, script)
+            cpu = running.cpu_s() - begun
+            n = max(1, int(load["requests"]))
+            rows.append(
+                Row(
+                    workers,
+                    loop,
+                    route,
+                    n / (load["duration_us"] / 1e6),
+                    load["p50_us"] / 1000,
+                    load["p99_us"] / 1000,
+                    cpu / n * 1e6,
+                    int(load["errors"] + load["non_2xx"]),
+                )
+            )
+            print(
+                f"# workers {workers} {loop} {route}: {rows[-1].rate:,.0f} requests/s", flush=True
+            )
+        if workers > 1:
+            took = await failover(base, running)
+            print(f"# workers {workers} {loop}: failover {took:.2f} s", flush=True)
+    finally:
+        running.stop()
+    return rows, took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.workers", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--workers", default="1,2", help="worker counts, in order (1,2)")
+    parser.add_argument("--loops", default="uvloop,asyncio", help="event loops (uvloop,asyncio)")
+    parser.add_argument("--seconds", type=int, default=5, help="load time per route (5)")
+    add_common_flags(parser)
+    args = parser.parse_args()
+    counts = [int(c) for c in args.workers.split(",")]
+    loops = [lp.strip() for lp in args.loops.split(",")]
+    if not set(loops) <= {ASYNCIO, UVLOOP} or not all(1 <= c <= 8 for c in counts):
+        parser.error("--loops: asyncio and/or uvloop; --workers: 1 to 8 each")
+    if args.smoke:
+        counts, loops, args.seconds = [2], [UVLOOP], 1
+    binary = shutil.which("wrk")
+    if binary is None:
+        fail_on([], "bench.workers", warnings=["wrk is not on PATH (apt-get install wrk): skipped"])
+        return
+    machine = Machine.detect()
+    print(f"# {machine.describe()}")
+    rows: list[Row] = []
+    failovers: dict[tuple[int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        modules = Path(tmp)
+        shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "echo.wasm")
+        shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "owned.wasm")
+        (modules / "limits.toml").write_text('[echo]\nreplicas = "all"\n')
+        script = modules / "done.lua"
+        script.write_text(WRK_SCRIPT)
+        for loop in loops:
+            for count in counts:
+                got, took = asyncio.run(one(modules, count, loop, args.seconds, binary, script))
+                rows += got
+                if took is not None:
+                    failovers[(count, loop)] = took
+    one_worker = {(r.loop, r.route): r.rate for r in rows if r.workers == 1}
+    plain = {(r.workers, r.loop): r for r in rows if r.route == "/healthz"}
+    header = [
+        "workers",
+        "loop",
+        "route",
+        "requests/s",
+        "vs 1 worker",
+        "p50 / p99 ms",
+        "server CPU per request",
+        "CPU ÷ /healthz's",
+        "errors",
+    ]
+    table = []
+    for r in rows:
+        base = one_worker.get((r.loop, r.route))
+        ref = plain.get((r.workers, r.loop))
+        table.append(
+            [
+                str(r.workers),
+                r.loop,
+                f"GET {r.route}",
+                f"{r.rate:,.0f}",
+                f"{r.rate / base:.2f}x" if base else "",
+                f"{r.p50_ms:.2f} / {r.p99_ms:.2f}",
+                f"{r.cpu_us:.0f} µs",
+                f"{r.cpu_us / ref.cpu_us:.2f}x" if ref else "",
+                str(r.errors),
+            ]
+        )
+    print(markdown_grid(header, table))
+    notes = "".join(
+        f"Failover, {count} workers, {loop}: kill -9 of the owner of a module to its next "
+        f"200: {took:.2f} s.\n"
+        for (count, loop), took in failovers.items()
+    )
+    print(notes)
+    fail_on([f"{r.errors} failed requests: {r}" for r in rows if r.errors], "bench.workers")
+    if args.record:
+        record(
+            'workers: /m/echo (replicas = "all") and /healthz, 1 and 2 worker processes',
+            command_line("bench.workers"),
+            table,
+            machine=machine,
+            header=header,
+            notes=notes
+            + f"wrk, 1 thread, {CONNECTIONS} connections, {args.seconds} s per row; server "
+            "CPU is every server process (supervisor, workers, nats-server) from /proc.",
+        )
+
+
+if __name__ == "__main__":
+    main()
