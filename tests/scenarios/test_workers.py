@@ -156,11 +156,13 @@ async def chat_on_each_worker(
     raise AssertionError(f"{PICK_TRIES} connections all went to {list(found)}")
 
 
-async def answers_by_worker(http: aiohttp.ClientSession, url: str) -> dict[str, tuple[int, str]]:
-    """GET `url` on new connections until both workers have answered."""
+async def answers_by_worker(
+    http: aiohttp.ClientSession, url: str, method: str = "GET"
+) -> dict[str, tuple[int, str]]:
+    """`method` `url` on new connections until both workers have answered."""
     seen: dict[str, tuple[int, str]] = {}
     for _ in range(PICK_TRIES):
-        async with http.get(url) as response:
+        async with http.request(method, url) as response:
             seen[response.headers[WORKER_HEADER]] = (response.status, await response.text())
         if len(seen) == 2:
             return seen
@@ -207,6 +209,14 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
         assert "echo_http" in loaded, worker
         assert ("echo" in loaded) is (worker == echo_owner), (worker, loaded)
         assert ("chat" in loaded) is (worker == chat_owner), (worker, loaded)
+
+    # Reload is the owner's: another worker says which one (421).
+    reloads = await answers_by_worker(http, f"{base}/api/modules/echo/reload", "POST")
+    for worker, (status, text) in reloads.items():
+        if worker == echo_owner:
+            assert status == 200, text
+        else:
+            assert status == 421 and f"runs on worker {echo_owner}" in text, text
 
     # kill -9 the chat owner: the supervisor restarts it; the other worker's browser
     # stays connected and gets the chat again once the owner is back.

@@ -114,6 +114,14 @@ def add_module_routes(
                 text=f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
                 "in the modules folder\n"
             )
+        if not host.runs_here(name) and name not in host.modules:
+            assert host.placement is not None  # runs_here is only false with placement
+            raise web.HTTPMisdirectedRequest(
+                text=f"module {name!r} runs on worker {host.placement.owner(name)}, not on "
+                f"this one ({host.placement.me}): it reloads on its owner, which watches the "
+                "same folder; retry until the answer comes from that worker "
+                "(the X-Tinywasm-Worker header)\n"
+            )
         record = await host.swap(name, "api")
         return web.json_response(
             {
