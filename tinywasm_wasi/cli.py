@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 SERVERS = ("wasi",)
+AUTHOR_COMMANDS = ("build",)  # tinywasm_wasi.cli_authors
 SERVER_ENV = "TINYWASM_SERVER"
 FASTPATH_ENV = "TINYWASM_FASTPATH"
 PROG = "tinywasm"
@@ -389,7 +390,8 @@ environment:
   fast path (slower; for comparison and debugging).
   XDG_CACHE_HOME moves the default cache folder to $XDG_CACHE_HOME/{DEFAULT_CACHE_DIR.name}.
 
-Compile guest modules with: {prog} build <module-dir>...
+Write modules:
+  {prog} build MODULE-DIR...     compile into the modules folder and check it
 Deploy one to a running server with: {prog} deploy <file.wasm> --server URL
 """
 
@@ -490,50 +492,11 @@ def fast_path(env: Mapping[str, str]) -> bool:
     return env.get(FASTPATH_ENV, "1") != "0"
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def build(argv: list[str], prog: str = f"{PROG} build") -> int:
-    """Run ``tinywasm build <module-dir>... [-o OUT_DIR] [-n NAME]``; return the exit status."""
-    from tinywasm_wasi.build import BUILD_FILE, BuildError, build_module
+    """Run ``tinywasm build <module-dir>...``; return the exit status (`cli_authors.build`)."""
+    from tinywasm_wasi.cli_authors import build as build_command
 
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Compile C guest modules to WebAssembly with zig cc.",
-    )
-    parser.add_argument(
-        "module_dirs", nargs="+", type=Path, metavar="module-dir", help="e.g. modules/chat"
-    )
-    parser.add_argument(
-        "-o",
-        "--out-dir",
-        type=Path,
-        default=None,
-        help="output directory (default: dist/ next to each module directory)",
-    )
-    parser.add_argument(
-        "-n",
-        "--output-name",
-        default=None,
-        metavar="FILE",
-        help="output file name, e.g. '20-auth@[users].wasm' (one module only; default: "
-        f"'output' in the module's {BUILD_FILE}, else <module-dir name>.wasm)",
-    )
-    args = parser.parse_args(argv)
-    if args.output_name is not None and len(args.module_dirs) > 1:
-        parser.error("--output-name names one output: give one module directory")
-    for module_dir in args.module_dirs:
-        try:
-            output = build_module(module_dir, args.out_dir, output=args.output_name)
-        except BuildError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"built {_display(output)} ({output.stat().st_size} bytes)")
-    return 0
+    return build_command(argv, os.environ, prog=prog)
 
 
 def deploy(argv: list[str], env: Mapping[str, str], prog: str = f"{PROG} deploy") -> int:
@@ -601,10 +564,14 @@ def main(
     """
     args = sys.argv[1:] if argv is None else argv
     environ = os.environ if env is None else env
-    if args[:1] == ["build"]:
-        return build(args[1:], prog=f"{prog} build")
     if args[:1] == ["deploy"]:
         return deploy(args[1:], environ, prog=f"{prog} deploy")
+    if args[:1] and args[0] in AUTHOR_COMMANDS:
+        from tinywasm_wasi import cli_authors
+
+        command = getattr(cli_authors, args[0])
+        status: int = command(args[1:], environ, prog=f"{prog} {args[0]}")
+        return status
 
     try:
         server_name = select_server(environ)

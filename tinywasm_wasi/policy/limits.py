@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,6 +32,7 @@ __all__ = [
     "Limits",
     "LimitsError",
     "Replicas",
+    "limits_from_tables",
     "parse_overrides",
     "parse_size",
 ]
@@ -121,6 +123,15 @@ def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LimitsError(f"{LIMITS_FILE} is not valid TOML: {exc}") from None
+    return limits_from_tables(data, defaults)
+
+
+def limits_from_tables(data: Mapping[str, object], defaults: Limits) -> dict[str, Limits]:
+    """Per-module Limits from tables already parsed from TOML (limits.toml or module.toml).
+
+    Raises:
+        LimitsError: an entry is not a table, or names an unknown key or a bad value.
+    """
     result: dict[str, Limits] = {}
     for name, table in data.items():
         if not isinstance(table, dict):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from tinywasm_wasi.exceptions import ModuleLoadError, UnknownImportError
+from tinywasm_wasi.policy.authoring import guess_from_imports, import_hint
 from tinywasm_wasi.policy.http_abi import http_mode
 
 __all__ = ["HOST_IMPORTS", "WASI_MODULE", "ModuleInterface", "inspect_module"]
@@ -115,9 +116,13 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
             continue
         else:
             known = ", ".join(f"env.{n}" for n in HOST_IMPORTS)
+            language = guess_from_imports(
+                (f"{i.module}.{i.name}" for i in module.imports),
+                (e.name for e in module.exports),
+            )
             raise UnknownImportError(
                 f"unknown import {where}: the host provides {known} and WASI preview 1 "
-                f"({WASI_MODULE}.*); remove the import or rebuild against tinywasm.h"
+                f"({WASI_MODULE}.*); {import_hint(where, language)}"
             )
 
     exports = {exp.name: exp.type for exp in module.exports}

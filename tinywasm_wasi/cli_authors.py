@@ -1,0 +1,97 @@
+"""The module author's commands: ``tinywasm build``, ``tinywasm new`` and ``tinywasm dev``.
+
+Part of the command line (it reads the environment and prints, as `tinywasm_wasi.cli`
+does); `tinywasm_wasi.cli.main` hands these sub-commands here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR
+
+__all__ = ["build", "modules_dir"]
+
+MODULES_DIR_ENV = "TINYWASM_MODULES_DIR"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def modules_dir(flag: Path | None, env: Mapping[str, str]) -> Path:
+    """Where built modules go: the flag, else TINYWASM_MODULES_DIR, else the server's default."""
+    if flag is not None:
+        return flag
+    value = env.get(MODULES_DIR_ENV)
+    return Path(value) if value else DEFAULT_MODULES_DIR
+
+
+def _modules_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--modules-dir",
+        "-o",
+        "--out-dir",
+        dest="modules_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"the server's modules folder, where the .wasm goes [env {MODULES_DIR_ENV}; "
+        f"default: {_display(DEFAULT_MODULES_DIR)}]",
+    )
+
+
+def build(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm build") -> int:
+    """Run ``tinywasm build <module-dir>... [--modules-dir DIR] [-n NAME]``; the exit status."""
+    from tinywasm_wasi.build import MANIFEST_FILE, BuildError, build_module
+    from tinywasm_wasi.cli import default_cache_dir
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Compile module folders (C, C++, Zig, Rust, Go, AssemblyScript, WAT) "
+        "to WebAssembly, check each as the server would load it, and write it into the "
+        "server's modules folder, where a running server swaps it in.",
+    )
+    parser.add_argument(
+        "module_dirs", nargs="+", type=Path, metavar="module-dir", help="e.g. modules/chat"
+    )
+    _modules_dir_option(parser)
+    parser.add_argument(
+        "-n",
+        "--output-name",
+        default=None,
+        metavar="FILE",
+        help="output file name, e.g. '20-auth@[users].wasm' (one module only; default: "
+        f"'output' in the module's {MANIFEST_FILE}, else <module-dir name>.wasm)",
+    )
+    args = parser.parse_args(argv)
+    if args.output_name is not None and len(args.module_dirs) > 1:
+        parser.error("--output-name names one output: give one module directory")
+    out_dir = modules_dir(args.modules_dir, env)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    status = 0
+    for module_dir in args.module_dirs:
+        try:
+            result = build_module(
+                module_dir, out_dir, output=args.output_name, cache_dir=default_cache_dir(env)
+            )
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if result.compiler_output:
+            print(result.compiler_output, file=sys.stderr)
+        for finding in result.warnings:
+            print(f"warning: {result.path.name}: {finding.message}", file=sys.stderr)
+        print(
+            f"built {_display(result.path)} ({result.size} bytes, {result.language}, "
+            f"{result.duration_ms:.0f} ms)"
+        )
+    return status
