@@ -361,7 +361,7 @@ def test_main_prog_names_the_command(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"], env={}, prog="python -m cmd.tinywasm")
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m cmd.tinywasm ")
-    assert "Compile guest modules with: python -m cmd.tinywasm build" in out
+    assert "python -m cmd.tinywasm build MODULE-DIR..." in out
     with pytest.raises(SystemExit):
         main(["build", "--help"], env={})
     assert capsys.readouterr().out.startswith("usage: tinywasm build ")
