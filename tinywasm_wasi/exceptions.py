@@ -87,7 +87,11 @@ _HOST_CODES = frozenset({TrapCode.OTHER, TrapCode.HOST_FAULT, TrapCode.EXIT})
 
 
 class GuestTrap(GuestError):
-    """The guest trapped. `code` says why (None: no code); `call` is the export."""
+    """The guest trapped. `code` says why (None: no code); `call` is the export.
+
+    `backtrace` names the guest functions on the stack, innermost first, when the module
+    has a name section (the message then ends with them).
+    """
 
     def __init__(
         self,
@@ -97,11 +101,13 @@ class GuestTrap(GuestError):
         code: TrapCode | None = None,
         *,
         exit_status: int | None = None,
+        backtrace: tuple[str, ...] = (),
     ) -> None:
         self.module = module
         self.call = call
         self.code = code
         self.exit_status = exit_status
+        self.backtrace = backtrace  # the guest's functions, innermost first (name section)
         label = ""
         if code is TrapCode.EXIT:
             label = f" [exit {exit_status}]"

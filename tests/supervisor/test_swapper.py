@@ -199,6 +199,59 @@ async def test_state_handoff_keeps_the_count_across_a_swap(
     assert counts == [1, 2, 3, 13]
 
 
+REJECTING = """
+  (global $count (mut i32) (i32.const 0))
+  (func (export "init") (call $subscribe {t} (i32.const 0)))
+  (func (export "on_message") (param $p i32) (param $n i32)
+    (global.set $count (i32.add (global.get $count) (i32.const 100)))
+    (i32.store (i32.const 900) (global.get $count))
+    (call $ws_broadcast {out} (i32.const 900) (i32.const 4)))
+  (func (export "restore_state") (param $p i32) (param $n i32) (result i32)
+    (i32.ne (i32.load (local.get $p)) (i32.const 7)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("new", "says"),
+    [
+        (
+            COUNTER.replace(
+                '(func (export "restore_state") (param $p i32) (param $n i32)\n    RESTORE)', ""
+            ).replace("STEP", "100"),
+            "the new version does not export restore_state; 4 bytes of state dropped",
+        ),
+        (REJECTING, "restore_state rejected the state (version tag 3); 4 bytes of state dropped"),
+    ],
+    ids=["no-restore_state", "rejected"],
+)
+async def test_dropping_the_state_is_a_warning_in_the_log_and_the_history(
+    tmp_path: Path,
+    make_host: HostFactory,
+    broadcasts: Broadcasts,
+    caplog: pytest.LogCaptureFixture,
+    new: str,
+    says: str,
+) -> None:
+    (tmp_path / "counter.wasm").write_bytes(counter(1))
+    host = await make_host(tmp_path)
+    for _ in range(3):
+        host.bus.publish("nums", b"x")
+    await broadcasts.wait_for("out", 3)
+    wasm = bytes(wasmtime.wat2wasm(guest(new, {"t": "nums", "out": "out"})))
+    record = await host.swap("counter", "api", lambda: wasm)
+    assert record is not None
+    assert record.outcome is Outcome.SWAPPED and record.error is None
+    assert record.warning == says
+    assert record.to_json()["warning"] == says
+    assert any(
+        r.levelname == "WARNING" and "swap counter" in r.getMessage() and says in r.getMessage()
+        for r in caplog.records
+    )
+    host.bus.publish("nums", b"x")
+    counts = [int.from_bytes(p, "little") for p in await broadcasts.wait_for("out", 4)]
+    assert counts == [1, 2, 3, 100]  # the new version started afresh
+
+
 async def test_a_trap_in_restore_state_rolls_back_to_the_old_version(
     tmp_path: Path, make_host: HostFactory, broadcasts: Broadcasts
 ) -> None:
@@ -302,3 +355,27 @@ async def test_rollback_steps_back_through_good_versions_then_says_there_is_none
     assert host.modules["relay"].compiled.sha256 == shas[0]
     with pytest.raises(ModuleLoadError, match="no previous good version"):
         await host.rollback("relay")
+
+
+NAMED_TRAP = """
+  (func $parse_number (param $p i32) (result i32) (i32.load (i32.const 0x7ffffff0)))
+  (func $handle_cmd (param $p i32) (result i32) (call $parse_number (local.get $p)))
+  (func $init (export "init") (call $subscribe {t} (i32.const 0)))
+  (func $on_message (export "on_message") (param $p i32) (param $n i32)
+    (drop (call $handle_cmd (local.get $p))))
+"""
+
+
+async def test_a_trap_is_logged_and_kept_with_its_backtrace(
+    tmp_path: Path, make_host: HostFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    wasm = bytes(wasmtime.wat2wasm(guest(NAMED_TRAP, {"t": "nums", "out": "out"})))
+    (tmp_path / "parser.wasm").write_bytes(wasm)
+    host = await make_host(tmp_path)
+    host.bus.publish("nums", b"x")
+    module = host.modules["parser"]
+    await eventually(lambda: module.counters.traps == 1, "the trap")
+    where = "(at parse_number ← handle_cmd ← on_message)"
+    assert module.snapshot()["last_error"].endswith(where)
+    assert "[MEMORY_OUT_OF_BOUNDS]" in module.snapshot()["last_error"]
+    assert any(where in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

@@ -51,6 +51,7 @@ class VersionRecord:
     duration_ms: float  # until the new version served (probation not included)
     held: int = 0  # messages held in the new version's mailbox during cut-over
     error: str | None = None
+    warning: str | None = None  # it went ahead but lost something, e.g. the old state
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -55,9 +55,14 @@ EXPORT_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "on_topic_message": (("i32",) * 4, ()),
     "drain": ((), ("i32",)),
     "save_state": ((), ("i64",)),
-    "restore_state": (("i32",) * 2, ()),
+    "restore_state": (("i32",) * 2, ()),  # or -> i32: non-zero means the state was rejected
     "handle": (("i32",) * 2, ("i32",)),
     "handle_http": (("i32",) * 2, ("i64",)),
+}
+
+# Exports that may also have this second signature.
+EXPORT_ALTERNATIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "restore_state": (("i32",) * 2, ("i32",)),
 }
 
 _VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
@@ -135,13 +140,20 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         export_ty = exports.get(name)
         if export_ty is None:
             continue
+        allowed = [(params, results)]
+        if name in EXPORT_ALTERNATIVES:
+            allowed.append(EXPORT_ALTERNATIVES[name])
         if not (
             isinstance(export_ty, wasmtime.FuncType)
-            and _types_are(export_ty.params, params)
-            and _types_are(export_ty.results, results)
+            and any(
+                _types_are(export_ty.params, p) and _types_are(export_ty.results, r)
+                for p, r in allowed
+            )
         ):
-            want = f"({', '.join(params)})" + (f" -> {results[0]}" if results else "")
-            raise ModuleLoadError(f"export {name!r} has the wrong type: expected {name}{want}")
+            want = " or ".join(
+                f"{name}({', '.join(p)})" + (f" -> {r[0]}" if r else "") for p, r in allowed
+            )
+            raise ModuleLoadError(f"export {name!r} has the wrong type: expected {want}")
 
     entry = "_initialize" if "_initialize" in exports else "_start" if "_start" in exports else None
     allocator = "malloc" if "malloc" in exports else "alloc" if "alloc" in exports else None

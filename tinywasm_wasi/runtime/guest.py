@@ -29,6 +29,7 @@ import wasmtime
 
 from bus import MAX_TOPIC_BYTES
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TrapCode
+from tinywasm_wasi.policy import backtrace
 from tinywasm_wasi.policy.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
 from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
@@ -110,7 +111,7 @@ class Guest:
             instance = linker.instantiate(self._store, module)
         except wasmtime.Trap as exc:
             trap = fastcall.call_trap(exc)
-            raise self._trap("start", trap.message, trap.trap_code) from None
+            raise self._trap("start", trap.message, trap.trap_code, trap.details) from None
         except wasmtime.WasmtimeError as exc:
             reason = " ".join(str(exc).strip().splitlines()[:2])
             if "memory minimum size" in reason:
@@ -183,15 +184,20 @@ class Guest:
         packed = int(self.call("save_state")) & U64
         return self.read("save_state", packed >> 32, packed & U32, self.limits.memory_limit)
 
-    def restore_state(self, data: bytes) -> bool:
-        """Hand `data` to `restore_state(ptr, len)`; False if the guest does not export it."""
-        if not self.interface.has_state[1] or self.interface.allocator is None:
-            return False
+    def restore_state(self, data: bytes) -> str | None:
+        """Hand `data` to `restore_state(ptr, len)`; None if taken, else why it was dropped."""
+        if not self.interface.has_state[1]:
+            return "the new version does not export restore_state"
+        if self.interface.allocator is None:
+            return "the new version exports restore_state but no malloc or alloc to receive it"
         ptr = self._place(data)
-        self.call("restore_state", ptr, len(data))
+        result = self.call("restore_state", ptr, len(data))
         if self.interface.has_free:
             self.call("free", ptr)
-        return True
+        if result:  # the `-> i32` form: non-zero is a refusal
+            tag = f" (version tag {int.from_bytes(data[:4], 'little')})" if len(data) >= 4 else ""
+            return f"restore_state rejected the state{tag}"
+        return None
 
     def http(self, export: str, request: bytes, limit: int) -> bytes | None:
         """Call `handle` or `handle_http` with `request` placed in guest memory.
@@ -284,7 +290,7 @@ class Guest:
                 self.name, export, f"proc_exit({exc.code})", TrapCode.EXIT, exit_status=exc.code
             ) from None
         except fastcall.CallTrap as exc:
-            raise self._trap(export, exc.message, exc.trap_code) from None
+            raise self._trap(export, exc.message, exc.trap_code, exc.details) from None
 
     def _rearm(self) -> None:
         """After a host function: the deadline starts again, unless the call is past its cap.
@@ -302,9 +308,15 @@ class Guest:
             raise ModuleClosedError(f"cannot call {call}() of module {self.name!r}: it is closed")
         return self._store
 
-    def _trap(self, call: str, message: str, code: wasmtime.TrapCode | None) -> GuestTrap:
+    def _trap(
+        self, call: str, message: str, code: wasmtime.TrapCode | None, details: str = ""
+    ) -> GuestTrap:
+        names = backtrace.frames(details)
+        where = f" (at {backtrace.describe(names)})" if names else ""
         if self._fault is not None:
-            return GuestTrap(self.name, call, self._fault, TrapCode.HOST_FAULT)
+            return GuestTrap(
+                self.name, call, self._fault + where, TrapCode.HOST_FAULT, backtrace=names
+            )
         if code is wasmtime.TrapCode.INTERRUPT:
             message = (
                 f"interrupted: ran past its {self.limits.call_timeout * 1000:g} ms deadline "
@@ -312,7 +324,13 @@ class Guest:
             )
         if code is not None and TrapCode.of(code.name) is TrapCode.OTHER:
             message = f"{message} (wasmtime trap code {code.name})"
-        return GuestTrap(self.name, call, message, None if code is None else TrapCode.of(code.name))
+        return GuestTrap(
+            self.name,
+            call,
+            message + where,
+            None if code is None else TrapCode.of(code.name),
+            backtrace=names,
+        )
 
     def _lend(self, data: bytes) -> tuple[int, bool]:
         """Place a delivery or request; returns (pointer, whether the caller must free it).

@@ -212,9 +212,14 @@ class WasmModule:
         """On the module thread: the guest's `save_state()` bytes, or None."""
         return None if self._guest is None else self._guest.save_state()
 
-    def restore_state(self, data: bytes) -> bool:
-        """On the module thread: hand `data` to the guest's `restore_state`."""
-        return self._guest is not None and self._guest.restore_state(data)
+    def restore_state(self, data: bytes) -> str | None:
+        """On the module thread: hand `data` to the guest's `restore_state`.
+
+        Returns None if it took the state, else why the state was dropped.
+        """
+        if self._guest is None:
+            return "the new version is closed"
+        return self._guest.restore_state(data)
 
     def _guest_drain(self) -> int:
         assert self._guest is not None

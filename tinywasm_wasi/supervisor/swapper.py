@@ -95,6 +95,7 @@ class Attempt:
     sha: str = "-"
     compiled: CompiledModule | None = None  # the version acted on when no bytes were read
     error: str | None = None
+    warning: str | None = None  # it went ahead, but lost something (e.g. the old state)
     held: int = 0
     opened: float | None = None  # perf_counter when the new version opened
     backoff: float = 0.0
@@ -382,8 +383,12 @@ class Swapper:
         assert old is not None and new is not None
         try:
             state = await old.call(old.save_state)
-            if state is not None and await new.call(lambda: new.restore_state(state), first=True):
-                log.info("swap %s: handed over %d bytes of state", a.name, len(state))
+            if state is not None:
+                dropped = await new.call(lambda: new.restore_state(state), first=True)
+                if dropped is None:
+                    log.info("swap %s: handed over %d bytes of state", a.name, len(state))
+                else:  # logged with the swap's own line, and kept in its history record
+                    a.warning = f"{dropped}; {len(state)} bytes of state dropped"
         except GuestTrap as exc:
             if exc.call != "save_state":
                 a.error = str(exc)
@@ -496,6 +501,7 @@ class Swapper:
             duration_ms=(end - a.begun) * 1000,
             held=a.held,
             error=a.error,
+            warning=a.warning,
         )
         self._registry.record(a.name, a.record, kept)
         return a.record
@@ -526,6 +532,8 @@ class Swapper:
         )
         if record.error:
             log.warning(line + ": %s", *args, record.error)
+        elif record.warning:
+            log.warning(line + ", but %s", *args, record.warning)
         else:
             log.info(line, *args)
 
