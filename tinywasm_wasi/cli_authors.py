@@ -80,7 +80,11 @@ def build(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm build")
     for module_dir in args.module_dirs:
         try:
             result = build_module(
-                module_dir, out_dir, output=args.output_name, cache_dir=default_cache_dir(env)
+                module_dir,
+                out_dir,
+                output=args.output_name,
+                cache_dir=default_cache_dir(env),
+                environ=env,
             )
         except BuildError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,11 @@ def _steps(manifest: Manifest, chain: Toolchain, ctx: BuildContext) -> list[Step
     return chain.steps(ctx, tuple(expand(spec.flags, values, sources)))
 
 
-def _run(step: Step, ctx: BuildContext, timeout: float) -> str:
+def _run(step: Step, ctx: BuildContext, timeout: float, environ: Mapping[str, str]) -> str:
     """Run one step; return its output. Raises BuildError with the output if it fails."""
     cwd = step.cwd or ctx.module_dir
-    env = {**os.environ, **step.env}
+    # Nothing to add: the compiler inherits this process's environment as it is.
+    env = {**environ, **step.env} if environ or step.env else None
     logger.debug("building %s: %s (in %s)", ctx.name, " ".join(step.argv), cwd)
     program = Path(step.argv[0]).name
     try:
@@ -219,6 +221,7 @@ def build_module(
     *,
     output: str | None = None,
     cache_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
     check: bool = True,
 ) -> BuildResult:
     """Build the module in `module_dir` into ``<out_dir>/<output>`` and check it.
@@ -229,6 +232,9 @@ def build_module(
         output: the file name; default the manifest's ``output``, else ``<folder>.wasm``.
         cache_dir: kept between builds for toolchains that cache (default: the user's
             cache folder).
+        environ: the variables the compiler runs with; the command line passes its own
+            environment. Without it the compiler inherits this process's environment,
+            plus only what the toolchain adds (Go's GOOS, ...): pass it for those.
         check: run the loader's checks before the rename (on unless testing the build).
 
     Raises:
@@ -237,6 +243,7 @@ def build_module(
             compiler's output), or a module the server would refuse (with the fix).
     """
     started = time.monotonic()
+    environ = {} if environ is None else environ
     module_dir = module_dir.resolve()
     if not module_dir.is_dir():
         raise BuildError(f"cannot build {module_dir}: it is not a folder")
@@ -267,7 +274,7 @@ def build_module(
             steps = _steps(manifest, chain, ctx)
         except ToolchainMissingError as exc:
             raise BuildError(str(exc)) from None
-        outputs = [_run(step, ctx, manifest.build.timeout) for step in steps]
+        outputs = [_run(step, ctx, manifest.build.timeout, environ) for step in steps]
         if not built.is_file() or built.stat().st_size == 0:
             raise BuildError(
                 f"building {module_dir.name} failed: the build wrote nothing to {{output}} "

@@ -1,0 +1,37 @@
+/* __NAME__: a tinywasm module. Every message on topic "__NAME__" goes back to the
+ * browsers watching that topic, numbered. Edit and save: `tinywasm dev` rebuilds it and
+ * swaps it in; the count survives the swap. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tinywasm.h"
+
+TW_EXPORT_ALLOCATOR();
+
+static unsigned count;
+
+TW_EXPORT(init) void init(void) {
+    tw_subscribe_str("__NAME__");
+    tw_log_str("__NAME__ started");
+}
+
+TW_EXPORT(on_message) void on_message(const char *payload, int len) {
+    char line[256];
+    int n = snprintf(line, sizeof line, "#%u: %.*s", ++count, len, payload);
+    if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
+    ws_broadcast("__NAME__", (int)strlen("__NAME__"), line, n);
+}
+
+/* The count, handed to the next version on a hot swap (version tag 1). */
+TW_EXPORT(save_state) uint64_t save_state(void) {
+    static unsigned saved[2];
+    saved[0] = 1;
+    saved[1] = count;
+    return ((uint64_t)(uintptr_t)saved << 32) | sizeof saved;
+}
+
+TW_EXPORT(restore_state) int restore_state(const unsigned *state, int len) {
+    if (len != 2 * (int)sizeof(unsigned) || state[0] != 1) return 1; /* unknown: start afresh */
+    count = state[1];
+    return 0;
+}

@@ -1,0 +1,43 @@
+// __NAME__: a tinywasm module in C++. Every message on topic "__NAME__" goes back to
+// the browsers watching that topic, numbered. Edit and save: `tinywasm dev` rebuilds it
+// and swaps it in; the count survives the swap.
+#include <cstdio>
+#include <cstring>
+
+#include "tinywasm.h"
+
+TW_EXPORT_ALLOCATOR();
+
+namespace {
+constexpr const char kTopic[] = "__NAME__";
+unsigned count = 0;
+}  // namespace
+
+extern "C" {
+
+TW_EXPORT(init) void init() {
+    tw_subscribe_str(kTopic);
+    tw_log_str("__NAME__ started");
+}
+
+TW_EXPORT(on_message) void on_message(const char *payload, int len) {
+    char line[256];
+    int n = std::snprintf(line, sizeof line, "#%u: %.*s", ++count, len, payload);
+    if (n > static_cast<int>(sizeof line) - 1) n = static_cast<int>(sizeof line) - 1;
+    ws_broadcast(kTopic, static_cast<int>(std::strlen(kTopic)), line, n);
+}
+
+// The count, handed to the next version on a hot swap (version tag 1).
+TW_EXPORT(save_state) uint64_t save_state() {
+    static unsigned saved[2];
+    saved[0] = 1;
+    saved[1] = count;
+    return (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(saved)) << 32) | sizeof saved;
+}
+
+TW_EXPORT(restore_state) int restore_state(const unsigned *state, int len) {
+    if (len != 2 * static_cast<int>(sizeof(unsigned)) || state[0] != 1) return 1;
+    count = state[1];
+    return 0;
+}
+}
