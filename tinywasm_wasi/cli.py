@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SERVERS = ("wasi",)
-AUTHOR_COMMANDS = ("build",)  # tinywasm_wasi.cli_authors
+AUTHOR_COMMANDS = ("build", "new")  # tinywasm_wasi.cli_authors
 SERVER_ENV = "TINYWASM_SERVER"
 FASTPATH_ENV = "TINYWASM_FASTPATH"
 PROG = "tinywasm"
@@ -391,6 +391,7 @@ environment:
   XDG_CACHE_HOME moves the default cache folder to $XDG_CACHE_HOME/{DEFAULT_CACHE_DIR.name}.
 
 Write modules:
+  {prog} new NAME --lang c|cpp|zig|rust|go|assemblyscript|wat   a module folder
   {prog} build MODULE-DIR...     compile into the modules folder and check it
 Deploy one to a running server with: {prog} deploy <file.wasm> --server URL
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
-__all__ = ["build", "modules_dir"]
+__all__ = ["build", "modules_dir", "new"]
 
 MODULES_DIR_ENV = "TINYWASM_MODULES_DIR"
 
@@ -99,3 +99,35 @@ def build(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm build")
             f"{result.duration_ms:.0f} ms)"
         )
     return status
+
+
+def new(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm new") -> int:
+    """Run ``tinywasm new <name> --lang LANGUAGE [--dir PARENT]``; the exit status."""
+    from tinywasm_wasi.build import BuildError, Language
+    from tinywasm_wasi.build.scaffold import scaffold
+
+    languages = [lang.value for lang in Language]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Create a module folder: its manifest (module.toml), a source file that "
+        "builds and loads as it is, and a short README.",
+    )
+    parser.add_argument("name", help="the module's name, e.g. hello")
+    parser.add_argument("--lang", "-l", required=True, choices=languages, help="its language")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("."),
+        metavar="PARENT",
+        help="where to create the folder <name> (default: here)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        folder = scaffold(args.name, Language(args.lang), args.dir)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    shown = _display(folder)
+    print(f"created {shown}/ ({args.lang}): {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    print(f"next: tinywasm dev {shown}    (or: tinywasm build {shown})")
+    return 0

@@ -11,6 +11,7 @@ module's language; warnings are returned.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import TYPE_CHECKING
 
 from bus import Bus
@@ -59,6 +60,16 @@ async def _check(name: str, data: bytes, manifest: Manifest) -> tuple[list[str],
         runtime.close()
 
 
+def _run_check(name: str, data: bytes, manifest: Manifest) -> tuple[list[str], list[str]]:
+    """`_check` on its own event loop; in a worker thread if this thread already runs one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_check(name, data, manifest))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tinywasm-check") as pool:
+        return pool.submit(asyncio.run, _check(name, data, manifest)).result()
+
+
 def check_module(name: str, data: bytes, manifest: Manifest) -> list[Finding]:
     """Check the built module `data` (to be written as `name`) as the server would.
 
@@ -74,7 +85,7 @@ def check_module(name: str, data: bytes, manifest: Manifest) -> list[Finding]:
 
     language = manifest.language
     try:
-        exports, subscriptions = asyncio.run(_check(name, data, manifest))
+        exports, subscriptions = _run_check(name, data, manifest)
     except ModuleLoadError as exc:
         raise BuildError(f"the server would refuse {name}: {exc}") from None
     except GuestError as exc:

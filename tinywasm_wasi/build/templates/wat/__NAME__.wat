@@ -4,8 +4,10 @@
 (module
   (import "env" "subscribe" (func $subscribe (param i32 i32 i32)))
   (import "env" "ws_broadcast" (func $ws_broadcast (param i32 i32 i32 i32)))
+  (import "env" "log" (func $log (param i32 i32)))
   (memory (export "memory") 2)
   (data (i32.const 16) "__NAME__")
+  (data (i32.const 512) "started")
   (global $topic_len i32 (i32.const __LEN__))
   (global $count (mut i32) (i32.const 0))
   ;; A bump allocator from 64 KiB up; free() gives everything back once the last block is.
@@ -13,7 +15,8 @@
   (global $live (mut i32) (i32.const 0))
 
   (func $init (export "init")
-    (call $subscribe (i32.const 16) (global.get $topic_len) (i32.const 0)))
+    (call $subscribe (i32.const 16) (global.get $topic_len) (i32.const 0))
+    (call $log (i32.const 512) (i32.const 7)))
 
   (func $on_message (export "on_message") (param $ptr i32) (param $len i32)
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
