@@ -40,10 +40,11 @@ __all__ = [
     "main",
     "parse_config",
     "select_server",
+    "serve_config",
 ]
 
 SERVERS = ("wasi",)
-AUTHOR_COMMANDS = ("build", "new")  # tinywasm_wasi.cli_authors
+AUTHOR_COMMANDS = ("build", "new", "dev")  # tinywasm_wasi.cli_authors
 SERVER_ENV = "TINYWASM_SERVER"
 FASTPATH_ENV = "TINYWASM_FASTPATH"
 PROG = "tinywasm"
@@ -162,6 +163,10 @@ def _nats_urls(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))
 
 
+def _folders(value: str) -> tuple[Path, ...]:
+    return tuple(dict.fromkeys(Path(v.strip()) for v in value.split(",") if v.strip()))
+
+
 def _optional_path(value: str) -> Path | None:
     if value.strip().lower() in ("off", "none"):
         return None
@@ -253,6 +258,14 @@ SETTINGS = (
         "SECONDS",
         _seconds,
         "quiet time a changed file must keep before it is loaded",
+    ),
+    _Setting(
+        "watch_sources",
+        "DIRS",
+        _folders,
+        "comma-separated module folders (sources and module.toml) rebuilt into the modules "
+        "folder when their sources change; `tinywasm dev` sets it",
+        empty_is_value=True,
     ),
     _Setting(
         "swap_probation",
@@ -393,6 +406,7 @@ environment:
 Write modules:
   {prog} new NAME --lang c|cpp|zig|rust|go|assemblyscript|wat   a module folder
   {prog} build MODULE-DIR...     compile into the modules folder and check it
+  {prog} dev [MODULE-DIR...] [flags]   serve, and rebuild and swap modules on each save
 Deploy one to a running server with: {prog} deploy <file.wasm> --server URL
 """
 
@@ -591,7 +605,11 @@ def main(
         from tinywasm_wasi.cluster.supervisor import Supervisor
 
         return Supervisor(config, args, environ).run()
+    return serve_config(config, server_name, environ)
 
+
+def serve_config(config: Config, server_name: str | None, environ: Mapping[str, str]) -> int:
+    """Run the server `server_name` (None: the static one) with `config`; the exit status."""
     # Imported here so that parsing and --help do not load aiohttp and wasmtime.
     from tinywasm_wasi.server import DefaultServer, WasiServer, run_until_signalled
 

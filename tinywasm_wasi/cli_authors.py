@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
-__all__ = ["build", "modules_dir", "new"]
+__all__ = ["build", "dev", "find_module_folders", "modules_dir", "new"]
 
 MODULES_DIR_ENV = "TINYWASM_MODULES_DIR"
 
@@ -131,3 +131,70 @@ def new(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm new") -> 
     print(f"created {shown}/ ({args.lang}): {', '.join(sorted(p.name for p in folder.iterdir()))}")
     print(f"next: tinywasm dev {shown}    (or: tinywasm build {shown})")
     return 0
+
+
+def find_module_folders(here: Path) -> list[Path]:
+    """`here` if it holds a module.toml, else its subfolders (or modules/'s) that do."""
+    from tinywasm_wasi.build import MANIFEST_FILE
+
+    if (here / MANIFEST_FILE).is_file():
+        return [here]
+    for parent in (here, here / "modules"):
+        found = sorted(p.parent for p in parent.glob(f"*/{MANIFEST_FILE}"))
+        if found:
+            return found
+    return []
+
+
+def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> int:
+    """Run ``tinywasm dev [MODULE-DIR...] [server flags]``: build, serve, rebuild on save."""
+    import dataclasses
+
+    from tinywasm_wasi.build import BuildError, build_module
+    from tinywasm_wasi.cli import LOG_FORMAT, default_cache_dir, parse_config, serve_config
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(
+            f"usage: {prog} [MODULE-DIR...] [server flags, see tinywasm --help]\n\n"
+            "Build each module folder into the modules folder, serve them with the wasi\n"
+            "server, and rebuild a module when its sources change (module.toml's watch\n"
+            "globs); the server hot-swaps the new build. A build error leaves the running\n"
+            "version serving; it is logged and sent to browsers on topic $sys.build.\n"
+            "Without MODULE-DIR: this folder if it has a module.toml, else its subfolders\n"
+            "(or modules/'s) that have one. Browsers may publish to each module's name."
+        )
+        return 0
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    folders = [Path(a) for a in argv[:split]] or find_module_folders(Path.cwd())
+    if not folders:
+        print(
+            "error: no module folders here: give one (tinywasm dev hello), or create one "
+            "with: tinywasm new hello --lang c",
+            file=sys.stderr,
+        )
+        return 2
+    for folder in folders:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 2
+    environ = {**env, "TINYWASM_SERVER": "wasi"}
+    config = parse_config(argv[split:], environ, prog)
+    names = tuple(f.resolve().name for f in folders)
+    config = dataclasses.replace(
+        config,
+        watch=True,
+        watch_sources=tuple(f.resolve() for f in folders),
+        ws_inbound=tuple(dict.fromkeys((*config.ws_inbound, *names))),
+    )
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    config.modules_dir.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        try:
+            result = build_module(
+                folder, config.modules_dir, cache_dir=default_cache_dir(env), environ=env
+            )
+        except BuildError as exc:
+            print(f"error: {exc}\n(fix it and save: {folder.name} builds again)", file=sys.stderr)
+            continue
+        print(f"built {_display(result.path)} ({result.size} bytes, {result.duration_ms:.0f} ms)")
+    return serve_config(config, "wasi", environ)

@@ -63,6 +63,9 @@ class Config:
     watch: bool = True
     # Quiet period (seconds) a file must keep before its change is acted on.
     watch_debounce: float = 0.1
+    # Module folders (sources and module.toml) rebuilt into modules_dir when their sources
+    # change (`tinywasm dev`, --watch-sources); a build error leaves the running version.
+    watch_sources: tuple[Path, ...] = ()
     # Seconds a swapped-in version is watched; a trap then rolls back to the old one.
     swap_probation: float = 0.5
     log_level: str = "INFO"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from aiohttp import web
 from bus import Bus
 from bus.nats import NatsLink
 from bus.remote import BROADCAST_PREFIX, TOPIC_PREFIX
+from tinywasm_wasi.build.devloop import BUILD_TOPIC, BuildReport, SourceWatcher
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
@@ -79,6 +81,7 @@ _DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 STARTUP_SUBSCRIBE_TIMEOUT = 5.0  # seconds start-up waits for the modules' NATS subscriptions
 WORKER_HEADER = "X-Tinywasm-Worker"  # with --workers N: which worker answered
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
+SOURCES = web.AppKey("sources", SourceWatcher)
 
 # Seconds aiohttp waits for request handlers after the shutdown hooks ran (the hub has
 # closed every WebSocket by then, so this bounds only a plain request still running).
@@ -141,8 +144,8 @@ def create_app(config: Config) -> web.Application:
     if link is not None:
         app[NATS] = link
 
-    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _frozen))
-    app.on_shutdown.extend((_stop_watcher, _stop_modules, _close_hub))
+    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _sources, _frozen))
+    app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
     admin = AdminGuard(config.admin_token)
@@ -218,6 +221,35 @@ async def _watcher(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await _stop_watcher(app)
+
+
+async def _sources(app: web.Application) -> AsyncIterator[None]:
+    """`tinywasm dev`: rebuild module folders on save; builds go to browsers on $sys.build."""
+    config, hub = app[CONFIG], app[HUB]
+    if config.watch_sources:
+
+        def on_result(report: BuildReport) -> None:
+            hub.broadcast(BUILD_TOPIC, json.dumps(report.to_json()).encode("utf-8"))
+
+        sources = SourceWatcher(
+            config.watch_sources,
+            config.modules_dir,
+            on_result,
+            debounce=config.watch_debounce,
+            cache_dir=config.cache_dir,
+        )
+        await sources.start()
+        app[SOURCES] = sources
+    try:
+        yield
+    finally:
+        await _stop_sources(app)
+
+
+async def _stop_sources(app: web.Application) -> None:
+    sources = app.get(SOURCES)
+    if sources is not None:
+        await sources.close()
 
 
 async def _frozen(_app: web.Application) -> AsyncIterator[None]:

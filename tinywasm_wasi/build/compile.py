@@ -157,13 +157,17 @@ def _steps(manifest: Manifest, chain: Toolchain, ctx: BuildContext) -> list[Step
 def _run(step: Step, ctx: BuildContext, timeout: float, environ: Mapping[str, str]) -> str:
     """Run one step; return its output. Raises BuildError with the output if it fails."""
     cwd = step.cwd or ctx.module_dir
-    # Nothing to add: the compiler inherits this process's environment as it is.
-    env = {**environ, **step.env} if environ or step.env else None
+    argv = step.argv
+    env: dict[str, str] | None = None  # None: this process's environment, as it is
+    if environ:
+        env = {**environ, **step.env}
+    elif step.env:  # added on top of the inherited environment by env(1)
+        argv = ["env", *(f"{key}={value}" for key, value in step.env.items()), *argv]
     logger.debug("building %s: %s (in %s)", ctx.name, " ".join(step.argv), cwd)
     program = Path(step.argv[0]).name
     try:
         result = subprocess.run(
-            step.argv,
+            argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -232,9 +236,8 @@ def build_module(
         output: the file name; default the manifest's ``output``, else ``<folder>.wasm``.
         cache_dir: kept between builds for toolchains that cache (default: the user's
             cache folder).
-        environ: the variables the compiler runs with; the command line passes its own
-            environment. Without it the compiler inherits this process's environment,
-            plus only what the toolchain adds (Go's GOOS, ...): pass it for those.
+        environ: the variables the compiler runs with (plus what the toolchain adds, e.g.
+            Go's GOOS); default: this process's environment.
         check: run the loader's checks before the rename (on unless testing the build).
 
     Raises:
@@ -243,7 +246,7 @@ def build_module(
             compiler's output), or a module the server would refuse (with the fix).
     """
     started = time.monotonic()
-    environ = {} if environ is None else environ
+    environ = {} if environ is None else environ  # empty: inherit
     module_dir = module_dir.resolve()
     if not module_dir.is_dir():
         raise BuildError(f"cannot build {module_dir}: it is not a folder")
