@@ -53,7 +53,7 @@ async def test_edit_save_and_the_new_version_answers(
         assert report["module"] == "hello" and report["ok"] is True, report
         assert report["file"] == "hello.wasm"
         answer = b""
-        for attempt in range(200):  # until the swap has happened: the old one answers "#n"
+        for _ in range(200):  # until the swap has happened: the old one answers "#n"
             await browser.send_bytes(b"two")
             answer = await _next(browser)
             if answer.startswith(b"v2 "):
