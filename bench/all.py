@@ -29,6 +29,7 @@ SCENARIOS = (
     "relay",
     "http",
     "swap",
+    "dev_loop",
     "scale",
     "workers",
     "fanout",

@@ -75,6 +75,9 @@ magnitude: rerun before comparing two versions.
 - `python -m bench.fanout`: one module's `ws_broadcast` fanned out to 100 and 1,000
   WebSocket clients held by separate processes, beside a real `nats-server` doing the
   same over its WebSocket listener; delivery, rate, latency, server CPU and memory.
+- `python -m bench.dev_loop`: per guest language, edit a module's source → built →
+  serving → the new version answering, through a real server watching the sources
+  (`tinywasm dev`); also module size, compile time on load and one message's round trip.
 - `python -m bench.http`: `GET /m/echo` (a module's HTTP route) at 1 and 50
   connections against a plain aiohttp route of the same server, with `wrk` when it
   is installed; `--middlewares` adds echo behind two pass-through middlewares.

@@ -63,7 +63,7 @@ def _offences(path: Path) -> list[str]:
 
 
 # The command line, and WAT's compiler, which runs as its own process as every compiler does.
-COMMAND_LINES = ("cli.py", "cli_authors.py", "build/wat2wasm.py")
+COMMAND_LINES = ("cli.py", "cli_authors.py", "wat2wasm.py")
 
 
 def test_only_the_cli_reads_the_environment_or_prints() -> None:

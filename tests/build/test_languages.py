@@ -117,7 +117,7 @@ def test_manifest_command_and_limits(tmp_path: Path) -> None:
         {
             "module.toml": 'language = "wat"\noutput = "5-custom@[*].wasm"\n'
             '[build]\ncommand = "{python}"\n'
-            'args = ["-m", "tinywasm_wasi.build.wat2wasm", "-o", "{output}", "{sources}"]\n'
+            'args = ["-m", "tinywasm_wasi.wat2wasm", "-o", "{output}", "{sources}"]\n'
             "[limits]\nmemory_limit = 65536\n",
             "custom.wat": '(module (memory (export "memory") 2) (func (export "init")))',
         },

@@ -68,3 +68,15 @@ def test_the_new_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["new", "x", "--lang", "cobol"], env={})
     assert "invalid choice: 'cobol'" in capsys.readouterr().err
+
+
+def test_dev_without_module_folders_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["dev"], env={}) == 2
+    assert "tinywasm new hello --lang c" in capsys.readouterr().err
+    assert main(["dev", "missing"], env={}) == 2
+    assert "missing is not a folder" in capsys.readouterr().err
+    assert main(["dev", "--help"], env={}) == 0
+    assert "$sys.build" in capsys.readouterr().out

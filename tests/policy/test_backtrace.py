@@ -25,5 +25,7 @@ def test_frames_innermost_first() -> None:
 def test_describe() -> None:
     assert describe(("a", "b", "c")) == "a ← b ← c"
     assert describe(()) == ""
+    assert describe(("<wasm function 7>", "<wasm function 2>")) == "", "no names: nothing to show"
+    assert describe(("<wasm function 7>", "on_message")) == "<wasm function 7> ← on_message"
     deep = tuple(f"f{i}" for i in range(MAX_FRAMES + 3))
     assert describe(deep).endswith("f7 ← (3 more)")

@@ -10,6 +10,7 @@ Deselect with `-m "not browser"`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
+from tinywasm_wasi.build import Language, build_module
+from tinywasm_wasi.build.scaffold import scaffold
 
 try:
     from playwright.async_api import (
@@ -173,6 +176,35 @@ async def test_two_tabs_chat_through_the_chat_module(
     data = shot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1_000
 
+    await context.close()
+    assert errors.items == []
+
+
+async def test_the_page_shows_tinywasm_devs_builds_and_their_errors(
+    make_server: ServerFactory, browser: Browser, tmp_path: Path
+) -> None:
+    folder = scaffold("shown", Language.WAT, tmp_path / "src")
+    modules = tmp_path / "modules"
+    await asyncio.to_thread(build_module, folder, modules)
+    server = await make_server(modules_dir=modules, watch_sources=(folder,), watch_debounce=0.05)
+    errors = PageErrors()
+    context = await browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    page = await open_tab(context, server.url + "/", "tab", errors)
+    await expect(page.locator("#builds")).to_have_attribute("data-state", "connected")
+    assert await page.locator("#builds").is_hidden()
+
+    source = folder / "shown.wat"
+    good = source.read_text()
+    source.write_text(good.replace("(func $free", "(func $free oops"))
+    log = page.locator("#build-log")
+    await expect(log).to_contain_text("building shown failed", timeout=60_000)
+    await expect(log).to_contain_text(f"{source}:", timeout=WAIT_MS)  # the compiler's file:line
+    assert await page.locator("#builds").is_visible()
+    assert await log.locator("li[data-ok=no]").count() == 1
+
+    source.write_text(good.replace("started", "started again"))
+    await expect(log).to_contain_text("built shown.wasm", timeout=60_000)
     await context.close()
     assert errors.items == []
 

@@ -33,8 +33,12 @@ def frames(details: str) -> tuple[str, ...]:
 
 
 def describe(names: tuple[str, ...]) -> str:
-    """``parse_number ← handle_cmd ← on_message`` (at most `MAX_FRAMES`), or ``""``."""
-    if not names:
+    """``parse_number ← handle_cmd ← on_message`` (at most `MAX_FRAMES`), or ``""``.
+
+    Empty too when no frame has a name (a module built without a name section): a list
+    of function numbers says nothing an author can act on.
+    """
+    if all(name.startswith("<wasm function ") for name in names):
         return ""
     shown = " ← ".join(names[:MAX_FRAMES])
     if len(names) > MAX_FRAMES:

@@ -312,7 +312,8 @@ class Guest:
         self, call: str, message: str, code: wasmtime.TrapCode | None, details: str = ""
     ) -> GuestTrap:
         names = backtrace.frames(details)
-        where = f" (at {backtrace.describe(names)})" if names else ""
+        shown = backtrace.describe(names)
+        where = f" (at {shown})" if shown else ""
         if self._fault is not None:
             return GuestTrap(
                 self.name, call, self._fault + where, TrapCode.HOST_FAULT, backtrace=names

@@ -11,7 +11,7 @@ __all__ = ["WatToolchain"]
 
 
 class WatToolchain:
-    """``python -m tinywasm_wasi.build.wat2wasm -o OUT FILE.wat``: one file per module."""
+    """``python -m tinywasm_wasi.wat2wasm -o OUT FILE.wat``: one file per module."""
 
     language = Language.WAT
     source_globs: tuple[str, ...] = ("*.wat",)
@@ -19,7 +19,7 @@ class WatToolchain:
     install_hint = "pip install wasmtime  (installed with tinywasm-wasi)"
 
     def find(self) -> list[str]:
-        return [sys.executable, "-m", "tinywasm_wasi.build.wat2wasm"]
+        return [sys.executable, "-m", "tinywasm_wasi.wat2wasm"]
 
     def steps(self, ctx: BuildContext, flags: tuple[str, ...]) -> list[Step]:
         sources = (str(source) for source in ctx.sources)

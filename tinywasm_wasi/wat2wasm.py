@@ -1,4 +1,4 @@
-"""``python -m tinywasm_wasi.build.wat2wasm -o OUT FILE.wat``: the WAT toolchain's compiler.
+"""``python -m tinywasm_wasi.wat2wasm -o OUT FILE.wat``: the WAT toolchain's compiler.
 
 Runs as its own process, like every language's compiler, so the build treats WAT the
 same way; errors go to stderr as ``FILE:LINE:COLUMN: message``, the status is 1.
