@@ -183,6 +183,7 @@ def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> 
     config = dataclasses.replace(
         config,
         watch=True,
+        workers=1,  # one process builds and watches; N workers would race on every save
         watch_sources=tuple(f.resolve() for f in folders),
         ws_inbound=tuple(dict.fromkeys((*config.ws_inbound, *names))),
     )

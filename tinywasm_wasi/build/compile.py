@@ -9,11 +9,13 @@ file or a module it would refuse. It returns a `BuildResult` and logs; it never 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from tinywasm_wasi.build.toolchain import (
 from tinywasm_wasi.config import DEFAULT_CACHE_DIR
 from tinywasm_wasi.exceptions import TinywasmError
 from tinywasm_wasi.policy.authoring import Finding
+from tinywasm_wasi.policy.limits import LIMITS_FILE
 from tinywasm_wasi.policy.manifest import (
     MANIFEST_FILE,
     Language,
@@ -39,6 +42,7 @@ from tinywasm_wasi.policy.manifest import (
     guess_language,
     parse_manifest,
 )
+from tinywasm_wasi.policy.rules import parse_file_name
 from tinywasm_wasi.policy.wasm_sections import WasmFormatError, strip_debug
 
 __all__ = [
@@ -219,6 +223,41 @@ def _install(data: bytes, target: Path) -> Path:
     return target
 
 
+def _add_limits(out_dir: Path, name: str, manifest: Manifest, module_dir: Path) -> None:
+    """Put the manifest's [limits] in the modules folder's limits.toml, where the server reads
+    them, unless that file already has a table for the module (then say which one wins)."""
+    assert manifest.limits is not None
+    path = out_dir / LIMITS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"cannot read {path} to add {name}'s limits: {exc}") from None
+    try:
+        existing = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{path} is not valid TOML ({exc}): fix it, then build again") from None
+    wanted = dict(manifest.limits)
+    if name in existing:
+        if existing[name] != wanted:
+            logger.warning(
+                "%s has its own [%s] table, which the server uses; the [limits] in %s/%s "
+                "are not applied (keep the limits in one of the two)",
+                path,
+                name,
+                module_dir.name,
+                MANIFEST_FILE,
+            )
+        return
+    lines = [
+        f"\n# from {module_dir.name}/{MANIFEST_FILE} (tinywasm build)",
+        f"[{json.dumps(name)}]",
+    ]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in wanted.items()]
+    _install((text.rstrip("\n") + "\n" + "\n".join(lines) + "\n").encode(), path)
+
+
 def build_module(
     module_dir: Path,
     out_dir: Path,
@@ -286,6 +325,8 @@ def build_module(
         data = _strip(built.read_bytes(), module_dir.name)
     warnings = check_module(name, data, manifest) if check else []
     target = _install(data, out_dir / name)
+    if manifest.limits:
+        _add_limits(out_dir, parse_file_name(name).name, manifest, module_dir)
     compiler_output = trim("\n".join(o for o in outputs if o))
     if compiler_output:
         logger.warning("compiler output for %s:\n%s", module_dir.name, compiler_output)
