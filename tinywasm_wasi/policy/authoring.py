@@ -58,13 +58,14 @@ class Finding:
 _ALLOCATOR_FIX = {
     Language.C: "add `TW_EXPORT_ALLOCATOR();` (from tinywasm.h) at file scope",
     Language.CPP: "add `TW_EXPORT_ALLOCATOR();` (from tinywasm.h) at file scope",
-    Language.ZIG: "export the SDK's allocator: `comptime { tinywasm.exportAllocator(); }`",
-    Language.RUST: "export `alloc` and `free` (the SDK's `tinywasm::export_allocator!();`); "
-    "do not export `malloc`: it clashes with wasi-libc's",
-    Language.GO: "import the SDK package (`tinywasm`): it exports malloc/free and pins "
-    "the blocks it hands out",
-    Language.ASSEMBLYSCRIPT: "re-export the SDK's allocator: "
-    '`export { alloc, free } from "tinywasm/assembly"`',
+    Language.ZIG: 'export the SDK\'s allocator: `const tw = @import("tinywasm");` and '
+    "`comptime { tw.exportAllocator(); }`",
+    Language.RUST: "build with the default command, which exports wasi-libc's malloc and "
+    "free (`-C link-arg=--export=malloc`); do not define `malloc`/`free` in Rust: they "
+    "clash with wasi-libc's",
+    Language.GO: 'import "tinywasm/tinywasm": it exports malloc and free and pins the '
+    "blocks it hands to the host",
+    Language.ASSEMBLYSCRIPT: 'add `export { malloc, free } from "tinywasm";`',
     Language.WAT: 'export a `(func (export "malloc") (param i32) (result i32))` and a '
     '`(func (export "free") (param i32))`',
 }
@@ -100,8 +101,8 @@ FIXES: Mapping[Problem, Mapping[Language, str]] = {
         Language.C: "build with zig cc --target=wasm32-wasi (tinywasm build does)",
     },
     Problem.HALF_STATE: {
-        Language.C: "export both save_state and restore_state (tinywasm.h: "
-        "TW_STATE(ptr, len) packs save_state's answer)",
+        Language.C: "export both: save_state returns tw_state_save(version, &data, size), "
+        "restore_state reads it with tw_state_open(...) (tinywasm.h)",
     },
 }
 

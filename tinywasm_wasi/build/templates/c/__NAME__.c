@@ -30,7 +30,8 @@ TW_EXPORT(save_state) uint64_t save_state(void) {
     return ((uint64_t)(uintptr_t)saved << 32) | sizeof saved;
 }
 
-TW_EXPORT(restore_state) int restore_state(const unsigned *state, int len) {
+TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
+    const unsigned *state = (const unsigned *)ptr;
     if (len != 2 * (int)sizeof(unsigned) || state[0] != 1) return 1; /* unknown: start afresh */
     count = state[1];
     return 0;

@@ -35,7 +35,8 @@ TW_EXPORT(save_state) uint64_t save_state() {
     return (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(saved)) << 32) | sizeof saved;
 }
 
-TW_EXPORT(restore_state) int restore_state(const unsigned *state, int len) {
+TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
+    const unsigned *state = static_cast<const unsigned *>(ptr);
     if (len != 2 * static_cast<int>(sizeof(unsigned)) || state[0] != 1) return 1;
     count = state[1];
     return 0;
