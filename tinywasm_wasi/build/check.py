@@ -51,7 +51,9 @@ async def _check(name: str, data: bytes, manifest: Manifest) -> tuple[list[str],
     module_name = parse_file_name(name).name
     runtime = Runtime(cache_dir=None)
     try:
-        module = await _start(runtime, module_name, data, _limits(manifest, module_name))
+        # Named apart, so what init() logs reads as the check's, not the server's module's.
+        tag = f"{module_name} (build check)"
+        module = await _start(runtime, tag, data, _limits(manifest, module_name))
         try:
             return list(module.compiled.interface.exports), list(module.subscriptions)
         finally:
