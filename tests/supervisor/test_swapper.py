@@ -379,3 +379,44 @@ async def test_a_trap_is_logged_and_kept_with_its_backtrace(
     assert module.snapshot()["last_error"].endswith(where)
     assert "[MEMORY_OUT_OF_BOUNDS]" in module.snapshot()["last_error"]
     assert any(where in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+async def test_a_swap_asked_for_while_the_last_one_closes_its_old_version_waits_for_it(
+    tmp_path: Path, make_host: HostFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The swap machine rests once it has handed out the last actions (close the old
+    # version, record); a request arriving while those still run must not start a
+    # second operation on the same name beside them.
+    (tmp_path / "relay.wasm").write_bytes(relay(0))
+    host = await make_host(tmp_path)
+    host.probation = 0.0
+    old = host.view.modules["relay"]
+    events: list[str] = []
+    closing, release = asyncio.Event(), asyncio.Event()
+    real_close = old.close
+
+    async def held_close() -> None:  # the real close, held open until the test lets go
+        events.append("close-started")
+        closing.set()
+        await release.wait()
+        await real_close()
+        events.append("close-ended")
+
+    monkeypatch.setattr(old, "close", held_close)
+
+    def second_bytes() -> bytes:
+        events.append("second-read")
+        return relay(2)
+
+    first = asyncio.create_task(host.swap("relay", "api", lambda: relay(1)))
+    await closing.wait()
+    second = asyncio.create_task(host.swap("relay", "api", second_bytes))
+    # Give a wrongly started second operation the chance to read; it must not.
+    with pytest.raises(AssertionError):
+        await eventually(lambda: "second-read" in events, timeout=0.5)
+    release.set()
+    records = await asyncio.gather(first, second)
+    assert events == ["close-started", "close-ended", "second-read"]
+    assert [r.outcome for r in records if r] == [Outcome.SWAPPED, Outcome.SWAPPED]
+    version = host.modules["relay"]
+    assert await version.call(lambda: version._guest.call("version")) == 2

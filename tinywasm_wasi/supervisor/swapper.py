@@ -191,6 +191,11 @@ class Swapper:
         coalesced into a running operation or changed nothing.
         """
         machine = self._machine(name)
+        # The machine rests as soon as it hands out an operation's last actions (closing
+        # the old version, recording), while they still run here. A request then waits
+        # for them, so two operations never run on one name at once.
+        while not machine.busy and name in self._running:
+            await self.idle(name)
         step = machine.request(request)
         if not step.actions:
             if machine.busy:
