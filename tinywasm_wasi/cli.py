@@ -102,6 +102,13 @@ _seconds = _non_negative("a number of seconds, zero or more, e.g. 5 or 0.5")
 _rate = _non_negative("frames per second, zero (no limit) or more, e.g. 100")
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError("expected a number of seconds more than zero, e.g. 10")
+    return seconds
+
+
 def _call_timeout(value: str) -> float:
     seconds = _seconds(value)
     if seconds == 0 or seconds > MAX_CALL_TIMEOUT:
@@ -387,6 +394,12 @@ SETTINGS = (
         _size,
         "largest HTTP request body passed to a module and largest full-mode response body",
     ),
+    _Setting(
+        "header_timeout",
+        "SECONDS",
+        _positive_seconds,
+        "seconds a new connection has to send its request head before it gets 408 and is closed",
+    ),
 )
 
 
@@ -598,6 +611,11 @@ def main(
     logging.basicConfig(
         level=config.log_level, format=LOG_FORMAT.replace("%(message)s", worker + "%(message)s")
     )
+    from tinywasm_wasi.web.connections import raise_fd_limit
+
+    raised = raise_fd_limit()
+    if raised is not None:
+        log.info("raised the open-file limit from %d to %d (the hard limit)", *raised)
     if config.workers > 1 and not config.is_worker:
         if server_name != "wasi":
             log.error("--workers needs the wasi server: set %s=wasi", SERVER_ENV)

@@ -114,6 +114,8 @@ class Config:
     status_private: bool = False
     # Largest HTTP request body passed to a module, and largest full-mode response body.
     http_max_body: int = 1 * MiB
+    # Seconds a new connection has to send its first request head (slow headers: 408, closed).
+    header_timeout: float = 10.0
 
     @property
     def is_worker(self) -> bool:
@@ -145,6 +147,8 @@ class Config:
         ):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1 byte")
+        if not self.header_timeout > 0:
+            raise ValueError("header_timeout must be more than zero seconds, e.g. 10")
         if self.ws_queue_bytes < 1 or self.http_max_body < 1:
             raise ValueError("ws_queue_bytes and http_max_body must be at least 1 byte")
         if not (0 < self.call_timeout <= MAX_CALL_TIMEOUT):

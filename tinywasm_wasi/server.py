@@ -31,6 +31,7 @@ from aiohttp import web
 from bus import Bus
 from bus.nats import NatsLink
 from bus.remote import BROADCAST_PREFIX, TOPIC_PREFIX
+from tinywasm_wasi import logsafe
 from tinywasm_wasi.build.devloop import BUILD_TOPIC, BuildReport, SourceWatcher
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.history import Trigger, VersionRecord
@@ -42,7 +43,15 @@ from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
-from tinywasm_wasi.web.admin import AdminGuard
+from tinywasm_wasi.web import client_errors
+from tinywasm_wasi.web.admin import AdminGuard, is_local_host
+from tinywasm_wasi.web.connections import (
+    DEFAULT_HEADER_TIMEOUT,
+    AcceptErrorFilter,
+    ConnectionGuard,
+    GuardedRunner,
+    connection_budget,
+)
 from tinywasm_wasi.web.dispatch import Dispatcher, add_dispatch_routes
 from tinywasm_wasi.web.forward import NatsForwarder
 from tinywasm_wasi.web.hub import Hub
@@ -144,11 +153,18 @@ def create_app(config: Config) -> web.Application:
     if link is not None:
         app[NATS] = link
 
+    if config.admin_token is None and not is_local_host(config.host):
+        log.warning(
+            "no admin token is set and the server listens on %s, not only on loopback: "
+            "reload and rollback answer only loopback clients, but a reverse proxy on this "
+            "machine makes every client look local. Set TINYWASM_ADMIN_TOKEN",
+            config.host,
+        )
     app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _sources, _frozen))
     app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
-    admin = AdminGuard(config.admin_token)
+    admin = AdminGuard(config.admin_token, listen_host=config.host)
     add_module_routes(app, host, hub, nats=link, admin=admin, status_private=config.status_private)
     add_release_routes(app, host, admin)
     forwarder = None
@@ -293,16 +309,29 @@ def create_static_app(config: Config) -> web.Application:
 class Served:
     runner: web.AppRunner
     port: int
+    guard: ConnectionGuard
 
 
-async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> Served:
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+) -> Served:
     """Start `app` (its start-up hooks, then listening on host:port); `port` 0 picks one.
 
     Stop it with `Served.runner.cleanup()`, which stops listening, runs the
     shutdown hooks and then the cleanup contexts.
     """
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=HANDLER_GRACE
+    client_errors.install()  # before the escaping: it reads aiohttp's record as made
+    logsafe.install()
+    AcceptErrorFilter.install()
+    guard = ConnectionGuard(max_connections=connection_budget(), header_timeout=header_timeout)
+    app.middlewares.append(guard.middleware)
+    runner = GuardedRunner(
+        app, guard, handle_signals=False, access_log=None, shutdown_timeout=HANDLER_GRACE
     )
     await runner.setup()
     try:
@@ -311,7 +340,7 @@ async def serve(app: web.Application, host: str, port: int, *, reuse_port: bool 
     except BaseException:
         await runner.cleanup()
         raise
-    return Served(runner, int(runner.addresses[0][1]))
+    return Served(runner, int(runner.addresses[0][1]), guard)
 
 
 class Server(Protocol):
@@ -339,10 +368,23 @@ class _AppServer:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
+    @property
+    def connections(self) -> ConnectionGuard:
+        """The header deadline, connection cap and reserve, with their counters."""
+        if self._served is None:
+            raise RuntimeError("the server is not started: await start() first")
+        return self._served.guard
+
     async def _start(self, app: web.Application) -> None:
         # Workers share the supervisor's port (SO_REUSEPORT): the kernel spreads connections.
         reuse = self.config.is_worker
-        self._served = await serve(app, self.config.host, self.config.port, reuse_port=reuse)
+        self._served = await serve(
+            app,
+            self.config.host,
+            self.config.port,
+            reuse_port=reuse,
+            header_timeout=self.config.header_timeout,
+        )
 
     async def stop(self) -> None:
         if self._stopped:

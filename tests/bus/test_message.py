@@ -16,6 +16,7 @@ from bus import (
     encode_message,
     validate_topic,
 )
+from bus.message import too_many_items
 
 MAX_U32 = 2**32 - 1
 
@@ -174,3 +175,28 @@ any_value_st = st.one_of(
 )
 def test_random_maps_raise_only_message_error(fields: dict[object, object], tail: bytes) -> None:
     _check_decode(cbor2.dumps(fields) + tail)
+
+
+@pytest.mark.parametrize(
+    ("data", "too_many"),
+    [
+        (cbor2.dumps({"topic": "chat", "payload": b"x" * 1_000_000, "type": 1, "id": 2}), False),
+        (cbor2.dumps({"topic": "chat", "payload": "text"}), False),
+        (cbor2.dumps({"topic": "chat", "payload": list(range(100))}), True),
+        (cbor2.dumps({"topic": "chat", "payload": [[[[[[[[1]]]]]]]] * 20}), True),
+        (b"\xbb" + (2**60).to_bytes(8, "big") + b"\x00" * 200, True),  # 2**60 entries declared
+        (b"\x9f" * 100, True),  # nested indefinite arrays
+        (b"\xbf" + b"\x61a\x01" * 100 + b"\xff", True),  # an indefinite map, 200 items
+        (b"\x5f" + b"\x41x" * 3 + b"\xff", False),  # an indefinite byte string in 3 chunks
+        (b"\x9b\xff", False),  # truncated: left to the decoder
+        (b"", False),
+    ],
+)
+def test_too_many_items_stops_early(data: bytes, too_many: bool) -> None:
+    assert too_many_items(data) is too_many
+
+
+def test_a_message_of_many_items_is_refused_without_decoding() -> None:
+    hostile = cbor2.dumps({"topic": "chat", "payload": list(range(500_000))})
+    with pytest.raises(MessageError, match="more than 64 CBOR items"):
+        decode_message(hostile)

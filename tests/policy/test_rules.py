@@ -121,9 +121,14 @@ def test_file_names(file_name: str, name: str, rule: str | None, order: int | No
         ("auth@users.wasm", "'name@[rule].wasm'"),
         ("auth@[*]x.wasm", "'name@[rule].wasm'"),
         ("@[*].wasm", "'name@[rule].wasm'"),
-        ("10-@[*].wasm", "'name@[rule].wasm'"),
+        ("10-@[*].wasm", "starts or ends with '.' or '-'"),
         ("a[b].wasm", "'name@[rule].wasm'"),
-        ("au th@[*].wasm", "'name@[rule].wasm'"),
+        ("au th@[*].wasm", "has ' '"),
+        ("a b.wasm", "invalid module name 'a b': it has ' '"),
+        ("x\nINFO forged.wasm", "has '\\n', ' '"),
+        ("caf\udce9.wasm", "has '\\udce9'"),  # a non-UTF-8 name, as os.listdir gives it
+        ("-x.wasm", "starts or ends with"),
+        ("a" * 129 + ".wasm", "of 129 characters is too long"),
         ("auth@[[*]].wasm", "'name@[rule].wasm'"),
     ],
 )

@@ -454,6 +454,7 @@ async def test_a_garbage_request_line_gets_400(
 
 
 UTF8_REASON = "text frame is not valid UTF-8: send other bytes as a binary frame"
+UNMASKED_REASON = "protocol error: client frames must be masked (RFC 6455 section 5.1)"
 PROTOCOL_REASON = "protocol error: malformed or unexpected WebSocket frame (see RFC 6455)"
 
 
@@ -472,7 +473,8 @@ PROTOCOL_REASON = "protocol error: malformed or unexpected WebSocket frame (see 
         (frame(0x2, b"compressed?", rsv=0x40), 1002, PROTOCOL_REASON),
         (frame(0x8, struct.pack("!H", 999)), 1002, PROTOCOL_REASON),
         (frame(0x8, b"\x03"), 1002, PROTOCOL_REASON),
-        (b"hello, this is not a frame\r\n", 1002, PROTOCOL_REASON),
+        # Bytes that are not frames read as an unmasked frame header: refused as such.
+        (b"hello, this is not a frame\r\n", 1002, UNMASKED_REASON),
     ],
     ids=[
         "invalid-utf8",

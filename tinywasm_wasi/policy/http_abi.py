@@ -39,6 +39,7 @@ __all__ = [
     "encode_full_request",
     "http_mode",
     "join_headers",
+    "not_text",
     "parse_response",
 ]
 
@@ -114,6 +115,36 @@ def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
         else:
             joined[key] = value
     return joined
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def not_text(request: HttpRequest) -> str | None:
+    """Which part of `request` is not UTF-8 text, or None when all of it is.
+
+    aiohttp keeps header bytes that are not UTF-8 as lone surrogates
+    (``surrogateescape``); modules get the method, path, query and headers as CBOR
+    text strings, which must be UTF-8, so such a request is answered 400 with
+    this reason before any module sees it.
+    """
+    for part, text in (
+        ("method", request.method),
+        ("path", request.path),
+        ("query", request.query),
+    ):
+        if _SURROGATE.search(text):
+            return f"the request's {part} is not UTF-8"
+    for name, value in request.headers.items():
+        if _SURROGATE.search(name):
+            return "a header name is not UTF-8"
+        if _SURROGATE.search(value):
+            shown = _SURROGATE.sub("?", name)
+            return (
+                f"the value of the {shown} header is not UTF-8 text: "
+                "modules receive headers as text, so send them UTF-8 encoded"
+            )
+    return None
 
 
 def encode_compat_request(request: HttpRequest) -> bytes:

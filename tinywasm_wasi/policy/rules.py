@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinywasm_wasi.exceptions import TinywasmError
+from tinywasm_wasi.policy.names import NAME_CHARSET, is_module_name, name_problem
 
 __all__ = [
     "ModuleFileName",
@@ -46,15 +47,12 @@ __all__ = [
     "rule_txt_paths",
 ]
 
-# A route (module) name in a rule or a middleware file name: letters, digits, "_", "."
-# and "-", starting and ending with a letter, digit or "_".
-_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+# A route (module) name in a rule or a file name follows policy/names.py.
 _FILE = re.compile(r"(?:(?P<order>\d+)-)?(?P<name>[^@\[\]]+)@\[(?P<rule>[^\[\]]*)\]")
 
 FORMS = (
     "accepted forms: '*' (every route), 'a,b' (only a and b), '-a' (every route "
-    "except a), '*,-a' (same as -a); names use letters, digits, '_', '.' and '-', "
-    "and start and end with a letter, digit or '_'"
+    "except a), '*,-a' (same as -a); names use " + NAME_CHARSET
 )
 RULE_TXT = "rule.txt"
 
@@ -100,7 +98,7 @@ def parse_rule(text: str) -> Rule:
             continue
         negated = item.startswith("-")
         name = item[1:].strip() if negated else item
-        if not item or not _NAME.fullmatch(name):
+        if not item or not is_module_name(name):
             what = "an empty item" if not item else f"the item {item!r}"
             raise RuleError(f"middleware rule {text!r} has {what}: {FORMS}")
         target = excluded if negated else named
@@ -145,21 +143,26 @@ def parse_file_name(file_name: str) -> ModuleFileName:
             ``name@[rule]`` form, or an invalid rule (see `parse_rule`).
     """
     if not file_name.endswith(".wasm") or len(file_name) <= len(".wasm"):
-        raise RuleError(f"{file_name!r} is not a module file name: it must end in .wasm")
+        raise RuleError(f"{file_name!a} is not a module file name: it must end in .wasm")
     stem = file_name[: -len(".wasm")]
     if not any(c in stem for c in "@[]"):
+        problem = name_problem(stem)
+        if problem is not None:
+            raise RuleError(f"module file {file_name!a}: {problem}")
         return ModuleFileName(file=file_name, name=stem, rule=None, order=None)
     match = _FILE.fullmatch(stem)
-    if match is None or not _NAME.fullmatch(match["name"]):
+    if match is None:
         raise RuleError(
-            f"cannot read the module file name {file_name!r}: a middleware is named "
-            "'name@[rule].wasm' or 'NN-name@[rule].wasm' (e.g. '20-auth@[users,admin].wasm'), "
-            "and the name uses letters, digits, '_', '.' and '-'"
+            f"cannot read the module file name {file_name!a}: a middleware is named "
+            "'name@[rule].wasm' or 'NN-name@[rule].wasm' (e.g. '20-auth@[users,admin].wasm')"
         )
+    problem = name_problem(match["name"])
+    if problem is not None:
+        raise RuleError(f"module file {file_name!a}: {problem}")
     try:
         rule = parse_rule(match["rule"])
     except RuleError as exc:
-        raise RuleError(f"module file {file_name!r}: {exc}") from None
+        raise RuleError(f"module file {file_name!a}: {exc}") from None
     order = int(match["order"]) if match["order"] is not None else None
     return ModuleFileName(file=file_name, name=match["name"], rule=rule, order=order)
 

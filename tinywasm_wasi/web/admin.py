@@ -7,6 +7,16 @@ Without a token, admin requests are served to loopback clients only (127.0.0.0/8
 and ::1); others get 403 telling them to set a token. Behind a reverse proxy on
 the same machine every client looks local, so set a token there.
 
+Three more rules keep web pages and proxies out (issue 16, item 13):
+
+- an admin request whose ``Origin`` is not the server's own (a page on another
+  site, which a browser lets POST without a preflight) gets 403, token or not;
+- without a token, a ``Host`` that is not one of the server's names (``localhost``,
+  a loopback address, the listen address) gets 403: that is DNS rebinding;
+- without a token, a request carrying ``X-Forwarded-For``, ``Forwarded`` or
+  ``X-Real-IP`` came through a proxy, whose TCP peer says nothing about the
+  client: 403.
+
 Wrap each state-changing handler: ``app.router.add_post(path, guard(handler))``.
 """
 
@@ -21,15 +31,26 @@ from functools import wraps
 
 from aiohttp import hdrs, web
 
+from tinywasm_wasi.policy.logtext import escape, shorten
 from tinywasm_wasi.policy.ratelimit import LogLimiter
+from tinywasm_wasi.web.hub_policy import same_origin
 
-__all__ = ["AdminGuard", "AdminRefusal", "decide_admin", "is_loopback"]
+__all__ = [
+    "FORWARDING_HEADERS",
+    "AdminGuard",
+    "AdminRefusal",
+    "decide_admin",
+    "is_local_host",
+    "is_loopback",
+]
 
 log = logging.getLogger("tinywasm.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TOKEN_SETTING = "--admin-token / TINYWASM_ADMIN_TOKEN"
+# Headers a reverse proxy adds: their presence means the TCP peer is the proxy.
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +62,14 @@ class AdminRefusal:
 
 
 def decide_admin(
-    remote: str | None, token: str | None, authorization: str | None
+    remote: str | None,
+    token: str | None,
+    authorization: str | None,
+    *,
+    origin: str | None = None,
+    host: str | None = None,
+    forwarded: str | None = None,
+    listen_host: str | None = None,
 ) -> AdminRefusal | None:
     """Decide an admin request; None lets it through.
 
@@ -49,16 +77,43 @@ def decide_admin(
         remote: the client's address (``request.remote``); None if unknown.
         token: the server's admin token; None when no token is set.
         authorization: the request's Authorization header, if any.
+        origin: the request's Origin header, if any (browsers send it with a POST).
+        host: the request's Host header, if any.
+        forwarded: the name of a forwarding header the request carries, if any.
+        listen_host: the address the server listens on (one of its own names).
     """
-    if token is None:
-        if is_loopback(remote):
-            return None
+    if origin is not None and not same_origin(origin, host):
         return AdminRefusal(
             403,
-            "admin endpoints are served only to clients on the server's own machine while "
-            f"no admin token is set: set {_TOKEN_SETTING} on the server, then send "
-            "Authorization: Bearer <token>",
+            f"cross-origin admin call refused: the page's origin {_quote(origin)} is not "
+            f"this server's own ({_quote(host or '')}); admin endpoints answer only "
+            "requests made from the server's own pages or from programs without an Origin",
         )
+    if token is None:
+        if forwarded is not None:
+            return AdminRefusal(
+                403,
+                f"this admin request came through a proxy (it has {forwarded}), so its "
+                "address says nothing about the client: admin calls through a proxy need "
+                f"a token; set {_TOKEN_SETTING} on the server, then send "
+                "Authorization: Bearer <token>",
+            )
+        if not is_loopback(remote):
+            return AdminRefusal(
+                403,
+                "admin endpoints are served only to clients on the server's own machine "
+                f"while no admin token is set: set {_TOKEN_SETTING} on the server, then send "
+                "Authorization: Bearer <token>",
+            )
+        if host is not None and not is_local_host(host, listen_host):
+            return AdminRefusal(
+                403,
+                f"admin call for host {_quote(host)} refused: without an admin token only "
+                "the names 'localhost', a loopback address or the listen address are "
+                "served (another name pointing here is how DNS rebinding reaches the "
+                f"server); set {_TOKEN_SETTING} to call it under other names",
+            )
+        return None
     scheme, _, given = (authorization or "").strip().partition(" ")
     given = given.strip()
     if scheme.lower() != "bearer" or not given:
@@ -67,11 +122,38 @@ def decide_admin(
             "this admin endpoint needs the server's admin token "
             f"({_TOKEN_SETTING}): send Authorization: Bearer <token>",
         )
-    if not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: compare the bytes sent.
+    sent = given.encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(sent, token.encode("utf-8")):
         return AdminRefusal(
             403, f"admin token refused: it is not the one set by the server's {_TOKEN_SETTING}"
         )
     return None
+
+
+def is_local_host(host: str, listen_host: str | None = None) -> bool:
+    """True when a Host header names this machine: localhost, a loopback address, the listen one.
+
+    The port, if any, is ignored.
+    """
+    text = host.strip().lower()
+    if text.startswith("["):
+        name = text[1 : text.find("]")] if "]" in text else ""
+    else:
+        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    name = name.rstrip(".")
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    listen = (listen_host or "").strip("[]").lower()
+    if listen and listen not in ("0.0.0.0", "::") and name == listen:
+        return True
+    return is_loopback(name)
+
+
+def _quote(text: str) -> str:
+    return escape(repr(shorten(text, 100)))
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -90,11 +172,13 @@ def is_loopback(remote: str | None) -> bool:
 class AdminGuard:
     """Wraps admin handlers so that only requests `decide_admin` allows reach them."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, listen_host: str | None = None) -> None:
         """Create a guard.
 
         Args:
             token: the admin token; None serves admin endpoints to loopback clients only.
+            listen_host: the address the server listens on: a Host header naming it is
+                one of the server's own names.
 
         Raises:
             ValueError: `token` is empty.
@@ -102,6 +186,7 @@ class AdminGuard:
         if token is not None and not token.strip():
             raise ValueError("the admin token is empty: set a long random value, or leave it unset")
         self._token = token
+        self._listen_host = listen_host
         self._warn = LogLimiter(log)
 
     def check(self, request: web.Request) -> None:
@@ -112,13 +197,22 @@ class AdminGuard:
             web.HTTPForbidden: the token is wrong, or no token is set and the client
                 is not on the loopback interface.
         """
-        refusal = decide_admin(request.remote, self._token, request.headers.get(hdrs.AUTHORIZATION))
+        headers = request.headers
+        refusal = decide_admin(
+            request.remote,
+            self._token,
+            headers.get(hdrs.AUTHORIZATION),
+            origin=headers.get(hdrs.ORIGIN),
+            host=headers.get(hdrs.HOST),
+            forwarded=next((h for h in FORWARDING_HEADERS if h in headers), None),
+            listen_host=self._listen_host,
+        )
         if refusal is None:
             return
         self._warn(
             "admin %s %s from %s refused with %d: %s",
             request.method,
-            request.path,
+            shorten(request.path, 200),
             request.remote,
             refusal.status,
             refusal.text,

@@ -40,9 +40,11 @@ from tinywasm_wasi.policy.http_abi import (
     encode_compat_request,
     encode_full_request,
     join_headers,
+    not_text,
     parse_response,
 )
 from tinywasm_wasi.policy.http_forward import Forwarded, ForwardedAnswer
+from tinywasm_wasi.policy.public_paths import PublicPaths
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.runtime.module import WasmModule
 from tinywasm_wasi.supervisor.registry import RegistryView
@@ -97,6 +99,8 @@ class Dispatcher:
     ) -> None:
         self._host = registry
         self._forward = forward
+        folder = config.modules_dir
+        self._paths = PublicPaths(str(folder.absolute()), str(folder.resolve()))
         self._max_body = config.http_max_body
         self._warn: dict[str, LogLimiter] = {}  # per module: one line a second at most
 
@@ -107,6 +111,17 @@ class Dispatcher:
             if owner is None:
                 self._target(name)  # 404 or 503 before the body is read
             body = await self._read_body(request)
+            problem = not_text(
+                HttpRequest(
+                    method=request.method,
+                    path=request.rel_url.raw_path,
+                    route=name,
+                    query=request.rel_url.raw_query_string,
+                    headers=dict(request.headers.items()),
+                )
+            )
+            if problem is not None:
+                raise Failed(400, problem)
             forwarded = Forwarded(
                 name=name,
                 method=request.method,
@@ -121,7 +136,7 @@ class Dispatcher:
             else:
                 answer = await self.answer(forwarded)
         except Failed as failed:
-            answer = _failure(failed)
+            answer = self._public_failure(failed)
         headers = CIMultiDict(answer.headers)
         if answer.retry_after:
             headers["Retry-After"] = str(answer.retry_after)
@@ -147,10 +162,18 @@ class Dispatcher:
                 headers=join_headers(request.headers) if full else {},
                 body=request.body,
             )
+            problem = not_text(http_request)
+            if problem is not None:
+                raise Failed(400, problem)
             result = await self._run(chain, target, http_request)
         except Failed as failed:
-            return _failure(failed)
+            return self._public_failure(failed)
         return ForwardedAnswer(result.status, tuple(result.headers), result.body)
+
+    def _public_failure(self, failed: Failed) -> ForwardedAnswer:
+        """The answer for `failed`, its reason naming files relative to the modules folder."""
+        reason = self._paths.text(failed.reason)
+        return _failure(Failed(failed.status, reason, retry_after=failed.retry_after))
 
     def _elsewhere(self, name: str) -> str | None:
         """The worker to forward a request for `name` to, or None to answer it here."""

@@ -50,6 +50,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 
@@ -66,6 +67,7 @@ from bus import (
 from bus.remote import Interest, Remote
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.ws_frames import UNMASKED_REASON, FrameScanner
 from tinywasm_wasi.web.hub_policy import (
     Publish,
     Refuse,
@@ -74,6 +76,7 @@ from tinywasm_wasi.web.hub_policy import (
     check_origin,
     decide_inbound,
     handshake_refusal,
+    non_ascii_handshake,
     parse_origins,
     parse_request,
     protocol_error_reason,
@@ -86,6 +89,10 @@ log = logging.getLogger("tinywasm.hub")
 
 HEARTBEAT = 30.0  # seconds between pings; a client that misses the pong is dropped
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take before the socket is aborted
+# Seconds a closed connection keeps reading (and discarding) what the client still sends,
+# so that bytes in flight do not meet a closed socket, which answers them with a reset.
+# Below the server's handler grace (server.HANDLER_GRACE), so shutdown waits for it.
+LINGER = 0.5
 FLUSH_POLL = 0.02  # seconds between checks that a closing socket has sent what it holds
 
 
@@ -120,6 +127,11 @@ class _Socket(web.WebSocketResponse):
     (1007) or a malformed frame (1002) by closing with an empty reason; the
     client is told what was wrong and which setting applies instead. It also notes
     when a close begins (`close_begun`), for `_write_through`.
+
+    Two things aiohttp does not do are added: an unmasked client frame closes the
+    connection with 1002 (`_MaskChecked`), and closing the transport sends a FIN
+    instead of closing the socket outright, so the handler can linger (`Hub._linger`)
+    while the client's last bytes arrive instead of resetting the connection.
     """
 
     def __init__(self, *, max_frame: int) -> None:
@@ -132,14 +144,88 @@ class _Socket(web.WebSocketResponse):
         # and frame, and the property cost about a fifth more server CPU per frame in
         # bench.fanout than this plain attribute.
         self.close_begun = False
+        self.refusal = ""  # the close reason of a refusal made here, not by aiohttp
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        # Every byte after the handshake goes through the mask check first, including
+        # bytes that arrived with the handshake (aiohttp's "message tail").
+        handler: Any = request.protocol
+        tail, handler._message_tail = handler._message_tail, b""
+        super()._post_start(request, protocol, writer)
+        checked = _MaskChecked(handler._payload_parser, self)
+        handler._payload_parser = checked
+        if tail:
+            checked.feed_data(tail)
+
+    def refuse_unmasked(self) -> None:
+        """Close with 1002: the client sent an unmasked frame."""
+        self.refusal = UNMASKED_REASON
+        reader: Any = self._reader
+        reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, UNMASKED_REASON))
+
+    def _close_transport(self) -> None:
+        # aiohttp closes the socket here, often while the client is still sending; the
+        # kernel then answers its next bytes with a reset. Send a FIN instead: the
+        # handler lingers, and aiohttp closes the socket when the handler returns.
+        # Only after our close frame: without one (a missed pong, a broken socket) the
+        # socket closes at once, as aiohttp does.
+        transport = self._req.transport if self._req is not None else None
+        if transport is None or transport.is_closing():
+            return
+        if self.close_begun and transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         self.close_begun = True
         if not message:
-            message = protocol_error_reason(code, self.max_frame).encode("utf-8")
+            reason = self.refusal or protocol_error_reason(code, self.max_frame)
+            message = reason.encode("utf-8")
         return await super().close(code=code, message=message, drain=drain)
+
+
+class _MaskChecked:
+    """Stands in front of aiohttp's frame reader and stops at the first unmasked frame."""
+
+    __slots__ = ("_reader", "_scanner", "_socket")
+
+    def __init__(self, reader: Any, socket: _Socket) -> None:
+        self._reader = reader
+        self._socket = socket
+        self._scanner = FrameScanner()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._scanner.failed:
+            return True, b""
+        bad = self._scanner.feed(data)
+        if bad is None:
+            result: tuple[bool, bytes] = self._reader.feed_data(data)
+            return result
+        if bad:
+            self._reader.feed_data(data[:bad])  # the frames before it are fine
+        self._socket.refuse_unmasked()
+        return True, b""
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class _Discard:
+    """What a closed connection's bytes are fed to while it lingers; notes the client's EOF."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.ended.set()
 
 
 class _Client:
@@ -417,6 +503,9 @@ class Hub:
         if self._state is _State.CLOSED:
             return web.Response(status=503, text="server shutting down: try again later\n")
         headers = request.headers
+        broken = non_ascii_handshake(headers)
+        if broken is not None:
+            return web.Response(status=400, text=f"{broken}\n")
         refusal = check_origin(self._origins, headers.get(hdrs.ORIGIN), headers.get(hdrs.HOST))
         if refusal is not None:
             self._origins_refused += 1
@@ -452,7 +541,29 @@ class Hub:
             # The closer releases the client, so even a cancelled handler leaks nothing.
             closer = self._begin_close(client, WSCloseCode.GOING_AWAY, "server closing connection")
             await asyncio.shield(closer)
+        await self._linger(request)
         return ws
+
+    @staticmethod
+    async def _linger(request: web.Request) -> None:
+        """Read and drop what the client still sends, until its EOF or `LINGER` seconds.
+
+        The close frame and a FIN are out; aiohttp closes the socket when the handler
+        returns. Closing it while the client's frames are still arriving would answer
+        them with a reset, which the client sees instead of the close.
+        """
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        handler: Any = request.protocol
+        sink = _Discard()
+        handler._payload_parser = sink
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER):
+                await sink.ended.wait()
 
     async def close(self) -> None:
         """Close every client with 1001 and wait for them. Safe to call twice."""
@@ -526,7 +637,11 @@ class Hub:
         """Log why aiohttp ended the connection: a refused frame is the client's fault."""
         if isinstance(error, WebSocketError):
             self._inbound_refused += 1
-            reason = protocol_error_reason(error.code, self._max_frame) or str(error)
+            reason = (
+                client.ws.refusal
+                or protocol_error_reason(error.code, self._max_frame)
+                or str(error)
+            )
             detail = "" if error.code == WSCloseCode.MESSAGE_TOO_BIG else f" ({error})"
             client.ended = f"closed with {error.code} {reason}"
             self._warn_refused(

@@ -14,7 +14,7 @@ feeds them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode
 from bus import MessageError, TopicError, decode_message, matches, validate_pattern, validate_topic
 
 __all__ = [
+    "HANDSHAKE_HEADERS",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_TOPICS",
     "OriginPolicy",
@@ -34,10 +35,12 @@ __all__ = [
     "decide_inbound",
     "fit_reason",
     "handshake_refusal",
+    "non_ascii_handshake",
     "parse_origins",
     "parse_request",
     "protocol_error_reason",
     "refuse_topic_error",
+    "same_origin",
 ]
 
 MAX_CLOSE_REASON_BYTES = 123
@@ -244,6 +247,36 @@ def check_origin(policy: OriginPolicy, origin: str | None, host: str | None) -> 
     )
 
 
+# The handshake headers the hub reads; RFC 6455 and RFC 6454 make them ASCII.
+HANDSHAKE_HEADERS = (
+    "Host",
+    "Origin",
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+)
+
+
+def non_ascii_handshake(headers: Mapping[str, str]) -> str | None:
+    """The 400 text for a handshake header that is not ASCII, or None when all are.
+
+    aiohttp keeps bytes that are not UTF-8 as lone surrogates; a value holding them
+    (or any non-ASCII character) in these headers is a broken handshake, refused
+    before the header is used or echoed.
+    """
+    for name in HANDSHAKE_HEADERS:
+        value = headers.get(name)
+        if value is not None and not value.isascii():
+            return (
+                f"handshake refused: the {name} header holds bytes that are not ASCII; "
+                "WebSocket handshake headers are ASCII (RFC 6455)"
+            )
+    return None
+
+
 def handshake_refusal(reason: str) -> str:
     """The HTTP 400 text for a request to ``/ws`` that aiohttp refused as a handshake.
 
@@ -277,6 +310,12 @@ def _origin_key(text: str) -> _OriginKey | None:
         parts.hostname,
         port if port is not None else _DEFAULT_PORTS.get(parts.scheme),
     )
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """True when `origin` is the server's own: http(s), the Host header's name and port."""
+    key = _origin_key(origin)
+    return key is not None and _same_origin(key, host)
 
 
 def _same_origin(key: _OriginKey, host: str | None) -> bool:

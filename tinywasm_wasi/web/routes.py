@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bus.nats import NatsLink
 from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.policy.public_paths import PublicPaths
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
 from tinywasm_wasi.web.hub import Hub
@@ -59,6 +60,10 @@ def add_module_routes(
     """
     if admin is None:
         admin = AdminGuard(None)
+    paths = _Paths(host)
+
+    def answer(data: object) -> web.Response:
+        return web.json_response(paths.public().json(data))
 
     async def healthz(_request: web.Request) -> web.Response:
         body: dict[str, object] = {
@@ -70,7 +75,7 @@ def add_module_routes(
             body["nats"] = "connected" if nats.connected else "disconnected"
             if not nats.connected:
                 body["status"] = "degraded"
-        return web.json_response(body)
+        return answer(body)
 
     def with_pin(entry: dict[str, Any]) -> dict[str, Any]:
         pin = host.pins.get(str(entry.get("name")))
@@ -80,7 +85,7 @@ def add_module_routes(
 
     async def list_modules(_request: web.Request) -> web.Response:
         stats = host.bus.stats()
-        return web.json_response(
+        return answer(
             {
                 "modules": [with_pin(m.snapshot()) for m in host.modules.values()]
                 + [with_pin(q.to_json()) for q in host.quarantined.values()],
@@ -105,7 +110,7 @@ def add_module_routes(
     async def history(request: web.Request) -> web.Response:
         name = known(request)
         records = host.histories[name].records if name in host.histories else []
-        return web.json_response({"name": name, "history": [r.to_json() for r in records]})
+        return answer({"name": name, "history": [r.to_json() for r in records]})
 
     async def reload(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -123,7 +128,7 @@ def add_module_routes(
                 "(the X-Tinywasm-Worker header)\n"
             )
         record = await host.swap(name, "api")
-        return web.json_response(
+        return answer(
             {
                 "name": name,
                 "result": record.to_json() if record else None,
@@ -136,16 +141,16 @@ def add_module_routes(
         try:
             record = await host.rollback(name)
         except ModuleLoadError as exc:
-            raise web.HTTPConflict(text=f"{exc}\n") from None
-        return web.json_response({"name": name, "result": record.to_json() if record else None})
+            raise web.HTTPConflict(text=f"{paths.public().text(str(exc))}\n") from None
+        return answer({"name": name, "result": record.to_json() if record else None})
 
     async def unpin(request: web.Request) -> web.Response:
         name = known(request)
         try:
             record = await host.unpin(name)
         except ModuleLoadError as exc:
-            raise web.HTTPConflict(text=f"{exc}\n") from None
-        return web.json_response({"name": name, "result": record.to_json() if record else None})
+            raise web.HTTPConflict(text=f"{paths.public().text(str(exc))}\n") from None
+        return answer({"name": name, "result": record.to_json() if record else None})
 
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
@@ -154,3 +159,22 @@ def add_module_routes(
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))
     app.router.add_post("/api/modules/{name}/unpin", admin(unpin))
+
+
+class _Paths:
+    """The `PublicPaths` of the host's modules folder, made again only when the folder changes."""
+
+    def __init__(self, host: ModuleHost) -> None:
+        self._host = host
+        self._for: Path | None = None
+        self._paths = PublicPaths()
+
+    def public(self) -> PublicPaths:
+        directory = self._host.directory
+        if directory != self._for:
+            self._for = directory
+            folders = (
+                () if directory is None else (str(directory.absolute()), str(directory.resolve()))
+            )
+            self._paths = PublicPaths(*folders)
+        return self._paths
