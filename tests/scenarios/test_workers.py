@@ -17,14 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
 from tinywasm_wasi.server import WORKER_HEADER
 
@@ -76,46 +76,46 @@ class Cluster:
             return "".join(self.lines)
 
 
+ClusterFactory = Callable[..., Cluster]
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    for name in ("chat", "echo", "echo_http"):
-        shutil.copy(EXAMPLES / f"{name}.wasm", modules)
-    (modules / "limits.toml").write_text('[echo_http]\nreplicas = "all"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
-    env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cmd.tinywasm",
-            "--workers",
-            "2",
-            "--port",
-            "0",
-            "--modules-dir",
-            str(modules),
-            "--no-watch",
-            "--drain-timeout",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    running = Cluster(proc)
-    yield running
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    running.close()
+def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Start ``--workers 2`` (plus `extra` flags) on the example modules; stopped after."""
+    started: list[Cluster] = []
+
+    def start(*extra: str) -> Cluster:
+        modules = tmp_path / "modules"
+        modules.mkdir()
+        for name in ("chat", "echo", "echo_http"):
+            shutil.copy(EXAMPLES / f"{name}.wasm", modules)
+        (modules / "limits.toml").write_text('[echo_http]\nreplicas = "all"\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+        env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
+        command = [sys.executable, "-m", "cmd.tinywasm", "--workers", "2", "--port", "0"]
+        command += ["--modules-dir", str(modules), "--no-watch", "--drain-timeout", "1", *extra]
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        started.append(Cluster(proc))
+        return started[-1]
+
+    yield start
+    for running in started:
+        proc = running.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        running.close()
+
+
+@pytest.fixture
+def cluster(start_cluster: ClusterFactory) -> Cluster:
+    return start_cluster()
 
 
 @pytest.fixture
@@ -248,3 +248,53 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
     assert cluster.proc.returncode == 0, cluster.log()
     log = cluster.log()
     assert log.count("] closed") == 2 and log.rstrip().endswith("tinywasm.supervisor: closed")
+
+
+async def health_of_each_worker(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    return {
+        worker: text
+        for worker, (_status, text) in (await answers_by_worker(http, f"{base}/healthz")).items()
+    }
+
+
+async def test_workers_joined_to_a_nats_server_that_restarts(
+    start_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # --nats joins a server of ours: the supervisor starts none. While it is away,
+    # each worker keeps serving its own browsers; when it is back, the chat crosses again.
+    with NatsServerProcess() as nats:
+        cluster = start_cluster("--nats", nats.url)
+        base = await serving(cluster, 2)
+        assert cluster.count("embedded nats-server") == 0
+        chat_owner = owner("chat", worker_names(2))
+        sockets = await chat_on_each_worker(http, base)
+        other = next(w for w in sockets if w != chat_owner)
+        await chat_works(sockets, "before")
+
+        nats.stop()
+
+        async def both_degraded() -> bool:
+            health = await health_of_each_worker(http, base)
+            return all('"degraded"' in text for text in health.values())
+
+        await eventually(both_degraded, "both workers to say degraded", timeout=30)
+        # The chat owner's own browser still gets the chat: local delivery never waits.
+        await sockets[chat_owner].send_bytes(b"during")
+        assert await receive(sockets[chat_owner]) == b"during"
+
+        nats.start()
+
+        async def both_ok() -> bool:
+            health = await health_of_each_worker(http, base)
+            return all('"ok"' in text for text in health.values())
+
+        await eventually(both_ok, "both workers to reconnect", timeout=60)
+        # Held messages may arrive first (once each, in order); then new ones cross again.
+        for sender in (chat_owner, other):
+            payload = f"after from {sender}".encode()
+            await sockets[sender].send_bytes(payload)
+            for worker in (chat_owner, other):
+                got = await receive(sockets[worker])
+                while got == b"during" and worker == other:
+                    got = await receive(sockets[worker])
+                assert got == payload, (worker, got)
