@@ -109,20 +109,7 @@ class Bus:
             if self._closed:
                 raise BusClosedError("cannot publish: the bus is closed")
             self._published += 1
-            accepted = 0
-            for sub in self._index.match(topic):
-                try:
-                    ok = sub.handler(topic, payload) is not False
-                except Exception:
-                    log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
-                    ok = False
-                if ok:
-                    sub.delivered += 1
-                    accepted += 1
-                else:
-                    sub.dropped += 1
-                    self._dropped += 1
-            self._delivered += accepted
+            accepted = self._deliver(self._index.match(topic), topic, payload)
             if self._remote is not None:
                 self._remote.forward(topic, payload)
             return accepted
@@ -137,23 +124,26 @@ class Bus:
         with self._lock:
             if self._closed:
                 return 0
-            accepted = 0
-            for sub in self._index.under(pattern):
-                if sub.local:
-                    continue
-                try:
-                    ok = sub.handler(topic, payload) is not False
-                except Exception:
-                    log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
-                    ok = False
-                if ok:
-                    sub.delivered += 1
-                    accepted += 1
-                else:
-                    sub.dropped += 1
-                    self._dropped += 1
-            self._delivered += accepted
-            return accepted
+            subs = [sub for sub in self._index.under(pattern) if not sub.local]
+            return self._deliver(subs, topic, payload)
+
+    def _deliver(self, subs: list[Subscription], topic: str, payload: bytes) -> int:
+        """Call each handler (under the lock); count what was accepted and what dropped."""
+        accepted = 0
+        for sub in subs:
+            try:
+                ok = sub.handler(topic, payload) is not False
+            except Exception:
+                log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
+                ok = False
+            if ok:
+                sub.delivered += 1
+                accepted += 1
+            else:
+                sub.dropped += 1
+                self._dropped += 1
+        self._delivered += accepted
+        return accepted
 
     def subscribe(self, pattern: str, handler: Handler, *, local: bool = False) -> Subscription:
         """Call `handler(topic, payload)` for every message matching `pattern`.
