@@ -123,8 +123,8 @@ def test_no_text_means_no_overrides() -> None:
         ("chat = 5", "limits.toml: 'chat' must be a table, e.g. [chat] then key = value lines"),
         (
             "[chat]\nmemory = 1",
-            "limits.toml: [chat] memory: unknown key; use one of call_timeout, max_payload, "
-            "memory_limit, replicas",
+            "limits.toml: [chat] memory: unknown key; use one of broadcast, call_timeout, "
+            "max_payload, memory_limit, publish, replicas, subscribe",
         ),
         (
             '[chat]\nmemory_limit = "lots"',

@@ -110,6 +110,13 @@ def test_inbound_published(
         (ENVELOPE, [">"], b"\xa1etopic\x01", 1007, "'topic' key must hold text"),
         (ENVELOPE, [">"], envelope("chat.*"), 1007, "contains a wildcard"),
         (ENVELOPE, ["chat"], envelope("chat") + b"\x00", 1007, "extra byte"),
+        (
+            ENVELOPE,
+            [">"],
+            envelope("$sys.status"),
+            1008,
+            "'$sys.status': $sys.> is the server's own",
+        ),
     ],
 )
 def test_inbound_refused(

@@ -8,6 +8,9 @@ override file sits in the modules folder and has one table per module name::
     call_timeout = 0.5        # seconds
     max_payload = "4MiB"
     replicas = "all"          # with --workers N: run in every worker (stateless modules)
+    publish = ["chat.>"]      # topic grants (policy/grants.py); default: everything
+    subscribe = ["chat", "$sys.>"]
+    broadcast = ["chat"]
 
 Any key left out keeps the global default (set by flag or TINYWASM_* variable).
 """
@@ -23,6 +26,9 @@ from enum import StrEnum
 
 from tinywasm_wasi.config import MAX_CALL_TIMEOUT, MAX_MEMORY, MAX_SIZE
 from tinywasm_wasi.exceptions import TinywasmError
+from tinywasm_wasi.policy.grants import GrantAction, TopicGrants, parse_patterns
+
+EVERYTHING = TopicGrants()
 
 __all__ = [
     "LIMITS_FILE",
@@ -91,6 +97,7 @@ class Limits:
     call_timeout: float = 0.1  # seconds per call into the guest
     max_payload: int = 1024 * 1024  # bytes per publish / ws_broadcast
     replicas: Replicas = Replicas.ONE  # with several workers: one owner, or all of them
+    grants: TopicGrants = EVERYTHING  # topics it may publish, subscribe, broadcast to
 
     def __post_init__(self) -> None:
         if self.memory_limit < 1 or self.max_payload < 1:
@@ -110,7 +117,8 @@ class Limits:
             raise LimitsError("max_payload must be at most 1TiB")
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Limits)}
+_GRANTS = {action.value: action for action in GrantAction}
+_FIELDS = {f.name for f in dataclasses.fields(Limits)} - {"grants"} | set(_GRANTS)
 
 
 def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
@@ -138,7 +146,8 @@ def limits_from_tables(data: Mapping[str, object], defaults: Limits) -> dict[str
             raise LimitsError(
                 f"{LIMITS_FILE}: {name!r} must be a table, e.g. [{name}] then key = value lines"
             )
-        changes: dict[str, float | int | Replicas] = {}
+        changes: dict[str, object] = {}
+        grants: dict[GrantAction, tuple[str, ...]] = {}
         for key, value in table.items():
             where = f"{LIMITS_FILE}: [{name}] {key}"
             if key not in _FIELDS:
@@ -150,7 +159,12 @@ def limits_from_tables(data: Mapping[str, object], defaults: Limits) -> dict[str
                 raise LimitsError(
                     f'{where}: expected "all" (every worker) or 1 (one owner), not {value!r}'
                 )
-            if key == "call_timeout":
+            if key in _GRANTS:
+                try:
+                    grants[_GRANTS[key]] = parse_patterns(value, where)
+                except ValueError as exc:
+                    raise LimitsError(str(exc)) from None
+            elif key == "call_timeout":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise LimitsError(f"{where}: expected seconds as a number, e.g. 0.5")
                 changes[key] = float(value)
@@ -159,6 +173,10 @@ def limits_from_tables(data: Mapping[str, object], defaults: Limits) -> dict[str
                     changes[key] = parse_size(value)
                 except LimitsError as exc:
                     raise LimitsError(f"{where}: {exc}") from None
+        if grants:
+            changes["grants"] = dataclasses.replace(
+                defaults.grants, **{action.value: patterns for action, patterns in grants.items()}
+            )
         try:
             result[name] = dataclasses.replace(defaults, **changes)  # type: ignore[arg-type]
         except LimitsError as exc:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
+from tinywasm_wasi.policy.grants import GrantAction, TopicGrants, is_system
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.runtime.guest_log import GuestLog
 
@@ -59,8 +60,13 @@ class ModuleEffects:
         on_message: OnMessage,
         *,
         local: bool = False,
+        grants: TopicGrants | None = None,
     ) -> None:
         self.name = name
+        self.grants = grants = grants or TopicGrants()
+        self._everything = grants.everything  # then only $sys is refused: no pattern to match
+        # (action, topic) -> refusal or None, for concrete topics; bounded like _known_topics
+        self._decisions: dict[tuple[GrantAction, str], str | None] = {}
         # Subscriptions served only by this process's publishes (replicas = "all").
         self._local = local
         self._bus = bus
@@ -133,17 +139,17 @@ class ModuleEffects:
 
     def publish(self, topic: bytes, payload: bytes) -> None:
         name = self._known_topics.get(topic) or self._topic("publish", topic, validate_topic)
-        if name is not None:
+        if name is not None and self._granted(GrantAction.PUBLISH, name):
             self._effect("publish", name, payload)
 
     def broadcast(self, topic: bytes, payload: bytes) -> None:
         name = self._known_topics.get(topic) or self._topic("ws_broadcast", topic, validate_topic)
-        if name is not None:
+        if name is not None and self._granted(GrantAction.BROADCAST, name):
             self._effect("broadcast", name, payload)
 
     def subscribe(self, pattern: bytes) -> None:
         name = self._topic("subscribe", pattern, validate_pattern)
-        if name is None:
+        if name is None or not self._granted(GrantAction.SUBSCRIBE, name):
             return
         with self._lock:
             if name in self._subs:
@@ -168,6 +174,25 @@ class ModuleEffects:
     def refuse(self, call: str, reason: str) -> None:
         self._counters.refused += 1
         self._warn_refused("module %r: %s refused: %s", self.name, call, reason)
+
+    def _granted(self, action: GrantAction, topic: str) -> bool:
+        """True if the grants allow it; otherwise refused: logged and counted like a size."""
+        if self._everything and (action is GrantAction.SUBSCRIBE or not is_system(topic)):
+            return True
+        key = (action, topic)
+        try:
+            reason = self._decisions[key]
+        except KeyError:
+            reason = self.grants.refusal(action, topic)
+            if len(self._decisions) < KNOWN_TOPICS:
+                self._decisions[key] = reason
+        if reason is None:
+            return True
+        call = "ws_broadcast" if action is GrantAction.BROADCAST else action.value
+        if not is_system(topic):
+            reason += f" (the module's {action.value} key in limits.toml)"
+        self.refuse(call, reason)
+        return False
 
     def _topic(self, call: str, raw: bytes, check: Callable[[str], str]) -> str | None:
         try:

@@ -72,6 +72,7 @@ class WasmModule:
             self.counters,
             self._on_bus_message,
             local=self.limits.replicas is Replicas.ALL,
+            grants=self.limits.grants,
         )
         self._on_probation = False
         self._probation_failed: Callable[[], None] | None = None  # wakes `probation()`
@@ -472,6 +473,7 @@ class WasmModule:
                 "call_timeout": self.limits.call_timeout,
                 "max_payload": self.limits.max_payload,
             },
+            "grants": self.limits.grants.to_json(),
             "memory_bytes": self._guest.memory_size if self._guest is not None else 0,
             "last_error": self.last_error,
         }

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode
 
 from bus import MessageError, TopicError, decode_message, matches, validate_pattern, validate_topic
+from tinywasm_wasi.policy.grants import SYSTEM_TOKEN, is_system
 
 __all__ = [
     "HANDSHAKE_HEADERS",
@@ -143,6 +144,11 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
                     "which must have no wildcard"
                 ),
             )
+    if is_system(topic):
+        return Refuse(
+            WSCloseCode.POLICY_VIOLATION,
+            fit_reason(f"cannot publish to {_quote(topic)}: {SYSTEM_TOKEN}.> is the server's own"),
+        )
     if not any(matches(pattern, topic) for pattern in allowed):
         setting = "controls it" if allowed else "is empty"
         why = f"publishing to {_quote(topic)} is not allowed: the server's --ws-inbound setting"
