@@ -92,6 +92,14 @@ VALUES = [
     ("--admin-token", "TINYWASM_ADMIN_TOKEN", "s3cret-token", "admin_token", "s3cret-token"),
     ("--http-max-body", "TINYWASM_HTTP_MAX_BODY", "2MiB", "http_max_body", 2 * 1024**2),
     ("--header-timeout", "TINYWASM_HEADER_TIMEOUT", "2.5", "header_timeout", 2.5),
+    ("--auth-secret", "TINYWASM_AUTH_SECRET", "k" * 32, "auth_secret", "k" * 32),
+    (
+        "--auth-public-key",
+        "TINYWASM_AUTH_PUBLIC_KEY",
+        "/etc/tw/key.pem",
+        "auth_public_key",
+        Path("/etc/tw/key.pem"),
+    ),
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "on", "status_private", True),
     ("--status-private", "TINYWASM_STATUS_PRIVATE", "off", "status_private", False),
     ("--uvloop", "TINYWASM_UVLOOP", "off", "uvloop", False),
@@ -147,6 +155,8 @@ OTHER = {
     "TINYWASM_NATS_BUFFER": "7",
     "TINYWASM_WORKERS": "7",
     "TINYWASM_WORKER_INDEX": "",
+    "TINYWASM_AUTH_SECRET": "o" * 32,
+    "TINYWASM_AUTH_PUBLIC_KEY": "/elsewhere/key.pem",
     "TINYWASM_STATUS_PRIVATE": "yes",
 }
 

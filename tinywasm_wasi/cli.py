@@ -389,6 +389,20 @@ SETTINGS = (
         "(/healthz stays public)",
     ),
     _Setting(
+        "auth_secret",
+        "SECRET",
+        _text,
+        "turn on token auth for /ws: HS256 secret (at least 32 bytes) that signs connection "
+        "JWTs; prefer the variable, a flag shows in the process list",
+    ),
+    _Setting(
+        "auth_public_key",
+        "PEM_FILE",
+        _path,
+        "turn on token auth for /ws: PEM file of the RSA (RS256) or Ed25519 (EdDSA) public "
+        "key that verifies connection JWTs",
+    ),
+    _Setting(
         "http_max_body",
         "SIZE",
         _size,

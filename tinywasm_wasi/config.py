@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,10 @@ class Config:
     http_max_body: int = 1 * MiB
     # Seconds a new connection has to send its first request head (slow headers: 408, closed).
     header_timeout: float = 10.0
+    # Token auth for /ws: an HS256 secret, or a PEM file with an RSA or Ed25519 public key.
+    # Neither: anyone who reaches /ws may connect (trusted networks only).
+    auth_secret: str | None = dataclasses.field(default=None, repr=False)
+    auth_public_key: Path | None = None
 
     @property
     def is_worker(self) -> bool:
@@ -128,6 +133,8 @@ class Config:
         return self.state_dir if self.state_dir is not None else self.modules_dir / ".tinywasm"
 
     def __post_init__(self) -> None:
+        if self.auth_secret is not None and self.auth_public_key is not None:
+            raise ValueError("give auth_secret or auth_public_key, not both")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range: use 0 to 65535")
         if self.drain_timeout < 0:

@@ -38,6 +38,7 @@ from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
+from tinywasm_wasi.policy.tokens import TokenVerifier
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.supervisor.host import ModuleHost
@@ -118,6 +119,7 @@ def create_app(config: Config) -> web.Application:
         max_frame=config.ws_max_frame,
         rate_limit=config.ws_rate_limit,
         origins=config.ws_origins,
+        auth=token_verifier(config),
     )
     runtime = Runtime(cache_dir=config.cache_dir)
     state = StateDir(config.state_path)
@@ -186,6 +188,26 @@ def _worker_header(
         response.headers[WORKER_HEADER] = me
 
     return add
+
+
+def token_verifier(config: Config) -> TokenVerifier | None:
+    """The /ws token verifier the config asks for, or None (no token auth).
+
+    Raises:
+        ValueError: the public key file cannot be read or holds no usable key, or the
+            secret is too short.
+    """
+    if config.auth_secret is not None:
+        return TokenVerifier(secret=config.auth_secret)
+    if config.auth_public_key is None:
+        return None
+    try:
+        pem = config.auth_public_key.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"cannot read the auth public key {config.auth_public_key}: {exc}"
+        ) from None
+    return TokenVerifier(public_key=pem)
 
 
 async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:

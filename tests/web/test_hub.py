@@ -7,7 +7,7 @@ import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -28,7 +28,7 @@ WebSocket = aiohttp.ClientWebSocketResponse
 class Client(Protocol):
     """What the tests use of a client: aiohttp's TestClient or `SessionClient`."""
 
-    def ws_connect(self, path: str) -> Awaitable[WebSocket]: ...
+    def ws_connect(self, path: str, **kwargs: Any) -> Awaitable[WebSocket]: ...
     def get(self, path: str) -> Awaitable[aiohttp.ClientResponse]: ...
     def make_url(self, path: str) -> URL: ...
 
@@ -40,8 +40,8 @@ class SessionClient:
         self._session = session
         self._base = base
 
-    def ws_connect(self, path: str) -> Awaitable[WebSocket]:
-        return self._session.ws_connect(self._base + path)
+    def ws_connect(self, path: str, **kwargs: Any) -> Awaitable[WebSocket]:
+        return self._session.ws_connect(self._base + path, **kwargs)
 
     def get(self, path: str) -> Awaitable[aiohttp.ClientResponse]:
         return self._session.get(self._base + path)

@@ -12,6 +12,9 @@ aiohttp's ``send_bytes``, so order is kept.
 
 Before the upgrade: 503 after `close`, 403 for an Origin the ``--ws-origins``
 policy refuses, 400 for a bad query or a request that is not a valid handshake.
+With token auth on (a `TokenVerifier`), 401 for a missing or refused token and
+403 for a subscription its grants do not cover; its ``pub`` grant then replaces
+``--ws-inbound`` for that connection.
 
 Each connection's inbound frames are rate limited (``--ws-rate-limit``, a token
 bucket): over the limit the hub stops reading from that socket until a token
@@ -27,6 +30,7 @@ Close codes sent:
   allow-list does not admit, or to a wildcard topic.
 - 1009 message too big: a frame over ``--ws-max-frame`` (aiohttp's check, made
   before the frame is buffered).
+- 3000 token expired: the connection's token reached its ``exp``.
 - 1013 try again later: slow consumer. The client's queue held too many frames
   (``--ws-queue-size``) or bytes (``--ws-queue-bytes``), so it is disconnected
   (never silently dropped from); its queued frames are released.
@@ -47,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -66,9 +71,19 @@ from bus import (
 )
 from bus.remote import Interest, Remote
 from tinywasm_wasi.config import MiB
+from tinywasm_wasi.policy.grants import GrantAction
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.tokens import (
+    PROTOCOL,
+    Claims,
+    TokenError,
+    TokenVerifier,
+    token_from_protocols,
+)
 from tinywasm_wasi.policy.ws_frames import UNMASKED_REASON, FrameScanner
 from tinywasm_wasi.web.hub_policy import (
+    TOKEN_PUB_GRANT,
+    AppCloseCode,
     Publish,
     Refuse,
     RequestError,
@@ -104,6 +119,9 @@ class HubStats:
     topics (1008), malformed envelopes or text (1007), frames too big (1009)
     and protocol errors (1002). `inbound_throttled` counts frames that waited
     for the rate limit; `origins_refused` counts handshakes refused with 403.
+    `tokens_refused` counts handshakes refused with 401, `grants_refused` those
+    refused with 403 for a subscription outside the token's grants, and
+    `tokens_expired` connections closed with 3000.
     """
 
     clients: int
@@ -113,6 +131,9 @@ class HubStats:
     inbound_refused: int
     inbound_throttled: int
     origins_refused: int
+    tokens_refused: int = 0
+    grants_refused: int = 0
+    tokens_expired: int = 0
 
 
 class _State(Enum):
@@ -134,10 +155,12 @@ class _Socket(web.WebSocketResponse):
     while the client's last bytes arrive instead of resetting the connection.
     """
 
-    def __init__(self, *, max_frame: int) -> None:
+    def __init__(self, *, max_frame: int, protocols: tuple[str, ...] = ()) -> None:
         # compress=False: no permessage-deflate, so a small frame cannot inflate
         # into a large message. aiohttp refuses a message of max_msg_size bytes.
-        super().__init__(heartbeat=HEARTBEAT, compress=False, max_msg_size=max_frame + 1)
+        super().__init__(
+            heartbeat=HEARTBEAT, compress=False, max_msg_size=max_frame + 1, protocols=protocols
+        )
         self.max_frame = max_frame
         # True from the first close(), before aiohttp writes its close frame: where
         # aiohttp's `closed` turns true too. `_write_through` reads it for every client
@@ -232,8 +255,10 @@ class _Client:
     """One connection: its socket, what it subscribed to, its send queue and its tasks."""
 
     __slots__ = (
+        "claims",
         "closer",
         "ended",
+        "expiry",
         "peer",
         "queue",
         "queued_bytes",
@@ -246,8 +271,17 @@ class _Client:
         "ws",
     )
 
-    def __init__(self, ws: _Socket, req: web.Request, wanted: WsRequest, queue_size: int) -> None:
+    def __init__(
+        self,
+        ws: _Socket,
+        req: web.Request,
+        wanted: WsRequest,
+        queue_size: int,
+        claims: Claims | None = None,
+    ) -> None:
         self.ws = ws
+        self.claims = claims  # the verified token, with token auth on
+        self.expiry: asyncio.TimerHandle | None = None  # closes the client at the token's exp
         self.wanted = wanted
         self.peer = req.remote or "?"
         self.transport = req.transport
@@ -336,6 +370,7 @@ class Hub:
         origins: Sequence[str] = (),
         remote: Remote | None = None,
         remote_ready: Callable[[], Awaitable[None]] | None = None,
+        auth: TokenVerifier | None = None,
     ) -> None:
         """Create a hub.
 
@@ -356,6 +391,8 @@ class Hub:
             remote_ready: awaited before a handshake is answered, once the client's
                 patterns are wanted: when it returns, the other processes' broadcasts
                 on them reach this hub (so an open WebSocket misses none).
+            auth: verifies connection tokens; None lets anyone connect (trusted networks),
+                with `inbound` for publishing.
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
@@ -380,6 +417,7 @@ class Hub:
         self._max_frame = max_frame
         self._rate_limit = rate_limit
         self._origins = parse_origins(origins)
+        self._auth = auth
         self._state = _State.OPEN
         self._closed = asyncio.Event()
         self._remote = remote
@@ -393,6 +431,9 @@ class Hub:
         self._inbound_refused = 0
         self._inbound_throttled = 0
         self._origins_refused = 0
+        self._tokens_refused = 0
+        self._grants_refused = 0
+        self._tokens_expired = 0
         # What clients do must not flood the log: one line a second per kind.
         self._warn_slow = LogLimiter(log)
         self._warn_refused = LogLimiter(log)
@@ -418,7 +459,24 @@ class Hub:
             inbound_refused=self._inbound_refused,
             inbound_throttled=self._inbound_throttled,
             origins_refused=self._origins_refused,
+            tokens_refused=self._tokens_refused,
+            grants_refused=self._grants_refused,
+            tokens_expired=self._tokens_expired,
         )
+
+    @property
+    def inbound(self) -> tuple[str, ...]:
+        """Topic patterns browsers may publish to when token auth is off."""
+        return self._inbound
+
+    def set_inbound(self, patterns: Sequence[str]) -> None:
+        """Replace the inbound allow-list; it applies to the next frame of every connection.
+
+        Raises:
+            TopicError: a pattern is not valid (the list is then unchanged).
+        """
+        self._inbound = tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
+        log.info("ws inbound topics now: %s", ", ".join(self._inbound) or "(none)")
 
     def broadcast(self, topic: str, payload: bytes) -> int:
         """Queue one frame for every client subscribed to `topic`; return how many.
@@ -515,7 +573,29 @@ class Hub:
             wanted = parse_request(request.query.items())
         except RequestError as exc:
             return web.Response(status=400, text=f"{exc}\n")
-        ws = _Socket(max_frame=self._max_frame)
+        claims: Claims | None = None
+        protocols: tuple[str, ...] = ()
+        if self._auth is not None:
+            offered = token_from_protocols(headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL))
+            token = request.query.get("token") or offered
+            try:
+                claims = self._auth.verify(token)
+            except TokenError as exc:
+                self._tokens_refused += 1
+                self._warn_refused("ws %s refused: %s", request.remote, exc)
+                return web.Response(
+                    status=401, text=f"{exc}\n", headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
+                )
+            for pattern in wanted.patterns:
+                reason = claims.grants.refusal(GrantAction.SUBSCRIBE, pattern)
+                if reason is not None:
+                    self._grants_refused += 1
+                    text = f"subscription refused for {claims.sub!r}: {reason} of its token"
+                    self._warn_refused("ws %s refused: %s", request.remote, text)
+                    return web.Response(status=403, text=f"{text}\n")
+            if offered is not None:
+                protocols = (PROTOCOL,)  # a browser fails the connection unless one is chosen
+        ws = _Socket(max_frame=self._max_frame, protocols=protocols)
         self._want(wanted.patterns)
         try:
             if self._remote_ready is not None:
@@ -527,8 +607,11 @@ class Hub:
         except BaseException:
             self._unwant(wanted.patterns)
             raise
-        client = _Client(ws, request, wanted, self._queue_size)
+        client = _Client(ws, request, wanted, self._queue_size, claims)
         self._clients.add(client)
+        if claims is not None and claims.exp is not None:
+            delay = max(0.0, claims.exp - time.time())
+            client.expiry = asyncio.get_running_loop().call_later(delay, self._expire, client)
         for pattern in wanted.patterns:
             self._index.add(pattern, client)
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
@@ -581,6 +664,13 @@ class Hub:
         finally:
             self._closed.set()
 
+    def _expire(self, client: _Client) -> None:
+        """The client's token has expired: close it with 3000."""
+        if client.closer is None:
+            self._tokens_expired += 1
+            log.info("ws %s: token of %r expired", client.peer, client.claims and client.claims.sub)
+            self._begin_close(client, AppCloseCode.TOKEN_EXPIRED, "token expired")
+
     async def _read(self, client: _Client) -> None:
         """Handle frames from the client until it closes or is refused."""
         loop = asyncio.get_running_loop()
@@ -603,7 +693,12 @@ class Hub:
                     await self._throttle(client, delay)
             if client.closer is not None:
                 return  # closing: frames that arrive meanwhile are not published
-            decision = decide_inbound(client.wanted, self._inbound, data)
+            claims = client.claims
+            if claims is None:
+                decision = decide_inbound(client.wanted, self._inbound, data)
+            else:
+                allowed = claims.grants.publish
+                decision = decide_inbound(client.wanted, allowed, data, TOKEN_PUB_GRANT)
             if isinstance(decision, Publish):
                 try:
                     self._publish(decision.topic, decision.payload)
@@ -687,9 +782,11 @@ class Hub:
             if self._interest.remove(pattern) and self._remote is not None:
                 self._remote.unwant(pattern)
 
-    def _begin_close(self, client: _Client, code: WSCloseCode, reason: str) -> asyncio.Task[None]:
+    def _begin_close(self, client: _Client, code: int, reason: str) -> asyncio.Task[None]:
         """Stop queuing to `client` now and schedule its close (once); does not block."""
         self._unsubscribe(client)
+        if client.expiry is not None:
+            client.expiry.cancel()
         client.stopping.set()
         if client.closer is None:
             # A writer inside send_bytes is left to finish: cancelling aiohttp's drain
@@ -711,7 +808,7 @@ class Hub:
                 return
             await asyncio.sleep(FLUSH_POLL)
 
-    async def _close_client(self, client: _Client, code: WSCloseCode, reason: str) -> None:
+    async def _close_client(self, client: _Client, code: int, reason: str) -> None:
         """Close the socket unless the client already did, then release the client."""
         writer, ws = client.writer, client.ws
         sent = not ws.closed

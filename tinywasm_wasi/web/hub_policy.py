@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode
@@ -25,8 +26,11 @@ from tinywasm_wasi.policy.grants import SYSTEM_TOKEN, is_system
 
 __all__ = [
     "HANDSHAKE_HEADERS",
+    "INBOUND_SETTING",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_TOPICS",
+    "TOKEN_PUB_GRANT",
+    "AppCloseCode",
     "OriginPolicy",
     "Publish",
     "Refuse",
@@ -49,6 +53,16 @@ MAX_TOPICS = 64
 # A topic quoted inside a close reason is cut to this many bytes, so that the
 # advice after it (which setting to change) still fits in the reason.
 _QUOTED_TOPIC_BYTES = 32
+
+
+INBOUND_SETTING = "the server's --ws-inbound setting"
+TOKEN_PUB_GRANT = "the token's pub grant"
+
+
+class AppCloseCode(IntEnum):
+    """Close codes of our own, in the 3000-3999 range RFC 6455 leaves to applications."""
+
+    TOKEN_EXPIRED = 3000  # the connection's token expired: get a new one and reconnect
 
 
 class RequestError(ValueError):
@@ -118,12 +132,15 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
     return WsRequest(patterns=patterns, envelope=envelope)
 
 
-def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> Publish | Refuse:
+def decide_inbound(
+    request: WsRequest, allowed: Sequence[str], data: bytes, setting: str = INBOUND_SETTING
+) -> Publish | Refuse:
     """Decide what a frame received on a connection means.
 
     In raw mode the frame is the payload for the connection's first topic,
     which must have no wildcard; in envelope mode it must be a CBOR Message.
-    Either way the topic must match one of the `allowed` patterns.
+    Either way the topic must match one of the `allowed` patterns (which come
+    from `setting`, named in the refusal) and must not be a ``$sys`` topic.
     """
     if request.envelope:
         try:
@@ -150,9 +167,9 @@ def decide_inbound(request: WsRequest, allowed: Sequence[str], data: bytes) -> P
             fit_reason(f"cannot publish to {_quote(topic)}: {SYSTEM_TOKEN}.> is the server's own"),
         )
     if not any(matches(pattern, topic) for pattern in allowed):
-        setting = "controls it" if allowed else "is empty"
-        why = f"publishing to {_quote(topic)} is not allowed: the server's --ws-inbound setting"
-        return Refuse(WSCloseCode.POLICY_VIOLATION, fit_reason(f"{why} {setting}"))
+        state = "controls it" if allowed else "is empty"
+        why = f"publishing to {_quote(topic)} is not allowed: {setting}"
+        return Refuse(WSCloseCode.POLICY_VIOLATION, fit_reason(f"{why} {state}"))
     return Publish(topic, payload)
 
 

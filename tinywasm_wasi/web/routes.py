@@ -1,6 +1,7 @@
 """HTTP routes other than /ws: health, module status and the demo page.
 
-Read-only routes are public. State-changing ones (reload, rollback) go through
+Read-only routes are public. State-changing ones (reload, rollback, the inbound
+allow-list) go through
 an `AdminGuard` (tinywasm_wasi/admin.py): a token, or loopback clients only.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bus import TopicError
 from bus.nats import NatsLink
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.public_paths import PublicPaths
@@ -152,10 +154,30 @@ def add_module_routes(
             raise web.HTTPConflict(text=f"{paths.public().text(str(exc))}\n") from None
         return answer({"name": name, "result": record.to_json() if record else None})
 
+    async def get_inbound(_request: web.Request) -> web.Response:
+        return web.json_response({"inbound": list(hub.inbound)})
+
+    async def put_inbound(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            patterns = body["inbound"]
+            if not isinstance(patterns, list):
+                raise TypeError
+            hub.set_inbound(patterns)
+        except (ValueError, KeyError, TypeError) as exc:
+            detail = f": {exc}" if isinstance(exc, TopicError) else ""
+            raise web.HTTPBadRequest(
+                text='expected JSON {"inbound": ["pattern", ...]} with valid topic patterns'
+                f"{detail}\n"
+            ) from None
+        return web.json_response({"inbound": list(hub.inbound)})
+
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
     app.router.add_get("/api/modules", status(list_modules))
     app.router.add_get("/api/modules/{name}/history", status(history))
+    app.router.add_get("/api/ws/inbound", status(get_inbound))
+    app.router.add_put("/api/ws/inbound", admin(put_inbound))
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))
     app.router.add_post("/api/modules/{name}/unpin", admin(unpin))
