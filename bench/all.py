@@ -31,6 +31,7 @@ SCENARIOS = (
     "swap",
     "dev_loop",
     "scale",
+    "history",
     "workers",
     "fanout",
     "fanout_max",

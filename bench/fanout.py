@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cbor2
 
 from bench.common import (
     Children,
@@ -232,6 +233,7 @@ class NatsPublisher:
 class Target:
     kind: str  # TINYWASM or NATS
     url: str
+    envelope: bool = False  # frames are CBOR envelopes: the payload is inside
 
 
 async def clients(
@@ -275,6 +277,11 @@ async def clients(
                     continue
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
                 if parser is None:
+                    if target.envelope:
+                        frame = cbor2.loads(data)
+                        if frame.get("type", 0) != 0:
+                            continue  # a subscription's first frame (topic history)
+                        data = frame["payload"]
                     if on_payload(data):
                         return
                     continue
@@ -497,8 +504,19 @@ async def drive(server: Server, s: Settings) -> Outcome:
     )
 
 
-async def run_tinywasm(s: Settings, modules_dir: Path, loop: str) -> Outcome:
-    """Our server, in this process: the relay module broadcasts what is published on fan.in."""
+async def run_tinywasm(
+    s: Settings,
+    modules_dir: Path,
+    loop: str,
+    *,
+    envelope: bool = False,
+    history: tuple[str, ...] = (),
+) -> Outcome:
+    """Our server, in this process: the relay module broadcasts what is published on fan.in.
+
+    `loop` names the event loop (for the table); `envelope`: clients ask for CBOR
+    envelopes; `history`: the server's --history rules.
+    """
     wasi = WasiServer(
         Config(
             host="127.0.0.1",
@@ -508,6 +526,7 @@ async def run_tinywasm(s: Settings, modules_dir: Path, loop: str) -> Outcome:
             mailbox_size=max(10_000, s.messages + 1),
             watch=False,
             log_level="WARNING",
+            history=history,
         )
     )
     try:
@@ -515,7 +534,11 @@ async def run_tinywasm(s: Settings, modules_dir: Path, loop: str) -> Outcome:
         if list(wasi.host.modules) != ["relay"]:
             raise RuntimeError(f"the relay module did not load: {wasi.host.refused}")
         server = Server(
-            target=Target(f"{TINYWASM} ({loop})", f"{wasi.url}/ws?topic={OUT_TOPIC}"),
+            target=Target(
+                f"{TINYWASM} ({loop})",
+                f"{wasi.url}/ws?topic={OUT_TOPIC}" + "&envelope=cbor" * envelope,
+                envelope,
+            ),
             publish=lambda payload: wasi.bus.publish(IN_TOPIC, payload),
             flush=lambda: None,  # bus.publish has queued the message when it returns
             ready=lambda _connected: wasi.hub.clients >= s.clients,

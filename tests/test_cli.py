@@ -92,6 +92,11 @@ VALUES = [
     ("--admin-token", "TINYWASM_ADMIN_TOKEN", "s3cret-token", "admin_token", "s3cret-token"),
     ("--http-max-body", "TINYWASM_HTTP_MAX_BODY", "2MiB", "http_max_body", 2 * 1024**2),
     ("--header-timeout", "TINYWASM_HEADER_TIMEOUT", "2.5", "header_timeout", 2.5),
+    ("--history", "TINYWASM_HISTORY", "chat.>:100:300s", "history", ("chat.>:100:300s",)),
+    ("--history", "TINYWASM_HISTORY", "a:1:1s, b.*:2:5m", "history", ("a:1:1s", "b.*:2:5m")),
+    ("--history", "TINYWASM_HISTORY", "", "history", ()),
+    ("--history-max-topics", "TINYWASM_HISTORY_MAX_TOPICS", "50", "history_max_topics", 50),
+    ("--history-max-bytes", "TINYWASM_HISTORY_MAX_BYTES", "1MiB", "history_max_bytes", 1024**2),
     ("--auth-secret", "TINYWASM_AUTH_SECRET", "k" * 32, "auth_secret", "k" * 32),
     (
         "--auth-public-key",
@@ -155,6 +160,9 @@ OTHER = {
     "TINYWASM_NATS_BUFFER": "7",
     "TINYWASM_WORKERS": "7",
     "TINYWASM_WORKER_INDEX": "",
+    "TINYWASM_HISTORY": "other:1:1",
+    "TINYWASM_HISTORY_MAX_TOPICS": "7",
+    "TINYWASM_HISTORY_MAX_BYTES": "7KiB",
     "TINYWASM_AUTH_SECRET": "o" * 32,
     "TINYWASM_AUTH_PUBLIC_KEY": "/elsewhere/key.pem",
     "TINYWASM_STATUS_PRIVATE": "yes",
@@ -162,6 +170,18 @@ OTHER = {
 
 FLAGS = sorted({row[0] for row in VALUES})
 VARIABLES = sorted(OTHER)
+
+
+def test_history_flag_repeats_and_bad_rules_name_the_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = parse_config(["--history", "a:1:1", "--history", "b.>:2:2m"], {})
+    assert config.history == ("a:1:1", "b.>:2:2m")
+    with pytest.raises(SystemExit):
+        parse_config(["--history", "chat:0:1"], {})
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--history / TINYWASM_HISTORY: --history 'chat:0:1' is not valid: history rule" in err
+    assert "size must be 1 to 100000 messages" in err
 
 
 def test_no_watch_turns_watching_off_and_beats_the_variable() -> None:

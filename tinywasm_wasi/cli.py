@@ -30,6 +30,7 @@ from tinywasm_wasi.config import (
 )
 from tinywasm_wasi.eventloop import choose_loop
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
+from tinywasm_wasi.policy.topic_history import parse_history_rule
 
 __all__ = [
     "SERVERS",
@@ -138,6 +139,15 @@ def _patterns(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(patterns))
 
 
+def _history(value: str) -> tuple[str, ...]:
+    if not value.strip():
+        return ()
+    rules = [r.strip() for r in value.split(",")]
+    for rule in rules:
+        parse_history_rule(rule)  # its ValueError names the rule and gives an example
+    return tuple(dict.fromkeys(rules))
+
+
 def _size(value: str) -> int:
     try:
         return parse_size(value)
@@ -206,6 +216,8 @@ class _Setting:
     help: str
     # An empty variable counts as unset, unless empty is itself a meaningful value.
     empty_is_value: bool = False
+    # The flag may repeat; its values are joined with commas, as the variable takes them.
+    repeat: bool = False
 
     @property
     def flag(self) -> str:
@@ -389,6 +401,27 @@ SETTINGS = (
         "(/healthz stays public)",
     ),
     _Setting(
+        "history",
+        "RULES",
+        _history,
+        "comma-separated topic history rules pattern:size:ttl, e.g. 'chat.>:100:300s': "
+        "browsers reconnecting with since= get what they missed; the flag may repeat; "
+        "empty: no history",
+        repeat=True,
+    ),
+    _Setting(
+        "history_max_topics",
+        "N",
+        _whole_number(1),
+        "topics whose history is kept at most; the least recent one is dropped first",
+    ),
+    _Setting(
+        "history_max_bytes",
+        "SIZE",
+        _size,
+        "bytes of history kept at most over all topics; the least recent topic is dropped first",
+    ),
+    _Setting(
         "auth_secret",
         "SECRET",
         _text,
@@ -461,6 +494,7 @@ def _parser(prog: str, defaults: Config) -> argparse.ArgumentParser:
             dest=setting.field,
             metavar=setting.metavar,
             default=None,
+            action="append" if setting.repeat else "store",
             help=help_text.replace("%", "%%"),  # argparse %-formats help strings
         )
     parser.add_argument(
@@ -494,7 +528,9 @@ def parse_config(argv: list[str], env: Mapping[str, str], prog: str = PROG) -> C
     args = parser.parse_args(argv)
     values: dict[str, Any] = {"cache_dir": cache_dir}
     for setting in SETTINGS:
-        raw: str | None = getattr(args, setting.field)
+        raw: str | list[str] | None = getattr(args, setting.field)
+        if isinstance(raw, list):
+            raw = ",".join(raw)
         source = f"{setting.flag} {raw!r}"
         if raw is None:
             raw = env.get(setting.env)

@@ -121,6 +121,11 @@ class Config:
     # Neither: anyone who reaches /ws may connect (trusted networks only).
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
     auth_public_key: Path | None = None
+    # Topic history for browsers: rules "pattern:size:ttl" (e.g. "chat.>:100:300s"); empty: off.
+    history: tuple[str, ...] = ()
+    # Bounds on all kept messages together: topics and bytes (least recent topics go first).
+    history_max_topics: int = 10_000
+    history_max_bytes: int = 64 * MiB
 
     @property
     def is_worker(self) -> bool:
@@ -156,6 +161,13 @@ class Config:
                 raise ValueError(f"{field} must be at least 1 byte")
         if not self.header_timeout > 0:
             raise ValueError("header_timeout must be more than zero seconds, e.g. 10")
+        if self.history and (self.nats or self.workers > 1):
+            raise ValueError(
+                "history is kept per process: it cannot be combined with nats or workers yet "
+                "(a client recovering on one process would miss what the others broadcast)"
+            )
+        if self.history_max_topics < 1 or self.history_max_bytes < 1:
+            raise ValueError("history_max_topics and history_max_bytes must be at least 1")
         if self.ws_queue_bytes < 1 or self.http_max_body < 1:
             raise ValueError("ws_queue_bytes and http_max_body must be at least 1 byte")
         if not (0 < self.call_timeout <= MAX_CALL_TIMEOUT):

@@ -21,6 +21,7 @@ import asyncio
 import gc
 import json
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 from tinywasm_wasi.policy.tokens import TokenVerifier
+from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.supervisor.host import ModuleHost
@@ -120,6 +122,7 @@ def create_app(config: Config) -> web.Application:
         rate_limit=config.ws_rate_limit,
         origins=config.ws_origins,
         auth=token_verifier(config),
+        history=topic_history(config),
     )
     runtime = Runtime(cache_dir=config.cache_dir)
     state = StateDir(config.state_path)
@@ -188,6 +191,24 @@ def _worker_header(
         response.headers[WORKER_HEADER] = me
 
     return add
+
+
+def topic_history(config: Config) -> MemoryHistory | None:
+    """The browsers' topic history the config asks for, or None (no rules).
+
+    Epochs are random, so a restart (which loses the history) starts new ones.
+
+    Raises:
+        ValueError: a rule is not ``pattern:size:ttl``.
+    """
+    if not config.history:
+        return None
+    return MemoryHistory(
+        [parse_history_rule(rule) for rule in config.history],
+        new_epoch=lambda: secrets.token_hex(4),
+        max_topics=config.history_max_topics,
+        max_bytes=config.history_max_bytes,
+    )
 
 
 def token_verifier(config: Config) -> TokenVerifier | None:

@@ -70,6 +70,7 @@ from bus import (
     validate_topic,
 )
 from bus.remote import Interest, Remote
+from bus.topics import is_wildcard
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.grants import GrantAction
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
@@ -80,16 +81,19 @@ from tinywasm_wasi.policy.tokens import (
     TokenVerifier,
     token_from_protocols,
 )
+from tinywasm_wasi.policy.topic_history import HistoryStats, HistoryStore, Position
 from tinywasm_wasi.policy.ws_frames import UNMASKED_REASON, FrameScanner
 from tinywasm_wasi.web.hub_policy import (
     TOKEN_PUB_GRANT,
     AppCloseCode,
+    FrameType,
     Publish,
     Refuse,
     RequestError,
     WsRequest,
     check_origin,
     decide_inbound,
+    encode_envelope,
     handshake_refusal,
     non_ascii_handshake,
     parse_origins,
@@ -298,7 +302,7 @@ class _Client:
 
 
 def _write_through(
-    clients: Iterable[_Client], topic: str, raw: bytes
+    clients: Iterable[_Client], topic: str, raw: bytes, kept: tuple[int, str] | None = None
 ) -> list[tuple[_Client, bytes]]:
     """Write one broadcast to each client whose socket keeps up; return the others to queue.
 
@@ -311,7 +315,8 @@ def _write_through(
     follow a close frame) and the transport not closing (aiohttp closes it at
     once when a pong is missed). Frames are encoded once and shared: the CBOR
     envelope and the wire frames, raw and envelope. Each client that is behind
-    comes back with its frame.
+    comes back with its frame. `kept` is the broadcast's (offset, epoch) on a topic
+    that keeps history: envelope frames carry them.
     """
     envelope: bytes | None = None
     wires: list[bytes | None] = [None, None]  # encoded frames: raw, envelope
@@ -320,7 +325,10 @@ def _write_through(
         kind = client.wanted.envelope
         if kind:
             if envelope is None:
-                envelope = encode_message(Message(topic=topic, payload=raw))
+                if kept is None:
+                    envelope = encode_message(Message(topic=topic, payload=raw))
+                else:
+                    envelope = encode_envelope(topic, raw, offset=kept[0], epoch=kept[1])
             frame = envelope
         else:
             frame = raw
@@ -371,6 +379,7 @@ class Hub:
         remote: Remote | None = None,
         remote_ready: Callable[[], Awaitable[None]] | None = None,
         auth: TokenVerifier | None = None,
+        history: HistoryStore | None = None,
     ) -> None:
         """Create a hub.
 
@@ -393,6 +402,8 @@ class Hub:
                 on them reach this hub (so an open WebSocket misses none).
             auth: verifies connection tokens; None lets anyone connect (trusted networks),
                 with `inbound` for publishing.
+            history: keeps broadcasts of the topics it has rules for, so reconnecting
+                clients recover what they missed (``since=``) or get the latest (``recent=1``).
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
@@ -418,6 +429,7 @@ class Hub:
         self._rate_limit = rate_limit
         self._origins = parse_origins(origins)
         self._auth = auth
+        self._history = history
         self._state = _State.OPEN
         self._closed = asyncio.Event()
         self._remote = remote
@@ -464,6 +476,50 @@ class Hub:
             tokens_expired=self._tokens_expired,
         )
 
+    def history_stats(self) -> HistoryStats | None:
+        """What the topic history holds, or None without history."""
+        return None if self._history is None else self._history.stats()
+
+    def read_history(
+        self, topic: str, since: Position | None, limit: int
+    ) -> tuple[bool, Position, list[tuple[int, bytes]]] | None:
+        """(recovered, position now, [(offset, payload)]) for HTTP readers; None: no history.
+
+        Without `since`: the newest `limit` messages (recovered is True). With it: what a
+        reader at `since` missed (at most `limit`, else not recovered), like ``since=`` on /ws.
+        """
+        history = self._history
+        if history is None:
+            return None
+        now = time.monotonic()
+        if since is None:
+            read = history.read(topic, 0, limit, now)
+            if read is None:
+                return None
+            position, entries = read
+            return True, position, [(e.offset, e.payload) for e in entries]
+        recovery = history.recover(topic, since, now)
+        if recovery is None:
+            return None
+        if not recovery.recovered or len(recovery.entries) > limit:
+            return False, recovery.position, []
+        return True, recovery.position, [(e.offset, e.payload) for e in recovery.entries]
+
+    def check_reader(self, authorization: str | None, topic: str) -> tuple[int, str] | None:
+        """With token auth on, an HTTP reader of `topic` needs ``Authorization: Bearer <JWT>``
+        whose sub grant covers it: (status, reason) if not; None when allowed."""
+        if self._auth is None:
+            return None
+        scheme, _, token = (authorization or "").partition(" ")
+        try:
+            claims = self._auth.verify(token.strip() if scheme.lower() == "bearer" else None)
+        except TokenError as exc:
+            return 401, str(exc)
+        reason = claims.grants.refusal(GrantAction.SUBSCRIBE, topic)
+        if reason is not None:
+            return 403, f"reading refused for {claims.sub!r}: {reason} of its token"
+        return None
+
     @property
     def inbound(self) -> tuple[str, ...]:
         """Topic patterns browsers may publish to when token auth is off."""
@@ -490,14 +546,20 @@ class Hub:
         if self._state is _State.CLOSED:
             return 0
         validate_topic(topic)
+        raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
+        kept: tuple[int, str] | None = None
+        if self._history is not None:
+            appended = self._history.append(topic, raw, time.monotonic())
+            if appended is not None:
+                kept = (appended[0].offset, appended[1])
         if self._remote is not None:
-            self._remote.forward(topic, bytes(payload))
+            self._remote.forward(topic, raw)
         targets = self._index.match(topic)
         if not targets:
             return 0
         if len(targets) > 1:
             targets = list(dict.fromkeys(targets))  # two matching patterns, one frame
-        return self._fan_out(targets, topic, payload)
+        return self._fan_out(targets, topic, raw, kept)
 
     def deliver_remote(self, pattern: str, topic: str, payload: bytes) -> int:
         """Fan out a frame another process's hub broadcast; it arrived for `pattern`.
@@ -513,9 +575,15 @@ class Hub:
         ]
         return self._fan_out(targets, topic, payload) if targets else 0
 
-    def _fan_out(self, targets: list[_Client], topic: str, payload: bytes) -> int:
+    def _fan_out(
+        self,
+        targets: list[_Client],
+        topic: str,
+        payload: bytes,
+        kept: tuple[int, str] | None = None,
+    ) -> int:
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
-        behind = _write_through(targets, topic, raw)
+        behind = _write_through(targets, topic, raw, kept)
         queued = len(targets) - len(behind)
         for client, frame in behind:
             if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
@@ -614,6 +682,10 @@ class Hub:
             client.expiry = asyncio.get_running_loop().call_later(delay, self._expire, client)
         for pattern in wanted.patterns:
             self._index.add(pattern, client)
+        if self._history is not None:
+            # In the same step as joining the index: every later broadcast queues behind
+            # these frames, and every earlier one is in the history. No gap, no duplicate.
+            self._catch_up(client, self._history)
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
         log.debug("ws %s connected: topics %s", client.peer, ", ".join(wanted.patterns))
         if self.closed:  # the hub closed while the handshake was being sent
@@ -663,6 +735,54 @@ class Hub:
                 await asyncio.wait(closers)
         finally:
             self._closed.set()
+
+    def _catch_up(self, client: _Client, history: HistoryStore) -> None:
+        """Queue a new client's first frames: per topic with history, its position (envelope
+        mode), then what it missed since its ``since=`` position, or the latest (recent=1)."""
+        wanted = client.wanted
+        queue = client.queue
+        assert queue is not None
+        now = time.monotonic()
+        since = dict(wanted.since)
+        room = self._queue_size - 1  # leave one slot for the first live frame
+        frames: list[bytes] = []
+        for topic in wanted.patterns:
+            if is_wildcard(topic):
+                continue
+            position = since.get(topic)
+            recovery = history.recover(topic, position, now)
+            if recovery is None:
+                continue  # no history for this topic
+            entries = recovery.entries
+            recovered: bool | None = None
+            if position is not None:
+                recovered = recovery.recovered and len(frames) + len(entries) + 1 <= room
+                if not recovered:
+                    entries = ()
+            elif wanted.recent:
+                latest = history.latest(topic, now)
+                entries = () if latest is None else (latest[0],)
+            epoch = recovery.position.epoch
+            if wanted.envelope:
+                frames.append(
+                    encode_envelope(
+                        topic,
+                        b"",
+                        type=FrameType.SUBSCRIBED,
+                        offset=recovery.position.offset,
+                        epoch=epoch,
+                        recovered=recovered,
+                    )
+                )
+                frames.extend(
+                    encode_envelope(topic, e.payload, offset=e.offset, epoch=epoch) for e in entries
+                )
+            else:
+                frames.extend(e.payload for e in entries)
+        for frame in frames[:room]:
+            queue.put_nowait(frame)
+            client.queued_bytes += len(frame)
+        self._frames_queued += min(len(frames), room)
 
     def _expire(self, client: _Client) -> None:
         """The client's token has expired: close it with 3000."""

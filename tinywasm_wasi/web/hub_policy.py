@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from urllib.parse import urlsplit
 
+import cbor2
 from aiohttp import WSCloseCode
 
 from bus import MessageError, TopicError, decode_message, matches, validate_pattern, validate_topic
+from bus.topics import is_wildcard
 from tinywasm_wasi.policy.grants import SYSTEM_TOKEN, is_system
+from tinywasm_wasi.policy.topic_history import Position, parse_since
 
 __all__ = [
     "HANDSHAKE_HEADERS",
@@ -31,6 +34,7 @@ __all__ = [
     "MAX_TOPICS",
     "TOKEN_PUB_GRANT",
     "AppCloseCode",
+    "FrameType",
     "OriginPolicy",
     "Publish",
     "Refuse",
@@ -38,6 +42,7 @@ __all__ = [
     "WsRequest",
     "check_origin",
     "decide_inbound",
+    "encode_envelope",
     "fit_reason",
     "handshake_refusal",
     "non_ascii_handshake",
@@ -65,6 +70,36 @@ class AppCloseCode(IntEnum):
     TOKEN_EXPIRED = 3000  # the connection's token expired: get a new one and reconnect
 
 
+class FrameType(IntEnum):
+    """The ``type`` of an envelope frame the server sends."""
+
+    MESSAGE = 0  # a broadcast (with offset and epoch on a topic that keeps history)
+    SUBSCRIBED = 1  # first frame per topic with history: position, and `recovered` after since=
+
+
+def encode_envelope(
+    topic: str,
+    payload: bytes,
+    *,
+    type: FrameType = FrameType.MESSAGE,
+    offset: int | None = None,
+    epoch: str | None = None,
+    recovered: bool | None = None,
+) -> bytes:
+    """A CBOR envelope {topic, type, id, payload} plus the keys given (offset, epoch, recovered).
+
+    Without extra keys it is byte for byte `bus.encode_message`'s frame.
+    """
+    frame: dict[str, object] = {"topic": topic, "type": int(type), "id": 0, "payload": payload}
+    if offset is not None:
+        frame["offset"] = offset
+    if epoch is not None:
+        frame["epoch"] = epoch
+    if recovered is not None:
+        frame["recovered"] = recovered
+    return cbor2.dumps(frame)
+
+
 class RequestError(ValueError):
     """The ``/ws`` query is not valid; the text says why and is the HTTP 400 body."""
 
@@ -75,6 +110,8 @@ class WsRequest:
 
     patterns: tuple[str, ...]
     envelope: bool = False
+    since: tuple[tuple[str, Position], ...] = ()  # (topic, last position seen) to recover from
+    recent: bool = False  # deliver each topic's latest kept message first
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +134,28 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
     """Read the ``/ws`` query pairs into a WsRequest.
 
     ``topic`` may repeat (duplicates are kept once, in order); each value is a
-    subscription pattern. ``envelope=cbor`` selects CBOR envelopes. Other keys
-    are ignored.
+    subscription pattern. ``envelope=cbor`` selects CBOR envelopes. ``since``
+    (envelope mode only, may repeat) is ``offset:epoch`` for the one topic of the
+    connection, or ``topic:offset:epoch``; ``recent=1`` asks for each topic's
+    latest kept message. Other keys are ignored.
 
     Raises:
-        RequestError: no topic, a bad pattern, too many topics or an unknown envelope.
+        RequestError: no topic, a bad pattern, too many topics, an unknown envelope,
+            or a bad ``since``/``recent``.
     """
     topics: list[str] = []
     envelope = False
+    since_values: list[str] = []
+    recent = False
     for key, value in query:
         if key == "topic":
             topics.append(value)
+        elif key == "since":
+            since_values.append(value)
+        elif key == "recent":
+            if value not in ("0", "1"):
+                raise RequestError(f"recent={value!r}: use recent=1 (or leave it out)")
+            recent = value == "1"
         elif key == "envelope":
             if value != "cbor":
                 raise RequestError(
@@ -129,7 +177,38 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
             validate_pattern(pattern)
         except TopicError as exc:
             raise RequestError(f"invalid topic {pattern!r}: {exc}") from None
-    return WsRequest(patterns=patterns, envelope=envelope)
+    since = _parse_since(since_values, patterns, envelope)
+    return WsRequest(patterns=patterns, envelope=envelope, since=since, recent=recent)
+
+
+def _parse_since(
+    values: list[str], patterns: tuple[str, ...], envelope: bool
+) -> tuple[tuple[str, Position], ...]:
+    if not values:
+        return ()
+    if not envelope:
+        raise RequestError("since= needs envelope=cbor: offsets and epochs come in envelope frames")
+    concrete = [p for p in patterns if not is_wildcard(p)]
+    result: dict[str, Position] = {}
+    for value in values:
+        try:
+            topic, position = parse_since(value)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        if topic is None:
+            if len(patterns) != 1 or not concrete:
+                raise RequestError(
+                    f"since={value!r} names no topic: with several topics, or a wildcard, "
+                    "use since=topic:offset:epoch"
+                )
+            topic = concrete[0]
+        if topic not in concrete:
+            raise RequestError(
+                f"since={value!r}: {topic!r} is not one of this connection's topics "
+                "without a wildcard"
+            )
+        result[topic] = position
+    return tuple(result.items())
 
 
 def decide_inbound(

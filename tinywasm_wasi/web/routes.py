@@ -7,21 +7,35 @@ an `AdminGuard` (tinywasm_wasi/admin.py): a token, or loopback clients only.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bus import TopicError
+from bus import TopicError, validate_topic
 from bus.nats import NatsLink
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.public_paths import PublicPaths
+from tinywasm_wasi.policy.topic_history import parse_position
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
 from tinywasm_wasi.web.hub import Hub
 
 __all__ = ["add_module_routes", "add_static_routes"]
+
+
+MAX_HISTORY_READ = 100_000
+
+
+def _payload_json(payload: bytes) -> dict[str, str]:
+    """A payload in JSON: base64 always, and the text too when it is UTF-8."""
+    out = {"payload_base64": base64.b64encode(payload).decode("ascii")}
+    with contextlib.suppress(UnicodeDecodeError):
+        out["payload"] = payload.decode("utf-8")
+    return out
 
 
 def add_static_routes(app: web.Application, web_dir: Path) -> None:
@@ -87,6 +101,7 @@ def add_module_routes(
 
     async def list_modules(_request: web.Request) -> web.Response:
         stats = host.bus.stats()
+        history = hub.history_stats()
         return answer(
             {
                 "modules": [with_pin(m.snapshot()) for m in host.modules.values()]
@@ -100,6 +115,7 @@ def add_module_routes(
                 },
                 "hub": asdict(hub.stats()),
                 **({"nats": asdict(nats.stats())} if nats is not None else {}),
+                "history": None if history is None else asdict(history),
             }
         )
 
@@ -172,11 +188,49 @@ def add_module_routes(
             ) from None
         return web.json_response({"inbound": list(hub.inbound)})
 
+    async def topic_history(request: web.Request) -> web.Response:
+        topic = request.match_info["topic"]
+        try:
+            validate_topic(topic)
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= MAX_HISTORY_READ:
+                raise ValueError(f"limit must be 1 to {MAX_HISTORY_READ}")
+            since_text = request.query.get("since")
+            since = None if since_text is None else parse_position(since_text)
+        except (TopicError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        refusal = hub.check_reader(request.headers.get("Authorization"), topic)
+        if refusal is not None:
+            status, reason = refusal
+            if status == 401:
+                raise web.HTTPUnauthorized(
+                    text=f"{reason}\n", headers={"WWW-Authenticate": "Bearer"}
+                )
+            raise web.HTTPForbidden(text=f"{reason}\n")
+        read = hub.read_history(topic, since, limit)
+        if read is None:
+            raise web.HTTPNotFound(
+                text=f"topic {topic!r} keeps no history: add a --history rule for it\n"
+            )
+        recovered, position, entries = read
+        return web.json_response(
+            {
+                "topic": topic,
+                "epoch": position.epoch,
+                "offset": position.offset,
+                "recovered": recovered,
+                "messages": [
+                    {"offset": offset, **_payload_json(payload)} for offset, payload in entries
+                ],
+            }
+        )
+
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
     app.router.add_get("/api/modules", status(list_modules))
     app.router.add_get("/api/modules/{name}/history", status(history))
     app.router.add_get("/api/ws/inbound", status(get_inbound))
+    app.router.add_get("/api/topics/{topic}/history", topic_history)
     app.router.add_put("/api/ws/inbound", admin(put_inbound))
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))
