@@ -31,6 +31,8 @@
  *                                receive messages.
  *   free(ptr)                    called with a pointer malloc gave once the host is done with
  *                                that block (it keeps one block for data up to 64 KiB).
+ *   save_state() -> i64          on the old version during a hot swap: tw_state_save(...).
+ *   restore_state(ptr, len)      on the new version, with those bytes: tw_state_open(...).
  *
  * wasi-libc has malloc/free but does not export them: put TW_EXPORT_ALLOCATOR(); once in
  * one source file of the module.
@@ -41,7 +43,9 @@
 #define TINYWASM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -95,6 +99,78 @@ static inline void tw_broadcast_str(const char *topic, const char *payload) {
 }
 
 static inline void tw_log_str(const char *msg) { tw_log(msg, tw_strlen_(msg)); }
+
+/* Write `n` in decimal to `out` (room for 20 digits; no NUL) and return the digit count:
+ * numbers as text without pulling in printf (which adds about 20 KB to a module). */
+static inline int tw_u64_text(uint64_t n, char out[20]) {
+    char digits[20];
+    int len = 0, i;
+    do digits[len++] = (char)('0' + n % 10), n /= 10;
+    while (n);
+    for (i = 0; i < len; i++) out[i] = digits[len - 1 - i];
+    return len;
+}
+
+/* -- results that are a pointer and a length ---------------------------------------------- */
+
+/* Pack a block into one i64, pointer in the high 32 bits, length in the low 32: what
+ * save_state and handle_http return. */
+static inline uint64_t tw_pack(const void *ptr, size_t len) {
+    return (uint64_t)(uintptr_t)ptr << 32 | (uint64_t)(uint32_t)len;
+}
+
+/* -- state handoff across a hot swap (docs/abi.md, "Hot swap") ------------------------------ */
+
+/* Define these to hand state to the next version of the module:
+ *
+ *     TW_EXPORT(save_state) uint64_t save_state(void) {
+ *         return tw_state_save(1, &count, sizeof count);          // version tag 1
+ *     }
+ *     TW_EXPORT(restore_state) void restore_state(const void *ptr, int len) {
+ *         const void *data; size_t n;
+ *         if (tw_state_open(ptr, len, 1, &data, &n) && n == sizeof count) memcpy(&count, data, n);
+ *         else tw_log_str("unknown state: starting afresh");
+ *     }
+ *
+ * The bytes are the SDK state envelope, the same in every language's SDK: the version tag as
+ * 4 bytes little-endian, then the data. So a module may be rewritten in another language and
+ * still take its state over. */
+uint64_t save_state(void) __attribute__((export_name("save_state")));
+void restore_state(const void *ptr, int len) __attribute__((export_name("restore_state")));
+
+#define TW_STATE_HEADER 4
+
+/* save_state's result: `len` bytes of `data` after the tag `version`, in a block from malloc
+ * (the host reads it once; the old version is then dropped). 0 if malloc failed. */
+static inline uint64_t tw_state_save(uint32_t version, const void *data, size_t len) {
+    unsigned char *block = (unsigned char *)malloc(TW_STATE_HEADER + len);
+    if (!block) return 0;
+    block[0] = (unsigned char)version;
+    block[1] = (unsigned char)(version >> 8);
+    block[2] = (unsigned char)(version >> 16);
+    block[3] = (unsigned char)(version >> 24);
+    if (len) memcpy(block + TW_STATE_HEADER, data, len);
+    return tw_pack(block, TW_STATE_HEADER + len);
+}
+
+/* The version tag of restore_state's bytes, or -1 if they are too short to have one. */
+static inline int64_t tw_state_version(const void *ptr, int len) {
+    const unsigned char *b = (const unsigned char *)ptr;
+    if (len < TW_STATE_HEADER) return -1;
+    return (int64_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                     (uint32_t)b[3] << 24);
+}
+
+/* In restore_state: 1 with `*data` and `*data_len` set if the bytes carry the tag `version`, else 0
+ * (another version's state: log it and start afresh, or convert it). The data is valid only
+ * during the call: copy what you keep. */
+static inline int tw_state_open(const void *ptr, int len, uint32_t version, const void **data,
+                                size_t *data_len) {
+    if (tw_state_version(ptr, len) != (int64_t)version) return 0;
+    *data = (const unsigned char *)ptr + TW_STATE_HEADER;
+    *data_len = (size_t)len - TW_STATE_HEADER;
+    return 1;
+}
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,3 @@
+module http_json
+
+go 1.24

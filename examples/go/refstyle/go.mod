@@ -1,0 +1,3 @@
+module refstyle
+
+go 1.24

@@ -1,0 +1,3 @@
+module tinywasm
+
+go 1.24

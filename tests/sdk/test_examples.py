@@ -1,0 +1,194 @@
+"""The same behaviour from every language's SDK examples, on a real server.
+
+Each test runs once per language (the `lang` fixture), against that language's relay,
+http_json and counter modules built from source with its real toolchain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.sdk.examples import EXAMPLES, HTTP_LANGS
+from tests.support import eventually
+from tinywasm_wasi.policy.history import Outcome
+from tinywasm_wasi.server import WasiServer
+
+pytestmark = pytest.mark.timeout(600)  # the first test of a language builds its examples
+
+
+class Collected:
+    """What the bus delivers on one topic, in order (handlers run on module threads)."""
+
+    def __init__(self) -> None:
+        self._items: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, _topic: str, payload: bytes) -> bool:
+        with self._lock:
+            self._items.append(payload)
+        return True
+
+    @property
+    def items(self) -> list[bytes]:
+        with self._lock:
+            return list(self._items)
+
+    async def wait_for(self, count: int) -> list[bytes]:
+        await eventually(lambda: len(self.items) >= count, f"{count} message(s)")
+        return self.items
+
+
+def with_custom_section(wasm: bytes, note: bytes) -> bytes:
+    """The same module with a custom section appended: other bytes, same behaviour."""
+    name = b"tinywasm.test"
+    content = bytes([len(name)]) + name + note
+    size, leb = len(content), bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        leb.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return wasm + b"\x00" + bytes(leb) + content
+
+
+@pytest.fixture
+async def served(
+    lang_examples: Path,
+    tmp_path: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> WasiServer:
+    """A server on loopback running `lang`'s three examples (from a copy it may change)."""
+    caplog.set_level(logging.INFO, logger="tinywasm.guest")  # the modules' log lines
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    built = [lang_examples / f"{e}.wasm" for e in EXAMPLES]
+    for wasm in built:
+        if wasm.exists():
+            shutil.copy(wasm, modules)
+    server = await make_server(modules_dir=modules, watch=False)
+    assert set(server.host.modules) == {w.stem for w in built if w.exists()}
+    return server
+
+
+async def test_relay_forwards_to_bus_and_browsers_then_unsubscribes(
+    lang: str, served: WasiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = Collected()
+    served.bus.subscribe("relay.out", out)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{served.url}/ws?topic=relay.out") as ws,
+    ):
+        await eventually(lambda: served.hub.clients >= 1, "the browser to connect")
+        served.bus.publish("relay.in", b"hello")
+        served.bus.publish("relay.in", "h\u00e9llo \x00 bytes".encode())
+        assert await out.wait_for(2) == [b"hello", "h\u00e9llo \x00 bytes".encode()]
+        assert (await ws.receive_bytes(timeout=10)) == b"hello"
+        assert (await ws.receive_bytes(timeout=10)) == "h\u00e9llo \x00 bytes".encode()
+
+        served.bus.publish("relay.ctl", b"ping")
+        assert (await out.wait_for(3))[2] == b"pong"
+        served.bus.publish("relay.ctl", b"stop")
+        assert (await out.wait_for(4))[3] == b"stopped"
+        served.bus.publish("relay.in", b"after stop")  # unsubscribed: nobody gets it
+        served.bus.publish("relay.ctl", b"ping")
+        assert await out.wait_for(5) == [
+            b"hello",
+            "h\u00e9llo \x00 bytes".encode(),
+            b"pong",
+            b"stopped",
+            b"pong",
+        ]
+    assert any(f"{lang} relay ready" in r.getMessage() for r in caplog.get_records("setup"))
+
+
+@pytest.mark.parametrize("lang", HTTP_LANGS, indirect=True)
+async def test_http_json_answers_with_the_request_as_json(lang: str, served: WasiServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{served.url}/m/http_json/a/b%20c?x=1&y=2",
+            data=b"12345",
+            headers={"X-Agent": 'sdk "test"\\'},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["content-type"] == "application/json"
+            assert json.loads(await response.read()) == {
+                "lang": lang,
+                "method": "POST",
+                "path": "/m/http_json/a/b%20c",
+                "query": "x=1&y=2",
+                "body_bytes": 5,
+                "agent": 'sdk "test"\\',
+            }
+        async with http.get(f"{served.url}/m/http_json") as response:
+            assert response.status == 200
+            answer = json.loads(await response.read())
+            assert (answer["method"], answer["query"], answer["body_bytes"]) == ("GET", "", 0)
+            assert answer["agent"] == ""
+        async with http.delete(f"{served.url}/m/http_json/x") as response:
+            assert response.status == 405
+            assert response.headers["allow"] == "GET, POST"
+            assert await response.text() == "method not allowed\n"
+
+
+async def test_counter_keeps_its_count_across_hot_swaps(
+    lang: str, served: WasiServer, tmp_path: Path, examples_base: Path
+) -> None:
+    values = Collected()
+    served.bus.subscribe("counter.value", values)
+    for _ in range(3):
+        served.bus.publish("counter.inc", b"")
+    assert await values.wait_for(3) == [b"1", b"2", b"3"]
+
+    async def count() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{served.url}/m/counter") as r:
+            assert r.status == 200
+            return await r.text()
+
+    assert await count() == "3"
+
+    # A new version of the same module (other bytes): it takes the count over.
+    path = tmp_path / "modules" / "counter.wasm"
+    path.write_bytes(with_custom_section(path.read_bytes(), b"v2"))
+    record = await served.reload("counter")
+    assert record is not None and record.outcome is Outcome.SWAPPED, record
+    served.bus.publish("counter.inc", b"")
+    assert (await values.wait_for(4))[3] == b"4"
+    assert await count() == "4"
+
+    # The state envelope is the same in every SDK: the C counter takes the count over too.
+    if lang != "c":
+        shutil.copy(examples_base / "c" / "counter.wasm", path)
+        record = await served.reload("counter")
+        assert record is not None and record.outcome is Outcome.SWAPPED, record
+        served.bus.publish("counter.inc", b"")
+        assert (await values.wait_for(5))[4] == b"5"
+
+
+@pytest.mark.parametrize("lang", ["go"], indirect=True)
+async def test_go_reference_style_module_runs_unchanged(
+    lang: str, lang_examples: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    """examples/go/refstyle: raw imports, on_message and malloc, in the reference's layout."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    shutil.copy(lang_examples / "refstyle.wasm", modules)
+    served = await make_server(modules_dir=modules, watch=False)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{served.url}/ws?topic=events") as ws,
+    ):
+        await eventually(lambda: served.hub.clients >= 1, "the browser to connect")
+        for i in range(3):
+            served.bus.publish("events", f"event {i}".encode() * 10_000)  # over 64 KiB: own block
+        for i in range(3):
+            assert await ws.receive_bytes(timeout=10) == f"event {i}".encode() * 10_000
