@@ -10,13 +10,14 @@ import json
 import logging
 import shutil
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.sdk.examples import EXAMPLES, HTTP_LANGS
+from tests.sdk.examples import HTTP_LANGS
 from tests.support import eventually
 from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
@@ -59,29 +60,41 @@ def with_custom_section(wasm: bytes, note: bytes) -> bytes:
     return wasm + b"\x00" + bytes(leb) + content
 
 
+Serve = Callable[[str], Awaitable[WasiServer]]
+
+
 @pytest.fixture
-async def served(
+def serve(
     lang_examples: Path,
+    examples_base: Path,
     tmp_path: Path,
     make_server: ServerFactory,
     caplog: pytest.LogCaptureFixture,
-) -> WasiServer:
-    """A server on loopback running `lang`'s three examples (from a copy it may change)."""
+) -> Serve:
+    """Start a server on loopback running one of `lang`'s examples (from a copy it may change).
+
+    The compiled-module cache is shared by the whole session: a Go module takes tens of
+    seconds to compile on a busy machine, and each is compiled once.
+    """
     caplog.set_level(logging.INFO, logger="tinywasm.guest")  # the modules' log lines
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    built = [lang_examples / f"{e}.wasm" for e in EXAMPLES]
-    for wasm in built:
-        if wasm.exists():
-            shutil.copy(wasm, modules)
-    server = await make_server(modules_dir=modules, watch=False)
-    assert set(server.host.modules) == {w.stem for w in built if w.exists()}
-    return server
+
+    async def serve(example: str) -> WasiServer:
+        modules = tmp_path / "modules"
+        modules.mkdir()
+        shutil.copy(lang_examples / f"{example}.wasm", modules)
+        server = await make_server(
+            modules_dir=modules, watch=False, cache_dir=examples_base / "module-cache"
+        )
+        assert set(server.host.modules) == {example}
+        return server
+
+    return serve
 
 
 async def test_relay_forwards_to_bus_and_browsers_then_unsubscribes(
-    lang: str, served: WasiServer, caplog: pytest.LogCaptureFixture
+    lang: str, serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
+    served = await serve("relay")
     out = Collected()
     served.bus.subscribe("relay.out", out)
     async with (
@@ -108,11 +121,12 @@ async def test_relay_forwards_to_bus_and_browsers_then_unsubscribes(
             b"stopped",
             b"pong",
         ]
-    assert any(f"{lang} relay ready" in r.getMessage() for r in caplog.get_records("setup"))
+    assert any(f"{lang} relay ready" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("lang", HTTP_LANGS, indirect=True)
-async def test_http_json_answers_with_the_request_as_json(lang: str, served: WasiServer) -> None:
+async def test_http_json_answers_with_the_request_as_json(lang: str, serve: Serve) -> None:
+    served = await serve("http_json")
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{served.url}/m/http_json/a/b%20c?x=1&y=2",
@@ -141,8 +155,9 @@ async def test_http_json_answers_with_the_request_as_json(lang: str, served: Was
 
 
 async def test_counter_keeps_its_count_across_hot_swaps(
-    lang: str, served: WasiServer, tmp_path: Path, examples_base: Path
+    lang: str, serve: Serve, tmp_path: Path, examples_base: Path
 ) -> None:
+    served = await serve("counter")
     values = Collected()
     served.bus.subscribe("counter.value", values)
     for _ in range(3):
@@ -175,14 +190,9 @@ async def test_counter_keeps_its_count_across_hot_swaps(
 
 
 @pytest.mark.parametrize("lang", ["go"], indirect=True)
-async def test_go_reference_style_module_runs_unchanged(
-    lang: str, lang_examples: Path, tmp_path: Path, make_server: ServerFactory
-) -> None:
+async def test_go_reference_style_module_runs_unchanged(lang: str, serve: Serve) -> None:
     """examples/go/refstyle: raw imports, on_message and malloc, in the reference's layout."""
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    shutil.copy(lang_examples / "refstyle.wasm", modules)
-    served = await make_server(modules_dir=modules, watch=False)
+    served = await serve("refstyle")
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(f"{served.url}/ws?topic=events") as ws,
