@@ -32,7 +32,10 @@
  *   free(ptr)                    called with a pointer malloc gave once the host is done with
  *                                that block (it keeps one block for data up to 64 KiB).
  *   save_state() -> i64          on the old version during a hot swap: tw_state_save(...).
- *   restore_state(ptr, len)      on the new version, with those bytes: tw_state_open(...).
+ *   restore_state(ptr, len) -> int
+ *                                on the new version, with those bytes: tw_state_open(...);
+ *                                return TW_STATE_TAKEN, or TW_STATE_REJECTED for state it
+ *                                cannot read (the host logs that the state was dropped).
  *
  * wasi-libc has malloc/free but does not export them: put TW_EXPORT_ALLOCATOR(); once in
  * one source file of the module.
@@ -126,17 +129,24 @@ static inline uint64_t tw_pack(const void *ptr, size_t len) {
  *     TW_EXPORT(save_state) uint64_t save_state(void) {
  *         return tw_state_save(1, &count, sizeof count);          // version tag 1
  *     }
- *     TW_EXPORT(restore_state) void restore_state(const void *ptr, int len) {
+ *     TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
  *         const void *data; size_t n;
- *         if (tw_state_open(ptr, len, 1, &data, &n) && n == sizeof count) memcpy(&count, data, n);
- *         else tw_log_str("unknown state: starting afresh");
+ *         if (!tw_state_open(ptr, len, 1, &data, &n) || n != sizeof count)
+ *             return TW_STATE_REJECTED;                          // logged by the host
+ *         memcpy(&count, data, n);
+ *         return TW_STATE_TAKEN;
  *     }
  *
  * The bytes are the SDK state envelope, the same in every language's SDK: the version tag as
  * 4 bytes little-endian, then the data. So a module may be rewritten in another language and
  * still take its state over. */
 uint64_t save_state(void) __attribute__((export_name("save_state")));
-void restore_state(const void *ptr, int len) __attribute__((export_name("restore_state")));
+int restore_state(const void *ptr, int len) __attribute__((export_name("restore_state")));
+
+/* restore_state's result. A rejection is logged by the host as a warning, with the byte
+ * count and the version tag, and kept in the swap's history record. */
+#define TW_STATE_TAKEN 0
+#define TW_STATE_REJECTED 1
 
 #define TW_STATE_HEADER 4
 

@@ -152,6 +152,10 @@ pub const state = struct {
 
     pub const Saved = struct { version: u32, data: []const u8 };
 
+    /// restore_state's result: the state was taken, or rejected (the host logs it).
+    pub const taken: i32 = 0;
+    pub const rejected: i32 = 1;
+
     /// restore_state's bytes read back; null if too short to carry a version tag.
     pub fn open(ptr: [*]const u8, len: u32) ?Saved {
         if (len < 4) return null;

@@ -3,19 +3,26 @@
 Every language has the same three examples: ``relay``, ``http_json`` and ``counter`` (WAT,
 written by hand, has no ``http_json``: it would mean a CBOR reader in WebAssembly text). Go
 also has ``refstyle``, written the way the Go reference's users write modules.
-`built(lang, base)` compiles every example folder of a language with that language's real toolchain, through the same
-build the ``tinywasm build`` command runs, into ``<base>/<lang>/``. Several xdist workers
+`built(lang, base)` compiles every example folder of a language with its real toolchain,
+through ``tinywasm build``'s own build, into ``<base>/<lang>/``. Several xdist workers
 share `base` (the session's common temporary folder), so each language is built once per
 session: the first worker to take the language's lock builds it, the others wait and reuse.
+
+A language whose toolchain is not installed is skipped, with the install command; with
+``TINYWASM_REQUIRE_TOOLCHAINS=1`` (CI) that is a failure instead.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 from pathlib import Path
 
-from tinywasm_wasi.build import build_module
+import pytest
+
+from tinywasm_wasi.build import Language, ToolchainMissingError, build_module
+from tinywasm_wasi.build.languages import toolchain
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "examples"
@@ -23,15 +30,24 @@ EXAMPLES = ("relay", "http_json", "counter")
 LANGS = ("c", "cpp", "zig", "rust", "go", "assemblyscript", "wat")
 HTTP_LANGS = tuple(lang for lang in LANGS if (EXAMPLES_DIR / lang / "http_json").is_dir())
 DONE = ".built"
+REQUIRE = "TINYWASM_REQUIRE_TOOLCHAINS"
 
 
-def build(source: Path, out_dir: Path) -> Path:
-    """Build one example folder into `out_dir` as ``tinywasm build`` does; return the .wasm."""
-    return build_module(source, out_dir)
+def require_toolchain(lang: str) -> None:
+    """Skip the test if `lang`'s compiler is missing (fail under TINYWASM_REQUIRE_TOOLCHAINS)."""
+    chain = toolchain(Language(lang))
+    assert chain is not None, f"no toolchain for {lang}"
+    try:
+        chain.find()
+    except ToolchainMissingError as exc:
+        if os.environ.get(REQUIRE) == "1":
+            pytest.fail(f"{REQUIRE}=1 but {exc}")
+        pytest.skip(str(exc))
 
 
 def built(lang: str, base: Path) -> Path:
-    """The folder holding `lang`'s three examples, built from source once per session."""
+    """The folder holding `lang`'s examples, built from source once per session."""
+    require_toolchain(lang)
     out = base / lang
     base.mkdir(parents=True, exist_ok=True)
     with (base / f"{lang}.lock").open("w") as lock:
@@ -41,6 +57,7 @@ def built(lang: str, base: Path) -> Path:
             out.mkdir()
             for example in sorted((EXAMPLES_DIR / lang).iterdir()):
                 if (example / "module.toml").is_file():
-                    build(example, out)
+                    result = build_module(example, out, cache_dir=base / "build-cache")
+                    assert result.warnings == (), result.warnings
             (out / DONE).touch()
     return out

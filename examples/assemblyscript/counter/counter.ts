@@ -1,7 +1,16 @@
 // counter: counts the messages on counter.inc, publishes each new count on counter.value,
 // answers GET /m/counter (compat mode) with the count, and hands the count to its next
 // version across a hot swap (state version 1: the count as 8 bytes little-endian).
-import { compatAnswer, log, openState, publishText, saveState, subscribe } from "tinywasm";
+import {
+  compatAnswer,
+  log,
+  openState,
+  publishText,
+  saveState,
+  STATE_REJECTED,
+  STATE_TAKEN,
+  subscribe,
+} from "tinywasm";
 export { malloc, free } from "tinywasm";
 
 const STATE_VERSION: u32 = 1;
@@ -27,11 +36,11 @@ export function save_state(): u64 {
   return saveState(STATE_VERSION, data);
 }
 
-export function restore_state(ptr: usize, len: i32): void {
+export function restore_state(ptr: usize, len: i32): i32 {
   const state = openState(ptr, len);
   if (!state.tagged || state.version != STATE_VERSION || state.data.length != 8) {
-    log("assemblyscript counter: unknown state version; starting from 0");
-    return;
+    return STATE_REJECTED; // another layout: the host logs it, we start from 0
   }
   count = load<u64>(state.data.dataStart);
+  return STATE_TAKEN;
 }

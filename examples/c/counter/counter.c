@@ -35,13 +35,12 @@ TW_EXPORT(save_state) uint64_t save_state(void) {
     return tw_state_save(STATE_VERSION, le, sizeof le);
 }
 
-TW_EXPORT(restore_state) void restore_state(const void *ptr, int len) {
-    const unsigned char *le;
+TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
+    const void *data;
     size_t n;
-    if (!tw_state_open(ptr, len, STATE_VERSION, (const void **)&le, &n) || n != 8) {
-        tw_log_str("c counter: unknown state version; starting from 0");
-        return;
-    }
+    if (!tw_state_open(ptr, len, STATE_VERSION, &data, &n) || n != 8)
+        return TW_STATE_REJECTED; /* another layout: the host logs it, we start from 0 */
     count = 0;
-    for (int i = 0; i < 8; i++) count |= (uint64_t)le[i] << (8 * i);
+    for (int i = 0; i < 8; i++) count |= (uint64_t)((const unsigned char *)data)[i] << (8 * i);
+    return TW_STATE_TAKEN;
 }

@@ -31,12 +31,11 @@ uint64_t save_state() {
     return tw::state::save(state_version, {le, sizeof le});
 }
 
-void restore_state(const void *p, int n) {
+int restore_state(const void *p, int n) {
     auto saved = tw::state::open(p, n);
-    if (saved.version != state_version || saved.data.size() != 8) {
-        tw::log("cpp counter: unknown state version; starting from 0");
-        return;
-    }
+    if (saved.version != state_version || saved.data.size() != 8)
+        return TW_STATE_REJECTED;  // another layout: the host logs it, we start from 0
     count = 0;
     for (int i = 0; i < 8; i++) count |= uint64_t(uint8_t(saved.data[i])) << (8 * i);
+    return TW_STATE_TAKEN;
 }

@@ -36,12 +36,12 @@ export fn save_state() u64 {
     return tw.state.save(state_version, &le);
 }
 
-export fn restore_state(ptr: [*]const u8, len: u32) void {
+export fn restore_state(ptr: [*]const u8, len: u32) i32 {
     if (tw.state.open(ptr, len)) |saved| {
         if (saved.version == state_version and saved.data.len == 8) {
             count = std.mem.readInt(u64, saved.data[0..8], .little);
-            return;
+            return tw.state.taken;
         }
     }
-    tw.log("zig counter: unknown state version; starting from 0");
+    return tw.state.rejected; // another layout: the host logs it, we start from 0
 }

@@ -116,6 +116,10 @@ export function saveState(version: u32, data: Uint8Array): u64 {
   return pack(out.dataStart, out.length);
 }
 
+/** restore_state's result: the state was taken, or rejected (the host logs it as dropped). */
+export const STATE_TAKEN: i32 = 0;
+export const STATE_REJECTED: i32 = 1;
+
 /** restore_state's bytes read back: `tagged` is false if they are too short for a tag. */
 export class State {
   constructor(public tagged: bool, public version: u32, public data: Uint8Array) {}

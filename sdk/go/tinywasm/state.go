@@ -9,15 +9,16 @@ import "encoding/binary"
 
 var (
 	onSave    func() (version uint32, data []byte)
-	onRestore func(version uint32, tagged bool, data []byte)
+	onRestore func(version uint32, tagged bool, data []byte) bool
 )
 
 // OnSaveState registers what the old version hands over during a hot swap.
 func OnSaveState(f func() (version uint32, data []byte)) { onSave = f }
 
 // OnRestoreState registers what the new version does with the old version's state.
-// tagged is false when the bytes are too short to carry a version tag.
-func OnRestoreState(f func(version uint32, tagged bool, data []byte)) { onRestore = f }
+// tagged is false when the bytes are too short to carry a version tag. Return false for
+// state it cannot read: the host logs that the state was dropped.
+func OnRestoreState(f func(version uint32, tagged bool, data []byte) bool) { onRestore = f }
 
 // StateEnvelope returns data tagged with version, as save_state hands it over.
 func StateEnvelope(version uint32, data []byte) []byte {
@@ -35,16 +36,21 @@ func hostSaveState() uint64 {
 	return Pack(hold("state", StateEnvelope(version, data)))
 }
 
+// restore_state's result: 0 taken, 1 rejected (the host logs the state as dropped).
+//
 //go:wasmexport restore_state
-func hostRestoreState(ptr, n uint32) {
+func hostRestoreState(ptr, n uint32) int32 {
 	data := view(ptr, n)
-	if onRestore == nil {
-		Log("no OnRestoreState handler: the previous version's state is dropped")
-		return
+	taken := false
+	switch {
+	case onRestore == nil: // no handler registered: the state is dropped, and the host says so
+	case len(data) < 4:
+		taken = onRestore(0, false, data)
+	default:
+		taken = onRestore(binary.LittleEndian.Uint32(data), true, data[4:])
 	}
-	if len(data) < 4 {
-		onRestore(0, false, data)
-		return
+	if taken {
+		return 0
 	}
-	onRestore(binary.LittleEndian.Uint32(data), true, data[4:])
+	return 1
 }

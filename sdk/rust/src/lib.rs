@@ -175,14 +175,20 @@ macro_rules! save_state {
 }
 
 /// Export `restore_state`: the closure gets `(version, bytes)` of the old version's state
-/// (`version` is `None` if the bytes carry no tag).
+/// (`version` is `None` if the bytes carry no tag) and returns whether it took them; the
+/// host logs state it did not take as dropped.
 #[macro_export]
 macro_rules! restore_state {
     ($f:expr) => {
         #[no_mangle]
-        pub extern "C" fn restore_state(sp: *const u8, sl: usize) {
+        pub extern "C" fn restore_state(sp: *const u8, sl: usize) -> i32 {
             let (version, data) = $crate::state::open(unsafe { $crate::bytes(sp, sl) });
-            ($f)(version, data)
+            let taken: bool = ($f)(version, data);
+            if taken {
+                0
+            } else {
+                1
+            }
         }
     };
 }

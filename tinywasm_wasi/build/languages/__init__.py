@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tinywasm_wasi.build.languages.assemblyscript import AssemblyScriptToolchain
 from tinywasm_wasi.build.languages.c import CToolchain
 from tinywasm_wasi.build.languages.cpp import CppToolchain
+from tinywasm_wasi.build.languages.go import GoToolchain
+from tinywasm_wasi.build.languages.rust import RustToolchain
 from tinywasm_wasi.build.languages.wat import WatToolchain
 from tinywasm_wasi.build.languages.zig import ZigToolchain
 from tinywasm_wasi.build.toolchain import Toolchain
@@ -18,7 +21,16 @@ from tinywasm_wasi.policy.manifest import Language
 __all__ = ["TOOLCHAINS", "toolchain"]
 
 TOOLCHAINS: Mapping[Language, Toolchain] = {
-    t.language: t for t in (CToolchain(), CppToolchain(), ZigToolchain(), WatToolchain())
+    t.language: t
+    for t in (
+        CToolchain(),
+        CppToolchain(),
+        ZigToolchain(),
+        RustToolchain(),
+        GoToolchain(),
+        AssemblyScriptToolchain(),
+        WatToolchain(),
+    )
 }
 
 

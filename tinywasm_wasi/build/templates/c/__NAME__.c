@@ -35,16 +35,13 @@ TW_EXPORT(on_message) void on_message(const char *payload, int len) {
 }
 
 /* The count, handed to the next version on a hot swap (version tag 1). */
-TW_EXPORT(save_state) uint64_t save_state(void) {
-    static unsigned saved[2];
-    saved[0] = 1;
-    saved[1] = count;
-    return ((uint64_t)(uintptr_t)saved << 32) | sizeof saved;
-}
+TW_EXPORT(save_state) uint64_t save_state(void) { return tw_state_save(1, &count, sizeof count); }
 
-TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
-    const unsigned *state = (const unsigned *)ptr;
-    if (len != 2 * (int)sizeof(unsigned) || state[0] != 1) return 1; /* unknown: start afresh */
-    count = state[1];
-    return 0;
+TW_EXPORT(restore_state) int restore_state(const void *state, int len) {
+    const void *data;
+    size_t n;
+    if (!tw_state_open(state, len, 1, &data, &n) || n != sizeof count)
+        return TW_STATE_REJECTED; /* another version's layout: the host logs it; start afresh */
+    memcpy(&count, data, sizeof count);
+    return TW_STATE_TAKEN;
 }

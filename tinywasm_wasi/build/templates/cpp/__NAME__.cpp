@@ -40,17 +40,13 @@ TW_EXPORT(on_message) void on_message(const char *payload, int len) {
 }
 
 // The count, handed to the next version on a hot swap (version tag 1).
-TW_EXPORT(save_state) uint64_t save_state() {
-    static unsigned saved[2];
-    saved[0] = 1;
-    saved[1] = count;
-    return (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(saved)) << 32) | sizeof saved;
-}
+TW_EXPORT(save_state) uint64_t save_state() { return tw_state_save(1, &count, sizeof count); }
 
-TW_EXPORT(restore_state) int restore_state(const void *ptr, int len) {
-    const unsigned *state = static_cast<const unsigned *>(ptr);
-    if (len != 2 * static_cast<int>(sizeof(unsigned)) || state[0] != 1) return 1;
-    count = state[1];
-    return 0;
+TW_EXPORT(restore_state) int restore_state(const void *state, int len) {
+    const void *data;
+    size_t n;
+    if (!tw_state_open(state, len, 1, &data, &n) || n != sizeof count) return TW_STATE_REJECTED;
+    std::memcpy(&count, data, sizeof count);
+    return TW_STATE_TAKEN;
 }
 }
