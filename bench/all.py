@@ -30,6 +30,7 @@ SCENARIOS = (
     "http",
     "swap",
     "dev_loop",
+    "sdk",
     "scale",
     "history",
     "workers",

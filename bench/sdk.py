@@ -34,8 +34,8 @@ from pathlib import Path
 
 from bench.common import Machine, add_common_flags, command_line, markdown_grid, record
 from bus import Bus
-from tinywasm_wasi.build import build_module
-from tinywasm_wasi.build.toolchain import ToolchainMissingError
+from tinywasm_wasi.build import BuildError, Language, ToolchainMissingError, build_module
+from tinywasm_wasi.build.languages import toolchain
 from tinywasm_wasi.policy.http_abi import HttpRequest, encode_full_request, parse_response
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.supervisor.host import ModuleHost
@@ -75,16 +75,22 @@ class Counter:
 
 def build_all(lang: str, out: Path, cache: Path) -> tuple[dict[str, Path], float] | None:
     """Build `lang`'s examples; None if its toolchain is missing."""
+    chain = toolchain(Language(lang))
+    try:
+        if chain is not None:
+            chain.find()
+    except ToolchainMissingError as exc:
+        print(f"# {lang}: skipped ({exc})", flush=True)
+        return None
     begun = time.perf_counter()
     built = {}
     try:
         for example in EXAMPLES:
             source = EXAMPLES_DIR / lang / example
             if source.is_dir():
-                built[example] = build_module(source, out, cache_dir=cache)
-    except ToolchainMissingError as exc:
-        print(f"# {lang}: skipped ({exc})", flush=True)
-        return None
+                built[example] = build_module(source, out, cache_dir=cache).path
+    except BuildError as exc:
+        raise SystemExit(f"{lang}: {exc}") from None
     return built, time.perf_counter() - begun
 
 
@@ -92,7 +98,9 @@ async def load_once(relay: Path, tmp: Path) -> float:
     """Seconds to load the relay into a fresh host (compile, instantiate, init)."""
     folder = Path(tempfile.mkdtemp(dir=tmp))
     shutil.copy(relay, folder)
-    host = ModuleHost(Runtime(), Bus(), lambda _t, _p: None, mailbox_size=100_000)
+    host = ModuleHost(
+        Runtime(), Bus(), lambda _t, _p: None, mailbox_size=100_000, drain_timeout=2.0
+    )
     begun = time.perf_counter()
     await host.load_dir(folder)
     took = time.perf_counter() - begun
@@ -105,7 +113,9 @@ async def message_cost(relay: Path, messages: int, tmp: Path) -> float:
     folder = Path(tempfile.mkdtemp(dir=tmp))
     shutil.copy(relay, folder)
     bus = Bus()
-    host = ModuleHost(Runtime(), bus, lambda _t, _p: None, mailbox_size=messages + 100)
+    host = ModuleHost(
+        Runtime(), bus, lambda _t, _p: None, mailbox_size=messages + 100, drain_timeout=2.0
+    )
     await host.load_dir(folder)
     out = Counter()
     bus.subscribe("relay.out", out)
@@ -129,7 +139,9 @@ async def request_cost(http_json: Path, requests: int, tmp: Path) -> float:
     """Microseconds per full-mode request answered by the module, over `requests`."""
     folder = Path(tempfile.mkdtemp(dir=tmp))
     shutil.copy(http_json, folder)
-    host = ModuleHost(Runtime(), Bus(), lambda _t, _p: None, mailbox_size=requests + 100)
+    host = ModuleHost(
+        Runtime(), Bus(), lambda _t, _p: None, mailbox_size=requests + 100, drain_timeout=2.0
+    )
     await host.load_dir(folder)
     module = host.modules["http_json"]
     request = HttpRequest(
