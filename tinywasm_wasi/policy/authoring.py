@@ -103,6 +103,13 @@ FIXES: Mapping[Problem, Mapping[Language, str]] = {
     Problem.HALF_STATE: {
         Language.C: "export both: save_state returns tw_state_save(version, &data, size), "
         "restore_state reads it with tw_state_open(...) (tinywasm.h)",
+        Language.CPP: "export both save_state and restore_state (tinywasm.hpp: "
+        "tinywasm::state::save and tinywasm::state::open)",
+        Language.ZIG: "export both save_state and restore_state (tw.state.save, tw.state.open)",
+        Language.RUST: "write both `tinywasm::save_state!` and `tinywasm::restore_state!`",
+        Language.GO: "register both tinywasm.OnSaveState and tinywasm.OnRestoreState",
+        Language.ASSEMBLYSCRIPT: "export both save_state and restore_state (the SDK's "
+        "saveState and openState)",
     },
 }
 

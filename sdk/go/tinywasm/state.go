@@ -43,6 +43,8 @@ func hostRestoreState(ptr, n uint32) int32 {
 	data := view(ptr, n)
 	taken := false
 	switch {
+	case len(data) == 0:
+		taken = true // nothing was handed over: nothing is lost
 	case onRestore == nil: // no handler registered: the state is dropped, and the host says so
 	case len(data) < 4:
 		taken = onRestore(0, false, data)
