@@ -7,6 +7,18 @@ module name. Whether the module exists is read from the disk at the end of the
 burst, so write-write-write or write-temp-then-rename gives one change, and a
 rename `a.wasm -> b.wasm` gives `a` gone and `b` present.
 
+The watch survives what happens to the folder and to watchfiles:
+
+- watchfiles fails a whole batch on a file name that is not UTF-8 (and may fail for
+  other reasons): the watcher logs one line, watches again and re-reads the folder,
+  so the changes in the lost batch are still reported.
+- The folder is removed, renamed away or replaced: the watcher reports its modules as
+  gone, waits for a folder at the same path (looking every `REARM_POLL` seconds),
+  watches it and reports every module in it.
+
+A re-read reports every module name the watcher knew of or finds on the disk; a
+module whose bytes did not change costs the host one read and hash.
+
 watchfiles' own `step` does not give a quiet period. It ends a batch as soon as
 the set of distinct `(change, path)` pairs stops growing for one step, so a
 stream of writes to one file comes out as several batches. The watcher therefore
@@ -35,6 +47,25 @@ log = logging.getLogger("tinywasm.watcher")
 
 OnChange = Callable[["ModuleChange"], Awaitable[None]] | Callable[["ModuleChange"], None]
 _Batch = set[tuple[Change, str]]
+
+REARM_POLL = 0.25  # seconds between two looks for a removed modules folder
+_RETRY_FIRST = 0.1  # seconds before watching again after watchfiles failed; doubles
+_RETRY_MAX = 5.0
+
+
+class _Rescan(enum.Enum):
+    """Queued when the watch is live again after a gap: re-read the whole folder."""
+
+    RESCAN = "rescan"
+
+
+_Item = _Batch | _Rescan | None
+
+
+class _Ended(enum.Enum):
+    STOPPED = "stopped"  # stop_event set: close()
+    GONE = "gone"  # the folder was removed or replaced
+    FAILED = "failed"  # watchfiles raised
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +113,25 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _changes(directory: Path, paths: Iterable[str]) -> list[ModuleChange]:
+def _names(paths: Iterable[str]) -> set[str]:
+    return {Path(p).name[: -len(".wasm")] for p in paths if is_module_file(Path(p))}
+
+
+def _changes(directory: Path, names: Iterable[str]) -> list[ModuleChange]:
     """One change per module name, in name order, with `exists` read from the disk now."""
-    names = sorted({Path(p).name[: -len(".wasm")] for p in paths if is_module_file(Path(p))})
     changes = []
-    for name in names:
+    for name in sorted(set(names)):
         path = directory / f"{name}.wasm"
         changes.append(ModuleChange(name, path, path.is_file()))
     return changes
+
+
+def _listing(directory: Path) -> set[str]:
+    """The module names in `directory` now; empty if it cannot be listed."""
+    try:
+        return _names(os.listdir(directory))
+    except OSError:
+        return set()
 
 
 def _missing(directory: Path) -> FileNotFoundError:
@@ -138,6 +180,7 @@ class ModuleWatcher:
         self._state = _State.NEW
         self._identity: tuple[int, int] | None = None
         self._absolute = ""
+        self._known: set[str] = set()  # module names present when last looked at
         self._stop: _StopEvent | None = None
         self._reader: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -167,10 +210,9 @@ class ModuleWatcher:
 
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        stop = self._stop = _StopEvent(loop, ready)
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         reader = self._reader = asyncio.create_task(
-            self._read(stop, queue), name=f"watch {self._watched}"
+            self._read(queue, ready), name=f"watch {self._watched}"
         )
         try:
             await asyncio.wait({ready, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -186,6 +228,8 @@ class ModuleWatcher:
             self._reader = None
             reader.result()  # raises the reason
             raise RuntimeError(f"watching {self._watched!r} ended before it started")
+        # Listed once the watch is live: a module written from now on is seen either way.
+        self._known = _listing(self.directory)
         self._state = _State.RUNNING
         self._dispatcher = asyncio.create_task(
             self._dispatch(queue), name=f"dispatch changes in {self._watched}"
@@ -216,8 +260,39 @@ class ModuleWatcher:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _read(self, stop: _StopEvent, queue: asyncio.Queue[_Batch | None]) -> None:
-        """Feed raw batches from awatch into `queue`; None marks the end."""
+    async def _read(self, queue: asyncio.Queue[_Item], ready: asyncio.Future[None]) -> None:
+        """Watch, and watch again after every gap; None on `queue` marks the end.
+
+        After a gap (the folder gone, or watchfiles failed) the new watch is live before
+        `_Rescan` is queued, so nothing written meanwhile is missed.
+        """
+        loop = asyncio.get_running_loop()
+        retry = _RETRY_FIRST
+        try:
+            ended = await self._watch(queue, ready, first=True)
+            while ended is not _Ended.STOPPED and not self._closed():
+                if ended is _Ended.GONE:
+                    await self._wait_for_directory()
+                    retry = _RETRY_FIRST
+                else:
+                    await asyncio.sleep(retry)  # watchfiles failed: do not spin on it
+                    retry = min(_RETRY_MAX, retry * 2)
+                    if not self._intact():
+                        await self._wait_for_directory()
+                live: asyncio.Future[None] = loop.create_future()
+                live.add_done_callback(lambda _: queue.put_nowait(_Rescan.RESCAN))
+                ended = await self._watch(queue, live, first=False)
+        finally:
+            queue.put_nowait(None)
+
+    async def _watch(
+        self, queue: asyncio.Queue[_Item], ready: asyncio.Future[None], *, first: bool
+    ) -> _Ended:
+        """One awatch on the folder, until it is stopped, the folder goes, or it fails.
+
+        Only the first one raises, if it fails before it is live: start() reports that.
+        """
+        stop = self._stop = _StopEvent(asyncio.get_running_loop(), ready)
         try:
             batches = awatch(
                 self._watched,
@@ -230,30 +305,53 @@ class ModuleWatcher:
             async with contextlib.aclosing(batches):
                 async for batch in batches:
                     queue.put_nowait(batch)
-                    if not self._intact():
+                    # The folder's own deletion counts even if a new folder got its inode.
+                    if self._removed(batch) or not self._intact():
                         log.error(
-                            "modules directory %s was removed or replaced: no longer watching "
-                            "it; restart the server to pick up module changes again",
+                            "modules directory %s was removed or replaced: waiting for a folder "
+                            "at that path; then what is in it is loaded and the rest unloaded",
                             self._watched,
                         )
-                        return
+                        return _Ended.GONE
         except Exception as exc:
-            if not stop.polled:  # start() is still waiting and reports it
+            if first and not stop.polled:  # start() is still waiting and reports it
                 if isinstance(exc, FileNotFoundError):
                     raise _missing(self.directory) from exc
                 raise
-            log.exception(
-                "watching %s failed; module changes are no longer picked up", self._watched
+            log.error(
+                "watching %s failed (%s: %s); watching it again and re-reading the folder",
+                self._watched,
+                type(exc).__name__,
+                exc,
             )
-        finally:
-            queue.put_nowait(None)
+            return _Ended.FAILED
+        return _Ended.STOPPED
+
+    async def _wait_for_directory(self) -> None:
+        """Return once a folder is at the watched path again; it becomes the one watched."""
+        while True:
+            try:
+                stat = os.stat(self.directory)
+            except OSError:
+                stat = None
+            if stat is not None and os.path.isdir(self.directory):
+                self._identity = (stat.st_dev, stat.st_ino)
+                log.warning("modules directory %s is back: watching it", self._watched)
+                return
+            await asyncio.sleep(REARM_POLL)
 
     def _keep(self, change: Change, path: str) -> bool:
         # notify reports the folder's own event with an absolute path even when children
-        # come relative, so compare absolute paths. _read then checks the folder and stops.
+        # come relative, so compare absolute paths. _watch then checks the folder and stops.
         if os.path.abspath(path) == self._absolute:
             return change == Change.deleted
         return is_module_file(Path(path))
+
+    def _removed(self, batch: _Batch) -> bool:
+        return any(
+            change == Change.deleted and os.path.abspath(path) == self._absolute
+            for change, path in batch
+        )
 
     def _intact(self) -> bool:
         try:
@@ -262,14 +360,15 @@ class ModuleWatcher:
             return False
         return (stat.st_dev, stat.st_ino) == self._identity
 
-    async def _dispatch(self, queue: asyncio.Queue[_Batch | None]) -> None:
+    async def _dispatch(self, queue: asyncio.Queue[_Item]) -> None:
         """Merge batches until the folder has been quiet for `debounce` seconds, then deliver."""
         loop = asyncio.get_running_loop()
         while True:
             first = await queue.get()
             if first is None:
                 return
-            paths = {path for _, path in first}
+            rescan = first is _Rescan.RESCAN
+            paths = set() if isinstance(first, _Rescan) else {path for _, path in first}
             cutoff = loop.time() + self._max_wait
             ended = False
             while (left := min(self._quiet_after_batch, cutoff - loop.time())) > 0:
@@ -281,8 +380,19 @@ class ModuleWatcher:
                 if more is None:
                     ended = True
                     break
-                paths.update(path for _, path in more)
-            changes = _changes(self.directory, paths)
+                if isinstance(more, _Rescan):
+                    rescan = True
+                else:
+                    paths.update(path for _, path in more)
+            names = _names(paths)
+            if rescan:
+                names |= self._known | _listing(self.directory)
+            changes = _changes(self.directory, names)
+            for c in changes:
+                if c.exists:
+                    self._known.add(c.name)
+                else:
+                    self._known.discard(c.name)
             if changes and log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "change: %s",
