@@ -91,17 +91,36 @@ def matches(pattern: str, topic: str) -> bool:
     return _match_tokens(pattern.split("."), topic.split("."))
 
 
+class _Node(Generic[T]):
+    """One token of the wildcard trie. Buckets map id(value) to (sequence number, value)."""
+
+    __slots__ = ("children", "here", "rest")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}  # a token, or "*"
+        self.here: dict[int, tuple[int, T]] = {}  # patterns that end at this node
+        self.rest: dict[int, tuple[int, T]] = {}  # patterns "<this node's path>.>"
+
+    def empty(self) -> bool:
+        return not (self.children or self.here or self.rest)
+
+
 class TopicIndex(Generic[T]):
     """Map subscription patterns to values and find the values for a topic.
 
-    Exact patterns are a dict lookup; wildcard patterns are scanned. Values are
-    returned in the order they were added. Adding the same (pattern, value)
-    twice keeps one entry. Not thread-safe: the owner serialises access.
+    Exact patterns are a dict lookup. Wildcard patterns live in a token trie, as NATS
+    keeps them: a topic walks it one token at a time, following the token's child and
+    the ``*`` child and collecting the ``>`` buckets it passes, so matching costs the
+    topic's depth times the wildcard branches taken, never a scan of every pattern.
+    Adding and removing cost the pattern's depth. Values are returned in the order they
+    were added. Adding the same (pattern, value) twice keeps one entry. Not thread-safe:
+    the owner serialises access.
     """
 
     def __init__(self) -> None:
-        self._exact: dict[str, list[T]] = {}
-        self._wild: list[tuple[str, list[str], T]] = []
+        self._exact: dict[str, dict[int, T]] = {}
+        self._root: _Node[T] = _Node()
+        self._wild = 0  # wildcard entries in the trie
         self._seq: dict[tuple[str, int], int] = {}
         self._next = 0
 
@@ -110,12 +129,21 @@ class TopicIndex(Generic[T]):
         key = (pattern, id(value))
         if key in self._seq:
             return False
-        self._seq[key] = self._next
+        seq = self._seq[key] = self._next
         self._next += 1
         if is_wildcard(pattern):
-            self._wild.append((pattern, pattern.split("."), value))
+            tokens = pattern.split(".")
+            node = self._root
+            for token in tokens[:-1]:
+                node = node.children.setdefault(token, _Node())
+            if tokens[-1] == ">":
+                node.rest[id(value)] = (seq, value)
+            else:
+                node = node.children.setdefault(tokens[-1], _Node())
+                node.here[id(value)] = (seq, value)
+            self._wild += 1
         else:
-            self._exact.setdefault(pattern, []).append(value)
+            self._exact.setdefault(pattern, {})[id(value)] = value
         return True
 
     def remove(self, pattern: str, value: T) -> bool:
@@ -123,10 +151,24 @@ class TopicIndex(Generic[T]):
         if self._seq.pop((pattern, id(value)), None) is None:
             return False
         if is_wildcard(pattern):
-            self._wild = [w for w in self._wild if not (w[0] == pattern and w[2] is value)]
+            tokens = pattern.split(".")
+            path = [self._root]
+            for token in tokens[:-1]:
+                path.append(path[-1].children[token])
+            if tokens[-1] == ">":
+                del path[-1].rest[id(value)]
+            else:
+                path.append(path[-1].children[tokens[-1]])
+                del path[-1].here[id(value)]
+            # Prune the nodes left empty, from the leaf up.
+            for depth in range(len(path) - 1, 0, -1):
+                if not path[depth].empty():
+                    break
+                del path[depth - 1].children[tokens[depth - 1]]
+            self._wild -= 1
         else:
             values = self._exact[pattern]
-            values[:] = [v for v in values if v is not value]
+            del values[id(value)]
             if not values:
                 del self._exact[pattern]
         return True
@@ -135,29 +177,75 @@ class TopicIndex(Generic[T]):
         """Values whose pattern matches the concrete `topic`, oldest first."""
         exact = self._exact.get(topic)
         if not self._wild:
-            return list(exact) if exact else []
-        tokens = topic.split(".")
-        found = [(p, v) for p, toks, v in self._wild if _match_tokens(toks, tokens)]
+            return list(exact.values()) if exact else []
+        buckets = self._wild_buckets(topic.split("."))
+        if not buckets:
+            return list(exact.values()) if exact else []
+        if not exact and len(buckets) == 1:
+            # One bucket is already in the order its values were added.
+            return [v for _, v in buckets[0].values()]
+        found = [pair for bucket in buckets for pair in bucket.values()]
         if exact:
-            found.extend((topic, v) for v in exact)
-        if len(found) > 1:
-            found.sort(key=lambda pv: self._seq[(pv[0], id(pv[1]))])
+            seq = self._seq
+            found.extend((seq[(topic, key)], v) for key, v in exact.items())
+        found.sort(key=_first)
         return [v for _, v in found]
 
     def under(self, pattern: str) -> list[T]:
         """Values added under exactly `pattern` (not under patterns matching it), oldest first."""
         if not is_wildcard(pattern):
-            return list(self._exact.get(pattern, ()))
-        return [v for p, _, v in self._wild if p == pattern]
+            return list(self._exact.get(pattern, {}).values())
+        tokens = pattern.split(".")
+        node: _Node[T] | None = self._root
+        for token in tokens[:-1]:
+            node = node.children.get(token) if node is not None else None
+        if node is None:
+            return []
+        if tokens[-1] == ">":
+            bucket = node.rest
+        else:
+            leaf = node.children.get(tokens[-1])
+            if leaf is None:
+                return []
+            bucket = leaf.here
+        return [v for _, v in bucket.values()]
+
+    def _wild_buckets(self, tokens: list[str]) -> list[dict[int, tuple[int, T]]]:
+        buckets: list[dict[int, tuple[int, T]]] = []
+        level = [self._root]
+        for token in tokens:
+            deeper: list[_Node[T]] = []
+            for node in level:
+                if node.rest:  # ">" takes this token and all after it: at least one
+                    buckets.append(node.rest)
+                child = node.children.get(token)
+                if child is not None:
+                    deeper.append(child)
+                child = node.children.get("*")
+                if child is not None:
+                    deeper.append(child)
+            if not deeper:
+                return buckets
+            level = deeper
+        buckets.extend(node.here for node in level if node.here)
+        return buckets
 
     def patterns(self) -> Iterator[str]:
         """Every pattern that has at least one value."""
         yield from self._exact
-        seen: set[str] = set()
-        for pattern, _, _ in self._wild:
-            if pattern not in seen:
-                seen.add(pattern)
-                yield pattern
+        stack: list[tuple[str, _Node[T]]] = [("", self._root)]
+        while stack:
+            prefix, node = stack.pop()
+            if node.here:
+                yield prefix
+            if node.rest:
+                yield f"{prefix}.>" if prefix else ">"
+            for token, child in node.children.items():
+                stack.append((f"{prefix}.{token}" if prefix else token, child))
 
     def __len__(self) -> int:
         return len(self._seq)
+
+
+def _first(pair: tuple[int, object]) -> int:
+    return pair[0]

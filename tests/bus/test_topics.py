@@ -282,3 +282,115 @@ def test_index_match_equals_brute_force(
     for topic in topics:
         validate_topic(topic)
         assert index.match(topic) == [v for p, v in live if matches(p, topic)]
+
+
+class LinearIndex:
+    """The index as it was before the trie: a list of wildcards scanned on every match.
+
+    Kept as the reference the trie is checked against (same answers, same order).
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, Value]] = []
+
+    def add(self, pattern: str, value: Value) -> bool:
+        if any(p == pattern and v is value for p, v in self._entries):
+            return False
+        self._entries.append((pattern, value))
+        return True
+
+    def remove(self, pattern: str, value: Value) -> bool:
+        kept = [(p, v) for p, v in self._entries if not (p == pattern and v is value)]
+        gone = len(kept) != len(self._entries)
+        self._entries = kept
+        return gone
+
+    def match(self, topic: str) -> list[Value]:
+        return [v for p, v in self._entries if matches(p, topic)]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# (patterns added in order, topic, indices of the values expected, in order)
+TRIE_CASES = [
+    ([">"], "a", [0]),
+    ([">"], "a.b.c.d", [0]),
+    (["a.>"], "a", []),
+    (["a.>"], "a.b", [0]),
+    (["a.>", "a.b.>"], "a.b", [0]),
+    (["a.>", "a.b.>"], "a.b.c", [0, 1]),
+    (["*"], "a", [0]),
+    (["*"], "a.b", []),
+    (["*.*"], "a", []),
+    (["*.*", "a.*", "*.b", "a.b"], "a.b", [0, 1, 2, 3]),
+    (["a.b", "*.b", "a.*", "*.*"], "a.b", [0, 1, 2, 3]),
+    (["*.b.>", "a.*.c", "a.>", "*.*.*"], "a.b.c", [0, 1, 2, 3]),
+    (["*.b.>", "a.*.c", "a.>", "*.*.*"], "x.b.c", [0, 3]),
+    (["*.b.>", "a.*.c", "a.>", "*.*.*"], "a.b.c.d", [0, 2]),
+    (["a.*.c", "a.*.d"], "a.x.d", [1]),
+    (["*.*.*.*.*.>"], "a.b.c.d.e", []),
+    (["*.*.*.*.*.>"], "a.b.c.d.e.f", [0]),
+]
+
+
+@pytest.mark.parametrize(("patterns", "topic", "expected"), TRIE_CASES)
+def test_index_trie_table(patterns: list[str], topic: str, expected: list[int]) -> None:
+    index: TopicIndex[Value] = TopicIndex()
+    values = [Value(f"v{i}") for i in range(len(patterns))]
+    for pattern, value in zip(patterns, values, strict=True):
+        index.add(pattern, value)
+    assert index.match(topic) == [values[i] for i in expected]
+
+
+def test_index_removing_everything_leaves_an_empty_trie() -> None:
+    index: TopicIndex[Value] = TopicIndex()
+    entries = [
+        (p, Value(f"{p}/{i}"))
+        for i in range(3)
+        for p in ("a.*", "a.b.*", "a.b.>", ">", "*.*.c", "a.*.c.>", "x")
+    ]
+    for entry in entries:
+        index.add(*entry)
+    for entry in reversed(entries):
+        assert index.remove(*entry)
+    assert len(index) == 0
+    assert list(index.patterns()) == []
+    assert index._root.empty()  # every node on the way was pruned
+    assert index.match("a.b.c") == []
+
+
+def test_index_many_wildcards_on_one_pattern_remove_in_any_order() -> None:
+    # The close stall of the hub: thousands of clients on one wildcard, closing.
+    index: TopicIndex[Value] = TopicIndex()
+    values = [Value(str(i)) for i in range(2000)]
+    for value in values:
+        index.add("room.*", value)
+    for value in values[::2]:
+        index.remove("room.*", value)
+    assert index.match("room.x") == values[1::2]
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "match"]), patterns_st, st.integers(0, 3)),
+    max_size=60,
+)
+
+
+@settings(database=None, max_examples=300)
+@given(ops=OPS, topics=st.lists(topics_st, min_size=1, max_size=4))
+def test_index_agrees_with_the_old_linear_index(
+    ops: list[tuple[str, str, int]], topics: list[str]
+) -> None:
+    index: TopicIndex[Value] = TopicIndex()
+    linear = LinearIndex()
+    values = [Value(f"v{i}") for i in range(4)]
+    for op, pattern, which in ops:
+        value = values[which]
+        if op == "add":
+            assert index.add(pattern, value) == linear.add(pattern, value)
+        elif op == "remove":
+            assert index.remove(pattern, value) == linear.remove(pattern, value)
+        for topic in topics:
+            assert index.match(topic) == linear.match(topic), (op, pattern, topic)
+        assert len(index) == len(linear)
