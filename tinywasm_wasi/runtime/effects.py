@@ -123,6 +123,21 @@ class ModuleEffects:
             self._held.clear()
             self._subs.clear()
 
+    def detach(self) -> None:
+        """Drop every reference back to the module (a version that is closed).
+
+        The module holds these effects and they hold its message handler, directly and
+        through each (cancelled) `Subscription`: a cycle that only the cyclic collector
+        could free, and the server keeps that collector off its start-up objects. Cut,
+        the closed version and its compiled code (and wasmtime's memory-image memfd)
+        are freed as soon as the last reference goes.
+        """
+        with self._lock:
+            self._subs = dict.fromkeys(self._subs)
+            self._subs_live = False
+            self._held.clear()
+            self._on_message = _closed
+
     def cancel_subscriptions(self) -> None:
         with self._lock:
             subs = [s for s in self._subs.values() if s is not None]
@@ -223,3 +238,8 @@ class ModuleEffects:
         else:
             self._counters.broadcast += 1
             self._broadcast(topic, payload)
+
+
+def _closed(_topic: str, _payload: bytes) -> bool:
+    """The message handler of a closed version: refuses (it is no longer subscribed)."""
+    return False

@@ -72,6 +72,26 @@ def _no_poll(_caller: Caller, _in: int, _out: int, _count: int, _events: int) ->
     return ERRNO_NOTSUP
 
 
+class _ClosedMemory:
+    """The memory of a closed guest: empty."""
+
+    def size(self) -> int:
+        return 0
+
+    def read(self, ptr: int, length: int) -> bytes:
+        raise ModuleClosedError("the module is closed: its memory is gone")
+
+    def write(self, ptr: int, data: bytes) -> None:
+        raise ModuleClosedError("the module is closed: its memory is gone")
+
+
+_CLOSED_MEMORY = _ClosedMemory()
+
+
+def _no_deadline(_ticks: int) -> None:
+    """The deadline setter of a closed guest."""
+
+
 class Guest:
     """A live instance of one compiled module. Use only from its owner thread."""
 
@@ -110,9 +130,11 @@ class Guest:
             self._store.set_epoch_deadline(self._ticks)  # covers a start function
             instance = linker.instantiate(self._store, module)
         except wasmtime.Trap as exc:
+            self._release()
             trap = fastcall.call_trap(exc)
             raise self._trap("start", trap.message, trap.trap_code, trap.details) from None
         except wasmtime.WasmtimeError as exc:
+            self._release()
             reason = " ".join(str(exc).strip().splitlines()[:2])
             if "memory minimum size" in reason:
                 reason += f" (its initial memory is over the {limits.memory_limit} byte limit)"
@@ -121,8 +143,8 @@ class Guest:
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)  # inspect_module checked it
         self._host.bind(self._store, memory)
-        self._memory = backend.memory(self._store, memory)
-        self._set_deadline = backend.deadline(self._store)
+        self._memory: fastcall.GuestMemory = backend.memory(self._store, memory)
+        self._set_deadline: Callable[[int], None] = backend.deadline(self._store)
         self._funcs: dict[str, fastcall.GuestFunc] = {}
         for export in interface.exports:
             func = exports[export]
@@ -266,7 +288,19 @@ class Guest:
             if rest:
                 self._emit_output(fd, rest)
         self._partial = {STDOUT: b"", STDERR: b""}
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the store and everything that keeps it alive.
+
+        The host functions live in a registry of callbacks (a root) until wasmtime frees
+        the store and the linker, and they hold this Guest's methods: so everything here
+        that holds the store must let go of it, or the Guest, its store and its module's
+        memory image (a memfd) are never freed, by the cyclic collector either.
+        """
         self._funcs = {}
+        self._memory = _CLOSED_MEMORY
+        self._set_deadline = _no_deadline
         if self._store is not None:
             self._host.close()
             self._store = None

@@ -93,6 +93,15 @@ class _Call:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
+def _ignore(_topic: str, _payload: bytes) -> None:
+    """A closed mailbox's delivery callback."""
+
+
+def _refuse(request: Request) -> bytes | None:
+    """A closed mailbox's request callback."""
+    raise ModuleClosedError("the module closed before the request ran")
+
+
 class Mailbox:
     """Bounded, ordered work queue for one module, served by one daemon thread."""
 
@@ -294,6 +303,11 @@ class Mailbox:
                 discarded += 1
         for callback in callbacks:
             callback(True)
+        # The owner's callbacks are usually its bound methods, and the owner holds this
+        # mailbox: drop them, so the owner is freed by reference counting alone. An item
+        # the thread is still running keeps its own reference until it returns.
+        self._deliver = _ignore
+        self._answer = _refuse
         if timeout > 0 and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return discarded
@@ -360,3 +374,5 @@ class Mailbox:
                     self._deliver(item[0], item[1])
                 except Exception:  # the deliver callback reports its own errors
                     log.exception("module %r: delivery failed unexpectedly", self.name)
+            # Not kept while waiting for the next one: an item may hold its module.
+            del item

@@ -112,10 +112,16 @@ class WasmModule:
 
     def _start_guest(self) -> None:
         c = self.compiled
-        self._guest = Guest(
+        guest = self._guest = Guest(
             self.name, self._runtime.engine, c.module, c.interface, self._effects, self.limits
         )
-        self._guest.start()
+        try:
+            guest.start()
+        except BaseException:
+            # Closed here, on its thread: the close queued by `_discard` may never run.
+            self._guest = None
+            guest.close()
+            raise
 
     def activate(self) -> None:
         """Make the subscriptions recorded during start live on the bus."""
@@ -252,7 +258,15 @@ class WasmModule:
             log.warning(
                 "module %r: still busy after %.1f s; abandoning its thread", self.name, timeout
             )
-        return self.mailbox.close()
+        discarded = self.mailbox.close()
+        self._detach()
+        return discarded
+
+    def _detach(self) -> None:
+        """Cut the references back to this version, so it is freed without the collector."""
+        self._effects.detach()
+        self._probation_failed = None
+        self._on_faulty = None
 
     def _close_guest(self) -> None:
         if self._guest is not None:
@@ -265,6 +279,7 @@ class WasmModule:
         self.mailbox.release()
         self.mailbox.call(self._close_guest)
         self.mailbox.close(timeout=0)
+        self._detach()
 
     def discard_held(self) -> None:
         """Forget the effects held since start (a version that is being rolled back)."""
