@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -257,6 +258,14 @@ def test_symlink_entry_is_not_followed(
     path.symlink_to(elsewhere)
     with caplog.at_level(logging.WARNING, logger="tinywasm.cache"):
         assert not compile_and_run(make_runtime(cache_dir), data).cached
+    assert f"{path} is not an entry; removed" in caplog.text  # when the folder is opened
+    assert elsewhere.exists() and not path.is_symlink()
+    # One put in place while running is refused when read, and replaced too.
+    path.unlink()
+    path.symlink_to(elsewhere)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tinywasm.cache"):
+        assert not compile_and_run(runtime, data).cached
     assert "a symbolic link, not an entry" in caplog.text
     assert elsewhere.exists() and not path.is_symlink()
 
@@ -323,15 +332,110 @@ def test_failed_write_turns_the_cache_off(
     tmp_path: Path, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = make_runtime(None).engine
-    cache = ModuleCache(tmp_path, ENGINE_SETTINGS)
+    cache_dir = tmp_path / "cache"
+    cache = ModuleCache(cache_dir, ENGINE_SETTINGS)
     data = answer_wasm()
-    (cache.path(sha(data)) / "in-the-way").mkdir(parents=True)  # rename onto it fails
+    assert cache.load(engine, sha(data), "answer") is None  # opens the folder
+    shutil.rmtree(cache_dir)
+    cache_dir.write_text("the folder became a file")  # writing into it fails
     with caplog.at_level(logging.WARNING, logger="tinywasm.cache"):
         assert not cache.store(sha(data), wasmtime.Module(engine, data), "answer")
         assert not cache.store(sha(data), wasmtime.Module(engine, data), "answer")
     (warning,) = _cache_warnings(caplog)
     assert f"cannot write {cache.path(sha(data))}" in warning
-    assert not cache.enabled and not list(tmp_path.glob(".*.tmp"))
+    assert not cache.enabled
+
+
+# -- debris in an entry's place: repaired, never the end of the cache ------------------------
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    (path / "inside").mkdir(parents=True)
+    (path / "inside" / "file").write_bytes(b"x")
+
+
+def _socket(path: Path) -> None:
+    # A relative name: the full path is longer than a socket address may be.
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(path.name)
+    finally:
+        os.chdir(here)
+
+
+DEBRIS = {"fifo": _fifo, "folder": _folder, "socket": _socket}
+
+
+@pytest.mark.parametrize("kind", DEBRIS)
+def test_debris_in_an_entry_place_at_start_is_removed_and_the_cache_stays_on(
+    tmp_path: Path, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    data = answer_wasm()
+    runtime = make_runtime(tmp_path)
+    assert runtime.cache is not None
+    path = runtime.cache.path(sha(data))
+    DEBRIS[kind](path)  # before the folder is first opened: a restart finds it
+    with (
+        caplog.at_level(logging.WARNING, logger="tinywasm.cache"),
+        ThreadPoolExecutor(1) as pool,  # a FIFO must not block the load
+    ):
+        first = pool.submit(compile_and_run, runtime, data).result(timeout=20)
+    assert not first.cached
+    assert f"{path} is not an entry; removed" in caplog.text
+    assert not _cache_warnings(caplog) and runtime.cache.enabled
+    assert path.is_file() and not path.is_symlink()  # replaced by a good entry
+    assert compile_and_run(make_runtime(tmp_path), data).cached
+
+
+@pytest.mark.parametrize("kind", DEBRIS)
+def test_debris_put_in_an_entry_place_while_running_is_repaired(
+    tmp_path: Path, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    data = answer_wasm()
+    runtime = make_runtime(tmp_path)
+    compile_and_run(runtime, answer_wasm(7), 7)  # the folder is open
+    assert runtime.cache is not None
+    path = runtime.cache.path(sha(data))
+    DEBRIS[kind](path)
+    with caplog.at_level(logging.WARNING, logger="tinywasm.cache"), ThreadPoolExecutor(1) as pool:
+        assert not pool.submit(compile_and_run, runtime, data).result(timeout=20).cached
+    assert "discarded compiled-module cache entry" in caplog.text
+    assert not _cache_warnings(caplog) and runtime.cache.enabled
+    assert compile_and_run(runtime, data).cached
+
+
+def test_a_folder_in_an_entry_place_before_a_write_is_replaced(
+    tmp_path: Path, make_runtime: RuntimeFactory
+) -> None:
+    engine = make_runtime(None).engine
+    cache = ModuleCache(tmp_path, ENGINE_SETTINGS)
+    data = answer_wasm()
+    assert cache.load(engine, sha(data), "answer") is None  # opens the folder
+    _folder(cache.path(sha(data)))  # appears between the miss and the write
+    assert cache.store(sha(data), wasmtime.Module(engine, data), "answer")
+    assert cache.enabled and cache.path(sha(data)).is_file()
+    assert cache.load(engine, sha(data), "answer") is not None
+
+
+def test_an_oversized_entry_is_discarded_without_being_read(
+    tmp_path: Path, make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_runtime(None).engine
+    cache = ModuleCache(tmp_path, ENGINE_SETTINGS, max_bytes=4096)
+    data = answer_wasm()
+    path = cache.path(sha(data))
+    with open(path, "wb") as f:  # sparse: 1 GiB that takes no disk
+        f.truncate(2**30)
+    with caplog.at_level(logging.WARNING, logger="tinywasm.cache"):
+        assert cache.load(engine, sha(data), "answer") is None
+    assert "larger than the whole cache may be" in caplog.text
+    assert not path.exists() and cache.enabled
 
 
 # -- the bound -----------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """The modules folder under a careless operator, against a real server and the real watcher.
 
 A file name that is not UTF-8, and the whole folder deleted and made again, while the
-server runs: later changes to other modules must still be picked up.
+server runs: later changes to other modules must still be picked up. Debris (a FIFO, a
+folder) in the compiled-module cache's place for an entry: start-up neither hangs nor
+runs without the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -19,6 +22,7 @@ import wasmtime
 from tests.conftest import ServerFactory
 from tests.support import eventually
 from tests.wat import guest
+from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.server import WasiServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,3 +119,34 @@ async def test_a_modules_folder_replaced_by_a_rename_is_watched_and_loaded(
     (folder / "new.wasm").write_bytes(relay(3))
     await eventually(lambda: serving(server, "new", relay(3)), "new to be swapped")
     assert serving(server, "a", relay(1))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+async def test_debris_in_the_cache_folder_neither_hangs_nor_turns_the_cache_off(
+    tmp_path: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    modules, cache_dir = tmp_path / "modules", tmp_path / "cache"
+    modules.mkdir()
+    cache_dir.mkdir(mode=0o700)
+    data = relay(0)
+    (modules / "a.wasm").write_bytes(data)
+    probe = Runtime(cache_dir=cache_dir)
+    assert probe.cache is not None
+    entry = probe.cache.path(hashlib.sha256(data).hexdigest())
+    probe.close()
+    if kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        (entry / "junk").mkdir(parents=True)
+    server = await asyncio.wait_for(
+        make_server(modules_dir=modules, cache_dir=cache_dir, watch=False), 30
+    )
+    assert serving(server, "a", data)
+    assert "cache off" not in caplog.text
+    assert entry.is_file()  # repaired: the compiled code was written in its place
+    await server.stop()
+    again = await make_server(modules_dir=modules, cache_dir=cache_dir, watch=False)
+    assert again.host.modules["a"].compiled.cached

@@ -31,7 +31,11 @@ folder may overshoot until one of them scans.
 
 Nothing here fails a load: an unusable folder (missing and not creatable, not
 writable, unsafe) or a failed write logs one warning and turns the cache off
-for this process. Writes go to a private temp file renamed into place, so
+for this process. A problem with one entry never does: whatever sits in an
+entry's place that is not an entry (a folder, a FIFO, a socket, a link, an
+unreadable or oversized file) is removed when the folder is opened or the entry
+is looked up, or skipped with a warning if it cannot be; it is opened without
+blocking, so a FIFO cannot hang a load. Writes go to a private temp file renamed into place, so
 readers and concurrent writers only ever see whole entries.
 
 Why not wasmtime's own `Config.cache`: its entries carry no checksum, and a
@@ -49,6 +53,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import stat
 import struct
 import sys
@@ -200,16 +205,20 @@ class ModuleCache:
         key = self.key(wasm_sha256)
         path = self.directory / f"{key}{ENTRY_SUFFIX}"
         try:
-            raw, opened = _read(path)
+            raw, opened = _read(path, self.max_bytes)
         except FileNotFoundError:
             self._count(misses=1)
             return None
         except _Invalid as exc:
             self._discard(path, None, name, str(exc))
             return None
-        except OSError as exc:  # the folder, not the entry: permissions, I/O error, gone
-            self._count(misses=1)
-            self._turn_off(f"cannot read {path}: {exc.strerror or exc}")
+        except OSError as exc:
+            problem = self._folder_problem()
+            if problem is None:  # the folder is fine: this entry is the trouble
+                self._discard(path, None, name, f"unreadable: {exc.strerror or exc}")
+            else:
+                self._count(misses=1)
+                self._turn_off(f"cannot read {path}: {problem}")
             return None
         try:
             module = wasmtime.Module.deserialize(engine, _verify(raw, key))
@@ -251,11 +260,25 @@ class ModuleCache:
                     f.write(header)
                     f.write(blob)
                 # No fsync: a torn entry after a crash fails its checks and is recompiled.
-                os.replace(temp, final)
+                try:
+                    os.replace(temp, final)
+                except OSError as exc:
+                    # Something that is not an entry is in its place (a folder): remove it.
+                    if _remove(final) is not None:
+                        raise _InTheWay(exc.strerror or str(exc)) from None
+                    os.replace(temp, final)
             except BaseException:
                 with suppress(OSError):
                     os.unlink(temp)
                 raise
+        except _InTheWay as exc:
+            log.warning(
+                "module %s: not cached, %s is in the way and cannot be removed (%s)",
+                name,
+                final,
+                exc,
+            )
+            return False
         except OSError as exc:
             self._turn_off(f"cannot write {final}: {exc.strerror or exc}")
             return False
@@ -321,21 +344,45 @@ class ModuleCache:
                 discarded=self._stats.discarded + 1,
                 misses=self._stats.misses + 1,
             )
+        failed = None
         try:
             now = os.stat(path, follow_symlinks=False)
             # Only the file that was read: a concurrent writer may have replaced it by now.
             if opened is None or (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
-                os.unlink(path)
+                failed = _remove(path)
         except FileNotFoundError:
             pass
-        except OSError as exc:  # could not delete: it would be found again on every load
-            self._turn_off(f"cannot delete the bad entry {path}: {exc.strerror or exc}")
+        except OSError as exc:
+            failed = exc.strerror or str(exc)
+        if failed is not None:
+            # Skipped, not fatal: only this entry is unusable; the next look tries again.
+            log.warning(
+                "module %s: compiled-module cache entry %s is unusable (%s) and cannot be "
+                "removed (%s); compiling it; remove it by hand",
+                name,
+                path,
+                problem,
+                failed,
+            )
+            return
         log.warning(
             "module %s: discarded compiled-module cache entry %s (%s); compiling it again",
             name,
             path.name,
             problem,
         )
+
+    def _folder_problem(self) -> str | None:
+        """Why the folder itself is unusable now, or None if it is fine."""
+        try:
+            st = os.stat(self.directory)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        if not stat.S_ISDIR(st.st_mode):
+            return "it is no longer a folder"
+        if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
+            return "permission denied"
+        return None
 
     def _count(self, *, hits: int = 0, misses: int = 0) -> None:
         with self._lock:
@@ -354,6 +401,14 @@ class ModuleCache:
                 except OSError:
                     continue  # deleted meanwhile
                 if not stat.S_ISREG(st.st_mode):
+                    if item.name.endswith(ENTRY_SUFFIX):
+                        # A folder, FIFO, socket or link where an entry goes: debris.
+                        failed = _remove(Path(item.path))
+                        log.warning(
+                            "compiled-module cache: %s is not an entry; %s",
+                            item.path,
+                            "removed" if failed is None else f"cannot remove it ({failed})",
+                        )
                     continue
                 if item.name.endswith(ENTRY_SUFFIX):
                     entries.append((st.st_mtime, st.st_size, item.name))
@@ -406,14 +461,37 @@ class ModuleCache:
         )
 
 
-def _read(path: Path) -> tuple[bytes, os.stat_result]:
+class _InTheWay(Exception):
+    """What is in an entry's place cannot be removed; the message says why."""
+
+
+def _remove(path: Path) -> str | None:
+    """Remove what is at `path` (a folder with what is in it; a link, not its target).
+
+    Returns None once it is gone, else the reason it could not be removed.
+    """
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _read(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
     """An entry's bytes and the identity of the file read.
 
-    Raises _Invalid for something that is not an entry, OSError if it cannot be read.
+    Opened without blocking, so a FIFO in an entry's place cannot hang the caller.
+    Raises _Invalid for something that is not an entry (or is larger than `max_bytes`),
+    OSError if it cannot be read.
     """
     try:
         # O_NOFOLLOW: an entry is a file the cache wrote, never a link to elsewhere.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Invalid("a symbolic link, not an entry") from None
@@ -421,8 +499,23 @@ def _read(path: Path) -> tuple[bytes, os.stat_result]:
     with os.fdopen(fd, "rb") as f:
         opened = os.fstat(f.fileno())
         if not stat.S_ISREG(opened.st_mode):
-            raise _Invalid("not a regular file")
-        return f.read(), opened
+            raise _Invalid(f"not a regular file ({_kind(opened.st_mode)})")
+        if opened.st_size > max_bytes:
+            raise _Invalid(f"{opened.st_size} bytes, larger than the whole cache may be")
+        return f.read(max_bytes + 1), opened
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def _verify(raw: bytes, key: str) -> bytes:
