@@ -254,7 +254,7 @@ patterns_st = st.builds(
 topics_st = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4).map(".".join)
 
 
-@settings(database=None, max_examples=300)
+@settings(database=None, max_examples=300, deadline=None)
 @given(
     patterns=st.lists(patterns_st, max_size=12),
     removed=st.sets(st.integers(0, 11)),
@@ -377,7 +377,7 @@ OPS = st.lists(
 )
 
 
-@settings(database=None, max_examples=300)
+@settings(database=None, max_examples=300, deadline=None)
 @given(ops=OPS, topics=st.lists(topics_st, min_size=1, max_size=4))
 def test_index_agrees_with_the_old_linear_index(
     ops: list[tuple[str, str, int]], topics: list[str]
