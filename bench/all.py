@@ -34,6 +34,7 @@ SCENARIOS = (
     "scale",
     "history",
     "workers",
+    "wildcards",
     "fanout",
     "fanout_max",
 )

@@ -134,9 +134,10 @@ async def test_burst_of_writes_within_the_debounce_is_one_swap(
 ) -> None:
     path = tmp_path / "relay.wasm"
     path.write_bytes(relay(0))
-    server = await make_server(modules_dir=tmp_path, watch_debounce=0.2, swap_probation=0.01)
+    versions = [relay(n) for n in range(21)]  # built first: building is slow on a busy machine
+    server = await make_server(modules_dir=tmp_path, watch_debounce=0.5, swap_probation=0.01)
     for n in range(1, 21):
-        path.write_bytes(relay(n))
+        path.write_bytes(versions[n])
         await asyncio.sleep(0.005)
     last = sha(relay(20))
     records = server.host.histories["relay"].records
