@@ -123,6 +123,18 @@ class Deployer:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
+    async def settled(self, name: str) -> None:
+        """Wait until no deploy or undeploy of `name` runs.
+
+        The watcher sees a deploy's own writes, including a refused version that is on
+        disk only until it is put back. Its change waits for the deploy, then reads what
+        the folder holds by then, so a deploy is never swapped (or refused) twice.
+        """
+        lock = self._locks.get(name)
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
+
     def _folder(self) -> Path:
         directory = self._loader.directory
         if directory is None or not directory.is_dir():

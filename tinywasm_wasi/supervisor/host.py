@@ -283,9 +283,14 @@ class ModuleHost:
         if self._stopping:
             log.info("module %s: %s ignored, the server is stopping", name, request.kind.value)
             return
-        task = asyncio.get_running_loop().create_task(self.swapper.run(name, request))
+        task = asyncio.get_running_loop().create_task(self._run(name, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, name: str, request: Request) -> VersionRecord | None:
+        if request.trigger is Trigger.WATCHER:
+            await self.deployer.settled(name)  # a deploy's own writes are not a second change
+        return await self.swapper.run(name, request)
 
     async def swap(
         self, name: str, trigger: Trigger | str, source: Source | None = None
