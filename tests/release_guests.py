@@ -42,3 +42,35 @@ RESTORE_TRAPS = """
   (func (export "save_state") (result i64) (i64.const 0))
   (func (export "restore_state") (param i32 i32) unreachable)
 """
+
+
+def health(result: str) -> str:
+    """A `health_check` export whose body is `result` (WAT leaving an i32)."""
+    return f'(func (export "health_check") (result i32) {result})'
+
+
+HEALTHY = health("(i32.const 0)")
+# Healthy until a message on "sick" sets its first byte as the health result.
+TOGGLED = """
+  (global $health (mut i32) (i32.const 0))
+  (func (export "init") (call $subscribe {sick} (i32.const 0)))
+  (func (export "on_message") (param $p i32) (param $n i32)
+    (global.set $health (i32.load8_u (local.get $p))))
+  (func (export "health_check") (result i32) (global.get $health))
+"""
+
+META_AT = 5000
+
+
+def metadata(raw: bytes) -> str:
+    """A `get_metadata` export returning `raw` from a data segment."""
+    escaped = "".join(f"\\{b:02x}" for b in raw)
+    packed = META_AT << 32 | len(raw)
+    return (
+        f'(data (i32.const {META_AT}) "{escaped}")\n'
+        f'(func (export "get_metadata") (result i64) (i64.const {packed}))'
+    )
+
+
+def toggled() -> bytes:
+    return bytes(wasmtime.wat2wasm(guest(TOGGLED, {"sick": "sick"})))

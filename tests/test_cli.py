@@ -61,6 +61,7 @@ VALUES = [
         (Path("a"), Path("b")),
     ),
     ("--swap-probation", "TINYWASM_SWAP_PROBATION", "2", "swap_probation", 2.0),
+    ("--health-interval", "TINYWASM_HEALTH_INTERVAL", "3", "health_interval", 3.0),
     ("--log-level", "TINYWASM_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "16MiB", "memory_limit", 16 * 1024 * 1024),

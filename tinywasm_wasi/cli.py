@@ -292,6 +292,13 @@ SETTINGS = (
         _seconds,
         "how long a swapped-in version is watched; a trap then rolls back to the old one",
     ),
+    _Setting(
+        "health_interval",
+        "SECONDS",
+        _seconds,
+        "seconds between health_check() calls on live modules; 0 checks only before a "
+        "version takes traffic",
+    ),
     _Setting("log_level", "LEVEL", _log_level, f"one of {', '.join(LOG_LEVELS)}"),
     _Setting(
         "nats",

@@ -69,6 +69,8 @@ class Config:
     watch_sources: tuple[Path, ...] = ()
     # Seconds a swapped-in version is watched; a trap then rolls back to the old one.
     swap_probation: float = 0.5
+    # Seconds between health_check() calls on live modules that export it (0: only at start).
+    health_interval: float = 10.0
     log_level: str = "INFO"
     # NATS servers the bus joins (nats://host:port); empty: this process only (the in-process bus).
     nats: tuple[str, ...] = ()
@@ -144,6 +146,8 @@ class Config:
             raise ValueError(f"port {self.port} is out of range: use 0 to 65535")
         if self.drain_timeout < 0:
             raise ValueError("drain_timeout must be zero or more seconds")
+        if self.health_interval < 0:
+            raise ValueError("health_interval must be zero (off) or more seconds")
         if self.watch_debounce < 0 or self.swap_probation < 0:
             raise ValueError("watch_debounce and swap_probation must be zero or more seconds")
         if self.mailbox_size < 1:

@@ -43,6 +43,7 @@ from tinywasm_wasi.policy.tokens import TokenVerifier
 from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.supervisor.health import HealthChecker
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.supervisor.watcher import ModuleChange, ModuleWatcher
@@ -165,7 +166,7 @@ def create_app(config: Config) -> web.Application:
             "machine makes every client look local. Set TINYWASM_ADMIN_TOKEN",
             config.host,
         )
-    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _watcher, _sources, _frozen))
+    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _health, _watcher, _sources, _frozen))
     app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
@@ -259,6 +260,15 @@ async def _modules(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await host.stop()  # already done by _stop_modules unless start-up failed
+
+
+async def _health(app: web.Application) -> AsyncIterator[None]:
+    checker = HealthChecker(app[HOST].live, app[CONFIG].health_interval)
+    checker.start()
+    try:
+        yield
+    finally:
+        await checker.close()
 
 
 async def _watcher(app: web.Application) -> AsyncIterator[None]:

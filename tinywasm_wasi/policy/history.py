@@ -52,6 +52,7 @@ class VersionRecord:
     held: int = 0  # messages held in the new version's mailbox during cut-over
     error: str | None = None
     warning: str | None = None  # it went ahead but lost something, e.g. the old state
+    metadata: dict[str, Any] | None = None  # what the version's get_metadata said
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

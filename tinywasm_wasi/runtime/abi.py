@@ -58,6 +58,9 @@ EXPORT_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "restore_state": (("i32",) * 2, ()),  # or -> i32: non-zero means the state was rejected
     "handle": (("i32",) * 2, ("i32",)),
     "handle_http": (("i32",) * 2, ("i64",)),
+    "health_check": ((), ("i32",)),
+    "get_metadata": ((), ("i64",)),
+    "validate_config": ((), ("i32",)),
 }
 
 # Exports that may also have this second signature.
@@ -82,6 +85,9 @@ class ModuleInterface:
     has_drain: bool
     has_state: tuple[bool, bool]  # (save_state, restore_state) exported
     http: str | None = None  # "handle_http" (full mode), "handle" (compat mode) or None
+    has_health_check: bool = False
+    has_metadata: bool = False
+    has_validate_config: bool = False
 
 
 def _is_i32s(types: list[wasmtime.ValType], count: int) -> bool:
@@ -176,4 +182,7 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
         has_drain="drain" in exports,
         has_state=("save_state" in exports, "restore_state" in exports),
         http=None if http is None else http.value,
+        has_health_check="health_check" in exports,
+        has_metadata="get_metadata" in exports,
+        has_validate_config="validate_config" in exports,
     )

@@ -31,6 +31,7 @@ from bus import MAX_TOPIC_BYTES
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TrapCode
 from tinywasm_wasi.policy import backtrace
 from tinywasm_wasi.policy.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
+from tinywasm_wasi.policy.metadata import MAX_METADATA
 from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
 from tinywasm_wasi.runtime.engine import deadline_ticks
@@ -220,6 +221,20 @@ class Guest:
             tag = f" (version tag {int.from_bytes(data[:4], 'little')})" if len(data) >= 4 else ""
             return f"restore_state rejected the state{tag}"
         return None
+
+    def health_check(self) -> int | None:
+        """`health_check()`'s result (0 is healthy), or None if the guest does not export it."""
+        if not self.interface.has_health_check:
+            return None
+        result = int(self.call("health_check")) & U32
+        return result - (1 << 32) if result >= 1 << 31 else result
+
+    def metadata(self) -> bytes | None:
+        """The bytes `get_metadata()` points at (pointer high 32 bits, length low), or None."""
+        if not self.interface.has_metadata:
+            return None
+        packed = int(self.call("get_metadata")) & U64
+        return self.read("get_metadata", packed >> 32, packed & U32, MAX_METADATA)
 
     def http(self, export: str, request: bytes, limit: int) -> bytes | None:
         """Call `handle` or `handle_http` with `request` placed in guest memory.

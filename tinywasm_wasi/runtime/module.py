@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -21,9 +22,16 @@ from typing import Any
 
 from bus import Bus
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.exceptions import GuestTrap, MailboxFullError, ModuleClosedError, TrapCode
+from tinywasm_wasi.exceptions import (
+    GuestTrap,
+    MailboxFullError,
+    ModuleClosedError,
+    ModuleLoadError,
+    TrapCode,
+)
 from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
 from tinywasm_wasi.policy.limits import Limits, Replicas
+from tinywasm_wasi.policy.metadata import Metadata, MetadataError, parse_metadata
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.policy.rules import ModuleFileName, Rule
 from tinywasm_wasi.policy.traps import TrapWindow
@@ -33,9 +41,14 @@ from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.guest import Guest
 from tinywasm_wasi.runtime.mailbox import Mailbox, Pending, Request, Requeued
 
-__all__ = ["Broadcast", "ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
+__all__ = ["Broadcast", "Health", "ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
 
 log = logging.getLogger("tinywasm.module")
+
+
+class Health(enum.StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
 
 
 class WasmModule:
@@ -81,6 +94,9 @@ class WasmModule:
         self._traps = TrapWindow(*quarantine)
         self._on_faulty = on_faulty
         self.faulty = False
+        self.metadata: Metadata | None = None  # from get_metadata, checked at start
+        self.health: Health | None = None  # None: it exports no health_check
+        self.health_error: str | None = None
         self._answers: Answers | None = None  # settles HTTP answers on the loop, batched
         self.mailbox = Mailbox(
             self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
@@ -117,11 +133,64 @@ class WasmModule:
         )
         try:
             guest.start()
+            self._check_before_traffic(guest)
         except BaseException:
             # Closed here, on its thread: the close queued by `_discard` may never run.
             self._guest = None
             guest.close()
             raise
+
+    def _check_before_traffic(self, guest: Guest) -> None:
+        """Metadata and health check, after init and before the version takes traffic."""
+        raw = guest.metadata()
+        if raw is not None:
+            try:
+                self.metadata = parse_metadata(raw, self.name)
+            except MetadataError as exc:
+                raise ModuleLoadError(f"invalid metadata: {exc}") from None
+        result = guest.health_check()  # before it takes any traffic
+        if result is not None and result != 0:
+            raise ModuleLoadError(
+                f"health_check() returned {result} (0 is healthy): the version is refused"
+            )
+        if result is not None:
+            self.health = Health.HEALTHY
+
+    async def check_health(self, timeout: float) -> Health | None:
+        """Run `health_check()` in turn with the mailbox; None if the module has none.
+
+        A non-zero result, a trap or no answer within `timeout` marks it unhealthy
+        (`health_error` says why); it keeps serving, and the status shows it.
+        """
+        if not self.compiled.interface.has_health_check or self._state is not ModuleState.LIVE:
+            return None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self.call(self._health_call)
+            if result != 0:
+                error = f"health_check() returned {result}"
+        except GuestTrap as exc:
+            error = str(exc)
+        except TimeoutError:
+            error = f"health_check() did not answer within {timeout:g} s (mailbox busy or stuck)"
+        except ModuleClosedError:
+            return None
+        was = self.health
+        self.health = Health.UNHEALTHY if error else Health.HEALTHY
+        self.health_error = error
+        if self.health is not was:
+            if error:
+                log.warning("module %s is unhealthy: %s", self.name, error)
+            else:
+                log.info("module %s is healthy again", self.name)
+        return self.health
+
+    def _health_call(self) -> int:
+        guest = self._guest
+        if guest is None:
+            raise ModuleClosedError(f"module {self.name!r} is closed")
+        return guest.health_check() or 0
 
     def activate(self) -> None:
         """Make the subscriptions recorded during start live on the bus."""
@@ -491,4 +560,7 @@ class WasmModule:
             "grants": self.limits.grants.to_json(),
             "memory_bytes": self._guest.memory_size if self._guest is not None else 0,
             "last_error": self.last_error,
+            "health": None if self.health is None else self.health.value,
+            "health_error": self.health_error,
+            "metadata": None if self.metadata is None else self.metadata.to_json(),
         }

@@ -237,7 +237,8 @@ class ModuleHost:
             self.swapper.record_startup(name, data, sha, Outcome.REFUSED, begun, at, str(exc))
             log.error("refused module %s: %s", path.name, exc)
             return None
-        self.swapper.record_startup(name, data, sha, Outcome.LOADED, begun, at, None)
+        meta = None if module.metadata is None else module.metadata.to_json()
+        self.swapper.record_startup(name, data, sha, Outcome.LOADED, begun, at, None, meta)
         log.info(
             "loaded module %s (%d bytes, sha256 %s, %.1f ms)",
             name,

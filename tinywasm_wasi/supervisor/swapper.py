@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bus import Bus
 from tinywasm_wasi.config import Config
@@ -100,6 +101,7 @@ class Attempt:
     opened: float | None = None  # perf_counter when the new version opened
     backoff: float = 0.0
     record: VersionRecord | None = None  # once recorded
+    metadata: dict[str, Any] | None = None  # the new version's, once it started
 
 
 class Swapper:
@@ -380,6 +382,8 @@ class Swapper:
             a.error = str(exc)
             return Event.STAGE_FAILED
         a.new.file = a.file
+        if a.new.metadata is not None:
+            a.metadata = a.new.metadata.to_json()
         self._registry.accept(a.name)
         return Event.STAGED
 
@@ -507,6 +511,7 @@ class Swapper:
             held=a.held,
             error=a.error,
             warning=a.warning,
+            metadata=a.metadata,
         )
         self._registry.record(a.name, a.record, kept)
         return a.record
@@ -551,7 +556,10 @@ class Swapper:
         begun: float,
         at: float,
         error: str | None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Record a load made by the start-up passes (not through a machine; they log)."""
-        a = Attempt(name, STARTUP, begun=begun, at=at, data=data, sha=sha256, error=error)
+        a = Attempt(
+            name, STARTUP, begun=begun, at=at, data=data, sha=sha256, error=error, metadata=metadata
+        )
         self._keep(a, outcome)
