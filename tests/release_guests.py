@@ -74,3 +74,23 @@ def metadata(raw: bytes) -> str:
 
 def toggled() -> bytes:
     return bytes(wasmtime.wat2wasm(guest(TOGGLED, {"sick": "sick"})))
+
+
+# Answers "vN" but traps on every `every`-th request.
+FLAKY = """
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "init") (call $subscribe {t} (i32.const 0)))
+  (func (export "on_message") (param $p i32) (param $n i32)
+    (call $ws_broadcast {out} (local.get $p) (local.get $n)))
+  (func (export "handle") (param i32 i32) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.eqz (i32.rem_u (global.get $calls) (i32.const EVERY))) (then unreachable))
+    {answer} drop)
+"""
+
+
+def flaky(version: int, every: int) -> bytes:
+    wat = guest(
+        FLAKY.replace("EVERY", str(every)), {"t": "nums", "out": "out", "answer": f"v{version}"}
+    )
+    return bytes(wasmtime.wat2wasm(wat))

@@ -182,6 +182,18 @@ EXPECTED = {
         Phase.IDLE,
         Resting.QUARANTINED,
     ),
+    (Phase.CANARY, Resting.LIVE, Event.CANARY_PROMOTED): (
+        (A.END_SPLIT, A.CUT_OVER, A.DRAIN_OLD),
+        None,
+        Phase.DRAINING,
+        Resting.LIVE,
+    ),
+    (Phase.CANARY, Resting.LIVE, Event.CANARY_ABORTED): (
+        (A.ABORT_CANARY,),
+        None,
+        Phase.ROLLING_BACK,
+        Resting.LIVE,
+    ),
 }
 
 EVENTS = [e for e in Event if e is not Event.REQUESTED]
@@ -194,6 +206,7 @@ ONLY_LIVE = {
     Phase.ROLLING_BACK,
     Phase.UNLOADING,
     Phase.QUARANTINING,
+    Phase.CANARY,
 }
 REACHABLE = [
     (phase, resting)
@@ -232,8 +245,8 @@ def test_every_phase_and_event(phase: Phase, resting: Resting, event: Event) -> 
 
 
 def test_table_size() -> None:
-    # 3 x 3 resting-independent phases + 6 live-only + 1 quarantined-only, x 18 events.
-    assert len(REACHABLE) == 16 and len(ALL) == 16 * 18
+    # 3 x 3 resting-independent phases + 7 live-only + 1 quarantined-only, x 20 events.
+    assert len(REACHABLE) == 17 and len(ALL) == 17 * 20
 
 
 def test_expected_table_names_only_reachable_pairs() -> None:
@@ -336,3 +349,49 @@ def test_reset_after_an_unexpected_failure_rests_and_starts_the_follow_up() -> N
     assert step.actions == (A.READ,) and step.request == CHANGE
     assert (m.phase, m.resting) == (Phase.READING, Resting.ABSENT)
     assert SwapMachine("x", resting=Resting.LIVE).reset(Resting.LIVE).actions == ()
+
+
+CANARY = Request(RequestKind.CANARY, Trigger.CANARY)
+
+
+def test_a_promoted_canary_ends_as_a_swap_recorded_promoted() -> None:
+    m = SwapMachine("chat", resting=Resting.LIVE)
+    assert m.request(CANARY).actions == (A.READ,)
+    assert m.handle(Event.READ_NEW).actions == (A.STAGE,)
+    assert m.handle(Event.STAGED).actions == (A.START_CANARY,)
+    assert m.phase is Phase.CANARY
+    assert m.request(CHANGE).actions == ()  # a change meanwhile waits for the verdict
+    steps = [
+        m.handle(e)
+        for e in (
+            Event.CANARY_PROMOTED,
+            Event.DRAINED,
+            Event.HANDED_OVER,
+            Event.PROBATION_PASSED,
+        )
+    ]
+    assert [s.actions for s in steps[:3]] == [
+        (A.END_SPLIT, A.CUT_OVER, A.DRAIN_OLD),
+        (A.HAND_OVER_STATE,),
+        (A.OPEN,),
+    ]
+    assert steps[3].actions == (A.CLOSE_OLD, A.RECORD, A.READ)  # then the waiting change
+    assert steps[3].outcome is Outcome.PROMOTED
+
+
+def test_an_aborted_canary_is_rolled_back() -> None:
+    m = SwapMachine("chat", resting=Resting.LIVE)
+    m.request(CANARY)
+    m.handle(Event.READ_NEW)
+    m.handle(Event.STAGED)
+    assert m.handle(Event.CANARY_ABORTED).actions == (A.ABORT_CANARY,)
+    step = m.handle(Event.ROLLED_BACK)
+    assert (step.actions, step.outcome, m.phase) == ((A.RECORD,), Outcome.ROLLED_BACK, Phase.IDLE)
+
+
+def test_a_canary_of_nothing_running_just_loads() -> None:
+    m = SwapMachine("chat", resting=Resting.ABSENT)
+    m.request(CANARY)
+    m.handle(Event.READ_NEW)
+    step = m.handle(Event.STAGED)
+    assert (step.actions, step.outcome) == ((A.ACTIVATE, A.RECORD), Outcome.LOADED)

@@ -27,11 +27,13 @@ class Trigger(enum.StrEnum):
     DELETE = "delete"
     QUARANTINE = "quarantine"
     RETRY = "retry"
+    CANARY = "canary"
 
 
 class Outcome(enum.Enum):
     LOADED = "loaded"  # first version of a name
     SWAPPED = "swapped"
+    PROMOTED = "promoted"  # a canary took all traffic after its window (or on command)
     TIMED_OUT_DRAINING = "timed out draining"  # swapped, but the old version never got idle
     REFUSED = "refused"  # the new version failed to stage; the old one kept serving
     ROLLED_BACK = "rolled back"  # the new version failed after cut-over; the old one resumed
@@ -53,6 +55,7 @@ class VersionRecord:
     error: str | None = None
     warning: str | None = None  # it went ahead but lost something, e.g. the old state
     metadata: dict[str, Any] | None = None  # what the version's get_metadata said
+    reason: str | None = None  # why a canary was promoted or rolled back
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,6 +78,7 @@ class ModuleHistory:
         if data is not None and record.outcome in (
             Outcome.LOADED,
             Outcome.SWAPPED,
+            Outcome.PROMOTED,
             Outcome.TIMED_OUT_DRAINING,
         ):
             self._good = deque(

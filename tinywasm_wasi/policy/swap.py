@@ -21,6 +21,12 @@ A swap, in phases (see ARCHITECTURE.md, "Hot swap")::
     HANDING_OVER --restore trapped--> ROLLING_BACK;  PROBATION --failed--> ROLLING_BACK
     ROLLING_BACK --rolled back--> IDLE
 
+A canary (`RequestKind.CANARY`) reads and stages the same way, then rests in
+CANARY with both versions serving until a verdict::
+
+    STAGING --staged--> CANARY --promoted--> DRAINING (then as a swap; recorded PROMOTED)
+    CANARY --aborted--> ROLLING_BACK --rolled back--> IDLE
+
 Every (phase, event) pair not in the table raises `SwapStateError` with the
 module name, the phase and the event.
 """
@@ -52,6 +58,7 @@ class RequestKind(enum.Enum):
     CHANGE = "change"  # load, swap or unload to the bytes the source has now
     QUARANTINE = "quarantine"  # the live version trapped too often
     RETRY = "retry"  # the quarantine backoff elapsed
+    CANARY = "canary"  # run the source's bytes beside the live version until promoted or aborted
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,7 @@ class Phase(enum.Enum):
     UNLOADING = "unloading"
     QUARANTINING = "quarantining"
     RETRYING = "retrying"  # a fresh instance of the quarantined version is starting
+    CANARY = "canary"  # both versions serve, split by percentage, until a verdict
 
 
 class Event(enum.Enum):
@@ -104,6 +112,8 @@ class Event(enum.Enum):
     NOT_FAULTY = "not faulty"  # the faulty version was swapped or unloaded meanwhile
     RETRY_STARTED = "retry started"
     RETRY_FAILED = "retry failed"
+    CANARY_PROMOTED = "canary promoted"  # its window passed, or promote was asked for
+    CANARY_ABORTED = "canary aborted"  # its error budget ran out, or abort was asked for
 
 
 class Action(enum.Enum):
@@ -123,6 +133,13 @@ class Action(enum.Enum):
     CANCEL_RETRY = "cancel retry"
     END_QUARANTINE = "end quarantine"
     START_RETRY = "start retry"  # -> RETRY_STARTED | RETRY_FAILED
+    START_CANARY = (
+        "start canary"  # split traffic to the staged version -> CANARY_PROMOTED | _ABORTED
+    )
+    END_SPLIT = "end split"  # all traffic to the live version again (promotion cuts over next)
+    ABORT_CANARY = (
+        "abort canary"  # the canary's queued work goes to the live version -> ROLLED_BACK
+    )
     RECORD = "record"  # record the attempt in the history with `Step.outcome`
 
 
@@ -138,6 +155,8 @@ EVENT_ACTIONS = frozenset(
         Action.UNLOAD,
         Action.QUARANTINE,
         Action.START_RETRY,
+        Action.START_CANARY,
+        Action.ABORT_CANARY,
     }
 )
 
@@ -205,7 +224,7 @@ class SwapMachine:
     def _start(self, request: Request) -> Step:
         self.current = request
         self._drain_timed_out = False
-        if request.kind is RequestKind.CHANGE:
+        if request.kind in (RequestKind.CHANGE, RequestKind.CANARY):
             return self._go(Phase.READING, Action.READ, request=request)
         if request.kind is RequestKind.QUARANTINE and self.resting is Resting.LIVE:
             return self._go(Phase.QUARANTINING, Action.QUARANTINE, request=request)
@@ -249,6 +268,9 @@ class SwapMachine:
         return self._finish(Action.RECORD, outcome=Outcome.REFUSED)
 
     def _staged(self) -> Step:
+        canary = self.current is not None and self.current.kind is RequestKind.CANARY
+        if canary and self.resting is Resting.LIVE:
+            return self._go(Phase.CANARY, Action.START_CANARY)
         if self.resting is Resting.LIVE:
             return self._go(Phase.DRAINING, Action.CUT_OVER, Action.DRAIN_OLD)
         ends: tuple[Action, ...] = ()
@@ -271,8 +293,18 @@ class SwapMachine:
     def _roll_back(self) -> Step:
         return self._go(Phase.ROLLING_BACK, Action.ROLL_BACK)
 
+    def _canary_promoted(self) -> Step:
+        # From here it is a swap: cut over, drain the old version, hand over its state,
+        # probation. (The split ends first, so the cut-over is one bus step as ever.)
+        return self._go(Phase.DRAINING, Action.END_SPLIT, Action.CUT_OVER, Action.DRAIN_OLD)
+
+    def _canary_aborted(self) -> Step:
+        return self._go(Phase.ROLLING_BACK, Action.ABORT_CANARY)
+
     def _probation_passed(self) -> Step:
         outcome = Outcome.TIMED_OUT_DRAINING if self._drain_timed_out else Outcome.SWAPPED
+        if outcome is Outcome.SWAPPED and self.current and self.current.kind is RequestKind.CANARY:
+            outcome = Outcome.PROMOTED
         return self._finish(Action.CLOSE_OLD, Action.RECORD, outcome=outcome)
 
     def _probation_failed(self) -> Step:
@@ -324,4 +356,6 @@ _TABLE: dict[tuple[Phase, Event], Callable[[SwapMachine], Step]] = {
     (Phase.QUARANTINING, Event.NOT_FAULTY): SwapMachine._not_faulty,
     (Phase.RETRYING, Event.RETRY_STARTED): SwapMachine._retry_started,
     (Phase.RETRYING, Event.RETRY_FAILED): SwapMachine._retry_failed,
+    (Phase.CANARY, Event.CANARY_PROMOTED): SwapMachine._canary_promoted,
+    (Phase.CANARY, Event.CANARY_ABORTED): SwapMachine._canary_aborted,
 }

@@ -98,6 +98,8 @@ class WasmModule:
         self.health: Health | None = None  # None: it exports no health_check
         self.health_error: str | None = None
         self._answers: Answers | None = None  # settles HTTP answers on the loop, batched
+        # During a canary, on the live version: picks the version each bus message goes to.
+        self._split: Callable[[], WasmModule | None] | None = None
         self.mailbox = Mailbox(
             self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
         )
@@ -411,7 +413,24 @@ class WasmModule:
 
     # -- deliveries (module thread) ---------------------------------------------------------
 
+    def split_messages(self, pick: Callable[[], WasmModule | None] | None) -> None:
+        """During a canary: `pick()` names another version for a message (None: this one)."""
+        self._split = pick
+
+    def absorb(self, canary: WasmModule) -> int:
+        """End a canary: its queued messages and requests come here, in front. Returns the count.
+
+        Called with the canary's mailbox held and paused; this version stays live.
+        """
+        moved = canary.mailbox.take_pending()
+        self.mailbox.prepend(moved)
+        canary.discard_held()
+        return len(moved)
+
     def _on_bus_message(self, topic: str, payload: bytes) -> bool:
+        split = self._split
+        if split is not None and (other := split()) is not None:
+            return other._on_bus_message(topic, payload)
         if self.mailbox.put(topic, payload):
             return True
         self._warn_drop(

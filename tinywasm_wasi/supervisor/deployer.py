@@ -15,12 +15,9 @@ Deploys and undeploys of one name run one at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,10 +27,11 @@ from typing import Any
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.names import check_module_name
+from tinywasm_wasi.supervisor.files import write_atomically
 from tinywasm_wasi.supervisor.loader import ModuleLoader, read_regular
 from tinywasm_wasi.supervisor.pins import PinStore
 
-__all__ = ["DeployOutcome", "DeployResult", "Deployer", "NotDeployedError", "write_atomically"]
+__all__ = ["DeployOutcome", "DeployResult", "Deployer", "NotDeployedError"]
 
 log = logging.getLogger("tinywasm.deploy")
 
@@ -56,6 +54,7 @@ class DeployOutcome(enum.StrEnum):
 _FROM_RECORD = {
     Outcome.LOADED: DeployOutcome.LOADED,
     Outcome.SWAPPED: DeployOutcome.SWAPPED,
+    Outcome.PROMOTED: DeployOutcome.SWAPPED,
     Outcome.TIMED_OUT_DRAINING: DeployOutcome.SWAPPED,
     Outcome.REFUSED: DeployOutcome.REFUSED,
     Outcome.ROLLED_BACK: DeployOutcome.ROLLED_BACK,
@@ -83,21 +82,6 @@ class DeployResult:
             "error": None if record is None else record.error,
             "result": None if record is None else record.to_json(),
         }
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: a hidden temporary file beside it, renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class Deployer:

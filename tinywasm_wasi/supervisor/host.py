@@ -19,12 +19,15 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import ModuleLoadError, TinywasmError
+from tinywasm_wasi.policy.canary import CanarySettings
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.names import check_module_name
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file
 from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.quarantine import Quarantine
@@ -32,6 +35,7 @@ from tinywasm_wasi.policy.rules import ModuleFileName, parse_file_name
 from tinywasm_wasi.policy.swap import Request, RequestKind
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.module import Broadcast, WasmModule
+from tinywasm_wasi.supervisor.canary import CanaryRequest, CanaryRun
 from tinywasm_wasi.supervisor.deployer import Deployer, DeployResult
 from tinywasm_wasi.supervisor.loader import (
     DEFAULT_MAX_MODULE_SIZE,
@@ -277,16 +281,17 @@ class ModuleHost:
         """Swap `name` to the bytes of `source` (default: its file) in the background."""
         self._submit(name, Request(RequestKind.CHANGE, Trigger(trigger), source))
 
-    def _submit(self, name: str, request: Request) -> None:
+    def _submit(self, name: str, request: Request) -> asyncio.Task[VersionRecord | None] | None:
         if not self.runs_here(name) and name not in self.modules:
             log.debug("module %s: %s left to its owner worker", name, request.kind.value)
-            return
+            return None
         if self._stopping:
             log.info("module %s: %s ignored, the server is stopping", name, request.kind.value)
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self._run(name, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self, name: str, request: Request) -> VersionRecord | None:
         if request.trigger is Trigger.WATCHER:
@@ -330,6 +335,55 @@ class ModuleHost:
             raise ModuleLoadError(f"module {name!r} is not pinned: it serves its file's version")
         return await self.swap(name, Trigger.API)
 
+    async def canary(self, name: str, data: bytes, settings: CanarySettings) -> CanaryRun:
+        """Start `data` as a canary of live module `name`; returns once it serves.
+
+        Raises:
+            ModuleNameError: `name` is outside the documented character set.
+            ModuleLoadError: `name` is not live, a canary of it already runs, or the
+                version was refused (the reason is the message).
+        """
+        check_module_name(name)
+        if name not in self.modules:
+            raise ModuleLoadError(
+                f"module {name!r} is not running: deploy it first (a canary runs beside a "
+                "live version)"
+            )
+        if name in self.view.canaries:
+            raise ModuleLoadError(f"a canary of {name!r} already runs: promote or abort it first")
+        started: asyncio.Future[CanaryRun | str] = asyncio.get_running_loop().create_future()
+        request = Request(
+            RequestKind.CANARY, Trigger.CANARY, CanaryRequest(data, settings, started)
+        )
+        task = self._submit(name, request)
+        if task is not None:
+            waits: set[asyncio.Future[Any]] = {started, task}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            await self.swapper.idle(name)  # coalesced into a running operation
+        result = started.result() if started.done() else None
+        if isinstance(result, CanaryRun):
+            return result
+        raise ModuleLoadError(
+            f"canary of {name!r} not started: "
+            + (result or "the same bytes as the live version, or superseded by a newer change")
+        )
+
+    def decide_canary(self, name: str, promote: bool) -> CanaryRun:
+        """Promote or abort the canary of `name` (the swap carries it out in the background).
+
+        Raises:
+            ModuleLoadError: no canary of `name` runs.
+        """
+        run = self.view.canaries.get(name)
+        if run is None:
+            raise ModuleLoadError(f"no canary of {name!r} runs: start one with POST …/canary")
+        if promote:
+            run.promote()
+        else:
+            run.abort()
+        return run
+
     async def rollback(self, name: str) -> VersionRecord | None:
         """Return `name` to its previous good version, kept in memory."""
         history = self.histories.get(name)
@@ -346,6 +400,8 @@ class ModuleHost:
     def _on_faulty(self, module: WasmModule) -> None:
         """From the module's thread: it trapped too often; take it out on the loop."""
         loop = self._loop
+        if self._registry.view.modules.get(module.name) is not module:
+            return  # a canary: its traps count against its window instead
         if loop is not None and not loop.is_closed():
             request = Request(RequestKind.QUARANTINE, Trigger.QUARANTINE)
             loop.call_soon_threadsafe(self._submit, module.name, request)
@@ -381,6 +437,8 @@ class ModuleHost:
         """
         self._stopping = True
         self.swapper.timers.cancel_all()
+        for run in list(self.view.canaries.values()):
+            run.abort("the server is stopping")
         timeout = self.settings.drain_timeout
         deadline = time.monotonic() + timeout
         if self._tasks:

@@ -13,6 +13,7 @@ from tinywasm_wasi.policy.history import ModuleHistory, VersionRecord
 from tinywasm_wasi.policy.quarantine import Quarantine
 from tinywasm_wasi.runtime.engine import CompiledModule
 from tinywasm_wasi.runtime.module import ModuleState, WasmModule
+from tinywasm_wasi.supervisor.canary import CanaryRun
 
 __all__ = ["Registry", "RegistryView"]
 
@@ -28,6 +29,7 @@ class RegistryView:
         )
         self.refused: Mapping[str, str] = MappingProxyType(registry._refused)
         self.histories: Mapping[str, ModuleHistory] = MappingProxyType(registry._histories)
+        self.canaries: Mapping[str, CanaryRun] = MappingProxyType(registry._canaries)
 
     def middlewares(self) -> list[WasmModule]:
         """Live middleware modules, in the order they run (see `policy/rules.py`)."""
@@ -49,6 +51,7 @@ class Registry:
         self._last_quarantine: dict[str, Quarantine[CompiledModule]] = {}
         self._refused: dict[str, str] = {}
         self._histories: dict[str, ModuleHistory] = {}
+        self._canaries: dict[str, CanaryRun] = {}
         self.view = RegistryView(self)
 
     # -- live versions -----------------------------------------------------------------------
@@ -61,6 +64,14 @@ class Registry:
 
     def clear(self) -> None:
         self._modules.clear()
+
+    # -- canaries -----------------------------------------------------------------------------
+
+    def start_canary(self, name: str, run: CanaryRun) -> None:
+        self._canaries[name] = run
+
+    def end_canary(self, name: str) -> CanaryRun | None:
+        return self._canaries.pop(name, None)
 
     # -- refusals ------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from typing import Any
 from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
+from tinywasm_wasi.policy.canary import Verdict
 from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file, pin_after
 from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
@@ -54,6 +55,8 @@ from tinywasm_wasi.policy.swap import (
 )
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.module import Broadcast, WasmModule
+from tinywasm_wasi.supervisor.canary import CanaryRequest, CanaryRun
+from tinywasm_wasi.supervisor.files import write_atomically
 from tinywasm_wasi.supervisor.loader import ModuleLoader, Source
 from tinywasm_wasi.supervisor.pins import PinStore
 from tinywasm_wasi.supervisor.registry import Registry
@@ -102,6 +105,7 @@ class Attempt:
     backoff: float = 0.0
     record: VersionRecord | None = None  # once recorded
     metadata: dict[str, Any] | None = None  # the new version's, once it started
+    reason: str | None = None  # why a canary was promoted or rolled back
 
 
 class Swapper:
@@ -311,10 +315,19 @@ class Swapper:
                 self._registry.end_quarantine(a.name, remember=a.request.kind is RequestKind.RETRY)
             case Action.START_RETRY:
                 return await self._start_retry(a)
+            case Action.START_CANARY:
+                return await self._start_canary(a)
+            case Action.END_SPLIT:
+                run = self._registry.end_canary(a.name)
+                if run is not None:
+                    await run.close()
+            case Action.ABORT_CANARY:
+                return await self._abort_canary(a)
             case Action.RECORD:
                 assert step.outcome is not None
                 self._record(a, step.outcome)
                 await self._pin(a, step.outcome)
+                await self._settle_canary(a, step.outcome)
         return None
 
     # -- the actions that take time ------------------------------------------------------------
@@ -386,6 +399,61 @@ class Swapper:
             a.metadata = a.new.metadata.to_json()
         self._registry.accept(a.name)
         return Event.STAGED
+
+    async def _start_canary(self, a: Attempt) -> Event:
+        request = a.request.source
+        assert isinstance(request, CanaryRequest)
+        assert a.old is not None and a.new is not None
+        run = CanaryRun(a.old, a.new, request.settings)
+        a.new.release()  # its effects held since start happen now
+        self._registry.start_canary(a.name, run)
+        run.start()
+        log.info(
+            "canary %s %s beside %s: %g%% of traffic",
+            a.name,
+            a.sha[:8],
+            a.old.compiled.sha256[:8],
+            request.settings.percent,
+        )
+        if not request.started.done():
+            request.started.set_result(run)
+        verdict, a.reason = await run.verdict
+        if verdict is Verdict.PROMOTE:
+            return Event.CANARY_PROMOTED
+        a.error = a.reason
+        return Event.CANARY_ABORTED
+
+    async def _settle_canary(self, a: Attempt, outcome: Outcome) -> None:
+        """A canary that never started says why; a promoted one's bytes become its file."""
+        request = a.request.source
+        if not isinstance(request, CanaryRequest):
+            return
+        if not request.started.done():
+            request.started.set_result(a.error or outcome.value)
+        if outcome is Outcome.PROMOTED and self._loader.directory is not None:
+            found = self._loader.find_file(a.name)
+            path = self._loader.directory / (found.file if found else f"{a.name}.wasm")
+            try:
+                await asyncio.to_thread(write_atomically, path, request.data)
+            except OSError as exc:
+                log.error("canary %s promoted, but %s cannot be written: %s", a.name, path, exc)
+            self.pins.drop(a.name, "a canary was promoted")
+
+    async def _abort_canary(self, a: Attempt) -> Event:
+        old, new = a.old, a.new
+        assert old is not None and new is not None
+        run = self._registry.end_canary(a.name)
+        if run is not None:
+            await run.close()
+        a.opened = time.perf_counter()
+        new.hold()
+        await asyncio.to_thread(new.mailbox.wait_paused, 5.0)
+        moved = old.absorb(new)
+        await new.close()
+        log.warning(
+            "canary %s rolled back: %s; %d queued item(s) moved back", a.name, a.error, moved
+        )
+        return Event.ROLLED_BACK
 
     async def _hand_over(self, a: Attempt) -> Event:
         old, new = a.old, a.new
@@ -512,6 +580,7 @@ class Swapper:
             error=a.error,
             warning=a.warning,
             metadata=a.metadata,
+            reason=a.reason,
         )
         self._registry.record(a.name, a.record, kept)
         return a.record
@@ -520,7 +589,7 @@ class Swapper:
         """Record the attempt and log its one line."""
         record = self._keep(a, outcome)
         sha = record.sha256
-        if a.request.kind is not RequestKind.CHANGE:
+        if a.request.kind not in (RequestKind.CHANGE, RequestKind.CANARY):
             return  # quarantine and retry log their own lines
         if outcome is Outcome.UNLOADED:
             log.info(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from http.cookies import CookieError, SimpleCookie
 from typing import Protocol
 
 from aiohttp import web
@@ -147,6 +148,10 @@ class Dispatcher:
         try:
             name = request.name
             target = self._target(name)
+            canary = self._host.canaries.get(name)
+            if canary is not None:  # a canary runs: this request goes to one of the two
+                headers = CIMultiDict(request.headers)
+                target = canary.pick(canary.sticky_key(headers, _cookies(headers)))
             chain = [
                 m
                 for m in self._host.middlewares()
@@ -166,6 +171,8 @@ class Dispatcher:
             if problem is not None:
                 raise Failed(400, problem)
             result = await self._run(chain, target, http_request)
+            if canary is not None and target is canary.canary and result.status >= 500:
+                canary.server_errors += 1
         except Failed as failed:
             return self._public_failure(failed)
         return ForwardedAnswer(result.status, tuple(result.headers), result.body)
@@ -304,6 +311,16 @@ class Forwarder(Protocol):
 
     async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
         """The owner's answer; raises Failed when it cannot be reached in time."""
+
+
+def _cookies(headers: CIMultiDict[str]) -> dict[str, str]:
+    """The request's cookies by name (a malformed Cookie header gives none)."""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(headers.get("Cookie", ""))
+    except CookieError:
+        return {}
+    return {key: morsel.value for key, morsel in jar.items()}
 
 
 def _mode(module: WasmModule) -> HttpMode | None:

@@ -7,21 +7,33 @@
   documented character set.
 - ``DELETE /api/modules/{name}``: the file removed and the module unloaded; 404 if
   there is no such module.
+- ``POST /api/modules/{name}/canary`` (multipart: ``module`` bytes, ``settings`` JSON):
+  the version runs beside the live one until promoted or rolled back (409 if it cannot
+  start, with the reason); ``POST …/canary/promote`` and ``…/canary/abort`` decide.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import json
+
+from aiohttp import BodyPartReader, web
 
 from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.policy.canary import CanaryError, CanarySettings, parse_canary_settings
 from tinywasm_wasi.policy.names import ModuleNameError, check_module_name
 from tinywasm_wasi.supervisor.deployer import NotDeployedError
 from tinywasm_wasi.supervisor.host import ModuleHost
-from tinywasm_wasi.web.admin import AdminGuard
+from tinywasm_wasi.web.admin import AdminGuard, Handler
 
 __all__ = ["add_release_routes", "read_capped"]
 
 CHUNK = 64 * 1024
+FORM_HELP = (
+    "send multipart/form-data with a 'module' part (the .wasm bytes) and an optional "
+    "'settings' part (JSON), e.g. curl -F module=@chat.wasm "
+    "-F 'settings={\"percent\": 10}' …/canary\n"
+)
 
 
 async def read_capped(request: web.Request, cap: int, what: str) -> bytes:
@@ -41,6 +53,46 @@ async def read_capped(request: web.Request, cap: int, what: str) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_canary_form(request: web.Request, cap: int) -> tuple[bytes, CanarySettings]:
+    """A canary's ``multipart/form-data``: the ``module`` part (bytes) and ``settings`` (JSON)."""
+    if not request.content_type.startswith("multipart/"):
+        raise web.HTTPBadRequest(text=FORM_HELP)
+    data: bytes | None = None
+    settings: object = {}
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise web.HTTPBadRequest(text=FORM_HELP)
+        if part.name == "module":
+            chunks, size = [], 0
+            while chunk := await part.read_chunk(CHUNK):
+                size += len(chunk)
+                if size > cap:
+                    raise web.HTTPRequestEntityTooLarge(
+                        max_size=cap,
+                        actual_size=size,
+                        text=f"the module is over the {cap} byte limit (--max-module-size)\n",
+                    )
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        elif part.name == "settings":
+            raw = await part.read(decode=False)
+            if len(raw) > 64 * 1024:
+                raise web.HTTPBadRequest(text="the canary settings are over 64 KiB\n")
+            try:
+                settings = json.loads(raw)
+            except ValueError as exc:
+                raise web.HTTPBadRequest(
+                    text=f"the canary settings are not JSON: {exc}\n"
+                ) from None
+    if not data:
+        raise web.HTTPBadRequest(text=FORM_HELP)
+    try:
+        return data, parse_canary_settings(settings)
+    except CanaryError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
 
 
 def add_release_routes(app: web.Application, host: ModuleHost, admin: AdminGuard) -> None:
@@ -76,5 +128,36 @@ def add_release_routes(app: web.Application, host: ModuleHost, admin: AdminGuard
             raise web.HTTPConflict(text=f"{exc}\n") from None
         return web.json_response(result.to_json())
 
+    async def canary(request: web.Request) -> web.Response:
+        name = checked_name(request)
+        data, settings = await read_canary_form(request, host.loader.max_module_size)
+        try:
+            run = await host.canary(name, data, settings)
+        except ModuleNameError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        except ModuleLoadError as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        return web.json_response({"name": name, "canary": run.to_json()})
+
+    def decide(promote: bool) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            name = checked_name(request)
+            try:
+                run = host.decide_canary(name, promote)
+            except ModuleLoadError as exc:
+                raise web.HTTPNotFound(text=f"{exc}\n") from None
+            verdict, reason = await asyncio.shield(run.verdict)
+            await host.swapper.idle(name)  # the promotion or rollback has run
+            history = host.histories.get(name)
+            last = history.records[-1].to_json() if history and history.records else None
+            return web.json_response(
+                {"name": name, "verdict": verdict.value, "reason": reason, "result": last}
+            )
+
+        return handler
+
     app.router.add_put("/api/modules/{name}", admin(deploy))
+    app.router.add_post("/api/modules/{name}/canary", admin(canary))
+    app.router.add_post("/api/modules/{name}/canary/promote", admin(decide(promote=True)))
+    app.router.add_post("/api/modules/{name}/canary/abort", admin(decide(promote=False)))
     app.router.add_delete("/api/modules/{name}", admin(undeploy))

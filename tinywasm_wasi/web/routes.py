@@ -97,6 +97,8 @@ def add_module_routes(
         pin = host.pins.get(str(entry.get("name")))
         entry["pinned"] = None if pin is None else pin.to_json()
         entry["file_differs"] = pin is not None
+        run = host.view.canaries.get(str(entry.get("name")))
+        entry["canary"] = None if run is None else run.to_json()
         return entry
 
     async def list_modules(_request: web.Request) -> web.Response:
