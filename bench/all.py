@@ -31,6 +31,7 @@ SCENARIOS = (
     "swap",
     "dev_loop",
     "sdk",
+    "canary",
     "scale",
     "history",
     "workers",

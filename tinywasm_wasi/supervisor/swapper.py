@@ -134,7 +134,7 @@ class Swapper:
         self.pins = pins if pins is not None else PinStore(None)
         self._machines: dict[str, SwapMachine] = {}
         # Per name, while a caller runs operations on it: done when it rests again.
-        self._running: dict[str, asyncio.Future[None]] = {}
+        self._running: dict[str, set[asyncio.Future[None]]] = {}
 
     # -- starting a version ------------------------------------------------------------------
 
@@ -213,18 +213,24 @@ class Swapper:
             return None
         attempt = Attempt(name, request)
         last: VersionRecord | None = None
-        running = self._running[name] = asyncio.get_running_loop().create_future()
+        # The machine rests as the last step's actions start, so a new runner may begin
+        # while this one still closes the old version and records: both are tracked.
+        running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running.setdefault(name, set()).add(running)
         try:
             last = await self._run_steps(name, machine, step, attempt)
         finally:
-            del self._running[name]
+            runners = self._running[name]
+            runners.discard(running)
+            if not runners:
+                del self._running[name]
             running.set_result(None)
         return last
 
     async def idle(self, name: str) -> None:
-        """Wait until `name` rests: the running operation and its follow-up are done."""
-        while (running := self._running.get(name)) is not None:
-            await asyncio.shield(running)
+        """Wait until `name` rests: every runner of it (and their follow-ups) is done."""
+        while runners := self._running.get(name):
+            await asyncio.shield(next(iter(runners)))
 
     async def _run_steps(
         self, name: str, machine: SwapMachine, step: Step, attempt: Attempt
