@@ -94,3 +94,40 @@ def flaky(version: int, every: int) -> bytes:
         FLAKY.replace("EVERY", str(every)), {"t": "nums", "out": "out", "answer": f"v{version}"}
     )
     return bytes(wasmtime.wat2wasm(wat))
+
+
+# Reads config key "greeting" into its answer (at 6000, NUL-terminated) on each request,
+# and counts messages on "nums" (its state, handed over in a swap). /m/<name> answers
+# "<greeting>|<count>". validate_config refuses a config without "greeting".
+CONFIGURED = """
+  (global $count (mut i32) (i32.const 0))
+  (func (export "init") (call $subscribe {t} (i32.const 0)))
+  (func (export "on_message") (param i32 i32)
+    (global.set $count (i32.add (global.get $count) (i32.const 1))))
+  (func (export "validate_config") (result i32)
+    (if (result i32) (i32.lt_s (call $config_get {key} (i32.const 7000) (i32.const 0)) (i32.const 0))
+      (then (i32.const 1)) (else (i32.const 0))))
+  (func (export "handle") (param i32 i32) (result i32) (local $n i32) (local $p i32)
+    (local.set $n (call $config_get {key} (i32.const 6000) (i32.const 200)))
+    (local.set $p (i32.add (i32.const 6000) (local.get $n)))
+    (i32.store8 (local.get $p) (i32.const 124))
+    (i32.store8 (i32.add (local.get $p) (i32.const 1))
+      (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+    (i32.store8 (i32.add (local.get $p) (i32.const 2)) (i32.const 0))
+    (i32.const 6000))
+  (func (export "save_state") (result i64)
+    (i32.store (i32.const 5000) (global.get $count))
+    (i64.const 21474836480004))
+  (func (export "restore_state") (param $p i32) (param i32)
+    (global.set $count (i32.load (local.get $p))))
+"""
+CONFIG_IMPORT = (
+    '\n  (import "env" "config_get" (func $config_get (param i32 i32 i32 i32) (result i32)))'
+)
+
+
+def configured() -> bytes:
+    from tests.wat import IMPORTS
+
+    wat = guest(CONFIGURED, {"t": "nums", "key": "greeting"}, imports=IMPORTS + CONFIG_IMPORT)
+    return bytes(wasmtime.wat2wasm(wat))

@@ -199,7 +199,7 @@ def test_no_uvloop_turns_uvloop_off_and_beats_the_variable() -> None:
 
 
 def test_tables_cover_every_config_field() -> None:
-    fields = {f.name for f in dataclasses.fields(Config)}
+    fields = {f.name for f in dataclasses.fields(Config)} - {"environment"}  # not a setting
     assert {row[3] for row in VALUES} == fields
     assert {f"TINYWASM_{field.upper()}" for field in fields} == set(VARIABLES)
 
@@ -446,3 +446,10 @@ def test_python_m_invalid_server() -> None:
     result = _run("-m", "cmd.tinywasm", env={"TINYWASM_SERVER": "nope"})
     assert result.returncode == 2
     assert "TINYWASM_SERVER='nope' is not a valid server" in result.stderr
+
+
+def test_the_environment_is_handed_over_for_module_config_references() -> None:
+    env = {"DB_PASSWORD": "hunter2", "TINYWASM_PORT": "7000"}
+    config = parse_config([], env)
+    assert config.environment == env
+    assert "hunter2" not in repr(config)

@@ -549,7 +549,8 @@ def parse_config(argv: list[str], env: Mapping[str, str], prog: str = PROG) -> C
         except ValueError as exc:
             parser.error(f"{setting.flag} / {setting.env}: {source} is not valid: {exc}")
     try:
-        return Config(**values)
+        # Modules' <name>.toml may refer to the environment as ${NAME}: hand it over.
+        return Config(**values, environment=dict(env))
     except ValueError as exc:  # a rule Config checks and the parsers above do not
         parser.error(str(exc))
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -139,6 +140,10 @@ class Config:
         """Where the server keeps its own state: state_dir, else <modules_dir>/.tinywasm."""
         return self.state_dir if self.state_dir is not None else self.modules_dir / ".tinywasm"
 
+    # Environment variables modules' <name>.toml may refer to as ${NAME} (secrets); only the
+    # CLI fills it (from its own environment): library code never reads os.environ.
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.auth_secret is not None and self.auth_public_key is not None:
             raise ValueError("give auth_secret or auth_public_key, not both")
@@ -154,15 +159,15 @@ class Config:
             raise ValueError("mailbox_size must be at least 1")
         if self.ws_queue_size < 1:
             raise ValueError("ws_queue_size must be at least 1")
-        for field in (
+        for size_field in (
             "memory_limit",
             "max_module_size",
             "max_payload",
             "ws_max_frame",
             "mailbox_bytes",
         ):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1 byte")
+            if getattr(self, size_field) < 1:
+                raise ValueError(f"{size_field} must be at least 1 byte")
         if not self.header_timeout > 0:
             raise ValueError("header_timeout must be more than zero seconds, e.g. 10")
         if self.history and (self.nats or self.workers > 1):

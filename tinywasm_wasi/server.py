@@ -152,6 +152,7 @@ def create_app(config: Config) -> web.Application:
         quarantine_backoff=config.quarantine_backoff,
         state=state,
         placement=placement,
+        environment=config.environment,
     )
     app[CONFIG], app[BUS], app[HUB], app[RUNTIME], app[HOST] = config, bus, hub, runtime, host
     app[_BRIDGE] = bridge

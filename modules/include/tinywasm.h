@@ -82,6 +82,13 @@ void ws_broadcast(const char *topic, int topic_len, const void *payload, int pay
 TW_IMPORT(log)
 void tw_log(const char *msg, int msg_len);
 
+/* Read the value of `key` from the module's config (<name>.toml beside it): copies at
+ * most `buf_len` bytes into `buf` and returns the value's full length, or -1 when the
+ * key is not set. A return above `buf_len` means the value was cut: ask again with a
+ * larger buffer. Values from ${ENV} references are secrets: the API never shows them. */
+TW_IMPORT(config_get)
+int config_get(const char *key, int key_len, char *buf, int buf_len);
+
 /* Convenience wrappers taking NUL-terminated strings. */
 static inline int tw_strlen_(const char *s) { return (int)__builtin_strlen(s); }
 

@@ -15,7 +15,7 @@ from tinywasm_wasi.exceptions import ModuleLoadError, UnknownImportError
 from tinywasm_wasi.policy.authoring import guess_from_imports, import_hint
 from tinywasm_wasi.policy.http_abi import http_mode
 
-__all__ = ["HOST_IMPORTS", "WASI_MODULE", "ModuleInterface", "inspect_module"]
+__all__ = ["HOST_IMPORTS", "HOST_IMPORTS_I32", "WASI_MODULE", "ModuleInterface", "inspect_module"]
 
 HOST_MODULE = "env"
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -27,6 +27,10 @@ HOST_IMPORTS: dict[str, int] = {
     "unsubscribe": 2,
     "ws_broadcast": 4,
     "log": 2,
+}
+# name -> number of i32 parameters, with one i32 result
+HOST_IMPORTS_I32: dict[str, int] = {
+    "config_get": 4,
 }
 
 # Every function of WASI preview 1; the host links all of them (most with an
@@ -123,10 +127,21 @@ def inspect_module(module: wasmtime.Module) -> ModuleInterface:
                     f"import {where} has the wrong type: the host provides "
                     f"{imp.name}({', '.join(['i32'] * nparams)}) with no result"
                 )
+        elif imp.module == HOST_MODULE and imp.name in HOST_IMPORTS_I32:
+            nparams = HOST_IMPORTS_I32[imp.name]
+            if not (
+                isinstance(ty, wasmtime.FuncType)
+                and _is_i32s(ty.params, nparams)
+                and _is_i32s(ty.results, 1)
+            ):
+                raise UnknownImportError(
+                    f"import {where} has the wrong type: the host provides "
+                    f"{imp.name}({', '.join(['i32'] * nparams)}) -> i32"
+                )
         elif imp.module == WASI_MODULE and imp.name in WASI_FUNCTIONS:
             continue
         else:
-            known = ", ".join(f"env.{n}" for n in HOST_IMPORTS)
+            known = ", ".join(f"env.{n}" for n in (*HOST_IMPORTS, *HOST_IMPORTS_I32))
             language = guess_from_imports(
                 (f"{i.module}.{i.name}" for i in module.imports),
                 (e.name for e in module.exports),

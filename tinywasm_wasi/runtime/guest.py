@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import wasmtime
@@ -33,7 +33,13 @@ from tinywasm_wasi.policy import backtrace
 from tinywasm_wasi.policy.limits import COMPAT_RESPONSE_CAP, MAX_LOG_LINE, Limits
 from tinywasm_wasi.policy.metadata import MAX_METADATA
 from tinywasm_wasi.runtime import fastcall
-from tinywasm_wasi.runtime.abi import HOST_IMPORTS, HOST_MODULE, WASI_MODULE, ModuleInterface
+from tinywasm_wasi.runtime.abi import (
+    HOST_IMPORTS,
+    HOST_IMPORTS_I32,
+    HOST_MODULE,
+    WASI_MODULE,
+    ModuleInterface,
+)
 from tinywasm_wasi.runtime.engine import deadline_ticks
 from tinywasm_wasi.runtime.fastcall import HostCaller as Caller
 
@@ -104,9 +110,11 @@ class Guest:
         interface: ModuleInterface,
         effects: GuestEffects,
         limits: Limits | None = None,
+        config: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self.name = name
         self.interface = interface
+        self._config: Mapping[bytes, bytes] = config or {}
         self.limits = limits = limits or Limits()
         self._effects = effects
         self._fault: str | None = None
@@ -221,6 +229,13 @@ class Guest:
             tag = f" (version tag {int.from_bytes(data[:4], 'little')})" if len(data) >= 4 else ""
             return f"restore_state rejected the state{tag}"
         return None
+
+    def validate_config(self) -> int | None:
+        """`validate_config()`'s result (0 accepts the config), or None without the export."""
+        if not self.interface.has_validate_config:
+            return None
+        result = int(self.call("validate_config")) & U32
+        return result - (1 << 32) if result >= 1 << 31 else result
 
     def health_check(self) -> int | None:
         """`health_check()`'s result (0 is healthy), or None if the guest does not export it."""
@@ -518,6 +533,26 @@ class Guest:
         for name, nparams in HOST_IMPORTS.items():
             ty = wasmtime.FuncType([i32] * nparams, [])
             host.define(HOST_MODULE, name, ty, rearming(funcs[name]))
+        config = self._config
+
+        def config_get(c: Caller, kp: int, kl: int, bp: int, bl: int) -> int:
+            # The value's length (copied up to bl bytes), or -1 when the key is not set.
+            check(c, "config_get", "key", kp, kl)
+            check(c, "config_get", "buffer", bp, bl)
+            if kl & U32 > MAX_TOPIC_BYTES:
+                return -1
+            value = config.get(c.read(kp & U32, kl & U32))
+            if value is None:
+                return -1
+            n = min(len(value), bl & U32)
+            if n:
+                c.write(bp & U32, value[:n])
+            return len(value)
+
+        results: dict[str, Callable[..., int]] = {"config_get": config_get}
+        for name, nparams in HOST_IMPORTS_I32.items():
+            ty = wasmtime.FuncType([i32] * nparams, [i32])
+            host.define(HOST_MODULE, name, ty, rearming(results[name]))
         fd_write_ty = wasmtime.FuncType([i32] * 4, [i32])
         host.define(WASI_MODULE, "fd_write", fd_write_ty, rearming(self._fd_write))
         # WASI's poll_oneoff sleeps in host code, out of the call deadline's reach:

@@ -32,6 +32,7 @@ from tinywasm_wasi.exceptions import (
 from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
 from tinywasm_wasi.policy.limits import Limits, Replicas
 from tinywasm_wasi.policy.metadata import Metadata, MetadataError, parse_metadata
+from tinywasm_wasi.policy.module_config import ModuleConfig
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.policy.rules import ModuleFileName, Rule
 from tinywasm_wasi.policy.traps import TrapWindow
@@ -66,8 +67,10 @@ class WasmModule:
         limits: Limits | None = None,
         quarantine: tuple[int, float] = (Config.quarantine_traps, Config.quarantine_window),
         on_faulty: Callable[[WasmModule], None] | None = None,
+        config: ModuleConfig | None = None,
     ) -> None:
         self.compiled = compiled
+        self.config = config or ModuleConfig()  # from <name>.toml; secrets never shown
         self.name = compiled.name
         self.limits = limits or Limits()
         # The file it was loaded from, with its middleware rule (None: not from a folder).
@@ -131,7 +134,13 @@ class WasmModule:
     def _start_guest(self) -> None:
         c = self.compiled
         guest = self._guest = Guest(
-            self.name, self._runtime.engine, c.module, c.interface, self._effects, self.limits
+            self.name,
+            self._runtime.engine,
+            c.module,
+            c.interface,
+            self._effects,
+            self.limits,
+            self.config.encoded(),
         )
         try:
             guest.start()
@@ -143,7 +152,13 @@ class WasmModule:
             raise
 
     def _check_before_traffic(self, guest: Guest) -> None:
-        """Metadata and health check, after init and before the version takes traffic."""
+        """Config, metadata and health check, after init and before the version takes traffic."""
+        verdict = guest.validate_config()
+        if verdict is not None and verdict != 0:
+            raise ModuleLoadError(
+                f"validate_config() returned {verdict}: it refuses its config "
+                f"({', '.join(sorted(self.config.values)) or 'no keys'}); fix <name>.toml"
+            )
         raw = guest.metadata()
         if raw is not None:
             try:
@@ -582,4 +597,5 @@ class WasmModule:
             "health": None if self.health is None else self.health.value,
             "health_error": self.health_error,
             "metadata": None if self.metadata is None else self.metadata.to_json(),
+            "config": self.config.redacted(),
         }

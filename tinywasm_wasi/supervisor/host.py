@@ -75,6 +75,7 @@ class ModuleHost:
         quarantine_backoff: float = Config.quarantine_backoff,
         state: StateDir | None = None,
         placement: Placement | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.runtime = runtime
         # With several workers: which modules run here (the others run on their owner).
@@ -88,7 +89,9 @@ class ModuleHost:
             quarantine=quarantine,
             quarantine_backoff=quarantine_backoff,
         )
-        self.loader = ModuleLoader(limits or Limits(), max_module_size=max_module_size)
+        self.loader = ModuleLoader(
+            limits or Limits(), max_module_size=max_module_size, environment=environment
+        )
         self._registry = Registry()
         self.pins = PinStore(state)
         self.swapper = Swapper(

@@ -10,12 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.policy.limits import LIMITS_FILE, Limits, LimitsError, parse_overrides
+from tinywasm_wasi.policy.module_config import (
+    CONFIG_SUFFIX,
+    ConfigError,
+    ModuleConfig,
+    config_file_name,
+    parse_module_config,
+)
 from tinywasm_wasi.policy.rules import (
     ModuleFileName,
     Rule,
@@ -31,6 +38,7 @@ __all__ = [
     "FolderScan",
     "ModuleLoader",
     "Source",
+    "is_config_file",
     "is_module_file",
     "load_overrides",
     "load_rule_txt",
@@ -55,6 +63,17 @@ def is_module_file(path: Path) -> bool:
         and "_temp_" not in name
         and not name.endswith((".tmp.wasm", "~.wasm"))
         and len(name) > len(".wasm")
+    )
+
+
+def is_config_file(path: Path) -> bool:
+    """True for a module's `<name>.toml` (not limits.toml, not hidden)."""
+    name = path.name
+    return (
+        name.endswith(CONFIG_SUFFIX)
+        and name != LIMITS_FILE
+        and not name.startswith(".")
+        and len(name) > len(CONFIG_SUFFIX)
     )
 
 
@@ -170,8 +189,15 @@ class FolderScan:
 class ModuleLoader:
     """Reads the modules folder for the supervisor; holds the parsed `limits.toml`."""
 
-    def __init__(self, limits: Limits, *, max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         self.limits = limits
+        self.environment: Mapping[str, str] = environment or {}
         self.max_module_size = max_module_size
         self.directory: Path | None = None
         self._overrides: dict[str, Limits] = {}  # from limits.toml, per module name
@@ -233,6 +259,24 @@ class ModuleLoader:
     def reader(self, path: Path | None) -> Source:
         """A source for `path` (None: a source that says the file is gone)."""
         return (lambda: None) if path is None else read_file(path, self.max_module_size)
+
+    def config_for(self, name: str) -> ModuleConfig:
+        """Module `name`'s config from ``<name>.toml`` in the folder (none: empty).
+
+        Raises:
+            ModuleLoadError: the file is unreadable or invalid (the message says why,
+                naming keys and variables, never values).
+        """
+        if self.directory is None:
+            return ModuleConfig()
+        file = config_file_name(name)
+        try:
+            text = _read_text(self.directory / file)
+            if text is None:
+                return ModuleConfig()
+            return parse_module_config(text, self.environment, file)
+        except ConfigError as exc:
+            raise ModuleLoadError(str(exc)) from None
 
     def limits_for(self, name: str) -> Limits:
         """The limits for module `name`: the defaults, overridden by limits.toml if it says so.

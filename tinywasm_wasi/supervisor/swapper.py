@@ -162,6 +162,7 @@ class Swapper:
             mailbox_size=s.mailbox_size,
             mailbox_bytes=s.mailbox_bytes,
             limits=self._loader.limits_for(compiled.name),
+            config=self._loader.config_for(compiled.name),
             quarantine=s.quarantine,
             on_faulty=self._on_faulty,
         )
@@ -369,6 +370,14 @@ class Swapper:
             if verdict is FileVerdict.CHANGED:
                 self.pins.drop(a.name, "its file changed")
         if old is None or old.compiled.sha256 != a.sha:
+            return Event.READ_NEW
+        try:
+            config_changed = self._loader.config_for(a.name) != old.config
+        except ModuleLoadError as exc:
+            a.error = str(exc)
+            return Event.READ_FAILED
+        if config_changed:
+            log.info("module %s: its config changed; swapping it to the same bytes", a.name)
             return Event.READ_NEW
         if self._loader.limits_for(a.name) != old.limits:
             log.info(

@@ -40,6 +40,7 @@ from pathlib import Path
 from watchfiles import Change, awatch
 
 from tinywasm_wasi.supervisor.host import is_module_file
+from tinywasm_wasi.supervisor.loader import is_config_file
 
 __all__ = ["ModuleChange", "ModuleWatcher"]
 
@@ -114,7 +115,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _names(paths: Iterable[str]) -> set[str]:
-    return {Path(p).name[: -len(".wasm")] for p in paths if is_module_file(Path(p))}
+    paths = list(paths)
+    return {Path(p).name[: -len(".wasm")] for p in paths if is_module_file(Path(p))} | {
+        Path(p).stem for p in paths if is_config_file(Path(p))
+    }
 
 
 def _changes(directory: Path, names: Iterable[str]) -> list[ModuleChange]:
@@ -345,7 +349,7 @@ class ModuleWatcher:
         # come relative, so compare absolute paths. _watch then checks the folder and stops.
         if os.path.abspath(path) == self._absolute:
             return change == Change.deleted
-        return is_module_file(Path(path))
+        return is_module_file(Path(path)) or is_config_file(Path(path))
 
     def _removed(self, batch: _Batch) -> bool:
         return any(
