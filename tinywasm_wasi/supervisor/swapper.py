@@ -214,8 +214,7 @@ class Swapper:
             return None
         attempt = Attempt(name, request)
         last: VersionRecord | None = None
-        # The machine rests as the last step's actions start, so a new runner may begin
-        # while this one still closes the old version and records: both are tracked.
+        # Tracked until its last actions (close old, record) are done: `idle` waits for them.
         running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running.setdefault(name, set()).add(running)
         try:
