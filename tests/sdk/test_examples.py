@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.sdk.examples import HTTP_LANGS
+from tests.sdk.examples import HTTP_LANGS, built
 from tests.support import eventually
 from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
@@ -182,7 +182,7 @@ async def test_counter_keeps_its_count_across_hot_swaps(
 
     # The state envelope is the same in every SDK: the C counter takes the count over too.
     if lang != "c":
-        shutil.copy(examples_base / "c" / "counter.wasm", path)
+        shutil.copy(built("c", examples_base) / "counter.wasm", path)
         record = await served.reload("counter")
         assert record is not None and record.outcome is Outcome.SWAPPED, record
         served.bus.publish("counter.inc", b"")
