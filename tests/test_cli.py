@@ -19,7 +19,7 @@ from tinywasm_wasi.cli import (
     parse_config,
     select_server,
 )
-from tinywasm_wasi.config import DEFAULT_CACHE_DIR, Config
+from tinywasm_wasi.config import DEFAULT_CACHE_DIR, Config, LogFormat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,8 @@ VALUES = [
     ("--health-interval", "TINYWASM_HEALTH_INTERVAL", "3", "health_interval", 3.0),
     ("--log-level", "TINYWASM_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+    ("--log-format", "TINYWASM_LOG_FORMAT", "json", "log_format", LogFormat.JSON),
+    ("--log-format", "TINYWASM_LOG_FORMAT", "TEXT", "log_format", LogFormat.TEXT),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "16MiB", "memory_limit", 16 * 1024 * 1024),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "65536", "memory_limit", 65536),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "1.5 KiB", "memory_limit", 1536),
@@ -141,6 +143,7 @@ OTHER = {
     "TINYWASM_SWAP_PROBATION": "7",
     "TINYWASM_HEALTH_INTERVAL": "7",
     "TINYWASM_LOG_LEVEL": "ERROR",
+    "TINYWASM_LOG_FORMAT": "json",
     "TINYWASM_MEMORY_LIMIT": "7MiB",
     "TINYWASM_CALL_TIMEOUT": "7",
     "TINYWASM_MAX_MODULE_SIZE": "7MiB",
@@ -259,6 +262,7 @@ BAD_VALUES = [
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "lots", "expected a whole number of at least 1"),
     ("--ws-queue-size", "TINYWASM_WS_QUEUE_SIZE", "-5", "expected a whole number of at least 1"),
     ("--log-level", "TINYWASM_LOG_LEVEL", "loud", "expected one of DEBUG, INFO, WARNING"),
+    ("--log-format", "TINYWASM_LOG_FORMAT", "yaml", "expected text or json"),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "lots", "expected a size in bytes"),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "0", "expected a size in bytes"),
     ("--memory-limit", "TINYWASM_MEMORY_LIMIT", "5 parsecs", "expected a size in bytes"),

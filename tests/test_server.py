@@ -127,7 +127,12 @@ async def test_healthz_and_api_modules_report_modules_and_clients(
         async with http.get(f"{server.url}/healthz") as resp:
             assert resp.status == 200
             live = len(server.host.live())
-            assert await resp.json() == {"status": "ok", "modules": live, "clients": 1}
+            assert await resp.json() == {
+                "status": "ok",
+                "modules": live,
+                "clients": 1,
+                "problems": [],
+            }
         async with http.get(f"{server.url}/api/modules") as resp:
             body = await resp.json()
     modules = {m["name"]: m for m in body["modules"]}

@@ -27,8 +27,10 @@ from tinywasm_wasi.config import (
     MAX_MEMORY,
     MAX_WORKERS,
     Config,
+    LogFormat,
 )
 from tinywasm_wasi.eventloop import choose_loop
+from tinywasm_wasi.logs import configure_logging
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
 from tinywasm_wasi.policy.topic_history import parse_history_rule
 
@@ -50,7 +52,6 @@ SERVER_ENV = "TINYWASM_SERVER"
 FASTPATH_ENV = "TINYWASM_FASTPATH"
 PROG = "tinywasm"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Errors from binding the listening socket; anything else is reported as it is.
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
@@ -199,6 +200,13 @@ def _switch(value: str) -> bool:
     raise ValueError("expected on or off (also 1/0, true/false, yes/no)")
 
 
+def _log_format(value: str) -> LogFormat:
+    try:
+        return LogFormat(value.lower())
+    except ValueError:
+        raise ValueError("expected text or json") from None
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in LOG_LEVELS:
@@ -332,6 +340,12 @@ SETTINGS = (
         "on|off",
         _switch,
         "run on uvloop's event loop when it is installed (--no-uvloop is --uvloop off)",
+    ),
+    _Setting(
+        "log_format",
+        "text|json",
+        _log_format,
+        "log lines as text, or as one JSON object per line (ts, level, logger, msg, event...)",
     ),
     _Setting(
         "memory_limit",
@@ -666,9 +680,7 @@ def main(
         return 2
     config = parse_config(args, environ, prog)
     worker = f"[w{config.worker_index}] " if config.worker_index is not None else ""
-    logging.basicConfig(
-        level=config.log_level, format=LOG_FORMAT.replace("%(message)s", worker + "%(message)s")
-    )
+    configure_logging(config.log_level, config.log_format, prefix=worker)
     from tinywasm_wasi.web.connections import raise_fd_limit
 
     raised = raise_fd_limit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,19 @@ __all__ = [
     "DEFAULT_WEB_DIR",
     "Config",
     "KiB",
+    "LogFormat",
     "MiB",
     "data_dir",
 ]
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+class LogFormat(enum.StrEnum):
+    """How log lines are written: `text` for people, `json` (one object per line) for tools."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 def data_dir(installed: str, checkout: str) -> Path:
@@ -83,6 +92,8 @@ class Config:
     worker_index: int | None = None
     # Run on uvloop's event loop when it is installed (the CLI applies it; see eventloop.py).
     uvloop: bool = True
+    # Text lines, or one JSON object per line (tinywasm_wasi/logs.py).
+    log_format: LogFormat = LogFormat.TEXT
 
     # -- limits per module (docs/security.md); `limits.toml` in modules_dir overrides per module
     # Linear memory a module may grow to; beyond it memory.grow fails in the guest.

@@ -59,8 +59,16 @@ from tinywasm_wasi.web.connections import (
 from tinywasm_wasi.web.dispatch import Dispatcher, add_dispatch_routes
 from tinywasm_wasi.web.forward import NatsForwarder
 from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.metrics import (
+    HttpStats,
+    ServerCollector,
+    access_counter,
+    metrics_handler,
+    new_registry,
+)
 from tinywasm_wasi.web.release import add_release_routes
-from tinywasm_wasi.web.routes import add_module_routes, add_static_routes
+from tinywasm_wasi.web.routes import add_api_fallback, add_module_routes, add_static_routes
+from tinywasm_wasi.web.sysfeed import SystemFeed
 
 __all__ = [
     "BUS",
@@ -95,6 +103,8 @@ STARTUP_SUBSCRIBE_TIMEOUT = 5.0  # seconds start-up waits for the modules' NATS 
 WORKER_HEADER = "X-Tinywasm-Worker"  # with --workers N: which worker answered
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
 SOURCES = web.AppKey("sources", SourceWatcher)
+HTTP_STATS = web.AppKey("http_stats", HttpStats)
+_FEED = web.AppKey("feed", SystemFeed)
 
 # Seconds aiohttp waits for request handlers after the shutdown hooks ran (the hub has
 # closed every WebSocket by then, so this bounds only a plain request still running).
@@ -103,7 +113,9 @@ HANDLER_GRACE = 1.0
 
 def create_app(config: Config) -> web.Application:
     """The WasiServer as an aiohttp application: modules, bus, hub and every route."""
+    http_stats = HttpStats()
     app = web.Application()
+    app[HTTP_STATS] = http_stats
     link = NatsLink(config.nats, buffer=config.nats_buffer) if config.nats else None
     # With NATS, the bus and the hub each get a channel: bus topics under tw.t.,
     # broadcasts under tw.b. (bus/remote.py); what other processes send comes back
@@ -112,9 +124,12 @@ def create_app(config: Config) -> web.Application:
         remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)) if link else None
     )
     broadcasts = link.channel(BROADCAST_PREFIX, lambda *m: hub.deliver_remote(*m)) if link else None
+    admin = AdminGuard(config.admin_token, listen_host=config.host)
     hub = Hub(
         remote=broadcasts,
         remote_ready=broadcasts.ready if broadcasts is not None else None,
+        # The $sys feed shows what /api/modules shows, behind the same guard.
+        system_guard=admin.check if config.status_private else None,
         publish=bus.publish,
         inbound=config.ws_inbound,
         queue_size=config.ws_queue_size,
@@ -167,13 +182,18 @@ def create_app(config: Config) -> web.Application:
             "machine makes every client look local. Set TINYWASM_ADMIN_TOKEN",
             config.host,
         )
-    app.cleanup_ctx.extend((_bus_and_runtime, _modules, _health, _watcher, _sources, _frozen))
-    app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_modules, _close_hub))
+    app.cleanup_ctx.extend(
+        (_bus_and_runtime, _modules, _health, _watcher, _sources, _feed, _frozen)
+    )
+    app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_feed, _stop_modules, _close_hub))
 
     app.router.add_get("/ws", hub.handle)
-    admin = AdminGuard(config.admin_token, listen_host=config.host)
-    add_module_routes(app, host, hub, nats=link, admin=admin, status_private=config.status_private)
+    view = add_module_routes(
+        app, host, hub, nats=link, admin=admin, status_private=config.status_private
+    )
     add_release_routes(app, host, admin)
+    add_api_fallback(app)  # after every /api/ route
+    app[_FEED] = SystemFeed(host, hub, view)
     forwarder = None
     if placement is not None and link is not None:
         forwarder = NatsForwarder(
@@ -181,7 +201,12 @@ def create_app(config: Config) -> web.Application:
         )
         app[_FORWARDER] = forwarder
         app.on_response_prepare.append(_worker_header(placement.me))
-    app[_DISPATCHER] = add_dispatch_routes(app, host.view, config, forwarder)
+    dispatcher = add_dispatch_routes(app, host.view, config, forwarder)
+    app[_DISPATCHER] = dispatcher
+    metrics = metrics_handler(
+        new_registry(ServerCollector(host.view, bus, hub, dispatcher, http_stats))
+    )
+    app.router.add_get("/metrics", admin(metrics) if config.status_private else metrics)
     add_static_routes(app, config.web_dir)
     return app
 
@@ -299,7 +324,7 @@ async def _sources(app: web.Application) -> AsyncIterator[None]:
     if config.watch_sources:
 
         def on_result(report: BuildReport) -> None:
-            hub.broadcast(BUILD_TOPIC, json.dumps(report.to_json()).encode("utf-8"))
+            hub.broadcast_system(BUILD_TOPIC, json.dumps(report.to_json()).encode("utf-8"))
 
         sources = SourceWatcher(
             config.watch_sources,
@@ -320,6 +345,18 @@ async def _stop_sources(app: web.Application) -> None:
     sources = app.get(SOURCES)
     if sources is not None:
         await sources.close()
+
+
+async def _feed(app: web.Application) -> AsyncIterator[None]:
+    app[_FEED].start()
+    try:
+        yield
+    finally:
+        await app[_FEED].close()
+
+
+async def _stop_feed(app: web.Application) -> None:
+    await app[_FEED].close()
 
 
 async def _frozen(_app: web.Application) -> AsyncIterator[None]:
@@ -384,8 +421,16 @@ async def serve(
     AcceptErrorFilter.install()
     guard = ConnectionGuard(max_connections=connection_budget(), header_timeout=header_timeout)
     app.middlewares.append(guard.middleware)
+    stats = app.get(HTTP_STATS)
+    counting = {} if stats is None else {"access_log_class": access_counter(stats)}
     runner = GuardedRunner(
-        app, guard, handle_signals=False, access_log=None, shutdown_timeout=HANDLER_GRACE
+        app,
+        guard,
+        handle_signals=False,
+        # With metrics, aiohttp's access-log hook counts requests (it logs nothing).
+        access_log=None if stats is None else log,
+        shutdown_timeout=HANDLER_GRACE,
+        **counting,
     )
     await runner.setup()
     try:

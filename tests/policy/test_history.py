@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tinywasm_wasi.policy.history import (
     MAX_GOOD_VERSIONS,
     ModuleHistory,
@@ -43,3 +45,31 @@ def test_record_json_uses_the_outcome_text() -> None:
     data = record("a", Outcome.TIMED_OUT_DRAINING).to_json()
     assert data["outcome"] == "timed out draining"
     assert data["sha256"] == "a"
+
+
+def test_record_json_has_iso_time_and_reads_back() -> None:
+    original = VersionRecord(
+        sha256="ab" * 32,
+        size=10,
+        at=1_790_000_000.25,
+        trigger=Trigger.ROLLBACK,
+        outcome=Outcome.ROLLED_BACK,
+        duration_ms=1.5,
+        held=3,
+        error="trapped",
+    )
+    data = original.to_json()
+    assert data["at"] == "2026-09-21T14:13:20.250+00:00"
+    assert data["at_unix"] == original.at
+    assert VersionRecord.from_json(data) == original
+    del data["at_unix"]  # the ISO time alone is enough
+    assert VersionRecord.from_json(data) == original
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{}, {"sha256": "a"}, {"sha256": "a", "size": 1, "at": "x", "trigger": "api"}],
+)
+def test_a_damaged_record_is_a_value_error(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        VersionRecord.from_json(bad)

@@ -11,112 +11,39 @@ Deselect with `-m "not browser"`.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
+import contextlib
 import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServerFactory
+from tests.scenarios import browser as browser_support
+from tests.scenarios.browser import (
+    CONNECTED,
+    PNG_SIGNATURE,
+    REQUIRE_BROWSER,
+    WAIT_MS,
+    PageErrors,
+    artifacts_dir,
+    browser,
+    require_browser,
+)
 from tinywasm_wasi.build import Language, build_module
 from tinywasm_wasi.build.scaffold import scaffold
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
-try:
-    from playwright.async_api import (
-        Browser,
-        BrowserContext,
-        ConsoleMessage,
-        Error,
-        Page,
-        async_playwright,
-        expect,
-    )
-except ImportError:
-    HAVE_PLAYWRIGHT = False
-else:
-    HAVE_PLAYWRIGHT = True
+with contextlib.suppress(ImportError):
+    from playwright.async_api import Browser, BrowserContext, Page, expect
 
-CHROMIUM = shutil.which("chromium")
-REQUIRE_BROWSER = "TINYWASM_REQUIRE_BROWSER"
+__all__ = ["browser"]  # the fixture, imported for the tests here
+
 pytestmark = [
     pytest.mark.browser,
     # Opening a tab has no timeout of its own; this bounds it (~1 s idle, ~3 s on a busy box).
     pytest.mark.timeout(60),
 ]
-
-
-def missing_browser() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    if not HAVE_PLAYWRIGHT:
-        return "needs Playwright: pip install playwright (never `playwright install`)"
-    if CHROMIUM is None:
-        return "needs Debian's Chromium on PATH: apt-get install -y chromium"
-    return None
-
-
-def require_browser() -> None:
-    """Skip when the browser is missing; with TINYWASM_REQUIRE_BROWSER=1, fail instead."""
-    reason = missing_browser()
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_BROWSER) == "1":
-        pytest.fail(
-            f"{REQUIRE_BROWSER}=1, so the browser test must run, but it {reason}", pytrace=False
-        )
-    pytest.skip(reason)
-
-
-# Flags for a quiet, sandbox-less run as root: no GPU, no calls home, no first-run UI.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = 5_000  # every wait on the page is bounded by this
-LAUNCH_MS = 20_000
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# "connected", but not "disconnected", "not connected" or "connecting".
-CONNECTED = re.compile(r"(?<!dis)(?<!not )\bconnected\b", re.IGNORECASE)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless; closed after the test."""
-    require_browser()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=LAUNCH_MS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-class PageErrors:
-    """Records console errors and uncaught exceptions of the pages it watches."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def watch(self, page: Page, name: str) -> None:
-        def on_console(message: ConsoleMessage) -> None:
-            if message.type == "error":
-                self.items.append(f"{name}: console.error {message.text!r} at {message.location}")
-
-        def on_page_error(error: Error) -> None:
-            self.items.append(f"{name}: uncaught {error.name}: {error.message}")
-
-        page.on("console", on_console)
-        page.on("pageerror", on_page_error)
 
 
 async def open_tab(context: BrowserContext, url: str, name: str, errors: PageErrors) -> Page:
@@ -138,7 +65,7 @@ async def send(page: Page, text: str) -> None:
 
 
 async def test_two_tabs_chat_through_the_chat_module(
-    make_server: ServerFactory, browser: Browser, tmp_path: Path
+    make_server: ServerFactory, browser: Browser
 ) -> None:
     server = await make_server()
     assert "chat" in server.host.modules
@@ -169,9 +96,14 @@ async def test_two_tabs_chat_through_the_chat_module(
     # The monitor module sees every bus message; tab 1's monitor socket opened with the
     # page, well before either message was sent.
     for text in (first, second):
-        await expect(tab1.locator("#monitor-log")).to_contain_text(f"chat: {text}", timeout=WAIT_MS)
+        await expect(tab1.locator("#monitor-log")).to_contain_text(text, timeout=WAIT_MS)
 
-    shot = tmp_path / "chat.png"
+    # Each line names its sender (the name the tab chose; the hub does not vouch for it).
+    name = await tab2.locator("#chat-name").input_value()
+    await expect(tab1.locator("#chat-log li", has_text=second).locator(".who")).to_have_text(name)
+    await expect(tab1.locator("#chat-notice")).to_be_hidden()
+
+    shot = artifacts_dir() / "demo-chat.png"
     await tab1.screenshot(path=shot, full_page=True)
     data = shot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1_000
@@ -215,8 +147,32 @@ async def test_the_page_shows_tinywasm_devs_builds_and_their_errors(
 def test_a_missing_chromium_is_an_error_only_when_the_browser_is_required(
     monkeypatch: pytest.MonkeyPatch, required: str, outcome: type[BaseException]
 ) -> None:
-    monkeypatch.setattr(f"{__name__}.HAVE_PLAYWRIGHT", True)
-    monkeypatch.setattr(f"{__name__}.CHROMIUM", None)
+    monkeypatch.setattr(browser_support, "HAVE_PLAYWRIGHT", True)
+    monkeypatch.setattr(browser_support.shutil, "which", lambda _name: None)
     monkeypatch.setenv(REQUIRE_BROWSER, required)
     with pytest.raises(outcome, match="Chromium"):
         require_browser()
+
+
+async def test_demo_says_when_nobody_handles_chat(
+    make_server: ServerFactory, browser: Browser, tmp_path: Path
+) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    for name in ("monitor.wasm", "receiver.wasm"):
+        shutil.copy(DEFAULT_MODULES_DIR / name, modules / name)
+    server = await make_server(modules_dir=modules)
+    errors = PageErrors()
+    context = await browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    tab = await open_tab(context, server.url + "/", "tab", errors)
+    # The events pane explains why it is empty instead of showing nothing.
+    await expect(tab.locator("#monitor-log .empty")).to_contain_text("No events yet")
+    await expect(tab.locator("#chat-notice")).to_be_hidden()
+    await send(tab, "is anyone there")
+    await expect(tab.locator("#chat-notice")).to_be_visible(timeout=WAIT_MS)
+    await expect(tab.locator("#chat-notice")).to_contain_text("Nobody handles chat")
+    # The monitor module still saw the message on the bus.
+    await expect(tab.locator("#monitor-log")).to_contain_text("is anyone there")
+    await context.close()
+    assert errors.items == []

@@ -165,10 +165,18 @@ class Traffic:
 
         await eventually(check, f"{name} to have handled {count} message(s)")
 
-    async def healthz(self) -> None:
+    async def healthz(self, problems: dict[str, str] | None = None) -> None:
+        """/healthz still answers 200 and lists exactly the problems the host has
+        (`problems`: module -> kind, when the test knows them), ok when there are none."""
         async with self.http.get(f"{self.server.url}/healthz") as resp:
             assert resp.status == 200
-            assert (await resp.json())["status"] == "ok"
+            body = await resp.json()
+        host = self.server.host
+        listed = {p["module"]: p["problem"] for p in body["problems"]}
+        assert set(listed) == {*host.quarantined, *host.refused}, body
+        if problems is not None:
+            assert listed == problems, body
+        assert body["status"] == ("degraded" if listed else "ok")
 
 
 def trap_logged(caplog: pytest.LogCaptureFixture, name: str, call: str) -> bool:
@@ -202,7 +210,7 @@ async def test_a_broken_file_is_refused_at_startup_with_its_reason(
         reason = status["refused"][case.name]
         for part in case.reason:
             assert part in reason, reason
-        await traffic.healthz()
+        await traffic.healthz({case.name: "refused"})
 
 
 @pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
@@ -622,7 +630,7 @@ async def test_a_module_that_keeps_trapping_is_quarantined_and_reported(
         await asyncio.gather(traffic.trigger(bytes([0]), times=3), traffic.roundtrip(50))
         entry = await quarantined(traffic, "bad")
         await traffic.roundtrip()
-        await traffic.healthz()
+        await traffic.healthz({"bad": "quarantined"})
         assert await traffic.entries("bad") == [entry]  # listed once, as quarantined
     assert error in entry["last_error"]
     assert entry["counters"]["traps"] == 3

@@ -335,8 +335,10 @@ async def test_rollback_returns_to_the_previous_good_version(
     assert record.outcome is Outcome.SWAPPED
     assert host.modules["relay"].compiled.sha256 == first_sha
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("swap relay")]
-    assert lines[-1].startswith("swap relay ") and "(rollback): swapped in" in lines[-1]
-    assert first_sha[:8] in lines[-1]
+    # The line when the old version serves again, then the end of its probation.
+    assert lines[-2].startswith("swap relay ") and "(rollback): serving in" in lines[-2]
+    assert lines[-2].split(" -> ")[1].startswith(first_sha[:8])
+    assert lines[-1].startswith("swap relay: probation passed") and "(rollback," in lines[-1]
 
 
 async def test_rollback_steps_back_through_good_versions_then_says_there_is_none(

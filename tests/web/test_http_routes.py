@@ -172,7 +172,14 @@ async def test_middlewares_unknown_names_and_modules_without_http_are_404(
             assert "cannot be reached directly" in body.decode()
         status, _, body = await get(http, f"{server.url}/m/nobody/x")
         assert status == 404
-        assert body == b"no module named 'nobody' is loaded: see GET /api/modules\n"
+        assert body == (
+            b"no module named 'nobody' is loaded; modules with an HTTP route: "
+            b"/m/echo, /m/echo_http\n"
+        )
+        for bare in ("/m", "/m/"):
+            status, _, body = await get(http, server.url + bare)
+            assert status == 404
+            assert body.startswith(b"give a module name: /m/<name>[/...]; modules with")
         status, _, body = await get(http, f"{server.url}/m/chat")
         assert status == 404
         assert b"exports neither handle nor handle_http" in body

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ModuleHistory", "Outcome", "Trigger", "VersionRecord"]
+__all__ = ["ModuleHistory", "Outcome", "Trigger", "VersionRecord", "iso_time"]
 
 MAX_RECORDS = 50
 MAX_GOOD_VERSIONS = 5
@@ -58,11 +60,44 @@ class VersionRecord:
     reason: str | None = None  # why a canary was promoted or rolled back
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-ready: `at` as ISO 8601 (UTC), `at_unix` as seconds since the epoch."""
         data = asdict(self)
+        data["at"] = iso_time(self.at)
+        data["at_unix"] = self.at
         data["outcome"] = self.outcome.value
         data["trigger"] = self.trigger.value
         data["duration_ms"] = round(self.duration_ms, 3)
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VersionRecord:
+        """The record `to_json` made (as read back from the history file).
+
+        Raises:
+            ValueError: a field is missing or of the wrong kind.
+        """
+        try:
+            at = data.get("at_unix")
+            if not isinstance(at, int | float):
+                at = datetime.fromisoformat(str(data["at"])).timestamp()
+            error = data.get("error")
+            return cls(
+                sha256=str(data["sha256"]),
+                size=int(data["size"]),
+                at=float(at),
+                trigger=Trigger(data["trigger"]),
+                outcome=Outcome(data["outcome"]),
+                duration_ms=float(data["duration_ms"]),
+                held=int(data.get("held", 0)),
+                error=None if error is None else str(error),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a history record: {exc!r} in {dict(data)!r}") from None
+
+
+def iso_time(at: float) -> str:
+    """Seconds since the epoch as ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 class ModuleHistory:

@@ -18,6 +18,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from bus import Bus
@@ -29,6 +30,7 @@ from tinywasm_wasi.exceptions import (
     ModuleLoadError,
     TrapCode,
 )
+from tinywasm_wasi.policy.histogram import CALL_BUCKETS, Histogram
 from tinywasm_wasi.policy.lifecycle import ModuleState, check_transition
 from tinywasm_wasi.policy.limits import Limits, Replicas
 from tinywasm_wasi.policy.metadata import Metadata, MetadataError, parse_metadata
@@ -81,6 +83,17 @@ class WasmModule:
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self.counters = ModuleCounters()
+        # Guest call durations by export (message handler, HTTP export), for /metrics;
+        # each is observed on the module's thread only.
+        interface = compiled.interface
+        self._deliver_seconds = Histogram(CALL_BUCKETS)
+        self._http_seconds = Histogram(CALL_BUCKETS)
+        self.call_seconds: dict[str, Histogram] = {}
+        if interface.handler:
+            self.call_seconds[interface.handler] = self._deliver_seconds
+        if interface.http:
+            self.call_seconds[interface.http] = self._http_seconds
+        self.traps_by_code: dict[str, int] = {}
         self._effects = ModuleEffects(
             self.name,
             bus,
@@ -462,10 +475,13 @@ class WasmModule:
         guest = self._guest
         if guest is None:
             return
+        start = perf_counter()
         try:
             guest.deliver(topic, payload)
             self.counters.delivered += 1
+            self._deliver_seconds.observe(perf_counter() - start)
         except GuestTrap as exc:
+            self._deliver_seconds.observe(perf_counter() - start)
             self._record_trap(exc)
             if self._on_probation:
                 # A new version failing its first deliveries: stop here and keep the
@@ -482,6 +498,8 @@ class WasmModule:
     def _record_trap(self, exc: GuestTrap) -> None:
         self.counters.failed += 1
         self.counters.traps += 1
+        code = exc.code.value if exc.code is not None else TrapCode.OTHER.value
+        self.traps_by_code[code] = self.traps_by_code.get(code, 0) + 1
         if exc.code == TrapCode.INTERRUPT:
             self.counters.interrupted += 1
         self.last_error = str(exc)
@@ -533,9 +551,12 @@ class WasmModule:
                 "the module changed its HTTP mode during a swap; retry the request",
                 None,
             )
+        start = perf_counter()
         try:
             body = guest.http(request.export, request.body, request.limit)
+            self._http_seconds.observe(perf_counter() - start)
         except GuestTrap as exc:
+            self._http_seconds.observe(perf_counter() - start)
             self._record_trap(exc)
             if self._on_probation:
                 # As for messages: keep the request for the version that takes over.

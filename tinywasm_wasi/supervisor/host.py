@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.canary import CanarySettings
+from tinywasm_wasi.policy.events import LogEvent, event_extra
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.policy.names import check_module_name
@@ -92,8 +93,10 @@ class ModuleHost:
         self.loader = ModuleLoader(
             limits or Limits(), max_module_size=max_module_size, environment=environment
         )
-        self._registry = Registry()
+        self._registry = Registry(state)
         self.pins = PinStore(state)
+        # file_digest's cache: name -> ((path, mtime_ns, size), sha256).
+        self._digests: dict[str, tuple[tuple[str, int, int], str]] = {}
         self.swapper = Swapper(
             runtime,
             bus,
@@ -122,6 +125,10 @@ class ModuleHost:
     @property
     def view(self) -> RegistryView:
         return self._registry.view
+
+    def on_record(self, listener: Callable[[str, VersionRecord], None]) -> None:
+        """Call `listener(name, record)` on the loop for every new history record."""
+        self._registry.listeners.append(listener)
 
     @property
     def modules(self) -> Mapping[str, WasmModule]:
@@ -164,6 +171,33 @@ class ModuleHost:
     def find_file(self, name: str) -> ModuleFileName | None:
         return self.loader.find_file(name)
 
+    def file_digest(self, name: str) -> tuple[str, str] | None:
+        """(file name, sha256) of the file `name` loads from now; None if there is none.
+
+        Reads the whole file: call it in a worker thread.
+        """
+        file = self.loader.find_file(name)
+        path = self.loader.path_of(file)
+        if file is None or path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        cached = self._digests.get(name)
+        if cached is not None and cached[0] == key:
+            return file.file, cached[1]
+        try:
+            data = self.loader.reader(path)()
+        except TinywasmError:
+            return None
+        if data is None:
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        self._digests[name] = (key, sha)
+        return file.file, sha
+
     def limits_for(self, name: str) -> Limits:
         return self.loader.limits_for(name)
 
@@ -181,6 +215,7 @@ class ModuleHost:
         """Load every module file in `directory` (sorted by name)."""
         self._loop = asyncio.get_running_loop()
         self.loader.directory = directory
+        self._registry.restore_history()
         if not directory.is_dir():
             log.error(
                 "modules folder %s does not exist: no modules loaded "
@@ -192,7 +227,13 @@ class ModuleHost:
         scan = self.loader.scan(directory)
         for file_name, reason in scan.refused.items():
             self._registry.refuse(file_name, reason)
-            log.error("refused module file %s: %s", file_name, reason)
+            log.log(
+                LogEvent.REFUSE.level,
+                "refused module file %s: %s",
+                file_name,
+                reason,
+                extra=event_extra(LogEvent.REFUSE, file_name, trigger="startup", error=reason),
+            )
         files = [p for p in scan.files if self._placed_here(p)]
         started = await asyncio.gather(*(self._start_file(p) for p in files))
         ready = [m for m in started if m is not None]
@@ -242,16 +283,34 @@ class ModuleHost:
         except (OSError, TinywasmError) as exc:
             self._registry.refuse(name, str(exc))
             self.swapper.record_startup(name, data, sha, Outcome.REFUSED, begun, at, str(exc))
-            log.error("refused module %s: %s", path.name, exc)
+            log.log(
+                LogEvent.REFUSE.level,
+                "refused module %s: %s",
+                path.name,
+                exc,
+                extra=event_extra(
+                    LogEvent.REFUSE, name, trigger="startup", sha256=sha, error=str(exc)
+                ),
+            )
             return None
         meta = None if module.metadata is None else module.metadata.to_json()
         self.swapper.record_startup(name, data, sha, Outcome.LOADED, begun, at, None, meta)
-        log.info(
+        took = (time.perf_counter() - begun) * 1000
+        log.log(
+            LogEvent.LOAD.level,
             "loaded module %s (%d bytes, sha256 %s, %.1f ms)",
             name,
             len(data),
             module.compiled.sha256[:12],
-            (time.perf_counter() - begun) * 1000,
+            took,
+            extra=event_extra(
+                LogEvent.LOAD,
+                name,
+                trigger="startup",
+                sha256=module.compiled.sha256,
+                size=len(data),
+                duration_ms=round(took, 3),
+            ),
         )
         return module
 

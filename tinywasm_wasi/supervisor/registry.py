@@ -2,20 +2,32 @@
 
 The supervisor writes it; the web layer reads it through `RegistryView`, which
 offers read-only mappings and lookups and nothing that changes a module.
+
+History records are also appended, one JSON line each, to `history.jsonl` in the
+state directory (`StateDir`), and read back at start-up (`restore_history`), so
+the history survives a restart; the file is then rewritten with what is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import logging
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from tinywasm_wasi.policy.history import ModuleHistory, VersionRecord
+from tinywasm_wasi.policy.histogram import SWAP_BUCKETS, Histogram
+from tinywasm_wasi.policy.history import ModuleHistory, Outcome, VersionRecord
 from tinywasm_wasi.policy.quarantine import Quarantine
 from tinywasm_wasi.runtime.engine import CompiledModule
 from tinywasm_wasi.runtime.module import ModuleState, WasmModule
 from tinywasm_wasi.supervisor.canary import CanaryRun
+from tinywasm_wasi.supervisor.state_dir import StateDir
 
-__all__ = ["Registry", "RegistryView"]
+__all__ = ["HISTORY_FILE", "Registry", "RegistryView"]
+
+log = logging.getLogger("tinywasm.registry")
+
+HISTORY_FILE = "history.jsonl"
 
 
 class RegistryView:
@@ -30,6 +42,10 @@ class RegistryView:
         self.refused: Mapping[str, str] = MappingProxyType(registry._refused)
         self.histories: Mapping[str, ModuleHistory] = MappingProxyType(registry._histories)
         self.canaries: Mapping[str, CanaryRun] = MappingProxyType(registry._canaries)
+        # Every attempt counted by (name, outcome), and swap durations by name, for /metrics:
+        # unlike the history, these are never trimmed.
+        self.outcomes: Mapping[tuple[str, Outcome], int] = MappingProxyType(registry._outcomes)
+        self.swap_seconds: Mapping[str, Histogram] = MappingProxyType(registry._swap_seconds)
 
     def middlewares(self) -> list[WasmModule]:
         """Live middleware modules, in the order they run (see `policy/rules.py`)."""
@@ -43,7 +59,10 @@ class RegistryView:
 class Registry:
     """The mutable state behind `RegistryView`; changed only by the supervisor."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: StateDir | None = None) -> None:
+        self._state = state
+        # Called with (name, record) after each new record (the dashboard's feed).
+        self.listeners: list[Callable[[str, VersionRecord], None]] = []
         self._modules: dict[str, WasmModule] = {}
         self._quarantined: dict[str, Quarantine[CompiledModule]] = {}
         # The last quarantine of a module back in service: a relapse soon after doubles
@@ -52,12 +71,16 @@ class Registry:
         self._refused: dict[str, str] = {}
         self._histories: dict[str, ModuleHistory] = {}
         self._canaries: dict[str, CanaryRun] = {}
+        self._outcomes: dict[tuple[str, Outcome], int] = {}
+        self._swap_seconds: dict[str, Histogram] = {}
         self.view = RegistryView(self)
 
     # -- live versions -----------------------------------------------------------------------
 
     def put(self, module: WasmModule) -> None:
+        """`module` serves its name: a refusal recorded before is no longer current."""
         self._modules[module.name] = module
+        self._refused.pop(module.name, None)
 
     def pop(self, name: str) -> WasmModule:
         return self._modules.pop(name)
@@ -100,3 +123,46 @@ class Registry:
 
     def record(self, name: str, record: VersionRecord, data: bytes | None = None) -> None:
         self._histories.setdefault(name, ModuleHistory()).add(record, data)
+        key = (name, record.outcome)
+        self._outcomes[key] = self._outcomes.get(key, 0) + 1
+        if record.outcome in (Outcome.SWAPPED, Outcome.TIMED_OUT_DRAINING, Outcome.ROLLED_BACK):
+            seconds = self._swap_seconds.setdefault(name, Histogram(SWAP_BUCKETS))
+            seconds.observe(record.duration_ms / 1000)
+        if self._state is not None:
+            self._state.append_line(HISTORY_FILE, {"module": name, **record.to_json()})
+        for listener in self.listeners:
+            listener(name, record)
+
+    def restore_history(self) -> int:
+        """Read the history a previous run left in the state directory; return the count.
+
+        Damaged lines are skipped with a warning. The file is rewritten with what was
+        kept (each module's last records), so it does not grow without bound.
+        """
+        state = self._state
+        if state is None:
+            return 0
+        count = 0
+        for line in state.read_lines(HISTORY_FILE):
+            name = line.get("module")
+            try:
+                if not isinstance(name, str):
+                    raise ValueError("no module name")
+                record = VersionRecord.from_json(line)
+            except ValueError as exc:
+                log.warning("%s: a line is not a history record (%s); skipped", HISTORY_FILE, exc)
+                continue
+            self._histories.setdefault(name, ModuleHistory()).add(record)
+            count += 1
+        if count:
+            kept = [
+                json_line({"module": name, **r.to_json()})
+                for name, history in self._histories.items()
+                for r in history.records
+            ]
+            state.write(HISTORY_FILE, "".join(kept).encode("utf-8"))
+        return count
+
+
+def json_line(record: Mapping[str, object]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"

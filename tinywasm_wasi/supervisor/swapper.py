@@ -40,6 +40,7 @@ from bus import Bus
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.canary import Verdict
+from tinywasm_wasi.policy.events import OUTCOME_EVENTS, LogEvent, event_extra
 from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file, pin_after
 from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
@@ -294,6 +295,7 @@ class Swapper:
                 a.held = a.new.queued
                 a.new.release()  # its effects held since start happen now, in order
                 a.opened = time.perf_counter()
+                self._log_serving(a)
                 failure = await a.new.probation(self.settings.probation)
                 if failure is None:
                     return Event.PROBATION_PASSED
@@ -523,13 +525,22 @@ class Swapper:
         )
         traps, window = self.settings.quarantine
         a.error = f"{traps} traps within {window:g} s; last: {module.last_error}"
-        log.error(
+        log.log(
+            LogEvent.QUARANTINE.level,
             "module %s quarantined after %s; %d queued message(s) dropped; "
             "retrying in %g s (or when its file changes)",
             a.name,
             a.error,
             dropped,
             a.backoff,
+            extra=event_extra(
+                LogEvent.QUARANTINE,
+                a.name,
+                sha256=module.compiled.sha256,
+                error=a.error,
+                dropped=dropped,
+                retry_in=a.backoff,
+            ),
         )
         return Event.QUARANTINED
 
@@ -545,9 +556,31 @@ class Swapper:
             entry.error, entry.backoff = str(exc), a.backoff
             entry.retry_at = time.time() + a.backoff
             a.error = str(exc)
-            log.error("module %s: retry failed (%s); next retry in %g s", a.name, exc, a.backoff)
+            log.log(
+                LogEvent.RETRY.level,
+                "module %s: retry failed (%s); next retry in %g s",
+                a.name,
+                exc,
+                a.backoff,
+                extra=event_extra(
+                    LogEvent.RETRY,
+                    a.name,
+                    sha256=entry.compiled.sha256,
+                    retries=entry.retries,
+                    error=str(exc),
+                    retry_in=a.backoff,
+                ),
+            )
             return Event.RETRY_FAILED
-        log.info("module %s: back in service after quarantine (retry %d)", a.name, entry.retries)
+        log.log(
+            LogEvent.RETRY.level,
+            "module %s: back in service after quarantine (retry %d)",
+            a.name,
+            entry.retries,
+            extra=event_extra(
+                LogEvent.RETRY, a.name, sha256=entry.compiled.sha256, retries=entry.retries
+            ),
+        )
         return Event.RETRY_STARTED
 
     async def _pin(self, a: Attempt, outcome: Outcome) -> None:
@@ -599,36 +632,72 @@ class Swapper:
         self._registry.record(a.name, a.record, kept)
         return a.record
 
+    def _log_serving(self, a: Attempt) -> None:
+        """The swap line, logged the moment the new version serves (probation still runs)."""
+        if a.request.kind is not RequestKind.CHANGE or a.new is None:
+            return
+        event = LogEvent.ROLLBACK if a.request.trigger is Trigger.ROLLBACK else LogEvent.SWAP
+        took = ((a.opened or time.perf_counter()) - a.begun) * 1000
+        before = a.old.compiled.sha256 if a.old is not None else None
+        log.log(
+            event.level,
+            "swap %s %s -> %s (%s): serving in %.1f ms, %d held; on probation for %g s",
+            a.name,
+            before[:8] if before else "none",
+            a.new.compiled.sha256[:8],
+            a.request.trigger.value,
+            took,
+            a.held,
+            self.settings.probation,
+            extra=event_extra(
+                event,
+                a.name,
+                sha256=a.new.compiled.sha256,
+                previous_sha256=before,
+                trigger=a.request.trigger.value,
+                duration_ms=round(took, 3),
+                held=a.held,
+            ),
+        )
+
     def _record(self, a: Attempt, outcome: Outcome) -> None:
-        """Record the attempt and log its one line."""
+        """Record the attempt and log its line (the swap line was logged when it served)."""
         record = self._keep(a, outcome)
-        sha = record.sha256
         if a.request.kind not in (RequestKind.CHANGE, RequestKind.CANARY):
             return  # quarantine and retry log their own lines
-        if outcome is Outcome.UNLOADED:
-            log.info(
-                "unloaded module %s (%s, %.1f ms)", a.name, record.trigger.value, record.duration_ms
-            )
-            return
         if outcome in (Outcome.REFUSED, Outcome.ROLLED_BACK):
             self._registry.refuse(a.name, a.error or outcome.value)
-        before = a.old.compiled.sha256[:8] if a.old is not None else "none"
-        line = "swap %s %s -> %s (%s): %s in %.1f ms, %d held"
-        args = (
+        event, line = OUTCOME_EVENTS[outcome]
+        detail = " (%s, sha256 %s, %.1f ms, %d held)"
+        args: tuple[object, ...] = (
             a.name,
-            before,
-            sha[:8] if a.data else "-",
             record.trigger.value,
-            outcome.value,
+            record.sha256[:8],
             record.duration_ms,
             record.held,
         )
         if record.error:
-            log.warning(line + ": %s", *args, record.error)
+            detail += ": %s"
+            args += (record.error,)
         elif record.warning:
-            log.warning(line + ", but %s", *args, record.warning)
-        else:
-            log.info(line, *args)
+            detail += ", but %s"
+            args += (record.warning,)
+        log.log(
+            logging.WARNING if record.warning and not record.error else event.level,
+            line + detail,
+            *args,
+            extra=event_extra(
+                event,
+                a.name,
+                sha256=record.sha256,
+                trigger=record.trigger.value,
+                outcome=outcome.value,
+                duration_ms=round(record.duration_ms, 3),
+                held=record.held,
+                error=record.error,
+                warning=record.warning,
+            ),
+        )
 
     def record_startup(
         self,

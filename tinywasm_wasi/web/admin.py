@@ -198,10 +198,15 @@ class AdminGuard:
                 is not on the loopback interface.
         """
         headers = request.headers
+        authorization = headers.get(hdrs.AUTHORIZATION)
+        if authorization is None and request.path == "/ws" and "admin_token" in request.query:
+            # A browser's WebSocket cannot send headers: the /ws system feed takes the
+            # token in the query (`/ws?topic=$sys.>&admin_token=...`).
+            authorization = f"Bearer {request.query['admin_token']}"
         refusal = decide_admin(
             request.remote,
             self._token,
-            headers.get(hdrs.AUTHORIZATION),
+            authorization,
             origin=headers.get(hdrs.ORIGIN),
             host=headers.get(hdrs.HOST),
             forwarded=next((h for h in FORWARDING_HEADERS if h in headers), None),

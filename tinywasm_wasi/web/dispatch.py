@@ -104,6 +104,8 @@ class Dispatcher:
         self._paths = PublicPaths(str(folder.absolute()), str(folder.resolve()))
         self._max_body = config.http_max_body
         self._warn: dict[str, LogLimiter] = {}  # per module: one line a second at most
+        # Requests a middleware answered itself (the target never ran), by middleware.
+        self.short_circuits: dict[str, int] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -188,6 +190,21 @@ class Dispatcher:
             return None
         return self._forward.owner_of(name)
 
+    def routes(self) -> str:
+        """What exists under /m/, in words."""
+        names = sorted(
+            m.name for m in self._host.modules.values() if m.rule is None and _mode(m) is not None
+        )
+        if not names:
+            return "no loaded module has an HTTP route (none exports handle or handle_http)"
+        return "modules with an HTTP route: " + ", ".join(f"/m/{n}" for n in names)
+
+    async def index(self, _request: web.Request) -> web.Response:
+        """``/m`` and ``/m/``: which routes exist."""
+        return web.Response(
+            status=404, text=f"give a module name: /m/<name>[/...]; {self.routes()}\n"
+        )
+
     def _target(self, name: str) -> WasmModule:
         module = self._host.modules.get(name)
         quarantine = self._host.quarantined.get(name)
@@ -201,8 +218,8 @@ class Dispatcher:
             )
         if module is None:
             refused = self._host.refused.get(name)
-            why = f" (it was refused: {refused})" if refused else ": see GET /api/modules"
-            raise Failed(404, f"no module named {name!r} is loaded{why}")
+            why = f" (it was refused: {refused})" if refused else ""
+            raise Failed(404, f"no module named {name!r} is loaded{why}; {self.routes()}")
         if module.rule is not None:
             raise Failed(
                 404,
@@ -244,6 +261,9 @@ class Dispatcher:
             if isinstance(result, PassOn):
                 request = request.with_headers(result.headers)
             elif result is not None:
+                self.short_circuits[middleware.name] = (
+                    self.short_circuits.get(middleware.name, 0) + 1
+                )
                 return result
         result = await self._call(target, request, middleware=False)
         assert not isinstance(result, PassOn)  # parse_response refuses it for a route
@@ -357,6 +377,8 @@ def add_dispatch_routes(
     With `forward`, a request for a module another worker owns goes to that worker.
     """
     dispatcher = Dispatcher(registry, config, forward)
+    app.router.add_route("*", "/m", dispatcher.index)
+    app.router.add_route("*", "/m/", dispatcher.index)
     app.router.add_route("*", "/m/{name}", dispatcher.handle)
     app.router.add_route("*", "/m/{name}/{rest:.*}", dispatcher.handle)
     return dispatcher

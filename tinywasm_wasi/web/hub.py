@@ -119,6 +119,11 @@ FLUSH_POLL = 0.02  # seconds between checks that a closing socket has sent what 
 class HubStats:
     """Counters since the hub was created; `clients` is the current count.
 
+    `frames_queued` and `bytes_queued` count the frames (and their payload bytes)
+    handed to clients, written straight through or queued for their writers.
+    `slow_disconnects` is `slow_frames` (over --ws-queue-size) plus `slow_bytes`
+    (over --ws-queue-bytes).
+
     `inbound_refused` counts connections closed for what they sent: refused
     topics (1008), malformed envelopes or text (1007), frames too big (1009)
     and protocol errors (1002). `inbound_throttled` counts frames that waited
@@ -130,7 +135,10 @@ class HubStats:
 
     clients: int
     frames_queued: int
+    bytes_queued: int
     slow_disconnects: int
+    slow_frames: int
+    slow_bytes: int
     inbound_published: int
     inbound_refused: int
     inbound_throttled: int
@@ -303,7 +311,7 @@ class _Client:
 
 def _write_through(
     clients: Iterable[_Client], topic: str, raw: bytes, kept: tuple[int, str] | None = None
-) -> list[tuple[_Client, bytes]]:
+) -> tuple[list[tuple[_Client, bytes]], int]:
     """Write one broadcast to each client whose socket keeps up; return the others to queue.
 
     The one place that bypasses aiohttp's writer. ``send_bytes`` must be awaited,
@@ -315,9 +323,11 @@ def _write_through(
     follow a close frame) and the transport not closing (aiohttp closes it at
     once when a pong is missed). Frames are encoded once and shared: the CBOR
     envelope and the wire frames, raw and envelope. Each client that is behind
-    comes back with its frame. `kept` is the broadcast's (offset, epoch) on a topic
-    that keeps history: envelope frames carry them.
+    comes back with its frame; the second value is the payload bytes written. `kept`
+    is the broadcast's (offset, epoch) on a topic that keeps history: envelope frames
+    carry them.
     """
+    written = 0
     envelope: bytes | None = None
     wires: list[bytes | None] = [None, None]  # encoded frames: raw, envelope
     behind: list[tuple[_Client, bytes]] = []
@@ -348,7 +358,16 @@ def _write_through(
         if wire is None:
             wire = wires[kind] = encode_binary_frame(frame)
         transport.write(wire)
-    return behind
+        written += len(frame)
+    return behind, written
+
+
+SYSTEM_PREFIX = "$sys"  # the first token of the server's own topics (the dashboard's feed)
+GUARDED_TOPIC = "$sys.status"  # what `system_guard` protects (module status); $sys.build is not
+
+
+def _is_system(pattern: str) -> bool:
+    return pattern == SYSTEM_PREFIX or pattern.startswith(SYSTEM_PREFIX + ".")
 
 
 def encode_binary_frame(payload: bytes) -> bytes:
@@ -380,6 +399,7 @@ class Hub:
         remote_ready: Callable[[], Awaitable[None]] | None = None,
         auth: TokenVerifier | None = None,
         history: HistoryStore | None = None,
+        system_guard: Callable[[web.Request], None] | None = None,
     ) -> None:
         """Create a hub.
 
@@ -404,6 +424,9 @@ class Hub:
                 with `inbound` for publishing.
             history: keeps broadcasts of the topics it has rules for, so reconnecting
                 clients recover what they missed (``since=``) or get the latest (``recent=1``).
+            system_guard: called with the request of a connection whose patterns match
+                ``$sys.status`` (the module status) before it is accepted; it raises an
+                aiohttp HTTP exception (401/403) to refuse. None admits everyone.
 
         Raises:
             TopicError: an `inbound` pattern is not valid.
@@ -436,9 +459,16 @@ class Hub:
         self._remote_ready = remote_ready
         self._interest = Interest()
         self._index: TopicIndex[_Client] = TopicIndex()
+        # Patterns under `$sys` live apart: only `broadcast_system` reaches them, and no
+        # module or browser broadcast does (a `>` subscriber never sees the system feed).
+        self._system: TopicIndex[_Client] = TopicIndex()
+        self._system_guard = system_guard
         self._clients: set[_Client] = set()
         self._frames_queued = 0
+        self._bytes_queued = 0
         self._slow_disconnects = 0
+        self._slow_frames = 0
+        self._slow_bytes = 0
         self._inbound_published = 0
         self._inbound_refused = 0
         self._inbound_throttled = 0
@@ -466,7 +496,10 @@ class Hub:
         return HubStats(
             clients=len(self._clients),
             frames_queued=self._frames_queued,
+            bytes_queued=self._bytes_queued,
             slow_disconnects=self._slow_disconnects,
+            slow_frames=self._slow_frames,
+            slow_bytes=self._slow_bytes,
             inbound_published=self._inbound_published,
             inbound_refused=self._inbound_refused,
             inbound_throttled=self._inbound_throttled,
@@ -534,6 +567,16 @@ class Hub:
         self._inbound = tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
         log.info("ws inbound topics now: %s", ", ".join(self._inbound) or "(none)")
 
+    def has_system_subscribers(self) -> bool:
+        """True while some client subscribes to a system topic (``$sys...``)."""
+        return bool(self._system)
+
+    def broadcast_system(self, topic: str, payload: bytes) -> int:
+        """`broadcast` for the server's own ``$sys.`` topics, to their subscribers only."""
+        if not topic.startswith(SYSTEM_PREFIX + "."):
+            raise TopicError(f"system topic {topic!r} must start with {SYSTEM_PREFIX}.")
+        return self._fanout(self._system, topic, payload)
+
     def broadcast(self, topic: str, payload: bytes) -> int:
         """Queue one frame for every client subscribed to `topic`; return how many.
 
@@ -543,18 +586,22 @@ class Hub:
         Raises:
             TopicError: `topic` is not a valid concrete topic.
         """
+        return self._fanout(self._index, topic, payload)
+
+    def _fanout(self, index: TopicIndex[_Client], topic: str, payload: bytes) -> int:
         if self._state is _State.CLOSED:
             return 0
         validate_topic(topic)
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
         kept: tuple[int, str] | None = None
-        if self._history is not None:
-            appended = self._history.append(topic, raw, time.monotonic())
-            if appended is not None:
-                kept = (appended[0].offset, appended[1])
-        if self._remote is not None:
-            self._remote.forward(topic, raw)
-        targets = self._index.match(topic)
+        if index is self._index:  # the $sys feed keeps no history and stays local
+            if self._history is not None:
+                appended = self._history.append(topic, raw, time.monotonic())
+                if appended is not None:
+                    kept = (appended[0].offset, appended[1])
+            if self._remote is not None:
+                self._remote.forward(topic, raw)
+        targets = index.match(topic)
         if not targets:
             return 0
         if len(targets) > 1:
@@ -583,10 +630,11 @@ class Hub:
         kept: tuple[int, str] | None = None,
     ) -> int:
         raw = bytes(payload)  # the same object when `payload` is bytes: never copied per client
-        behind = _write_through(targets, topic, raw, kept)
+        behind, sent_bytes = _write_through(targets, topic, raw, kept)
         queued = len(targets) - len(behind)
         for client, frame in behind:
             if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
+                self._slow_bytes += 1
                 self._slow(
                     client,
                     f"slow consumer: over {self._queue_bytes} bytes queued",
@@ -601,6 +649,7 @@ class Hub:
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:
+                self._slow_frames += 1
                 self._slow(
                     client,
                     f"slow consumer: {self._queue_size} frames queued",
@@ -609,8 +658,10 @@ class Hub:
                 )
             else:
                 client.queued_bytes += len(frame)
+                sent_bytes += len(frame)
                 queued += 1
         self._frames_queued += queued
+        self._bytes_queued += sent_bytes
         return queued
 
     def _slow(self, client: _Client, reason: str, detail: str, *args: object) -> None:
@@ -655,6 +706,8 @@ class Hub:
                     status=401, text=f"{exc}\n", headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
                 )
             for pattern in wanted.patterns:
+                if _is_system(pattern) and self._system_guard is not None:
+                    continue  # the server's own topics: the system guard below decides
                 reason = claims.grants.refusal(GrantAction.SUBSCRIBE, pattern)
                 if reason is not None:
                     self._grants_refused += 1
@@ -663,6 +716,13 @@ class Hub:
                     return web.Response(status=403, text=f"{text}\n")
             if offered is not None:
                 protocols = (PROTOCOL,)  # a browser fails the connection unless one is chosen
+        if self._system_guard is not None and any(
+            matches(p, GUARDED_TOPIC) for p in wanted.patterns if _is_system(p)
+        ):
+            try:
+                self._system_guard(request)
+            except web.HTTPException as exc:
+                return web.Response(status=exc.status, text=exc.text, headers=exc.headers)
         ws = _Socket(max_frame=self._max_frame, protocols=protocols)
         self._want(wanted.patterns)
         try:
@@ -681,6 +741,9 @@ class Hub:
             delay = max(0.0, claims.exp - time.time())
             client.expiry = asyncio.get_running_loop().call_later(delay, self._expire, client)
         for pattern in wanted.patterns:
+            if _is_system(pattern):
+                self._system.add(pattern, client)
+                continue
             self._index.add(pattern, client)
         if self._history is not None:
             # In the same step as joining the index: every later broadcast queues behind
@@ -886,6 +949,9 @@ class Hub:
         client.queued_bytes = 0
         if queue is not None:
             for pattern in client.wanted.patterns:
+                if _is_system(pattern):
+                    self._system.remove(pattern, client)
+                    continue
                 self._index.remove(pattern, client)
             self._unwant(client.wanted.patterns)
             while not queue.empty():

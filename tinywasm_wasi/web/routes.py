@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from dataclasses import asdict
+import json
 from pathlib import Path
-from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from bus import TopicError, validate_topic
 from bus.nats import NatsLink
@@ -23,8 +22,9 @@ from tinywasm_wasi.policy.topic_history import parse_position
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
 from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.status import StatusView
 
-__all__ = ["add_module_routes", "add_static_routes"]
+__all__ = ["add_api_fallback", "add_module_routes", "add_static_routes"]
 
 
 MAX_HISTORY_READ = 100_000
@@ -39,17 +39,33 @@ def _payload_json(payload: bytes) -> dict[str, str]:
 
 
 def add_static_routes(app: web.Application, web_dir: Path) -> None:
-    """`/` serves the demo page; `/static/` the rest of the web folder."""
-    index = web_dir / "index.html"
+    """The web folder's pages and scripts.
 
-    async def index_page(_request: web.Request) -> web.StreamResponse:
-        if not index.is_file():
-            raise web.HTTPNotFound(text=f"no demo page: {index} is missing\n")
-        return web.FileResponse(index)
+    `/` is the demo page, `/dashboard` the live dashboard, `/tinywasm.js` the
+    browser client (an ES module), `/vendor/` what it imports (cbor-x), and
+    `/static/` the whole folder.
+    """
+    pages = {
+        "/": "index.html",
+        "/dashboard": "dashboard.html",
+        "/dashboard.js": "dashboard.js",
+        "/tinywasm.js": "tinywasm.js",
+    }
+    for path, file in pages.items():
+        app.router.add_get(path, _file_route(web_dir / file))
+    for folder in ("vendor", "static"):
+        root = web_dir if folder == "static" else web_dir / folder
+        if root.is_dir():
+            app.router.add_static(f"/{folder}/", root, show_index=False)
 
-    app.router.add_get("/", index_page)
-    if web_dir.is_dir():
-        app.router.add_static("/static/", web_dir, show_index=False)
+
+def _file_route(path: Path) -> Handler:
+    async def serve_file(_request: web.Request) -> web.StreamResponse:
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"{path.name} is missing from the web folder\n")
+        return web.FileResponse(path, headers={hdrs.CACHE_CONTROL: "no-cache"})
+
+    return serve_file
 
 
 def _public(handler: Handler) -> Handler:
@@ -64,68 +80,44 @@ def add_module_routes(
     nats: NatsLink | None = None,
     admin: AdminGuard | None = None,
     status_private: bool = False,
-) -> None:
-    """`/healthz`, `/api/modules` and each module's history, reload and rollback.
+) -> StatusView:
+    """`/healthz`, `/api/modules[/{name}]` and each module's history, reload and rollback.
 
     `hub` gives the client count and the hub's counters. `admin` guards reload and
     rollback; the default serves them to loopback clients only. With
     `status_private`, it guards the module status and history too (`/healthz`
     stays public, for load balancers). With `nats`, /healthz says ``degraded``
     while the NATS connection is down (local traffic still flows: the answer
-    stays 200), and /api/modules carries the link's counters.
+    stays 200), and /api/modules carries the link's counters. Returns the
+    `StatusView` the routes read; `add_api_fallback` answers the other paths.
     """
     if admin is None:
         admin = AdminGuard(None)
+    view = StatusView(host, hub, nats)
     paths = _Paths(host)
 
-    def answer(data: object) -> web.Response:
-        return web.json_response(paths.public().json(data))
+    def answer(data: object, status: int = 200) -> web.Response:
+        return web.json_response(paths.public().json(data), status=status)
 
-    async def healthz(_request: web.Request) -> web.Response:
-        body: dict[str, object] = {
-            "status": "ok",
-            "modules": len(host.live()),
-            "clients": hub.clients,
-        }
-        if nats is not None:
-            body["nats"] = "connected" if nats.connected else "disconnected"
-            if not nats.connected:
-                body["status"] = "degraded"
-        return answer(body)
-
-    def with_pin(entry: dict[str, Any]) -> dict[str, Any]:
-        pin = host.pins.get(str(entry.get("name")))
-        entry["pinned"] = None if pin is None else pin.to_json()
-        entry["file_differs"] = pin is not None
-        run = host.view.canaries.get(str(entry.get("name")))
-        entry["canary"] = None if run is None else run.to_json()
-        return entry
+    async def healthz(request: web.Request) -> web.Response:
+        health = view.health()
+        strict = "strict" in request.query
+        return answer(health, 503 if strict and health["status"] != "ok" else 200)
 
     async def list_modules(_request: web.Request) -> web.Response:
-        stats = host.bus.stats()
-        history = hub.history_stats()
-        return answer(
-            {
-                "modules": [with_pin(m.snapshot()) for m in host.modules.values()]
-                + [with_pin(q.to_json()) for q in host.quarantined.values()],
-                "refused": dict(host.refused),
-                "bus": {
-                    "published": stats.published,
-                    "delivered": stats.delivered,
-                    "dropped": stats.dropped,
-                    "subscriptions": stats.subscriptions,
-                },
-                "hub": asdict(hub.stats()),
-                **({"nats": asdict(nats.stats())} if nats is not None else {}),
-                "history": None if history is None else asdict(history),
-            }
-        )
+        return answer(view.overview())
 
     def known(request: web.Request) -> str:
         name = request.match_info["name"]
-        if name not in host.histories and name not in host.modules:
-            raise web.HTTPNotFound(text=f"no module named {name!r}: see GET /api/modules\n")
+        if not view.known(name):
+            raise _not_found(
+                f"no module named {name!r}",
+                modules=sorted({*host.modules, *host.quarantined, *host.refused}),
+            )
         return name
+
+    async def one_module(request: web.Request) -> web.Response:
+        return answer(await view.module(known(request)))
 
     async def history(request: web.Request) -> web.Response:
         name = known(request)
@@ -135,9 +127,10 @@ def add_module_routes(
     async def reload(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in host.modules and host.find_file(name) is None:
-            raise web.HTTPNotFound(
-                text=f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
-                "in the modules folder\n"
+            raise _not_found(
+                f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
+                "in the modules folder",
+                modules=sorted(host.modules),
             )
         if not host.runs_here(name) and name not in host.modules:
             assert host.placement is not None  # runs_here is only false with placement
@@ -161,7 +154,10 @@ def add_module_routes(
         try:
             record = await host.rollback(name)
         except ModuleLoadError as exc:
-            raise web.HTTPConflict(text=f"{paths.public().text(str(exc))}\n") from None
+            raise web.HTTPConflict(
+                text=json.dumps({"error": paths.public().text(str(exc))}),
+                content_type="application/json",
+            ) from None
         return answer({"name": name, "result": record.to_json() if record else None})
 
     async def unpin(request: web.Request) -> web.Response:
@@ -230,6 +226,7 @@ def add_module_routes(
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
     app.router.add_get("/api/modules", status(list_modules))
+    app.router.add_get("/api/modules/{name}", status(one_module))
     app.router.add_get("/api/modules/{name}/history", status(history))
     app.router.add_get("/api/ws/inbound", status(get_inbound))
     app.router.add_get("/api/topics/{topic}/history", topic_history)
@@ -237,6 +234,7 @@ def add_module_routes(
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))
     app.router.add_post("/api/modules/{name}/unpin", admin(unpin))
+    return view
 
 
 class _Paths:
@@ -256,3 +254,55 @@ class _Paths:
             )
             self._paths = PublicPaths(*folders)
         return self._paths
+
+
+def add_api_fallback(app: web.Application) -> None:
+    """Any other path under `/api/`: a JSON 404, or 405 with `Allow`, listing the endpoints.
+
+    Register it after every `/api/` route: aiohttp tries resources in order.
+    """
+
+    async def unknown_api(request: web.Request) -> web.Response:
+        allowed = [m for m, path in API_ENDPOINTS if _same_shape(path, request.path)]
+        if allowed:
+            return web.json_response(
+                {
+                    "error": f"{request.method} is not allowed on {request.path}",
+                    "allowed": allowed,
+                },
+                status=405,
+                headers={hdrs.ALLOW: ", ".join(allowed)},
+            )
+        raise _not_found(f"no API endpoint {request.method} {request.path}")
+
+    app.router.add_route("*", "/api", unknown_api)
+    app.router.add_route("*", "/api/{tail:.*}", unknown_api)
+
+
+API_ENDPOINTS = (
+    ("GET", "/api/modules"),
+    ("GET", "/api/modules/{name}"),
+    ("PUT", "/api/modules/{name}"),
+    ("DELETE", "/api/modules/{name}"),
+    ("GET", "/api/modules/{name}/history"),
+    ("POST", "/api/modules/{name}/reload"),
+    ("POST", "/api/modules/{name}/rollback"),
+    ("POST", "/api/modules/{name}/unpin"),
+)
+
+
+def _same_shape(pattern: str, path: str) -> bool:
+    want, have = pattern.strip("/").split("/"), path.strip("/").split("/")
+    return len(want) == len(have) and all(
+        w.startswith("{") or w == h for w, h in zip(want, have, strict=True)
+    )
+
+
+def _not_found(error: str, **extra: object) -> web.HTTPNotFound:
+    body = {
+        "error": error,
+        **extra,
+        "endpoints": [f"{method} {path}" for method, path in API_ENDPOINTS]
+        + ["GET /healthz[?strict]", "GET /metrics"],
+    }
+    return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
