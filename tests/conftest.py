@@ -110,8 +110,11 @@ async def make_server(
         settings.setdefault("host", "127.0.0.1")
         # A fresh compiled-module cache per server, never the user's ~/.cache.
         settings.setdefault("cache_dir", tmp_path_factory.mktemp("module-cache"))
-        # And a fresh state folder (history), never the modules folder's .tinywasm/.
-        settings.setdefault("state_dir", tmp_path_factory.mktemp("state"))
+        # The shipped examples' folder is shared by every test: give each server its own
+        # state folder (history, pins) rather than modules/dist/.tinywasm/. A test's own
+        # modules folder keeps the default <folder>/.tinywasm/, so a restart finds it.
+        if settings.get("modules_dir", DEFAULT_MODULES_DIR) == DEFAULT_MODULES_DIR:
+            settings.setdefault("state_dir", tmp_path_factory.mktemp("state"))
         server = WasiServer(Config(**settings))  # type: ignore[arg-type]
         servers.append(server)
         await server.start()
