@@ -151,7 +151,8 @@ def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> 
     import dataclasses
 
     from tinywasm_wasi.build import BuildError, build_module
-    from tinywasm_wasi.cli import LOG_FORMAT, default_cache_dir, parse_config, serve_config
+    from tinywasm_wasi.cli import default_cache_dir, parse_config, serve_config
+    from tinywasm_wasi.logs import configure_logging
 
     if argv[:1] in (["-h"], ["--help"]):
         print(
@@ -187,7 +188,7 @@ def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> 
         watch_sources=tuple(f.resolve() for f in folders),
         ws_inbound=tuple(dict.fromkeys((*config.ws_inbound, *names))),
     )
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    configure_logging(config.log_level, config.log_format)
     config.modules_dir.mkdir(parents=True, exist_ok=True)
     for folder in folders:
         try:
