@@ -103,7 +103,10 @@ def access_counter(stats: HttpStats) -> type[AbstractAccessLogger]:
             return True
 
         def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-            route = request.match_info.route if isinstance(request, web.Request) else None
+            # No match info: a request aiohttp refused before routing (a malformed one);
+            # the public `match_info` asserts there is one, so read the attribute.
+            info = getattr(request, "_match_info", None)
+            route = info.route if info is not None else None
             if route is not None and route.resource is None:
                 route = None  # a 404 or 405: aiohttp makes a new route object for each
             status = response.status
