@@ -72,7 +72,7 @@ from bus import (
 from bus.remote import Interest, Remote
 from bus.topics import is_wildcard
 from tinywasm_wasi.config import MiB
-from tinywasm_wasi.policy.grants import GrantAction
+from tinywasm_wasi.policy.grants import GrantAction, is_system
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.policy.tokens import (
     PROTOCOL,
@@ -364,10 +364,6 @@ def _write_through(
 
 SYSTEM_PREFIX = "$sys"  # the first token of the server's own topics (the dashboard's feed)
 GUARDED_TOPIC = "$sys.status"  # what `system_guard` protects (module status); $sys.build is not
-
-
-def _is_system(pattern: str) -> bool:
-    return pattern == SYSTEM_PREFIX or pattern.startswith(SYSTEM_PREFIX + ".")
 
 
 def encode_binary_frame(payload: bytes) -> bytes:
@@ -706,7 +702,7 @@ class Hub:
                     status=401, text=f"{exc}\n", headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
                 )
             for pattern in wanted.patterns:
-                if _is_system(pattern) and self._system_guard is not None:
+                if is_system(pattern) and self._system_guard is not None:
                     continue  # the server's own topics: the system guard below decides
                 reason = claims.grants.refusal(GrantAction.SUBSCRIBE, pattern)
                 if reason is not None:
@@ -717,7 +713,7 @@ class Hub:
             if offered is not None:
                 protocols = (PROTOCOL,)  # a browser fails the connection unless one is chosen
         if self._system_guard is not None and any(
-            matches(p, GUARDED_TOPIC) for p in wanted.patterns if _is_system(p)
+            matches(p, GUARDED_TOPIC) for p in wanted.patterns if is_system(p)
         ):
             try:
                 self._system_guard(request)
@@ -741,7 +737,7 @@ class Hub:
             delay = max(0.0, claims.exp - time.time())
             client.expiry = asyncio.get_running_loop().call_later(delay, self._expire, client)
         for pattern in wanted.patterns:
-            if _is_system(pattern):
+            if is_system(pattern):
                 self._system.add(pattern, client)
                 continue
             self._index.add(pattern, client)
@@ -949,7 +945,7 @@ class Hub:
         client.queued_bytes = 0
         if queue is not None:
             for pattern in client.wanted.patterns:
-                if _is_system(pattern):
+                if is_system(pattern):
                     self._system.remove(pattern, client)
                     continue
                 self._index.remove(pattern, client)
