@@ -141,7 +141,7 @@ def create_app(config: Config) -> web.Application:
         history=topic_history(config),
     )
     runtime = Runtime(cache_dir=config.cache_dir)
-    state = StateDir(config.state_path)
+    state = StateDir(config.state_path, create_parents=config.state_dir is not None)
     # One of several workers: each module runs on its owner (policy/placement.py).
     placement = (
         Placement.of(config.worker_index, config.workers)

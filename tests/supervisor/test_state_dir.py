@@ -77,3 +77,14 @@ def test_config_default_is_inside_the_modules_folder(tmp_path: Path) -> None:
     assert flag.state_path == tmp_path / "f"
     env = parse_config([], {"TINYWASM_STATE_DIR": str(tmp_path / "e")})
     assert env.state_path == tmp_path / "e"
+
+
+def test_without_create_parents_a_missing_parent_is_not_recreated(tmp_path: Path) -> None:
+    modules = tmp_path / "modules"
+    state = StateDir(modules / ".tinywasm", create_parents=False)
+    assert not state.append_line("history.jsonl", {"a": 1})
+    assert not modules.exists()  # a deleted modules folder stays deleted
+    assert state.enabled  # and the state comes back with the folder
+    modules.mkdir()
+    assert state.append_line("history.jsonl", {"a": 2})
+    assert list(state.read_lines("history.jsonl")) == [{"a": 2}]

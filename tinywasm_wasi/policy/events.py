@@ -29,6 +29,7 @@ class LogEvent(enum.StrEnum):
     QUARANTINE = "quarantine"  # taken out of service for trapping too often
     RETRY = "retry"  # a quarantined module tried again (back in service, or not yet)
     UNLOAD = "unload"  # its file is gone: the module is stopped
+    PROMOTE = "promote"  # a canary took all traffic (its window passed, or on command)
 
     @property
     def level(self) -> int:
@@ -44,6 +45,7 @@ _LEVELS = {
     LogEvent.QUARANTINE: logging.ERROR,
     LogEvent.RETRY: logging.WARNING,
     LogEvent.UNLOAD: logging.INFO,
+    LogEvent.PROMOTE: logging.INFO,
 }
 
 
@@ -69,5 +71,6 @@ OUTCOME_EVENTS: dict[Outcome, tuple[LogEvent, str]] = {
         "swap %s rolled back: the new version failed its probation, the old one serves",
     ),
     Outcome.UNLOADED: (LogEvent.UNLOAD, "unloaded module %s"),
+    Outcome.PROMOTED: (LogEvent.PROMOTE, "canary %s promoted: the new version takes all traffic"),
     Outcome.QUARANTINED: (LogEvent.QUARANTINE, "module %s quarantined"),
 }

@@ -37,8 +37,12 @@ MAX_STATE_FILE = 64 * 1024 * 1024
 class StateDir:
     """One folder of server state files, named by plain file names (no sub-folders)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create_parents: bool = True) -> None:
+        """`create_parents` False: the folder is made only while its parent exists. The
+        default state folder lives inside the modules folder, and a deleted modules folder
+        must stay deleted, not come back because a history line was written."""
         self.path = path
+        self._create_parents = create_parents
         self._enabled = True
 
     @property
@@ -120,8 +124,11 @@ class StateDir:
         if not self._enabled:
             return False
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=self._create_parents, exist_ok=True)
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not self._create_parents:
+                log.debug("state directory %s: its parent is gone; nothing written", self.path)
+                return False
             self._turn_off(exc)
             return False
         return True
