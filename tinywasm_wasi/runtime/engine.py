@@ -36,6 +36,14 @@ ENGINE_SETTINGS: dict[str, bool | int] = {
     "memory_reservation": 0,
     "memory_guard_size": 64 * 1024,
     "memory_reservation_for_growth": 1024 * 1024,
+    # Off: wasmtime's C API cannot describe these proposals' value types (v128, typed and
+    # GC references, exnref). Reading one in an import or export signature aborts the
+    # whole process, so modules that use them are refused when they compile instead.
+    "wasm_simd": False,
+    "wasm_relaxed_simd": False,
+    "wasm_gc": False,
+    "wasm_function_references": False,
+    "wasm_exceptions": False,
 }
 # Seconds between epoch increments. A deadline fires between `timeout` and `timeout`
 # plus one tick. Finer ticks cost latency everywhere: each wake-up takes the GIL from
@@ -135,8 +143,8 @@ class Runtime:
             try:
                 module = wasmtime.Module(self.engine, data)
             except wasmtime.WasmtimeError as exc:
-                first = str(exc).strip().splitlines()
-                raise ModuleLoadError(f"invalid WebAssembly: {' '.join(first[:3])}") from None
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                raise ModuleLoadError(f"invalid WebAssembly: {' '.join(lines[:3])}") from None
         interface = inspect_module(module)
         if cache is not None and not cached:  # only modules that pass the interface check
             cache.store(sha256, module, name)
