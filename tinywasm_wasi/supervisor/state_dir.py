@@ -17,12 +17,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tinywasm_wasi.exceptions import ModuleLoadError
+from tinywasm_wasi.supervisor.files import write_atomically
 from tinywasm_wasi.supervisor.loader import read_regular
 
 __all__ = ["MAX_STATE_FILE", "STATE_DIR_NAME", "StateDir"]
@@ -55,16 +55,9 @@ class StateDir:
         name = self._checked(name)
         if not self._ready():
             return False
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / name)
+            write_atomically(self.path / name, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             self._turn_off(exc)
             return False
         return True
