@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from tests.conftest import ServerFactory
 from tests.support import eventually
 from tinywasm_wasi.config import MiB
-from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
+from tinywasm_wasi.policy.ratelimit import LineGate, LogLimiter, TokenBucket
 from tinywasm_wasi.web.admin import AdminGuard, AdminRefusal, decide_admin, is_loopback
 from tinywasm_wasi.web.hub import Hub
 
@@ -813,3 +813,26 @@ async def test_a_guarded_handler_is_not_run_when_refused() -> None:
         assert ran == ["/admin"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([0.0], [0]),
+        ([0.0, 0.5, 0.9, 1.0], [0, None, None, 2]),
+        ([0.0, 1.0, 2.0], [0, 0, 0]),
+        ([5.0, 5.0, 5.0, 5.99, 6.0, 6.1, 9.0], [0, None, None, None, 3, None, 1]),
+    ],
+)
+def test_line_gate_lets_one_line_through_per_interval_and_counts_the_held(
+    times: list[float], expected: list[int | None]
+) -> None:
+    now = [0.0]
+    gate = LineGate(interval=1.0, clock=lambda: now[0])
+    admitted = []
+    for t in times:
+        now[0] = t
+        admitted.append(gate.admit())
+    assert admitted == expected
+    assert LineGate.note(0) == ""
+    assert LineGate.note(3) == " (3 similar lines suppressed)"

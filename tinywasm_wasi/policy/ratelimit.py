@@ -1,7 +1,7 @@
-"""Rate limits as plain objects: a token bucket and a log-line limiter.
+"""Rate limits as plain objects: a token bucket, a line gate and a log-line limiter.
 
-Both are pure apart from the clock: `TokenBucket.take` is given the time, and
-`LogLimiter` reads an injectable clock (``time.monotonic`` by default).
+All are pure apart from the clock: `TokenBucket.take` is given the time, and
+`LineGate` and `LogLimiter` read an injectable clock (``time.monotonic`` by default).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["LogLimiter", "TokenBucket"]
+__all__ = ["LineGate", "LogLimiter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -64,10 +64,48 @@ class TokenBucket:
         return False
 
 
+class LineGate:
+    """Lets one line through per `interval` seconds and counts the ones it holds back.
+
+    The one log-flood rule of the server: a rate-limited logger or log filter asks
+    `admit` for every line, drops it on None, and otherwise appends `note(n)`, so
+    the line that gets through says how many were left out before it.
+    """
+
+    __slots__ = ("_clock", "_last", "_suppressed", "interval")
+
+    def __init__(
+        self, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+
+    @property
+    def suppressed(self) -> int:
+        """Lines held back since the last one let through."""
+        return self._suppressed
+
+    def admit(self) -> int | None:
+        """None: hold this line back. Else let it through: the count held back before it."""
+        now = self._clock()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        held, self._last, self._suppressed = self._suppressed, now, 0
+        return held
+
+    @staticmethod
+    def note(held: int) -> str:
+        """What a line let through appends: "" or " (N similar lines suppressed)"."""
+        return f" ({held} similar lines suppressed)" if held else ""
+
+
 class LogLimiter:
     """Log at most one line per `interval` seconds; the next line counts what was left out."""
 
-    __slots__ = ("_clock", "_last", "_suppressed", "interval", "level", "logger")
+    __slots__ = ("_gate", "level", "logger")
 
     def __init__(
         self,
@@ -78,26 +116,25 @@ class LogLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
-        self.interval = interval
         self.level = level
-        self._clock = clock
-        self._last = -math.inf
-        self._suppressed = 0
+        self._gate = LineGate(interval=interval, clock=clock)
+
+    @property
+    def interval(self) -> float:
+        return self._gate.interval
 
     @property
     def suppressed(self) -> int:
         """Lines left out since the last one logged."""
-        return self._suppressed
+        return self._gate.suppressed
 
     def __call__(self, msg: str, *args: object) -> bool:
         """Log `msg % args` unless a line was logged less than `interval` ago; True if logged."""
-        now = self._clock()
-        if now - self._last < self.interval:
-            self._suppressed += 1
+        held = self._gate.admit()
+        if held is None:
             return False
-        if self._suppressed:
+        if held:
             msg += " (%d similar lines suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
+            args = (*args, held)
         self.logger.log(self.level, msg, *args)
         return True

@@ -13,13 +13,13 @@ left out. Every other record passes unchanged.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tinywasm_wasi.policy.logtext import escape, shorten
+from tinywasm_wasi.policy.ratelimit import LineGate
 
 __all__ = ["ClientErrorFilter", "install"]
 
@@ -33,10 +33,7 @@ class ClientErrorFilter(logging.Filter):
         self, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__()
-        self.interval = interval
-        self._clock = clock
-        self._last = -math.inf
-        self.suppressed = 0  # left out since the last line
+        self.gate = LineGate(interval=interval, clock=clock)
         self.seen = 0  # client errors in all
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -44,19 +41,15 @@ class ClientErrorFilter(logging.Filter):
         if not isinstance(exc, HttpProcessingError) or (exc.code or 400) >= 500:
             return True
         self.seen += 1
-        now = self._clock()
-        if now - self._last < self.interval:
-            self.suppressed += 1
+        held = self.gate.admit()
+        if held is None:
             return False
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         reason = escape(
             shorten((exc.message or type(exc).__name__).split("\n", 1)[0].rstrip(": "), 120)
         )
         text = f"bad request from {escape(str(remote))}: {exc.code or 400} {reason}"
-        if self.suppressed:
-            text += f" ({self.suppressed} similar lines suppressed)"
-        self._last, self.suppressed = now, 0
-        record.msg, record.args = text, None
+        record.msg, record.args = text + LineGate.note(held), None
         record.exc_info, record.exc_text = None, None
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tinywasm_wasi.policy.ratelimit import LogLimiter
+from tinywasm_wasi.policy.ratelimit import LineGate, LogLimiter
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -225,24 +224,17 @@ class AcceptErrorFilter(logging.Filter):
         self, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__()
-        self.interval = interval
-        self._clock = clock
-        self._last = -math.inf
-        self.suppressed = 0
+        self.gate = LineGate(interval=interval, clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(self.MESSAGE):
             return True
-        now = self._clock()
-        if now - self._last < self.interval:
-            self.suppressed += 1
+        held = self.gate.admit()
+        if held is None:
             return False
         exc = record.exc_info[1] if record.exc_info else None
         text = f"{self.MESSAGE}: {exc.strerror if isinstance(exc, OSError) else exc}"
-        text += "; raise the open-file limit (ulimit -n) or lower the load"
-        if self.suppressed:
-            text += f" ({self.suppressed} similar lines suppressed)"
-        self._last, self.suppressed = now, 0
+        text += "; raise the open-file limit (ulimit -n) or lower the load" + LineGate.note(held)
         record.msg, record.args, record.exc_info, record.exc_text = text, None, None, None
         return True
 
