@@ -261,6 +261,33 @@ class NatsLink:
 
         self._services[subject] = await nc.subscribe(subject, cb=on_request)
 
+    async def listen(self, subject: str, handler: Callable[[str, bytes], None]) -> None:
+        """Call `handler(subject, payload)` on the loop for every message on `subject`
+        (wildcards allowed), from other processes. Kept across reconnects by nats-py."""
+        nc = self._nc
+        if nc is None:
+            raise LinkError("connect() first")
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                handler(msg.subject, msg.data)
+            except Exception:
+                log.exception("NATS link: handling a message on %s failed", msg.subject)
+
+        self._services[subject] = await nc.subscribe(subject, cb=on_message)
+
+    async def publish_now(self, subject: str, payload: bytes) -> bool:
+        """Send `payload` on `subject` now, or not at all: never held for later (a
+        heartbeat that arrives late is worse than none). False while NATS is away."""
+        nc = self._nc
+        if nc is None or not self._connected:
+            return False
+        try:
+            await nc.publish(subject, payload)
+        except NatsError:
+            return False
+        return True
+
     async def close(self) -> None:
         """Send what is queued (within a bound), then close. Safe to call twice."""
         if self._closed:

@@ -43,6 +43,7 @@ from tinywasm_wasi.policy.tokens import TokenVerifier
 from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.supervisor.fleet import Fleet
 from tinywasm_wasi.supervisor.health import HealthChecker
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.supervisor.state_dir import StateDir
@@ -73,6 +74,7 @@ from tinywasm_wasi.web.sysfeed import SystemFeed
 __all__ = [
     "BUS",
     "CONFIG",
+    "FLEET",
     "HOST",
     "HUB",
     "NATS",
@@ -96,6 +98,7 @@ HUB = web.AppKey("hub", Hub)
 RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", StateDir)
 NATS = web.AppKey("nats", NatsLink)
+FLEET = web.AppKey("fleet", Fleet)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
 _FORWARDER = web.AppKey("forwarder", NatsForwarder)
 _DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -142,7 +145,8 @@ def create_app(config: Config) -> web.Application:
     )
     runtime = Runtime(cache_dir=config.cache_dir)
     state = StateDir(config.state_path, create_parents=config.state_dir is not None)
-    # One of several workers: each module runs on its owner (policy/placement.py).
+    # One of several workers: each module runs on its owner (policy/placement.py),
+    # chosen over the live workers (supervisor/fleet.py keeps the placement current).
     placement = (
         Placement.of(config.worker_index, config.workers)
         if config.worker_index is not None and config.workers > 1
@@ -174,6 +178,10 @@ def create_app(config: Config) -> web.Application:
     app[STATE] = state
     if link is not None:
         app[NATS] = link
+    fleet = None
+    if placement is not None and link is not None:
+        fleet = Fleet(link, host, placement.me, expected=frozenset(placement.workers))
+        app[FLEET] = fleet
 
     if config.admin_token is None and not is_local_host(config.host):
         log.warning(
@@ -185,11 +193,20 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(
         (_bus_and_runtime, _modules, _health, _watcher, _sources, _feed, _frozen)
     )
-    app.on_shutdown.extend((_stop_sources, _stop_watcher, _stop_feed, _stop_modules, _close_hub))
+    app.on_shutdown.extend(
+        (_leave_fleet, _stop_sources, _stop_watcher, _stop_feed, _stop_modules, _left_fleet)
+    )
+    app.on_shutdown.append(_close_hub)
 
     app.router.add_get("/ws", hub.handle)
     view = add_module_routes(
-        app, host, hub, nats=link, admin=admin, status_private=config.status_private
+        app,
+        host,
+        hub,
+        nats=link,
+        fleet=(lambda: _fleet_view(app)) if fleet is not None else None,
+        admin=admin,
+        status_private=config.status_private,
     )
     add_release_routes(app, host, admin)
     add_api_fallback(app)  # after every /api/ route
@@ -197,7 +214,7 @@ def create_app(config: Config) -> web.Application:
     forwarder = None
     if placement is not None and link is not None:
         forwarder = NatsForwarder(
-            link, placement, lambda name: host.limits_for(name).call_timeout, host.runs_here
+            link, placement.me, lambda name: host.limits_for(name).call_timeout, host.remote_owner
         )
         app[_FORWARDER] = forwarder
         app.on_response_prepare.append(_worker_header(placement.me))
@@ -277,7 +294,12 @@ async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
 async def _modules(app: web.Application) -> AsyncIterator[None]:
     app[_BRIDGE].bind(asyncio.get_running_loop())
     host = app[HOST]
+    fleet = app.get(FLEET)
+    if fleet is not None:
+        await fleet.join()  # which workers are live decides which modules load here
     await host.load_dir(app[CONFIG].modules_dir)
+    if fleet is not None:
+        fleet.start()
     link = app.get(NATS)
     if link is not None:
         # The modules' subscriptions reach the NATS server before the port opens.
@@ -372,6 +394,28 @@ async def _stop_watcher(app: web.Application) -> None:
     watcher = app.get(_WATCHER)
     if watcher is not None:
         await watcher.close()
+
+
+def _fleet_view(app: web.Application) -> dict[str, object]:
+    """/api/modules' ``fleet``: who is live and runs what, and the requests lost in flight."""
+    view = app[FLEET].view()
+    forwarder = app.get(_FORWARDER)
+    if forwarder is not None:
+        view["forwarded"] = forwarder.forwarded
+        view["lost_forwards"] = forwarder.lost  # sent to a worker that never answered
+    return view
+
+
+async def _leave_fleet(app: web.Application) -> None:
+    fleet = app.get(FLEET)
+    if fleet is not None:
+        await fleet.leave()
+
+
+async def _left_fleet(app: web.Application) -> None:
+    fleet = app.get(FLEET)
+    if fleet is not None:
+        await fleet.close()  # its last beat lists nothing: the new owners start them
 
 
 async def _stop_modules(app: web.Application) -> None:

@@ -30,6 +30,7 @@ class LogEvent(enum.StrEnum):
     RETRY = "retry"  # a quarantined module tried again (back in service, or not yet)
     UNLOAD = "unload"  # its file is gone: the module is stopped
     PROMOTE = "promote"  # a canary took all traffic (its window passed, or on command)
+    PLACE = "place"  # with several workers: a module starts or stops here as its owner changes
 
     @property
     def level(self) -> int:
@@ -46,6 +47,7 @@ _LEVELS = {
     LogEvent.RETRY: logging.WARNING,
     LogEvent.UNLOAD: logging.INFO,
     LogEvent.PROMOTE: logging.INFO,
+    LogEvent.PLACE: logging.WARNING,
 }
 
 

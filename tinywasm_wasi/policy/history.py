@@ -30,6 +30,7 @@ class Trigger(enum.StrEnum):
     QUARANTINE = "quarantine"
     RETRY = "retry"
     CANARY = "canary"
+    PLACEMENT = "placement"  # with several workers: its owner died, left or came back
 
 
 class Outcome(enum.Enum):

@@ -7,16 +7,24 @@ is chosen by rendezvous (highest random weight) hashing of the module name
 against each worker's name: every worker computes the same owner from the same
 list, with no coordination, and removing a worker moves only the modules it owned.
 
-The workers of one supervisor are ``w0`` … ``w{N-1}``. The list is fixed: a worker
-that dies is restarted under the same name (with backoff), so it owns the same
-modules again when it is back.
+The workers of one supervisor are ``w0`` … ``w{N-1}``. A `Placement` is one
+worker's view at one moment: the workers it hears as live (policy/membership.py)
+and which modules other workers run now. When a worker dies, placement over the
+survivors gives its modules to them; when it is back, they return to it (the
+rendezvous owner over the same live set is always the same worker).
+
+Three questions, three methods:
+- `owner(name)`: who should run it (rendezvous over the live workers);
+- `where(name)`: who runs it now (another worker that says so), else its owner:
+  where a request for it is sent;
+- `runs_here(...)`: whether this worker should run it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from tinywasm_wasi.policy.limits import Replicas
 
@@ -52,10 +60,12 @@ def owner(name: str, workers: Sequence[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """One worker's view: its own name and every worker's."""
+    """One worker's view: its own name, the live workers', and who runs what elsewhere."""
 
     me: str
     workers: tuple[str, ...]
+    # module name -> the other worker that runs it now (from its heartbeats)
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.me not in self.workers:
@@ -69,8 +79,25 @@ class Placement:
         return cls(worker_name(index), worker_names(count))
 
     def owner(self, name: str) -> str:
+        """The live worker that should run `name`."""
         return owner(name, self.workers)
 
+    def where(self, name: str) -> str:
+        """The worker that runs `name` now, as far as this one knows; else its owner."""
+        return self.elsewhere.get(name) or self.owner(name)
+
+    def successor(self, name: str) -> str | None:
+        """Who owns `name` once this worker has left (a handover's target); None if nobody."""
+        others = [w for w in self.workers if w != self.me]
+        return owner(name, others) if others else None
+
     def runs_here(self, name: str, replicas: Replicas, middleware: bool) -> bool:
-        """True if this worker runs module `name`."""
+        """True if this worker should run module `name`."""
         return middleware or replicas is Replicas.ALL or self.owner(name) == self.me
+
+    def may_start(self, name: str, replicas: Replicas, middleware: bool) -> bool:
+        """True if this worker should run `name` and may start it now: a single-owner
+        module waits until no other worker runs it (exactly one owner at a time)."""
+        if middleware or replicas is Replicas.ALL:
+            return True
+        return self.owner(name) == self.me and name not in self.elsewhere

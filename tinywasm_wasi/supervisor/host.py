@@ -27,7 +27,7 @@ from tinywasm_wasi.exceptions import ModuleLoadError, TinywasmError
 from tinywasm_wasi.policy.canary import CanarySettings
 from tinywasm_wasi.policy.events import LogEvent, event_extra
 from tinywasm_wasi.policy.history import ModuleHistory, Outcome, Trigger, VersionRecord
-from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.limits import Limits, Replicas
 from tinywasm_wasi.policy.names import check_module_name
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file
 from tinywasm_wasi.policy.placement import Placement
@@ -209,6 +209,33 @@ class ModuleHost:
         middleware = file is not None and file.rule is not None
         return self.placement.runs_here(name, self.limits_for(name).replicas, middleware)
 
+    def runs_alone(self, name: str) -> bool:
+        """True if `name` is a single-owner module (not a middleware, not ``replicas = "all"``)."""
+        file = self.find_file(name)
+        middleware = file is not None and file.rule is not None
+        return not middleware and self.limits_for(name).replicas is Replicas.ONE
+
+    def remote_owner(self, name: str) -> str | None:
+        """The worker that answers for `name` when it is not this one; None when it is
+        (it runs here, it should, or there are no other workers)."""
+        if self.placement is None or name in self.modules:
+            return None
+        where = self.placement.where(name)
+        return None if where == self.placement.me else where
+
+    def module_names(self) -> list[str]:
+        """The names of the module files in the folder now, sorted (refused ones left out)."""
+        directory = self.loader.directory
+        if directory is None or not directory.is_dir():
+            return []
+        names = []
+        for path in self.loader.scan(directory).files:
+            try:
+                names.append(self.loader.with_rule_txt(parse_file_name(path.name)).name)
+            except TinywasmError:
+                continue
+        return names
+
     # -- loading a folder ----------------------------------------------------------------------
 
     async def load_dir(self, directory: Path) -> None:
@@ -257,12 +284,12 @@ class ModuleHost:
         except TinywasmError:
             return True  # refused where it is started, with the reason
         limits = self.limits_for(file.name)
-        if self.placement.runs_here(file.name, limits.replicas, file.rule is not None):
+        if self.placement.may_start(file.name, limits.replicas, file.rule is not None):
             return True
         log.info(
             "module %s runs on worker %s, not here (%s)",
             file.name,
-            self.placement.owner(file.name),
+            self.placement.where(file.name),
             self.placement.me,
         )
         return False

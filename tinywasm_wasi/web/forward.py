@@ -24,7 +24,6 @@ from tinywasm_wasi.policy.http_forward import (
     encode_request,
     subject_for,
 )
-from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.ratelimit import LogLimiter
 from tinywasm_wasi.web.dispatch import Failed
 
@@ -41,23 +40,23 @@ class NatsForwarder:
     def __init__(
         self,
         link: NatsLink,
-        placement: Placement,
+        me: str,
         call_timeout: Callable[[str], float],
-        placed_here: Callable[[str], bool],
+        owner_of: Callable[[str], str | None],
     ) -> None:
+        """Forward for worker `me`; `owner_of(name)` is the worker that answers for
+        module `name`, or None when this one does (`ModuleHost.remote_owner`)."""
         self._link = link
-        self._placement = placement
+        self._me = me
         self._call_timeout = call_timeout
-        self._placed_here = placed_here
+        self._owner_of = owner_of
         self._warn = LogLimiter(log)
         self.forwarded = 0
         self.failed = 0
+        self.lost = 0  # sent, and no answer came: what the owner had of it is lost
 
     def owner_of(self, name: str) -> str | None:
-        if self._placed_here(name):
-            return None
-        owner = self._placement.owner(name)
-        return None if owner == self._placement.me else owner
+        return self._owner_of(name)
 
     async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
         timeout = self._call_timeout(request.name) + TRANSIT
@@ -67,6 +66,14 @@ class NatsForwarder:
             return decode_answer(raw)
         except TimeoutError:
             self.failed += 1
+            self.lost += 1
+            self._warn(
+                "request for module %s: worker %s did not answer in time; it is lost "
+                "(%d lost so far)",
+                request.name,
+                owner,
+                self.lost,
+            )
             raise Failed(
                 504,
                 f"module {request.name!r} on worker {owner} did not answer within "
@@ -95,4 +102,4 @@ class NatsForwarder:
                 return encode_answer(ForwardedAnswer(400, (), f"{exc}\n".encode()))
             return encode_answer(await answer(request))
 
-        await self._link.serve(subject_for(self._placement.me), on_request)
+        await self._link.serve(subject_for(self._me), on_request)

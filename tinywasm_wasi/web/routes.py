@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -78,6 +80,7 @@ def add_module_routes(
     hub: Hub,
     *,
     nats: NatsLink | None = None,
+    fleet: Callable[[], dict[str, Any]] | None = None,
     admin: AdminGuard | None = None,
     status_private: bool = False,
 ) -> StatusView:
@@ -88,12 +91,13 @@ def add_module_routes(
     `status_private`, it guards the module status and history too (`/healthz`
     stays public, for load balancers). With `nats`, /healthz says ``degraded``
     while the NATS connection is down (local traffic still flows: the answer
-    stays 200), and /api/modules carries the link's counters. Returns the
+    stays 200), and /api/modules carries the link's counters. With `fleet` (one of
+    several workers), /api/modules carries the fleet: live workers and who runs what. Returns the
     `StatusView` the routes read; `add_api_fallback` answers the other paths.
     """
     if admin is None:
         admin = AdminGuard(None)
-    view = StatusView(host, hub, nats)
+    view = StatusView(host, hub, nats, fleet)
     paths = _Paths(host)
 
     def answer(data: object, status: int = 200) -> web.Response:
@@ -132,10 +136,11 @@ def add_module_routes(
                 "in the modules folder",
                 modules=sorted(host.modules),
             )
-        if not host.runs_here(name) and name not in host.modules:
-            assert host.placement is not None  # runs_here is only false with placement
+        owner = host.remote_owner(name)
+        if owner is not None:
+            assert host.placement is not None  # there is a remote owner only with placement
             raise web.HTTPMisdirectedRequest(
-                text=f"module {name!r} runs on worker {host.placement.owner(name)}, not on "
+                text=f"module {name!r} runs on worker {owner}, not on "
                 f"this one ({host.placement.me}): it reloads on its owner, which watches the "
                 "same folder; retry until the answer comes from that worker "
                 "(the X-Tinywasm-Worker header)\n"

@@ -9,6 +9,7 @@ why a module's file differs from the version running (for
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -24,10 +25,17 @@ __all__ = ["StatusView"]
 class StatusView:
     """Read-only answers about the modules, built per request."""
 
-    def __init__(self, host: ModuleHost, hub: Hub, nats: NatsLink | None = None) -> None:
+    def __init__(
+        self,
+        host: ModuleHost,
+        hub: Hub,
+        nats: NatsLink | None = None,
+        fleet: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._host = host
         self._hub = hub
         self._nats = nats
+        self._fleet = fleet  # with several workers: who is live and runs what
 
     def problems(self) -> list[Problem]:
         host = self._host
@@ -79,6 +87,7 @@ class StatusView:
             },
             "hub": asdict(self._hub.stats()),
             **({"nats": asdict(self._nats.stats())} if self._nats is not None else {}),
+            **({"fleet": self._fleet()} if self._fleet is not None else {}),
             "history": None if history is None else asdict(history),
         }
 

@@ -1,0 +1,221 @@
+"""Membership from heartbeats, and placement over the live workers, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinywasm_wasi.policy.limits import Replicas
+from tinywasm_wasi.policy.membership import (
+    Beat,
+    BeatError,
+    Membership,
+    decode_beat,
+    encode_beat,
+)
+from tinywasm_wasi.policy.placement import Placement, owner, worker_names
+
+W3 = frozenset(worker_names(3))
+
+
+def table(me: str = "w0", expected: frozenset[str] = W3) -> Membership:
+    return Membership(me, started=0.0, timeout=1.0, expected=expected)
+
+
+def beat(worker: str, *owned: str, leaving: bool = False) -> Beat:
+    return Beat(worker, frozenset(owned), leaving=leaving)
+
+
+# (beats as (time, beat), expire at, live after, dead returned)
+@pytest.mark.parametrize(
+    ("beats", "at", "live", "dead"),
+    [
+        ([], 5.0, ("w0",), []),
+        ([(0.1, beat("w1")), (0.2, beat("w2"))], 1.0, ("w0", "w1", "w2"), []),
+        # silent for more than the timeout: dead, forgotten
+        ([(0.1, beat("w1")), (0.2, beat("w2"))], 1.15, ("w0", "w2"), ["w1"]),
+        ([(0.1, beat("w1")), (0.2, beat("w2"))], 1.25, ("w0",), ["w1", "w2"]),
+        # a later beat keeps it live
+        ([(0.1, beat("w1")), (0.9, beat("w1"))], 1.5, ("w0", "w1"), []),
+        # exactly the timeout is not yet dead
+        ([(0.5, beat("w1"))], 1.5, ("w0", "w1"), []),
+        # leaving: out of the live set at once, still in the table until silent
+        ([(0.1, beat("w1")), (0.2, beat("w1", leaving=True))], 0.3, ("w0",), []),
+        ([(0.1, beat("w1", leaving=True))], 1.2, ("w0",), ["w1"]),
+        # a leaving worker back under the same name (restarted) is live again
+        ([(0.1, beat("w1", leaving=True)), (0.5, beat("w1"))], 0.6, ("w0", "w1"), []),
+        # its own beats are not counted
+        ([(0.1, beat("w0", "x"))], 0.2, ("w0",), []),
+    ],
+)
+def test_live_and_dead(
+    beats: list[tuple[float, Beat]], at: float, live: tuple[str, ...], dead: list[str]
+) -> None:
+    members = table()
+    for now, b in beats:
+        members.heard(b, now)
+    assert members.expire(at) == dead
+    assert members.live() == live
+    assert members.placement().workers == live
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "changed"),
+    [
+        (None, beat("w1"), True),  # joined
+        (beat("w1"), beat("w1"), False),  # the same again: nothing to do
+        (beat("w1"), beat("w1", "chat"), True),  # started a module
+        (beat("w1", "chat"), beat("w1"), True),  # stopped one
+        (beat("w1"), beat("w1", leaving=True), True),
+        (beat("w1", leaving=True), beat("w1"), True),
+        (None, beat("w0"), False),  # itself
+    ],
+)
+def test_what_changes_placement(first: Beat | None, second: Beat, changed: bool) -> None:
+    members = table()
+    if first is not None:
+        members.heard(first, 0.0)
+    assert members.heard(second, 0.1) is changed
+
+
+def test_an_outage_declares_nobody_dead() -> None:
+    members = table()
+    members.heard(beat("w1"), 0.0)
+    members.resume(5.0)  # NATS was away from 0.1 to 5.0: nobody could be heard
+    assert members.expire(5.5) == []
+    assert members.expire(6.1) == ["w1"]
+
+
+# (expected, heard, now, settled)
+@pytest.mark.parametrize(
+    ("expected", "heard", "now", "settled"),
+    [
+        (W3, [], 0.5, False),
+        (W3, ["w1"], 0.5, False),
+        (W3, ["w1", "w2"], 0.1, True),  # everyone it expects
+        (W3, ["w1"], 1.0, True),  # the timeout passed: w2 is not there
+        (frozenset(), [], 0.0, True),  # expects nobody else
+        (frozenset({"w0"}), [], 0.0, True),
+    ],
+)
+def test_settled(expected: frozenset[str], heard: list[str], now: float, settled: bool) -> None:
+    members = table(expected=expected)
+    for worker in heard:
+        members.heard(beat(worker), now)
+    assert members.settled(now) is settled
+
+
+def test_settled_stays_settled() -> None:
+    members = table()
+    members.heard(beat("w1"), 0.1)
+    members.heard(beat("w2"), 0.1)
+    assert members.settled(0.1)
+    members.expire(5.0)
+    assert members.settled(5.0)
+
+
+def test_placement_says_who_runs_what_elsewhere() -> None:
+    members = table()
+    members.heard(beat("w1", "chat"), 0.0)
+    members.heard(beat("w2", "echo", leaving=True), 0.0)
+    placement = members.placement()
+    assert placement.workers == ("w0", "w1")  # w2 is leaving: out of placement
+    # ... but it still runs echo, so echo is sent there and not started elsewhere yet
+    assert placement.elsewhere == {"chat": "w1", "echo": "w2"}
+    assert placement.where("echo") == "w2"
+    assert placement.where("other") == owner("other", ("w0", "w1"))
+
+
+def test_the_fleet_view() -> None:
+    members = table()
+    members.heard(beat("w1", "chat"), 0.0)
+    view = members.fleet(Beat("w0", frozenset({"echo"}), frozenset({"echo_http"})), 0.25)
+    assert view == {
+        "me": "w0",
+        "live": ["w0", "w1"],
+        "workers": {
+            "w0": {
+                "state": "live",
+                "owned": ["echo"],
+                "replicas": ["echo_http"],
+                "heard_ms_ago": 0,
+            },
+            "w1": {"state": "live", "owned": ["chat"], "replicas": [], "heard_ms_ago": 250},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "b",
+    [
+        Beat("w0"),
+        Beat("w12", frozenset({"chat", "echo"}), frozenset({"echo_http"}), True),
+    ],
+)
+def test_beats_round_trip(b: Beat) -> None:
+    assert decode_beat(encode_beat(b)) == b
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"[]",
+        b'{"worker": "w0"}',
+        b'{"worker": "", "owned": [], "replicas": [], "leaving": false}',
+        b'{"worker": "w0", "owned": [1], "replicas": [], "leaving": false}',
+        b'{"worker": "w0", "owned": [], "replicas": "x", "leaving": false}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": "no"}',
+    ],
+)
+def test_bad_beats_are_refused(data: bytes) -> None:
+    with pytest.raises(BeatError, match="not a heartbeat"):
+        decode_beat(data)
+
+
+def test_a_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Membership("w0", 0.0, timeout=0)
+
+
+# Placement over the live set: the dead worker's modules go to survivors, and only those.
+@pytest.mark.parametrize("dead", ["w0", "w1", "w2"])
+def test_a_dead_workers_modules_go_to_the_survivors(dead: str) -> None:
+    names = [f"m{i}" for i in range(60)]
+    everyone = worker_names(3)
+    survivors = tuple(w for w in everyone if w != dead)
+    for name in names:
+        before, after = owner(name, everyone), Placement("w0" if dead != "w0" else "w1", survivors)
+        assert after.owner(name) in survivors
+        if before != dead:
+            assert after.owner(name) == before  # nothing else moves
+
+
+# (me, workers, elsewhere, name, replicas, middleware, runs_here, may_start)
+@pytest.mark.parametrize(
+    ("elsewhere", "replicas", "middleware", "runs_here", "may_start"),
+    [
+        ({}, Replicas.ONE, False, True, True),
+        ({"x": "w1"}, Replicas.ONE, False, True, False),  # still runs on w1: wait
+        ({"x": "w1"}, Replicas.ALL, False, True, True),
+        ({"x": "w1"}, Replicas.ONE, True, True, True),
+    ],
+)
+def test_a_new_owner_waits_until_nobody_else_runs_it(
+    elsewhere: dict[str, str],
+    replicas: Replicas,
+    middleware: bool,
+    runs_here: bool,
+    may_start: bool,
+) -> None:
+    placement = Placement("w0", ("w0",), elsewhere)
+    assert placement.runs_here("x", replicas, middleware) is runs_here
+    assert placement.may_start("x", replicas, middleware) is may_start
+
+
+def test_successor_is_the_owner_once_this_worker_left() -> None:
+    everyone = worker_names(3)
+    for name in [f"m{i}" for i in range(30)]:
+        me = owner(name, everyone)
+        placement = Placement(me, everyone)
+        assert placement.successor(name) == owner(name, tuple(w for w in everyone if w != me))
+    assert Placement("w0", ("w0",)).successor("x") is None

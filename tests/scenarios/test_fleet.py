@@ -1,0 +1,130 @@
+"""Membership from heartbeats: three real workers, one killed with SIGKILL.
+
+The supervisor is paused (SIGSTOP) while the worker dies, so it cannot restart it:
+the survivors alone must notice the silence and start its modules from their own
+files. Then the supervisor resumes, restarts the worker, and its modules move back.
+Times are measured in bench/workers.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.scenarios.cluster import (
+    START,
+    Cluster,
+    ClusterFactory,
+    answers_by_worker,
+    chat_on_each_worker,
+    chat_works,
+    http,
+    serving,
+    start_cluster,
+)
+from tests.support import eventually
+from tinywasm_wasi.cluster.nats_server import find_nats_server
+from tinywasm_wasi.policy.placement import owner, worker_names
+
+__all__ = ["http", "start_cluster"]  # fixtures, used by name
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+]
+
+WORKERS = worker_names(3)
+SINGLE = ("chat", "echo")  # the single-owner example modules (echo_http runs everywhere)
+
+
+async def fleets(http: aiohttp.ClientSession, base: str, workers: int) -> dict[str, Any]:
+    """The ``fleet`` of /api/modules, as each of `workers` workers answers it."""
+    answers = await answers_by_worker(http, f"{base}/api/modules", workers=workers)
+    return {worker: json.loads(text)["fleet"] for worker, (_status, text) in answers.items()}
+
+
+def runs(fleet: dict[str, Any]) -> dict[str, list[str]]:
+    """module -> the workers that say they run it alone."""
+    where: dict[str, list[str]] = {}
+    for worker, row in fleet["workers"].items():
+        for name in row["owned"]:
+            where.setdefault(name, []).append(worker)
+    return where
+
+
+def logged(cluster: Cluster, pattern: str) -> Callable[[], bool]:
+    return lambda: cluster.count(pattern) >= 1
+
+
+def worker_pid(cluster: Cluster, worker: str) -> int:
+    return int(cluster.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
+
+
+async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
+    start_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = start_cluster(workers=3)
+    base = await serving(cluster, 3)
+    victim = owner("echo", WORKERS)
+    survivors = tuple(w for w in WORKERS if w != victim)
+    placed = {name: owner(name, WORKERS) for name in SINGLE}
+    moved = {name: owner(name, survivors) for name in SINGLE if placed[name] == victim}
+
+    # /api/modules on any worker shows the whole fleet: who is live and who runs what.
+    async def fleet_as_placed() -> bool:
+        seen = await fleets(http, base, 3)
+        return all(
+            f["live"] == list(WORKERS) and runs(f) == {n: [w] for n, w in placed.items()}
+            for f in seen.values()
+        )
+
+    await eventually(fleet_as_placed, "every worker to show the same fleet", timeout=30)
+    sockets = await chat_on_each_worker(http, base, workers=3)
+
+    # The supervisor is paused: only the survivors can bring the modules back.
+    supervisor = cluster.proc.pid
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        os.kill(worker_pid(cluster, victim), signal.SIGKILL)
+        for name, heir in moved.items():
+            await eventually(
+                logged(cluster, rf"\[{heir}\] .*loaded module {name}\b"),
+                f"{heir} to start {name}",
+                timeout=60,
+            )
+        for survivor in survivors:
+            assert cluster.count(rf"\[{survivor}\] .*worker\(s\) {victim} silent") == 1
+        # It answers from the survivors, and their browsers never noticed.
+        for worker, (status, text) in (
+            await answers_by_worker(http, f"{base}/m/echo", workers=2)
+        ).items():
+            assert (status, text) == (200, "echo: GET /m/echo\n"), worker
+        live = {w: sockets[w] for w in survivors}
+        assert not any(ws.closed for ws in live.values())
+        await chat_works(live, "while it is gone")
+        after = await fleets(http, base, 2)
+        expected = {n: [moved.get(n, w)] for n, w in placed.items()}
+        for worker, fleet in after.items():
+            assert fleet["live"] == list(survivors), worker
+            assert runs(fleet) == expected, worker
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+
+    # The supervisor restarts it; its modules return to it, each stopped on the heir first.
+    await eventually(
+        lambda: cluster.count(rf"\[{victim}\] serving") >= 2, "the restart", timeout=START
+    )
+    for name, heir in moved.items():
+        await eventually(
+            logged(cluster, rf"\[{heir}\] .*module {name}: stopping it here"),
+            f"{heir} to hand {name} back",
+            timeout=60,
+        )
+    await eventually(fleet_as_placed, "the fleet as placed again", timeout=60)
+    await sockets[victim].close()

@@ -1,0 +1,189 @@
+"""Which workers are live, from their heartbeats. Pure: the caller passes the time.
+
+Every worker publishes a `Beat` every `HEARTBEAT` seconds (and at once when what it
+runs changes): its name, the single-owner modules it runs, its other modules
+(``replicas = "all"`` and middlewares), and whether it is leaving. `Membership`
+turns what one worker hears into its `Placement`:
+
+- a worker is **live** from its first beat until it is silent for `timeout`
+  seconds (then it is **dead**: it is forgotten) or says it is leaving;
+- a **leaving** worker is out of placement at once (its modules have new owners),
+  but the modules it still lists count as running there until its last beat
+  (which lists none) or the timeout: a new owner starts a module only once no
+  other worker runs it, so a module never runs in two workers at once while
+  their beats arrive;
+- a worker has **settled** once it has heard every worker it expects (the
+  supervisor's ``w0 … w{N-1}``) or `timeout` has passed since it started: only
+  then does it know enough to start the modules it owns;
+- while NATS is away nobody is heard: `resume(now)` after the outage restarts
+  every timeout, so an outage alone never declares the fleet dead.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+
+from tinywasm_wasi.policy.placement import Placement
+
+__all__ = [
+    "HEARTBEAT",
+    "TIMEOUT",
+    "Beat",
+    "BeatError",
+    "Member",
+    "MemberState",
+    "Membership",
+    "decode_beat",
+    "encode_beat",
+]
+
+HEARTBEAT = 0.25  # seconds between a worker's beats
+TIMEOUT = 1.0  # seconds of silence after which a worker is dead
+
+
+class BeatError(ValueError):
+    """A heartbeat that cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One heartbeat: who, what it runs, whether it is leaving."""
+
+    worker: str
+    owned: frozenset[str] = frozenset()  # single-owner modules it runs now
+    replicas: frozenset[str] = frozenset()  # modules it runs as every worker does
+    leaving: bool = False
+
+
+def encode_beat(beat: Beat) -> bytes:
+    return json.dumps(
+        {
+            "worker": beat.worker,
+            "owned": sorted(beat.owned),
+            "replicas": sorted(beat.replicas),
+            "leaving": beat.leaving,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_beat(data: bytes) -> Beat:
+    """The beat in `data`.
+
+    Raises:
+        BeatError: not a heartbeat's JSON.
+    """
+    try:
+        raw = json.loads(data)
+        worker, owned, replicas, leaving = (
+            raw["worker"],
+            raw["owned"],
+            raw["replicas"],
+            raw["leaving"],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BeatError(f"not a heartbeat: {exc}") from None
+    if not isinstance(worker, str) or not worker or not isinstance(leaving, bool):
+        raise BeatError("not a heartbeat: worker must be a name and leaving a boolean")
+    for names in (owned, replicas):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BeatError("not a heartbeat: owned and replicas must be lists of names")
+    return Beat(worker, frozenset(owned), frozenset(replicas), leaving)
+
+
+class MemberState(enum.StrEnum):
+    LIVE = "live"
+    LEAVING = "leaving"
+
+
+@dataclass(slots=True)
+class Member:
+    """What this worker last heard from another."""
+
+    beat: Beat
+    heard: float  # when, on the caller's clock
+
+    @property
+    def state(self) -> MemberState:
+        return MemberState.LEAVING if self.beat.leaving else MemberState.LIVE
+
+
+@dataclass(slots=True)
+class Membership:
+    """One worker's table of the others. Each method says whether placement changed."""
+
+    me: str
+    started: float
+    timeout: float = TIMEOUT
+    expected: frozenset[str] = frozenset()  # the workers it waits to hear before settling
+    members: dict[str, Member] = field(default_factory=dict)
+    _settled: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError(f"the heartbeat timeout must be positive, not {self.timeout}")
+
+    def heard(self, beat: Beat, now: float) -> bool:
+        """A beat arrived. True if the placement changed (a worker joined or left, or
+        what another runs changed). A worker's own beats are ignored."""
+        if beat.worker == self.me:
+            return False
+        before = self.members.get(beat.worker)
+        self.members[beat.worker] = Member(beat, now)
+        if before is not None and before.beat.leaving and not beat.leaving:
+            return True  # it came back (a restart under the same name)
+        if before is None:
+            return True
+        return before.beat != beat
+
+    def expire(self, now: float) -> list[str]:
+        """Forget the workers silent for longer than the timeout; returns them, sorted."""
+        dead = sorted(w for w, m in self.members.items() if now - m.heard > self.timeout)
+        for worker in dead:
+            del self.members[worker]
+        return dead
+
+    def resume(self, now: float) -> None:
+        """After a NATS outage: every worker counts as heard now."""
+        for member in self.members.values():
+            member.heard = now
+
+    def settled(self, now: float) -> bool:
+        """True once every expected worker was heard, or the timeout passed since the start.
+        Once settled, always settled."""
+        if not self._settled:
+            heard = set(self.members) | {self.me}
+            self._settled = self.expected <= heard or now - self.started >= self.timeout
+        return self._settled
+
+    def live(self) -> tuple[str, ...]:
+        """The live workers, this one included, sorted."""
+        others = (w for w, m in self.members.items() if not m.beat.leaving)
+        return tuple(sorted({self.me, *others}))
+
+    def placement(self) -> Placement:
+        """Placement over the live workers; single-owner modules still running on a
+        live or leaving worker count as running there."""
+        elsewhere: dict[str, str] = {}
+        for worker in sorted(self.members):
+            for name in self.members[worker].beat.owned:
+                elsewhere.setdefault(name, worker)
+        return Placement(self.me, self.live(), elsewhere)
+
+    def fleet(self, mine: Beat, now: float) -> dict[str, object]:
+        """The whole fleet as this worker sees it (JSON for /api/modules)."""
+        rows = {self.me: _row(mine, MemberState.LEAVING if mine.leaving else MemberState.LIVE, 0.0)}
+        for worker, member in sorted(self.members.items()):
+            rows[worker] = _row(member.beat, member.state, now - member.heard)
+        return {"me": self.me, "live": list(self.live()), "workers": rows}
+
+
+def _row(beat: Beat, state: MemberState, age: float) -> dict[str, object]:
+    return {
+        "state": state.value,
+        "owned": sorted(beat.owned),
+        "replicas": sorted(beat.replicas),
+        "heard_ms_ago": round(age * 1000),
+    }

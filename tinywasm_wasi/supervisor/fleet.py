@@ -1,0 +1,246 @@
+"""One worker's place in the fleet: heartbeats over NATS, and placement kept current.
+
+Every `HEARTBEAT` seconds the worker publishes its `Beat` on ``tw.hb.<worker>``
+(and at once when it starts or stops a single-owner module), and it forgets
+workers silent for `TIMEOUT` seconds (policy/membership.py decides). When the
+placement changes it reconciles, each module on its own:
+
+- a single-owner module it runs but no longer owns (its owner came back) is
+  unloaded: drained, then closed; the next beat says so;
+- a module it now owns (its owner died or left) is started from this worker's
+  own modules folder as soon as no other worker says it runs it. A worker can
+  own only modules it has the file of: one without the file starts nothing.
+
+So after a kill -9, the dead worker's modules start on the survivors about
+`TIMEOUT` plus a load after the death; when it is back, they return to it. What
+was in flight to the dead worker is lost (counted: `lost_forwards`, and the
+bus's own counters); docs/abi.md states the guarantee.
+
+While NATS is away nobody is heard and nobody is declared dead; when it is back,
+every timeout starts again (`Membership.resume`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from bus.nats import NatsLink
+from tinywasm_wasi.policy.events import LogEvent, event_extra
+from tinywasm_wasi.policy.history import Trigger
+from tinywasm_wasi.policy.membership import (
+    HEARTBEAT,
+    TIMEOUT,
+    Beat,
+    BeatError,
+    Membership,
+    decode_beat,
+    encode_beat,
+)
+from tinywasm_wasi.policy.placement import Placement
+from tinywasm_wasi.supervisor.host import ModuleHost
+
+__all__ = ["BEAT_PREFIX", "Fleet"]
+
+log = logging.getLogger("tinywasm.fleet")
+
+BEAT_PREFIX = "tw.hb."  # a worker's beats go on tw.hb.<worker>
+
+
+class Fleet:
+    """Heartbeats out and in; the host's placement; moving modules when it changes."""
+
+    def __init__(
+        self,
+        link: NatsLink,
+        host: ModuleHost,
+        me: str,
+        *,
+        expected: frozenset[str] = frozenset(),
+        heartbeat: float = HEARTBEAT,
+        timeout: float = TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._link = link
+        self._host = host
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self.table = Membership(me, clock(), timeout, expected)
+        self.me = me
+        self._leaving = False
+        self._task: asyncio.Task[None] | None = None
+        self._moving: dict[str, asyncio.Task[None]] = {}
+        self._owned: set[str] = set()  # single-owner modules this worker owned at the last look
+        self._waiting: set[str] = set()  # owned here, not started: another worker still runs them
+        self._dirty = asyncio.Event()
+        self.taken_over = 0  # modules started here because their owner died or left
+        self.released = 0  # modules stopped here because their owner came back
+        host.placement = self.table.placement()
+
+    @property
+    def placement(self) -> Placement:
+        return self.table.placement()
+
+    def beat(self) -> Beat:
+        """This worker's beat now."""
+        owned: set[str] = set()
+        replicas: set[str] = set()
+        for name in self._host.modules:
+            (owned if self._host.runs_alone(name) else replicas).add(name)
+        return Beat(self.me, frozenset(owned), frozenset(replicas), self._leaving)
+
+    def view(self) -> dict[str, object]:
+        """The fleet as this worker sees it, for /api/modules."""
+        return self.table.fleet(self.beat(), self._clock())
+
+    async def join(self) -> None:
+        """Listen to the others' beats, announce this one, and wait until settled
+        (every expected worker heard, or the timeout) before modules load."""
+        await self._link.listen(BEAT_PREFIX + "*", self._on_beat)
+        await self._publish()
+        while not self.table.settled(self._clock()):
+            await asyncio.sleep(self._heartbeat / 5)
+        placement = self._host.placement = self.table.placement()
+        log.info("joined the fleet: live workers %s", ", ".join(placement.workers))
+
+    def start(self) -> None:
+        """After the modules loaded: beat every `heartbeat` seconds and keep placement current."""
+        owned = {n for n in self._host.module_names() if self._owns(n)}
+        self._owned = owned
+        self._waiting = {n for n in owned if n not in self._host.modules}
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet")
+        self._dirty.set()
+
+    async def leave(self) -> None:
+        """Say this worker is leaving: the others place its modules elsewhere at once
+        and start them once its beats no longer list them. Nothing moves here after."""
+        self._leaving = True
+        await self._publish()
+
+    async def close(self) -> None:
+        """The last beat (what still runs here: nothing, after the host stopped); stop."""
+        self._leaving = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for moving in list(self._moving.values()):
+            moving.cancel()
+        await self._publish()
+
+    # -- the loop's side -------------------------------------------------------------------
+
+    def _on_beat(self, subject: str, data: bytes) -> None:
+        try:
+            beat = decode_beat(data)
+        except BeatError as exc:
+            log.warning("ignoring a heartbeat on %s: %s", subject, exc)
+            return
+        if subject != BEAT_PREFIX + beat.worker:
+            log.warning("ignoring a heartbeat of %s sent on %s", beat.worker, subject)
+            return
+        before = self.table.live()
+        if self.table.heard(beat, self._clock()):
+            self._log_change(before)
+            self._dirty.set()
+
+    async def _run(self) -> None:
+        connected = True
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat):
+                    await self._dirty.wait()
+            now = self._clock()
+            if not self._link.connected:
+                connected = False
+                continue  # nobody is heard while NATS is away: nobody is declared dead
+            if not connected:
+                connected = True
+                self.table.resume(now)
+            before = self.table.live()
+            dead = self.table.expire(now)
+            if dead:
+                log.warning(
+                    "worker(s) %s silent for %.1f s: dead; what was in flight to them is lost",
+                    ", ".join(dead),
+                    self.table.timeout,
+                )
+                self._log_change(before)
+                self._dirty.set()
+            if self._dirty.is_set():
+                self._dirty.clear()
+                self._reconcile()
+            await self._publish()
+
+    def _owns(self, name: str) -> bool:
+        placement = self._host.placement
+        return (
+            placement is not None
+            and self._host.runs_alone(name)
+            and placement.owner(name) == self.me
+        )
+
+    def _reconcile(self) -> None:
+        if self._leaving:
+            return
+        placement = self._host.placement = self.table.placement()
+        owned = {n for n in self._host.module_names() if self._owns(n)}
+        for name in owned - self._owned:
+            self._waiting.add(name)
+        self._waiting &= owned
+        self._owned = owned
+        for name in list(self._host.modules):
+            if name in self._moving or not self._host.runs_alone(name):
+                continue
+            if placement.owner(name) != self.me:
+                self._move(name, start=False, reason=f"its owner is {placement.owner(name)}")
+        for name in sorted(self._waiting):
+            if name in self._moving:
+                continue
+            if name in self._host.modules:
+                self._waiting.discard(name)
+            elif name not in placement.elsewhere:
+                self._waiting.discard(name)
+                self._move(name, start=True, reason="its owner is this worker")
+
+    def _move(self, name: str, *, start: bool, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._carry_out(name, start, reason))
+        self._moving[name] = task
+
+    async def _carry_out(self, name: str, start: bool, reason: str) -> None:
+        verb = "starting" if start else "stopping"
+        log.log(
+            LogEvent.PLACE.level,
+            "module %s: %s it here (%s): %s",
+            name,
+            verb,
+            self.me,
+            reason,
+            extra=event_extra(LogEvent.PLACE, name, worker=self.me, action=verb),
+        )
+        try:
+            if start:
+                await self._host.swap(name, Trigger.PLACEMENT)
+                if name in self._host.modules:
+                    self.taken_over += 1
+            else:
+                await self._host.swap(name, Trigger.PLACEMENT, lambda: None)
+                self.released += 1
+        except Exception:
+            log.exception("module %s: %s it failed", name, verb)
+        finally:
+            self._moving.pop(name, None)
+        await self._publish()  # the others learn at once (a new owner waits for this)
+        self._dirty.set()
+
+    async def _publish(self) -> None:
+        await self._link.publish_now(BEAT_PREFIX + self.me, encode_beat(self.beat()))
+
+    def _log_change(self, before: tuple[str, ...]) -> None:
+        after = self.table.live()
+        if after != before:
+            log.info("live workers: %s (were %s)", ", ".join(after), ", ".join(before))
