@@ -48,6 +48,7 @@ __all__ = ["BEAT_PREFIX", "Fleet"]
 log = logging.getLogger("tinywasm.fleet")
 
 BEAT_PREFIX = "tw.hb."  # a worker's beats go on tw.hb.<worker>
+LEAVE_MARGIN = 1.0  # seconds leave() allows past --drain-timeout for a move under way
 
 
 class Fleet:
@@ -119,6 +120,9 @@ class Fleet:
         and start them once its beats no longer list them. Nothing moves here after."""
         self._leaving = True
         await self._publish()
+        moving = list(self._moving.values())
+        if moving:  # a start or stop under way finishes first, so the host stops what it ran
+            await asyncio.wait(moving, timeout=self._host.drain_timeout + LEAVE_MARGIN)
 
     async def close(self) -> None:
         """The last beat (what still runs here: nothing, after the host stopped); stop."""
