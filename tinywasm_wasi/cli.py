@@ -564,9 +564,17 @@ def parse_config(argv: list[str], env: Mapping[str, str], prog: str = PROG) -> C
             parser.error(f"{setting.flag} / {setting.env}: {source} is not valid: {exc}")
     try:
         # Modules' <name>.toml may refer to the environment as ${NAME}: hand it over.
-        return Config(**values, environment=dict(env))
+        config = Config(**values, environment=dict(env))
     except ValueError as exc:  # a rule Config checks and the parsers above do not
         parser.error(str(exc))
+    if config.auth_secret is not None:
+        from tinywasm_wasi.policy.tokens import TokenVerifier
+
+        try:  # here, not at start-up: a usage line rather than a traceback (never the secret)
+            TokenVerifier(secret=config.auth_secret)
+        except ValueError as exc:
+            parser.error(f"--auth-secret / TINYWASM_AUTH_SECRET: {exc}")
+    return config
 
 
 def select_server(env: Mapping[str, str]) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
@@ -26,12 +26,25 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def modules_dir(flag: Path | None, env: Mapping[str, str]) -> Path:
-    """Where built modules go: the flag, else TINYWASM_MODULES_DIR, else the server's default."""
+OWN_MODULES_DIR = Path("dist")  # an author's own modules folder, in the current folder
+
+
+def modules_dir(flag: Path | None, env: Mapping[str, str], sources: Sequence[Path] = ()) -> Path:
+    """Where built modules go: the flag, else TINYWASM_MODULES_DIR, else a default.
+
+    The default is the bundled examples folder only for the bundled examples' own
+    sources (``modules/chat`` in a checkout); an author's module goes to ``./dist``,
+    never into the package (site-packages) or the checkout's examples.
+    """
     if flag is not None:
         return flag
     value = env.get(MODULES_DIR_ENV)
-    return Path(value) if value else DEFAULT_MODULES_DIR
+    if value:
+        return Path(value)
+    bundled = DEFAULT_MODULES_DIR.parent
+    if sources and all(s.resolve().is_relative_to(bundled) for s in sources):
+        return DEFAULT_MODULES_DIR
+    return OWN_MODULES_DIR
 
 
 def _modules_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +57,8 @@ def _modules_dir_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help=f"the server's modules folder, where the .wasm goes [env {MODULES_DIR_ENV}; "
-        f"default: {_display(DEFAULT_MODULES_DIR)}]",
+        f"default: ./{OWN_MODULES_DIR}, or {_display(DEFAULT_MODULES_DIR)} for the bundled "
+        "examples' sources]",
     )
 
 
@@ -74,10 +88,11 @@ def build(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm build")
     args = parser.parse_args(argv)
     if args.output_name is not None and len(args.module_dirs) > 1:
         parser.error("--output-name names one output: give one module directory")
-    out_dir = modules_dir(args.modules_dir, env)
+    out_dir = modules_dir(args.modules_dir, env, args.module_dirs)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     status = 0
     for module_dir in args.module_dirs:
+        print(f"building {module_dir} into {_display(out_dir)}/ ...", file=sys.stderr, flush=True)
         try:
             result = build_module(
                 module_dir,
@@ -179,7 +194,11 @@ def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> 
             print(f"error: {folder} is not a folder", file=sys.stderr)
             return 2
     environ = {**env, "TINYWASM_SERVER": "wasi"}
-    config = parse_config(argv[split:], environ, prog)
+    server_args = argv[split:]
+    given = any(a == "--modules-dir" or a.startswith("--modules-dir=") for a in server_args)
+    if not given and not env.get(MODULES_DIR_ENV):
+        server_args = ["--modules-dir", str(modules_dir(None, env, folders)), *server_args]
+    config = parse_config(server_args, environ, prog)
     names = tuple(f.resolve().name for f in folders)
     config = dataclasses.replace(
         config,
@@ -191,6 +210,11 @@ def dev(argv: list[str], env: Mapping[str, str], prog: str = "tinywasm dev") -> 
     configure_logging(config.log_level, config.log_format)
     config.modules_dir.mkdir(parents=True, exist_ok=True)
     for folder in folders:
+        print(
+            f"building {folder} into {_display(config.modules_dir)}/ ...",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             result = build_module(
                 folder, config.modules_dir, cache_dir=default_cache_dir(env), environ=env

@@ -26,7 +26,7 @@ async def _next(ws: aiohttp.ClientWebSocketResponse, timeout: float = 60) -> byt
 
 
 async def test_edit_save_and_the_new_version_answers(
-    tmp_path: Path, make_server: ServerFactory
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = scaffold("hello", Language.C, tmp_path / "src")
     source = folder / "hello.c"
@@ -75,7 +75,10 @@ async def test_edit_save_and_the_new_version_answers(
         report = json.loads(await _next(builds))
         assert report["ok"] is False, report
         assert "hello.c:" in report["output"] and "error:" in report["output"], report
-        assert report["error"].startswith("building hello failed")
+        assert report["error"].startswith("building hello failed: ziglang exited"), report
+        # The log has the compiler's lines as lines of their own, each naming the module.
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("tinywasm")]
+        assert any(m.startswith("build hello: ") and "hello.c:" in m for m in lines), lines
         await browser.send_bytes(b"three")
         assert (await _next(browser)).startswith(b"v2 #")
 

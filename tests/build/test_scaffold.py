@@ -10,6 +10,8 @@ from tests.conftest import Broadcasts, HostFactory
 from tinywasm_wasi.build import BuildError, Language, build_module, load_manifest
 from tinywasm_wasi.build.scaffold import TEMPLATES_DIR, scaffold
 from tinywasm_wasi.cli import main
+from tinywasm_wasi.cli_authors import modules_dir
+from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.policy.history import Outcome
 
 pytestmark = pytest.mark.timeout(600)
@@ -80,3 +82,25 @@ def test_dev_without_module_folders_says_how_to_make_one(
     assert "missing is not a folder" in capsys.readouterr().err
     assert main(["dev", "--help"], env={}) == 0
     assert "$sys.build" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "sources", "expected"),
+    [
+        (Path("out"), {"TINYWASM_MODULES_DIR": "env"}, ["hello"], Path("out")),
+        (None, {"TINYWASM_MODULES_DIR": "env"}, ["hello"], Path("env")),
+        (None, {}, ["hello"], Path("dist")),  # an author's own module: ./dist
+        (None, {}, [], Path("dist")),
+        (None, {}, ["<bundled>/chat"], DEFAULT_MODULES_DIR),  # the bundled examples' sources
+        (None, {}, ["<bundled>/chat", "hello"], Path("dist")),
+    ],
+)
+def test_built_modules_go_to_the_authors_folder_never_into_the_package(
+    tmp_path: Path, flag: Path | None, env: dict[str, str], sources: list[str], expected: Path
+) -> None:
+    bundled = DEFAULT_MODULES_DIR.parent
+    folders = [
+        bundled / s.removeprefix("<bundled>/") if s.startswith("<bundled>") else tmp_path / s
+        for s in sources
+    ]
+    assert modules_dir(flag, env, folders) == expected

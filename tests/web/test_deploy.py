@@ -83,6 +83,22 @@ async def test_deploy_loads_swaps_refuses_and_undeploys(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+async def test_a_refused_deploy_of_a_new_name_leaves_no_file_and_no_refusal(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    for watch in (False, True):
+        (tmp_path / str(watch)).mkdir()
+        server = await make_server(modules_dir=tmp_path / str(watch), watch=watch)
+        async with aiohttp.ClientSession() as http:
+            status, body = await put(http, f"{server.url}/api/modules/fresh", b"\0asm broken")
+            assert (status, body["outcome"]) == (422, "refused")
+            assert not (tmp_path / str(watch) / "fresh.wasm").exists()
+            assert "fresh" not in server.host.refused
+            async with http.get(f"{server.url}/healthz?strict") as resp:
+                health = await resp.json()
+                assert (resp.status, health["status"]) == (200, "ok"), health
+
+
 async def test_deploy_refuses_bad_names_empty_and_oversized_bodies_and_strangers(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:

@@ -509,3 +509,27 @@ async def test_the_examples_copy_into_a_two_middleware_pass_through_setup(
     assert [(status, body) for status, _, body in got] == [(200, b"echo: GET /m/echo\n")] * 20
     assert [m.name for m in server.host.middlewares()] == ["tag", "tag2"]
     assert server.host.modules["tag2"].counters.requests == 20
+
+
+async def test_unknown_api_paths_list_every_api_route_the_server_has(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await make_server(modules_dir=tmp_path, watch=False)
+    base = f"http://127.0.0.1:{server.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/api/nope") as resp:
+            assert resp.status == 404
+            endpoints = (await resp.json())["endpoints"]
+        async with session.patch(f"{base}/api/modules/x") as resp:
+            assert resp.status == 405
+            allowed = set(resp.headers["Allow"].split(", "))
+    for route in (
+        "GET /api/modules",
+        "PUT /api/ws/inbound",
+        "GET /api/topics/{topic}/history",
+        "POST /api/modules/{name}/canary/promote",
+        "GET /healthz[?strict]",
+    ):
+        assert route in endpoints
+    assert not any("{tail" in e or e.startswith("* ") or e.startswith("HEAD ") for e in endpoints)
+    assert allowed == {"GET", "PUT", "DELETE"}

@@ -187,6 +187,7 @@ async def test_history_over_http_status_and_tokens(
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/chat.room/history") as resp:
             assert resp.status == 401
+            assert "Authorization: Bearer <JWT>" in await resp.text()
         async with session.get(
             f"{base}/chat.room/history", headers={"Authorization": f"Bearer {other}"}
         ) as resp:

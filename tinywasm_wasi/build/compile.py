@@ -169,6 +169,8 @@ def _run(step: Step, ctx: BuildContext, timeout: float, environ: Mapping[str, st
         argv = ["env", *(f"{key}={value}" for key, value in step.env.items()), *argv]
     logger.debug("building %s: %s (in %s)", ctx.name, " ".join(step.argv), cwd)
     program = Path(step.argv[0]).name
+    if program.startswith("python") and step.argv[1:2] == ["-m"] and len(step.argv) > 2:
+        program = step.argv[2]  # "python -m ziglang": name the compiler, not Python
     try:
         result = subprocess.run(
             argv,

@@ -161,13 +161,15 @@ class SourceWatcher:
             for warning in report.warnings:
                 log.warning("build %s: %s", report.module, warning)
         else:
-            detail = f"\n{report.output}" if report.output else ""
             log.error(
-                "build %s failed; the running version keeps serving: %s%s",
+                "build %s failed; the running version keeps serving: %s",
                 report.module,
                 report.error,
-                detail,
             )
+            # One record a line: the log escapes a newline inside a record (no forged lines).
+            for line in (report.output or "").splitlines():
+                if line.strip():
+                    log.error("build %s: %s", report.module, line)
         try:
             self._on_result(report)
         except Exception:

@@ -159,6 +159,8 @@ class Deployer:
             result = await self._result(name, sha, began, record)
             if not result.outcome.ok:
                 await asyncio.to_thread(self._put_back, path, before)
+                if before is None:  # a new name, refused: no file, so no refusal to report
+                    await self._swap(name, Trigger.DEPLOY)
                 made = self._pins.get(name)
                 if made is not None and made.file_sha256 == sha:  # pinned against our file
                     self._pins.drop(name, "the file it was pinned against was put back")

@@ -361,6 +361,7 @@ class Swapper:
         if data is None:
             if from_file:
                 self.pins.drop(a.name, "its file was deleted")
+                self._registry.accept(a.name)  # no file: nothing of that name is refused
             return Event.READ_GONE
         a.data, a.sha = data, hashlib.sha256(data).hexdigest()
         if from_file:

@@ -540,8 +540,11 @@ class Hub:
         if self._auth is None:
             return None
         scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            return 401, "missing token: send the header Authorization: Bearer <JWT>"
         try:
-            claims = self._auth.verify(token.strip() if scheme.lower() == "bearer" else None)
+            claims = self._auth.verify(token)
         except TokenError as exc:
             return 401, str(exc)
         reason = claims.grants.refusal(GrantAction.SUBSCRIBE, topic)

@@ -115,6 +115,7 @@ def add_module_routes(
         name = request.match_info["name"]
         if not view.known(name):
             raise _not_found(
+                request,
                 f"no module named {name!r}",
                 modules=sorted({*host.modules, *host.quarantined, *host.refused}),
             )
@@ -132,6 +133,7 @@ def add_module_routes(
         name = request.match_info["name"]
         if name not in host.modules and host.find_file(name) is None:
             raise _not_found(
+                request,
                 f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
                 "in the modules folder",
                 modules=sorted(host.modules),
@@ -268,7 +270,8 @@ def add_api_fallback(app: web.Application) -> None:
     """
 
     async def unknown_api(request: web.Request) -> web.Response:
-        allowed = [m for m, path in API_ENDPOINTS if _same_shape(path, request.path)]
+        endpoints = _api_endpoints(request.app)
+        allowed = [m for m, path in endpoints if _same_shape(path, request.path)]
         if allowed:
             return web.json_response(
                 {
@@ -278,22 +281,20 @@ def add_api_fallback(app: web.Application) -> None:
                 status=405,
                 headers={hdrs.ALLOW: ", ".join(allowed)},
             )
-        raise _not_found(f"no API endpoint {request.method} {request.path}")
+        raise _not_found(request, f"no API endpoint {request.method} {request.path}")
 
     app.router.add_route("*", "/api", unknown_api)
     app.router.add_route("*", "/api/{tail:.*}", unknown_api)
 
 
-API_ENDPOINTS = (
-    ("GET", "/api/modules"),
-    ("GET", "/api/modules/{name}"),
-    ("PUT", "/api/modules/{name}"),
-    ("DELETE", "/api/modules/{name}"),
-    ("GET", "/api/modules/{name}/history"),
-    ("POST", "/api/modules/{name}/reload"),
-    ("POST", "/api/modules/{name}/rollback"),
-    ("POST", "/api/modules/{name}/unpin"),
-)
+def _api_endpoints(app: web.Application) -> list[tuple[str, str]]:
+    """Every `/api/` route the app has, as (method, path): read from the router, never stale."""
+    found = []
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if path.startswith("/api/") and route.method not in ("*", "HEAD") and "{tail" not in path:
+            found.append((route.method, path))
+    return sorted(set(found), key=lambda r: (r[1], r[0]))
 
 
 def _same_shape(pattern: str, path: str) -> bool:
@@ -303,11 +304,11 @@ def _same_shape(pattern: str, path: str) -> bool:
     )
 
 
-def _not_found(error: str, **extra: object) -> web.HTTPNotFound:
+def _not_found(request: web.Request, error: str, **extra: object) -> web.HTTPNotFound:
     body = {
         "error": error,
         **extra,
-        "endpoints": [f"{method} {path}" for method, path in API_ENDPOINTS]
+        "endpoints": [f"{method} {path}" for method, path in _api_endpoints(request.app)]
         + ["GET /healthz[?strict]", "GET /metrics"],
     }
     return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
