@@ -8,11 +8,16 @@ loads ``GET /m/echo`` and the plain route ``GET /healthz`` with ``wrk`` (50
 connections, one wrk thread) and reads the CPU time of every server process
 (supervisor, workers, nats-server) from /proc.
 
+Rolling restart (workers > 1): SIGHUP to the supervisor replaces the workers one at
+a time while a NATS client publishes ``counter.inc`` (stamped, ``--rate`` per second)
+to the WAT counter and a client sends ``GET /m/counter`` on new connections; the
+counts the counter publishes tell how many messages were lost or handled twice.
+
 Failover (workers > 1): ``kill -9`` the owner of ``owned``, then ``GET /m/owned``
 every 20 ms until it answers 200 again: the time from the kill to that answer.
 
     python -m bench.workers [--workers 1,2] [--loops uvloop,asyncio] [--seconds S]
-                            [--record] [--smoke]
+                            [--rate N] [--record] [--smoke]
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import nats
+import wasmtime
+from nats.aio.msg import Msg
 
 from bench.common import Machine, add_common_flags, command_line, fail_on, markdown_grid, record
 from bench.common import process_cpu_s as cpu_of
@@ -40,6 +48,8 @@ from tinywasm_wasi.cluster.nats_server import free_port
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.eventloop import ASYNCIO, UVLOOP
 from tinywasm_wasi.policy.placement import owner, worker_names
+
+COUNTER_WAT = Path(__file__).resolve().parent.parent / "examples/wat/counter/counter.wat"
 
 ROUTES = ("/m/echo", "/healthz")
 CONNECTIONS = 50
@@ -65,6 +75,18 @@ class Row:
     p99_ms: float
     cpu_us: float  # server CPU per request, every server process
     errors: int
+
+
+@dataclass
+class Rolling:
+    workers: int
+    loop: str
+    seconds: float  # the whole rolling restart
+    sent: int
+    lost: int
+    doubled: int
+    requests: int
+    failed: int
 
 
 class Running:
@@ -171,14 +193,77 @@ async def failover(base: str, running: Running) -> float:
     raise RuntimeError(f"/m/owned did not answer within {START_TIMEOUT:g} s of the kill")
 
 
+async def rolling(base: str, running: Running, loop: str, rate: int) -> Rolling:
+    """SIGHUP to the supervisor under a stamped message stream and HTTP requests."""
+    url = running.find(r"(?:embedded nats-server on|NATS) (nats://[\d.:]+)")[0].group(1)
+    nc = await nats.connect(url)
+    values: list[int] = []
+
+    async def on_value(msg: Msg) -> None:
+        values.append(int(msg.data))
+
+    await nc.subscribe("tw.t.counter.value", cb=on_value)
+    await nc.flush()
+    done = asyncio.Event()
+    sent = 0
+    requests = failed = 0
+
+    async def publish() -> None:
+        nonlocal sent
+        begun = time.monotonic()
+        while not done.is_set():
+            due = int((time.monotonic() - begun) * rate) - sent
+            for _ in range(max(0, due)):
+                sent += 1
+                await nc.publish("tw.t.counter.inc", b"+1", headers={"Tw-Seq": f"bench.{sent}"})
+            await nc.flush()
+            await asyncio.sleep(0.005)
+
+    async def ask() -> None:
+        nonlocal requests, failed
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while not done.is_set():
+                requests += 1
+                try:
+                    async with session.get(f"{base}/m/counter") as response:
+                        await response.read()
+                        failed += response.status != 200
+                except aiohttp.ClientError:
+                    failed += 1
+
+    before = len(running.find(r"rolling restart done"))
+    tasks = [asyncio.create_task(publish()), asyncio.create_task(ask())]
+    begun = time.monotonic()
+    running.proc.send_signal(signal.SIGHUP)
+    while len(running.find(r"rolling restart done")) == before:
+        if time.monotonic() - begun > START_TIMEOUT * running.workers:
+            raise RuntimeError("the rolling restart did not finish")
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - begun
+    done.set()
+    await asyncio.gather(*tasks)
+    deadline = time.monotonic() + 30
+    while len(values) < sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await nc.close()
+    seen = set(values)
+    start = min(seen, default=1)  # counts before the stream (none: the counter is fresh)
+    lost = sum(1 for v in range(start, start + sent) if v not in seen)
+    return Rolling(
+        running.workers, loop, took, sent, lost, len(values) - len(seen), requests, failed
+    )
+
+
 async def one(
-    modules: Path, workers: int, loop: str, seconds: int, binary: str, script: Path
-) -> tuple[list[Row], float | None]:
+    modules: Path, workers: int, loop: str, seconds: int, binary: str, script: Path, rate: int
+) -> tuple[list[Row], float | None, Rolling | None]:
     port = free_port()
     running = Running(modules, workers, loop, port)
     base = f"http://127.0.0.1:{port}"
     rows = []
     took = None
+    restart = None
     try:
         await running.serving()
         for route in ROUTES:
@@ -202,11 +287,18 @@ async def one(
                 f"# workers {workers} {loop} {route}: {rows[-1].rate:,.0f} requests/s", flush=True
             )
         if workers > 1:
+            restart = await rolling(base, running, loop, rate)
+            print(
+                f"# workers {workers} {loop}: rolling restart {restart.seconds:.1f} s, "
+                f"{restart.sent} messages, {restart.lost} lost, {restart.doubled} twice, "
+                f"{restart.requests} requests, {restart.failed} failed",
+                flush=True,
+            )
             took = await failover(base, running)
             print(f"# workers {workers} {loop}: failover {took:.2f} s", flush=True)
     finally:
         running.stop()
-    return rows, took
+    return rows, took, restart
 
 
 def main() -> None:
@@ -216,6 +308,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts, in order (1,2)")
     parser.add_argument("--loops", default="uvloop,asyncio", help="event loops (uvloop,asyncio)")
     parser.add_argument("--seconds", type=int, default=5, help="load time per route (5)")
+    parser.add_argument(
+        "--rate", type=int, default=1000, help="messages/s during the rolling restart (1000)"
+    )
     add_common_flags(parser)
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
@@ -223,7 +318,7 @@ def main() -> None:
     if not set(loops) <= {ASYNCIO, UVLOOP} or not all(1 <= c <= 8 for c in counts):
         parser.error("--loops: asyncio and/or uvloop; --workers: 1 to 8 each")
     if args.smoke:
-        counts, loops, args.seconds = [2], [UVLOOP], 1
+        counts, loops, args.seconds, args.rate = [2], [UVLOOP], 1, 200
     binary = shutil.which("wrk")
     if binary is None:
         fail_on([], "bench.workers", warnings=["wrk is not on PATH (apt-get install wrk): skipped"])
@@ -232,19 +327,25 @@ def main() -> None:
     print(f"# {machine.describe()}")
     rows: list[Row] = []
     failovers: dict[tuple[int, str], float] = {}
+    restarts: list[Rolling] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         modules = Path(tmp)
         shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "echo.wasm")
         shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "owned.wasm")
+        (modules / "counter.wasm").write_bytes(wasmtime.wat2wasm(COUNTER_WAT.read_text()))
         (modules / "limits.toml").write_text('[echo]\nreplicas = "all"\n')
         script = modules / "done.lua"
         script.write_text(WRK_SCRIPT)
         for loop in loops:
             for count in counts:
-                got, took = asyncio.run(one(modules, count, loop, args.seconds, binary, script))
+                got, took, restart = asyncio.run(
+                    one(modules, count, loop, args.seconds, binary, script, args.rate)
+                )
                 rows += got
                 if took is not None:
                     failovers[(count, loop)] = took
+                if restart is not None:
+                    restarts.append(restart)
     one_worker = {(r.loop, r.route): r.rate for r in rows if r.workers == 1}
     plain = {(r.workers, r.loop): r for r in rows if r.route == "/healthz"}
     header = [
@@ -281,8 +382,16 @@ def main() -> None:
         f"200: {took:.2f} s.\n"
         for (count, loop), took in failovers.items()
     )
+    notes += "".join(
+        f"Rolling restart (SIGHUP), {r.workers} workers, {r.loop}: {r.seconds:.1f} s; "
+        f"{r.sent:,} messages at {args.rate:,}/s through the counter: {r.lost} lost, "
+        f"{r.doubled} handled twice; {r.requests:,} HTTP requests: {r.failed} failed.\n"
+        for r in restarts
+    )
     print(notes)
-    fail_on([f"{r.errors} failed requests: {r}" for r in rows if r.errors], "bench.workers")
+    problems = [f"{r.errors} failed requests: {r}" for r in rows if r.errors]
+    problems += [f"rolling restart: {r}" for r in restarts if r.lost or r.doubled or r.failed]
+    fail_on(problems, "bench.workers")
     if args.record:
         record(
             'workers: /m/echo (replicas = "all") and /healthz, 1 and 2 worker processes',

@@ -158,12 +158,14 @@ class Bus:
         add: Iterable[tuple[str, Handler]],
         *,
         local: bool = False,
+        after: Callable[[], object] | None = None,
     ) -> list[Subscription]:
         """Cancel some subscriptions and create others in one step.
 
         No publish sees a state in between: a message goes either to the old
         set or to the new one, never to both and never to neither. This is
-        the cut-over of a module swap.
+        the cut-over of a module swap. `after` runs in the same step (under the
+        lock): what it reads is exactly the state at the cut.
         """
         new_specs = [(validate_pattern(p), h) for p, h in add]
         with self._lock:
@@ -180,6 +182,8 @@ class Bus:
                 if not local and self._interest.add(pattern) and self._remote is not None:
                     self._remote.want(pattern)
                 created.append(sub)
+            if after is not None:
+                after()
             return created
 
     def _unindex(self, sub: Subscription) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from bus.exceptions import BusError
 from bus.remote import from_subject, to_subject
 
-__all__ = ["LinkError", "LinkStats", "NatsChannel", "NatsLink"]
+__all__ = ["SEQ_HEADER", "LinkError", "LinkStats", "NatsChannel", "NatsLink", "Stamp", "incoming"]
 
 log = logging.getLogger("tinywasm.nats")
 
@@ -50,6 +51,32 @@ Deliver = Callable[[str, str, bytes], object]
 RECONNECT_WAIT = 0.25  # seconds between reconnect attempts: an outage ends soon after NATS is back
 CONNECT_TIMEOUT = 2.0  # seconds for one connection attempt
 CLOSE_TIMEOUT = 2.0  # seconds close() waits for the last messages to be flushed
+SEQ_HEADER = "Tw-Seq"  # "<publisher id>.<sequence number>" on every bus message a link sends
+
+Stamp = tuple[str, int]
+"""(publisher id, sequence number) of a bus message; ("", 0) when it came without one."""
+
+_NO_STAMP: Stamp = ("", 0)
+_incoming = threading.local()
+
+
+def incoming() -> Stamp | None:
+    """While a message from another process is being delivered (on the event loop): its
+    stamp. None during a local publish."""
+    stamp: Stamp | None = getattr(_incoming, "stamp", None)
+    return stamp
+
+
+def _parse_stamp(msg: Msg) -> Stamp:
+    headers = msg.headers
+    raw = headers.get(SEQ_HEADER) if headers else None
+    if not raw:
+        return _NO_STAMP
+    publisher, _, seq = raw.rpartition(".")
+    try:
+        return (publisher, int(seq)) if publisher else _NO_STAMP
+    except ValueError:
+        return _NO_STAMP
 
 
 class LinkError(BusError, ConnectionError):
@@ -72,15 +99,24 @@ class LinkStats:
 class NatsChannel:
     """A `Remote` for the topics under one subject prefix."""
 
-    __slots__ = ("_deliver", "_link", "prefix")
+    __slots__ = ("_deliver", "_link", "last_seq", "prefix", "stamped")
 
-    def __init__(self, link: NatsLink, prefix: str, deliver: Deliver) -> None:
+    def __init__(self, link: NatsLink, prefix: str, deliver: Deliver, stamped: bool) -> None:
         self._link = link
         self.prefix = prefix
         self._deliver = deliver
+        # Stamped: each message sent carries this process's id and a sequence number
+        # (SEQ_HEADER), which a module's move between processes uses to hand every
+        # message over exactly once (policy/handover.py). Called under the bus lock,
+        # so `last_seq` follows the bus's order.
+        self.stamped = stamped
+        self.last_seq = 0
 
     def forward(self, topic: str, payload: bytes) -> None:
-        self._link._send(to_subject(self.prefix, topic), payload)
+        seq = 0
+        if self.stamped:
+            seq = self.last_seq = self.last_seq + 1
+        self._link._send(to_subject(self.prefix, topic), payload, seq)
 
     def want(self, pattern: str) -> None:
         self._link._want(to_subject(self.prefix, pattern), self, pattern)
@@ -94,7 +130,17 @@ class NatsChannel:
         await self._link.subscribed(timeout)
 
     def _receive(self, pattern: str, msg: Msg) -> None:
-        self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
+        if not self.stamped:
+            self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
+            return
+        stamp = _parse_stamp(msg)
+        if stamp[0]:
+            self._link._marks[(stamp[0], pattern)] = stamp[1]
+        _incoming.stamp = stamp
+        try:
+            self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
+        finally:
+            _incoming.stamp = None
 
 
 class NatsLink:
@@ -118,8 +164,13 @@ class NatsLink:
         self._nc: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._outbox: deque[tuple[str, bytes]] = deque()
-        self._held: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, bytes, int]] = deque()
+        self._held: deque[tuple[str, bytes, int]] = deque()
+        # This process's publisher id in SEQ_HEADER, and per (publisher, pattern) the last
+        # sequence number received through that pattern's subscription.
+        self.origin = secrets.token_hex(6)
+        self._marks: dict[tuple[str, str], int] = {}
+        self._processed: dict[str, int] = {}  # per subject: messages handed to the channel
         self._wanted: dict[str, tuple[NatsChannel, str]] = {}
         self._subs: dict[str, Subscription] = {}
         self._services: dict[str, Subscription] = {}
@@ -130,9 +181,42 @@ class NatsLink:
         self._closed = False
         self._forwarded = self._received = self._dropped = self._disconnects = 0
 
-    def channel(self, prefix: str, deliver: Deliver) -> NatsChannel:
-        """A `Remote` for the topics under `prefix`; `deliver` gets what other processes send."""
-        return NatsChannel(self, prefix, deliver)
+    def channel(self, prefix: str, deliver: Deliver, *, stamped: bool = False) -> NatsChannel:
+        """A `Remote` for the topics under `prefix`; `deliver` gets what other processes send.
+
+        With `stamped`, what it sends carries SEQ_HEADER and what it receives is marked
+        (`marks`, `incoming`).
+        """
+        return NatsChannel(self, prefix, deliver, stamped)
+
+    def marks(self, patterns: Sequence[str]) -> dict[tuple[str, str], int]:
+        """On the event loop: (publisher, pattern) -> the last sequence number received
+        through each of `patterns`' subscriptions."""
+        wanted = set(patterns)
+        return {key: seq for key, seq in self._marks.items() if key[1] in wanted}
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until every message the NATS server sent this process before now has been
+        delivered to the local subscribers (a round trip, then the subscriptions' queues).
+
+        Raises:
+            TimeoutError: not within `timeout` seconds.
+            LinkError: NATS is away.
+        """
+        nc = self._nc
+        if nc is None or not self._connected:
+            raise LinkError("NATS is away")
+        async with asyncio.timeout(timeout):
+            await nc.flush()
+            targets = {s: getattr(sub, "_received", 0) for s, sub in self._subs.items()}
+            while any(self._processed.get(s, 0) < n for s, n in targets.items()):
+                await asyncio.sleep(0.001)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the NATS server takes (its max_payload), in bytes."""
+        nc = self._nc
+        return nc.max_payload if nc is not None else 1024 * 1024
 
     @property
     def connected(self) -> bool:
@@ -312,9 +396,9 @@ class NatsLink:
 
     # -- called from any thread -------------------------------------------------------------
 
-    def _send(self, subject: str, payload: bytes) -> None:
+    def _send(self, subject: str, payload: bytes, seq: int = 0) -> None:
         with self._lock:
-            self._outbox.append((subject, payload))
+            self._outbox.append((subject, payload, seq))
             self._poke_locked()
 
     def _want(self, subject: str, channel: NatsChannel, pattern: str) -> None:
@@ -366,28 +450,39 @@ class NatsLink:
                 await sub.unsubscribe()
         for subject, (channel, pattern) in wanted.items():
             if subject not in self._subs:
+                self._processed[subject] = 0
                 self._subs[subject] = await nc.subscribe(
                     subject, cb=self._callback(channel, pattern)
                 )
 
     def _callback(self, channel: NatsChannel, pattern: str) -> Callable[[Msg], Awaitable[None]]:
+        subject = to_subject(channel.prefix, pattern)
+        processed = self._processed
+
         async def on_message(msg: Msg) -> None:
             self._received += 1
             try:
                 channel._receive(pattern, msg)
             except Exception:
                 log.exception("NATS link: delivering a message on %r failed", msg.subject)
+            processed[subject] = processed.get(subject, 0) + 1
 
         return on_message
 
-    async def _emit(self, batch: deque[tuple[str, bytes]]) -> None:
+    async def _publish(self, nc: Client, subject: str, payload: bytes, seq: int) -> None:
+        if seq:
+            await nc.publish(subject, payload, headers={SEQ_HEADER: f"{self.origin}.{seq}"})
+        else:
+            await nc.publish(subject, payload)
+
+    async def _emit(self, batch: deque[tuple[str, bytes, int]]) -> None:
         held = self._held
         nc = self._nc
         up = nc is not None and self._connected
         if up and not held:
             assert nc is not None
-            for subject, payload in batch:
-                await nc.publish(subject, payload)
+            for subject, payload, seq in batch:
+                await self._publish(nc, subject, payload, seq)
             self._forwarded += len(batch)
             return
         for item in batch:
@@ -405,8 +500,8 @@ class NatsLink:
         if up:
             assert nc is not None
             while held:
-                subject, payload = held.popleft()
-                await nc.publish(subject, payload)
+                subject, payload, seq = held.popleft()
+                await self._publish(nc, subject, payload, seq)
                 self._forwarded += 1
 
     async def _on_disconnected(self) -> None:

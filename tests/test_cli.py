@@ -457,3 +457,17 @@ def test_the_environment_is_handed_over_for_module_config_references() -> None:
     config = parse_config([], env)
     assert config.environment == env
     assert "hunter2" not in repr(config)
+
+
+def test_restart_needs_rolling(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["restart"], {}) == 2
+    assert "--rolling" in capsys.readouterr().err
+
+
+def test_restart_without_a_supervisor_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["restart", "--rolling", "--state-dir", str(tmp_path)], {})
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "no running supervisor found" in err and "supervisor.json" in err

@@ -42,6 +42,7 @@ __all__ = [
     "fast_path",
     "main",
     "parse_config",
+    "restart",
     "select_server",
     "serve_config",
 ]
@@ -489,6 +490,7 @@ Write modules:
   {prog} build MODULE-DIR...     compile into the modules folder and check it
   {prog} dev [MODULE-DIR...] [flags]   serve, and rebuild and swap modules on each save
 Deploy one to a running server with: {prog} deploy <file.wasm> --server URL
+Replace running --workers one at a time: {prog} restart --rolling [--modules-dir D]
 """
 
 
@@ -663,6 +665,30 @@ def deploy(argv: list[str], env: Mapping[str, str], prog: str = f"{PROG} deploy"
     return 0 if answer.ok else 1
 
 
+def restart(argv: list[str], env: Mapping[str, str], prog: str = f"{PROG} restart") -> int:
+    """Run ``tinywasm restart --rolling [server flags]``: replace a running supervisor's
+    workers one at a time (it is found through the state folder the flags name)."""
+    from tinywasm_wasi.cluster.restart import RestartError, ask_rolling_restart
+
+    if "--rolling" not in argv:
+        print(
+            f"usage: {prog} --rolling [the server's --modules-dir / --state-dir]\n"
+            "only rolling restarts exist: the workers are replaced one at a time",
+            file=sys.stderr,
+        )
+        return 2
+    config = parse_config([a for a in argv if a != "--rolling"], env, prog)
+    try:
+        report = asyncio.run(ask_rolling_restart(config.state_path))
+    except RestartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for worker in report.get("workers", []):
+        print(f"{worker['worker']}: replaced in {worker['seconds']:.1f} s")
+    print(f"rolling restart done in {report.get('seconds', 0):.1f} s")
+    return 0
+
+
 def main(
     argv: list[str] | None = None, env: Mapping[str, str] | None = None, *, prog: str = PROG
 ) -> int:
@@ -674,6 +700,8 @@ def main(
     environ = os.environ if env is None else env
     if args[:1] == ["deploy"]:
         return deploy(args[1:], environ, prog=f"{prog} deploy")
+    if args[:1] == ["restart"]:
+        return restart(args[1:], environ, prog=f"{prog} restart")
     if args[:1] and args[0] in AUTHOR_COMMANDS:
         from tinywasm_wasi import cli_authors
 

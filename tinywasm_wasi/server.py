@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,7 @@ from tinywasm_wasi.web.connections import (
 )
 from tinywasm_wasi.web.dispatch import Dispatcher, add_dispatch_routes
 from tinywasm_wasi.web.forward import NatsForwarder
+from tinywasm_wasi.web.handover import READY_SUBJECT, HandoverService
 from tinywasm_wasi.web.hub import Hub
 from tinywasm_wasi.web.metrics import (
     HttpStats,
@@ -102,6 +104,8 @@ FLEET = web.AppKey("fleet", Fleet)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
 _FORWARDER = web.AppKey("forwarder", NatsForwarder)
 _DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+HANDOVER = web.AppKey("handover", HandoverService)
+ARRIVAL_TIMEOUT = 60.0  # seconds a restarting worker waits for its modules to come back
 STARTUP_SUBSCRIBE_TIMEOUT = 5.0  # seconds start-up waits for the modules' NATS subscriptions
 WORKER_HEADER = "X-Tinywasm-Worker"  # with --workers N: which worker answered
 _WATCHER = web.AppKey("watcher", ModuleWatcher)
@@ -123,9 +127,14 @@ def create_app(config: Config) -> web.Application:
     # With NATS, the bus and the hub each get a channel: bus topics under tw.t.,
     # broadcasts under tw.b. (bus/remote.py); what other processes send comes back
     # through deliver_remote. Without it they are this process's alone, as before.
-    bus = Bus(
-        remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)) if link else None
+    # Bus messages are stamped (publisher, sequence): a module moving between workers
+    # is handed every message exactly once (web/handover.py).
+    topics = (
+        link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m), stamped=True)
+        if link
+        else None
     )
+    bus = Bus(remote=topics)
     broadcasts = link.channel(BROADCAST_PREFIX, lambda *m: hub.deliver_remote(*m)) if link else None
     admin = AdminGuard(config.admin_token, listen_host=config.host)
     hub = Hub(
@@ -194,7 +203,15 @@ def create_app(config: Config) -> web.Application:
         (_bus_and_runtime, _modules, _health, _watcher, _sources, _feed, _frozen)
     )
     app.on_shutdown.extend(
-        (_leave_fleet, _stop_sources, _stop_watcher, _stop_feed, _stop_modules, _left_fleet)
+        (
+            _leave_fleet,
+            _stop_sources,
+            _stop_watcher,
+            _stop_feed,
+            _hand_over,
+            _stop_modules,
+            _left_fleet,
+        )
     )
     app.on_shutdown.append(_close_hub)
 
@@ -212,9 +229,25 @@ def create_app(config: Config) -> web.Application:
     add_api_fallback(app)  # after every /api/ route
     app[_FEED] = SystemFeed(host, hub, view)
     forwarder = None
-    if placement is not None and link is not None:
+    if placement is not None and link is not None and topics is not None:
+        handover = HandoverService(
+            link,
+            topics,
+            bus,
+            host,
+            placement.me,
+            drain_timeout=config.drain_timeout,
+            mailbox_size=config.mailbox_size,
+        )
+        app[HANDOVER] = handover
+        if fleet is not None:  # a module whose owner comes back goes to it with its state
+            fleet.hand_over = handover.give
         forwarder = NatsForwarder(
-            link, placement.me, lambda name: host.limits_for(name).call_timeout, host.remote_owner
+            link,
+            placement.me,
+            lambda name: host.limits_for(name).call_timeout,
+            host.remote_owner,
+            handover,
         )
         app[_FORWARDER] = forwarder
         app.on_response_prepare.append(_worker_header(placement.me))
@@ -281,10 +314,16 @@ async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
         await link.connect()  # before the modules load: their subscriptions want subjects
         forwarder = app.get(_FORWARDER)
         if forwarder is not None:
-            await forwarder.serve(app[_DISPATCHER].answer)
+            await forwarder.serve(app[_DISPATCHER].relay)
+        handover = app.get(HANDOVER)
+        if handover is not None:
+            await handover.start()
     try:
         yield
     finally:
+        handover = app.get(HANDOVER)
+        if handover is not None:
+            await handover.close()
         app[BUS].close()
         if link is not None:
             await link.close()  # after the modules' last publishes and broadcasts
@@ -296,6 +335,9 @@ async def _modules(app: web.Application) -> AsyncIterator[None]:
     host = app[HOST]
     fleet = app.get(FLEET)
     if fleet is not None:
+        # A module handed over to this worker may arrive before the folder is loaded:
+        # it is staged from the folder (web/handover.py).
+        host.loader.directory = app[CONFIG].modules_dir
         await fleet.join()  # which workers are live decides which modules load here
     await host.load_dir(app[CONFIG].modules_dir)
     if fleet is not None:
@@ -416,6 +458,13 @@ async def _left_fleet(app: web.Application) -> None:
     fleet = app.get(FLEET)
     if fleet is not None:
         await fleet.close()  # its last beat lists nothing: the new owners start them
+
+
+async def _hand_over(app: web.Application) -> None:
+    """One of several workers stopping: its modules move to the others, with their state."""
+    handover = app.get(HANDOVER)
+    if handover is not None:
+        await handover.leave()
 
 
 async def _stop_modules(app: web.Application) -> None:
@@ -572,6 +621,20 @@ class WasiServer(_AppServer):
     async def start(self) -> None:
         """Load the modules, then listen. A module that fails to load is logged and skipped."""
         await self._start(self.app)
+        fleet = self.app.get(FLEET)
+        if fleet is not None:
+            # The supervisor's rolling restart waits for this before it stops the next one.
+            deadline = time.monotonic() + ARRIVAL_TIMEOUT
+            while fleet.missing() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            missing = fleet.missing()
+            if missing:
+                log.warning(
+                    "%s not running here %.0f s after start: ready anyway",
+                    ", ".join(sorted(missing)),
+                    ARRIVAL_TIMEOUT,
+                )
+            await self.app[NATS].publish_now(READY_SUBJECT, fleet.me.encode())
         log.info(
             "serving %d module(s) on %s (WebSocket: %s/ws?topic=...)",
             len(self._host.modules),

@@ -13,25 +13,47 @@ The supervisor runs no modules itself. It:
    doubles while it keeps dying (policy/restart.py); its modules come back with it;
 4. on SIGTERM or SIGINT, sends SIGTERM to every worker (each drains its modules
    and closes its browsers with 1001), waits for them (killing one that takes
-   longer than the drain timeout plus `STOP_MARGIN`), then stops nats-server.
+   longer than the drain timeout plus `STOP_MARGIN`), then stops nats-server;
+5. on SIGHUP, or a ``restart`` request on NATS (``tinywasm restart --rolling``),
+   replaces the workers one at a time (`rolling_restart`): SIGTERM to one, which
+   hands its modules to the others before it exits (web/handover.py); it is
+   started again at once, takes its modules back, says it is ready on
+   ``tw.ctl.ready``, and only then is the next one stopped.
+
+It writes where it is (pid, NATS URL, port) to ``supervisor.json`` in the state
+folder, for ``tinywasm restart``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from tinywasm_wasi.cluster.nats_server import NatsServerError, NatsServerProcess, free_port
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.placement import worker_name
 from tinywasm_wasi.policy.restart import restart_delay
+from tinywasm_wasi.supervisor.state_dir import StateDir
+from tinywasm_wasi.web.handover import READY_SUBJECT, stopping_request, subject_for
 
-__all__ = ["STOP_MARGIN", "Supervisor"]
+__all__ = ["RESTART_SUBJECT", "STATUS_FILE", "STOP_MARGIN", "Supervisor"]
+
+RESTART_SUBJECT = "tw.ctl.restart"  # a rolling restart, asked by `tinywasm restart --rolling`
+STATUS_FILE = "supervisor.json"  # in the state folder: pid, NATS URL, port, workers
+READY_TIMEOUT = 120.0  # seconds a restarted worker has to listen and take its modules back
 
 log = logging.getLogger("tinywasm.supervisor")
 
@@ -48,6 +70,10 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
+        self._replacing: int | None = None  # the worker a rolling restart is replacing
+        self._ready: dict[str, asyncio.Event] = {}
+        self._rolling: asyncio.Task[dict[str, Any]] | None = None
+        self._nc: Client | None = None
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
@@ -70,6 +96,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._start_rolling)
+        await self._connect(urls)
+        state = StateDir(config.state_path, create_parents=config.state_dir is not None)
+        status = {"pid": os.getpid(), "nats": urls, "port": port, "workers": config.workers}
+        state.write(STATUS_FILE, json.dumps(status).encode())
         log.info(
             "supervising %d workers on http://%s:%d (NATS %s)",
             config.workers,
@@ -84,13 +115,18 @@ class Supervisor:
             ]
             await self._stopping.wait()
             log.info("closing: stopping %d workers", len(self._procs))
+            await self._tell_stopping()
             await self._stop_all()
             for keeper in keepers:
                 keeper.cancel()
             await asyncio.gather(*keepers, return_exceptions=True)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            state.remove(STATUS_FILE)
+            if self._nc is not None:
+                with contextlib.suppress(NatsError, TimeoutError, OSError):
+                    await self._nc.close()
             if nats is not None:
                 await asyncio.to_thread(nats.stop)
         log.info("closed")
@@ -114,6 +150,11 @@ class Supervisor:
             code = await proc.wait()
             if self._stopping.is_set():
                 return
+            if self._replacing == index or code == 0:
+                # Stopped on purpose (a rolling restart, or SIGTERM to this worker alone):
+                # it handed its modules over first; it comes back at once and takes them back.
+                log.info("worker %s stopped (status %d): starting it again", name, code)
+                continue
             delay, deaths = restart_delay(deaths, time.monotonic() - begun)
             self.restarts += 1
             how = f"signal {-code}" if code < 0 else f"status {code}"
@@ -129,6 +170,86 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
+
+    # -- rolling restart ------------------------------------------------------------------------
+
+    async def _connect(self, urls: str) -> None:
+        """The supervisor's own NATS connection: workers' ready messages, restart requests."""
+        try:
+            self._nc = await nats.connect(urls.split(","), name="tinywasm-supervisor")
+        except (TimeoutError, NatsError, OSError) as exc:
+            log.warning("no NATS connection for rolling restarts: %s", exc)
+            return
+        await self._nc.subscribe(READY_SUBJECT, cb=self._on_ready)
+        await self._nc.subscribe(RESTART_SUBJECT, cb=self._on_restart)
+
+    async def _tell_stopping(self) -> None:
+        """Every worker stops: none of them hands its modules to another."""
+        nc = self._nc
+        if nc is None:
+            return
+        names = [worker_name(i) for i in range(self.config.workers)]
+        await asyncio.gather(
+            *(nc.request(subject_for(name), stopping_request(), timeout=2) for name in names),
+            return_exceptions=True,  # a worker that does not answer is stopped all the same
+        )
+
+    async def _on_ready(self, msg: Msg) -> None:
+        name = msg.data.decode(errors="replace")
+        self._ready.setdefault(name, asyncio.Event()).set()
+
+    async def _on_restart(self, msg: Msg) -> None:
+        self._start_rolling()
+        assert self._rolling is not None
+        try:
+            report = await asyncio.shield(self._rolling)
+        except Exception as exc:  # the restart itself logs
+            report = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(NatsError):
+            await msg.respond(json.dumps(report).encode())
+
+    def _start_rolling(self) -> None:
+        """SIGHUP or a restart request: start a rolling restart unless one runs."""
+        if self._rolling is None or self._rolling.done():
+            self._rolling = asyncio.get_running_loop().create_task(self.rolling_restart())
+
+    async def rolling_restart(self) -> dict[str, Any]:
+        """Replace the workers one at a time; each is back (listening, with its modules)
+        before the next one stops. Returns a report."""
+        begun = time.monotonic()
+        log.info("rolling restart of %d workers", self.config.workers)
+        replaced: list[dict[str, Any]] = []
+        for index in range(self.config.workers):
+            if self._stopping.is_set():
+                break
+            name = worker_name(index)
+            proc = self._procs.get(index)
+            if proc is None or proc.returncode is not None:
+                continue
+            started = time.monotonic()
+            ready = self._ready[name] = asyncio.Event()
+            self._replacing = index
+            try:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(READY_TIMEOUT + self.config.drain_timeout):
+                        await ready.wait()
+                except TimeoutError:
+                    log.error(
+                        "rolling restart: worker %s was not back within %.0f s; stopped there",
+                        name,
+                        READY_TIMEOUT,
+                    )
+                    return {"ok": False, "error": f"worker {name} did not come back"}
+            finally:
+                self._replacing = None
+            took = time.monotonic() - started
+            replaced.append({"worker": name, "seconds": round(took, 3)})
+            log.info("rolling restart: worker %s replaced in %.1f s", name, took)
+        took = time.monotonic() - begun
+        log.info("rolling restart done in %.1f s", took)
+        return {"ok": True, "workers": replaced, "seconds": round(took, 3)}
 
     async def _stop_all(self) -> None:
         procs = [p for p in self._procs.values() if p.returncode is None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from bus import Bus, Subscription, TopicError, validate_pattern, validate_topic
@@ -85,15 +85,21 @@ class ModuleEffects:
 
     # -- going live and back (event loop) ----------------------------------------------------
 
-    def go_live(self, other: ModuleEffects | None, check: Callable[[], None]) -> None:
-        """`other`'s subscriptions go, these go live, in one bus step; `check()` runs first,
-        under both locks, and may raise to refuse."""
+    def go_live(
+        self,
+        other: ModuleEffects | None,
+        check: Callable[[], None],
+        also_cancel: Sequence[Subscription] = (),
+    ) -> None:
+        """`other`'s subscriptions (and `also_cancel`) go, these go live, in one bus step;
+        `check()` runs first, under both locks, and may raise to refuse."""
         with contextlib.ExitStack() as locks:
             if other is not None:
                 locks.enter_context(other._lock)
             locks.enter_context(self._lock)
             check()
             cancel = [] if other is None else [s for s in other._subs.values() if s is not None]
+            cancel.extend(also_cancel)
             patterns = list(self._subs)
             subs = self._bus.swap(
                 cancel, [(p, self._on_message) for p in patterns], local=self._local
@@ -138,12 +144,13 @@ class ModuleEffects:
             self._held.clear()
             self._on_message = _closed
 
-    def cancel_subscriptions(self) -> None:
+    def cancel_subscriptions(self, after: Callable[[], object] | None = None) -> None:
+        """Take the subscriptions off the bus; `after` runs in the same bus step."""
         with self._lock:
             subs = [s for s in self._subs.values() if s is not None]
             self._subs_live = False
-        if subs:
-            self._bus.swap(subs, ())
+        if subs or after is not None:
+            self._bus.swap(subs, (), after=after)
 
     @property
     def subscriptions(self) -> list[str]:

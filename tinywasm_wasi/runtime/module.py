@@ -17,11 +17,11 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
-from bus import Bus
+from bus import Bus, Subscription
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import (
     GuestTrap,
@@ -226,7 +226,7 @@ class WasmModule:
         """Make the subscriptions recorded during start live on the bus."""
         self.take_over(None)
 
-    def take_over(self, other: WasmModule | None) -> None:
+    def take_over(self, other: WasmModule | None, also_cancel: Sequence[Subscription] = ()) -> None:
         """Cut over: `other`'s subscriptions go, this module's go live, in one bus step.
 
         No publish sees a state in between, so each message goes to exactly one
@@ -240,7 +240,7 @@ class WasmModule:
                     f"cannot make module {self.name!r} live: it is {self._state.value}"
                 )
 
-        self._effects.go_live(None if other is None else other._effects, check)
+        self._effects.go_live(None if other is None else other._effects, check, also_cancel)
         self._move_to(ModuleState.LIVE)
         if other is not None:
             other._move_to(ModuleState.DRAINING)
@@ -432,12 +432,27 @@ class WasmModule:
                 dropped += 1
         return dropped
 
+    def take_messages(self, error: BaseException) -> list[tuple[str, bytes]]:
+        """Take the queued messages out (to hand elsewhere); queued requests get `error`."""
+        messages: list[tuple[str, bytes]] = []
+        for item in self.mailbox.take_pending():
+            if isinstance(item, Request):
+                item.fail(error)
+            else:
+                messages.append(item)
+        return messages
+
     async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:
         """Run `fn` on the module thread, after everything queued before it (or first)."""
         return await asyncio.wrap_future(self.mailbox.call(fn, first=first))
 
     def _cancel_subscriptions(self) -> None:
         self._effects.cancel_subscriptions()
+
+    def withdraw(self, after: Callable[[], object]) -> None:
+        """Take the subscriptions off the bus (a move to another worker begins); `after`
+        runs in the same bus step, so it sees exactly what this version was sent."""
+        self._effects.cancel_subscriptions(after)
 
     # -- deliveries (module thread) ---------------------------------------------------------
 

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bus.nats import NatsLink
 from tinywasm_wasi.policy.events import LogEvent, event_extra
@@ -79,6 +79,9 @@ class Fleet:
         self._dirty = asyncio.Event()
         self.taken_over = 0  # modules started here because their owner died or left
         self.released = 0  # modules stopped here because their owner came back
+        # Hands a module to a live worker with its state and messages (web/handover.py);
+        # True if it moved. Without it, or when it fails, the module is unloaded here.
+        self.hand_over: Callable[[str, str], Awaitable[bool]] | None = None
         host.placement = self.table.placement()
 
     @property
@@ -92,6 +95,11 @@ class Fleet:
         for name in self._host.modules:
             (owned if self._host.runs_alone(name) else replicas).add(name)
         return Beat(self.me, frozenset(owned), frozenset(replicas), self._leaving)
+
+    def missing(self) -> set[str]:
+        """The single-owner modules this worker owns and does not run yet (another worker
+        still runs them, or they are being handed over)."""
+        return {n for n in self._host.module_names() if self._owns(n)} - set(self._host.modules)
 
     def view(self) -> dict[str, object]:
         """The fleet as this worker sees it, for /api/modules."""
@@ -207,7 +215,7 @@ class Fleet:
                 continue
             if name in self._host.modules:
                 self._waiting.discard(name)
-            elif name not in placement.elsewhere:
+            elif name not in placement.elsewhere and name not in self._host.arriving:
                 self._waiting.discard(name)
                 self._move(name, start=True, reason="its owner is this worker")
 
@@ -232,7 +240,12 @@ class Fleet:
                 if name in self._host.modules:
                     self.taken_over += 1
             else:
-                await self._host.swap(name, Trigger.PLACEMENT, lambda: None)
+                to = self._host.placement.owner(name) if self._host.placement else None
+                moved = (
+                    self.hand_over is not None and to is not None and await self.hand_over(name, to)
+                )
+                if not moved:
+                    await self._host.swap(name, Trigger.PLACEMENT, lambda: None)
                 self.released += 1
         except Exception:
             log.exception("module %s: %s it failed", name, verb)

@@ -81,6 +81,9 @@ class ModuleHost:
         self.runtime = runtime
         # With several workers: which modules run here (the others run on their owner).
         self.placement = placement
+        # Modules being handed to this worker by another (web/handover.py): staged and
+        # fenced here, not live yet; neither the folder's load nor the fleet starts them.
+        self.arriving: set[str] = set()
         self.bus = bus
         self.settings = SwapSettings(
             mailbox_size=mailbox_size,
@@ -284,7 +287,8 @@ class ModuleHost:
         except TinywasmError:
             return True  # refused where it is started, with the reason
         limits = self.limits_for(file.name)
-        if self.placement.may_start(file.name, limits.replicas, file.rule is not None):
+        may_start = self.placement.may_start(file.name, limits.replicas, file.rule is not None)
+        if may_start and file.name not in self.arriving:
             return True
         log.info(
             "module %s runs on worker %s, not here (%s)",
@@ -363,6 +367,52 @@ class ModuleHost:
             name,
         )
         return pinned, pin.sha256
+
+    # -- moves between workers (web/handover.py carries them out) ------------------------------
+
+    def movable(self) -> list[str]:
+        """The modules a worker hands over when it stops: those it owns (not middlewares,
+        not ``replicas = "all"``), sorted."""
+        if self.placement is None:
+            return []
+        return sorted(name for name in self.modules if self.runs_alone(name))
+
+    async def stage_copy(self, name: str) -> WasmModule:
+        """Start `name` from this worker's own file, not live: effects and mailbox held.
+
+        Raises:
+            ModuleLoadError: there is no file for `name` here, or it does not start.
+        """
+        if name in self.modules:
+            raise ModuleLoadError(f"module {name!r} already runs on this worker")
+        file = await asyncio.to_thread(self.loader.find_file, name)
+        path = self.loader.path_of(file)
+        if file is None or path is None or file.rule is not None:
+            raise ModuleLoadError(f"this worker has no module file for {name!r}")
+        data = await asyncio.to_thread(self.loader.reader(path))
+        if data is None:
+            raise ModuleLoadError(f"the module file for {name!r} is gone")
+        module = await self.swapper.stage(name, data, path)
+        module.file = file
+        module.hold()
+        return module
+
+    def adopt(self, module: WasmModule) -> None:
+        """A module moved here serves its name (it is live and open already)."""
+        self._registry.put(module)
+        self.swapper.forget(module.name)
+
+    async def give_up(self, name: str) -> WasmModule:
+        """Stop serving `name` here (it moves to another worker): wait for a running swap,
+        then take it out of the registry; the caller drains and closes it.
+
+        Raises:
+            KeyError: `name` does not run here.
+        """
+        await self.swapper.idle(name)
+        module = self._registry.pop(name)
+        self.swapper.forget(name)
+        return module
 
     # -- swaps -----------------------------------------------------------------------------------
 

@@ -228,6 +228,12 @@ class Swapper:
             running.set_result(None)
         return last
 
+    def forget(self, name: str) -> None:
+        """`name` came or went by other means (a move between workers): its machine starts
+        afresh from the registry at the next request."""
+        if name not in self._running:
+            self._machines.pop(name, None)
+
     async def idle(self, name: str) -> None:
         """Wait until `name` rests: every runner of it (and their follow-ups) is done."""
         while runners := self._running.get(name):

@@ -110,6 +110,8 @@ class Dispatcher:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         try:
+            if self._forward is not None:
+                await self._forward.settle(name)
             owner = self._elsewhere(name)
             if owner is None:
                 self._target(name)  # 404 or 503 before the body is read
@@ -144,6 +146,19 @@ class Dispatcher:
         if answer.retry_after:
             headers["Retry-After"] = str(answer.retry_after)
         return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    async def relay(self, request: Forwarded) -> ForwardedAnswer:
+        """A request another worker forwarded here: answered here, or sent on once to the
+        worker this one handed the module to (a move it did not know of yet)."""
+        if self._forward is not None:
+            await self._forward.settle(request.name)
+            heir = self._forward.relay_to(request.name)
+            if heir is not None:
+                try:
+                    return await self._forward.send(heir, request)
+                except Failed as failed:
+                    return self._public_failure(failed)
+        return await self.answer(request)
 
     async def answer(self, request: Forwarded) -> ForwardedAnswer:
         """Run `request` through its middlewares and its module here; failures become answers."""
@@ -331,6 +346,12 @@ class Forwarder(Protocol):
 
     async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
         """The owner's answer; raises Failed when it cannot be reached in time."""
+
+    async def settle(self, name: str) -> None:
+        """Wait (within the call deadline) while `name` moves to or from this worker."""
+
+    def relay_to(self, name: str) -> str | None:
+        """The worker this one handed `name` to, for a request that still came here."""
 
 
 def _cookies(headers: CIMultiDict[str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from bus.nats import LinkError, NatsLink
 from tinywasm_wasi.policy.http_forward import (
@@ -34,6 +35,14 @@ log = logging.getLogger("tinywasm.forward")
 TRANSIT = 1.0  # seconds allowed on top of the call deadline for the hop and the owner's queue
 
 
+class Moves(Protocol):
+    """Modules moving between workers (web/handover.py)."""
+
+    async def settle(self, name: str, timeout: float) -> None: ...
+
+    def relay_to(self, name: str) -> str | None: ...
+
+
 class NatsForwarder:
     """The `Forwarder` of one worker: sends to owners, answers what is sent to it."""
 
@@ -43,11 +52,13 @@ class NatsForwarder:
         me: str,
         call_timeout: Callable[[str], float],
         owner_of: Callable[[str], str | None],
+        moves: Moves | None = None,
     ) -> None:
         """Forward for worker `me`; `owner_of(name)` is the worker that answers for
         module `name`, or None when this one does (`ModuleHost.remote_owner`)."""
         self._link = link
         self._me = me
+        self.moves = moves
         self._call_timeout = call_timeout
         self._owner_of = owner_of
         self._warn = LogLimiter(log)
@@ -56,7 +67,15 @@ class NatsForwarder:
         self.lost = 0  # sent, and no answer came: what the owner had of it is lost
 
     def owner_of(self, name: str) -> str | None:
-        return self._owner_of(name)
+        # A module this worker handed over goes where it went, whatever placement says yet.
+        return self.relay_to(name) or self._owner_of(name)
+
+    async def settle(self, name: str) -> None:
+        if self.moves is not None:
+            await self.moves.settle(name, self._call_timeout(name) + TRANSIT)
+
+    def relay_to(self, name: str) -> str | None:
+        return None if self.moves is None else self.moves.relay_to(name)
 
     async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
         timeout = self._call_timeout(request.name) + TRANSIT

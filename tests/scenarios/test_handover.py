@@ -1,0 +1,259 @@
+"""Live handover between workers: SIGTERM to one worker, and ``tinywasm restart --rolling``.
+
+Real processes on loopback: a nats-server of the test's own, the supervisor with
+``--workers 2`` joined to it, the WAT counter (it counts ``counter.inc`` messages,
+publishes each new count on ``counter.value``, answers GET /m/counter with the count
+and hands the count over in ``save_state``). The test publishes ``counter.inc`` on
+NATS with sequence stamps (``Tw-Seq``, as every tinywasm process does) and watches
+``counter.value``: the counts seen are exactly 1..N, once each, only if every
+message was handled exactly once and the count moved with the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import nats
+import pytest
+import wasmtime
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.nats import SEQ_HEADER
+from tests.scenarios.cluster import EXAMPLES, ROOT, START, Cluster
+from tests.support import eventually
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.server import WORKER_HEADER
+
+COUNTER_WAT = ROOT / "examples" / "wat" / "counter" / "counter.wat"
+MOVE = 60.0  # seconds for a move or a restarted worker on a busy machine
+
+pytestmark = [
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+]
+
+
+class Counts:
+    """The test's NATS client: publishes stamped counter.inc, records counter.value."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.values: list[int] = []
+        self.by_publisher: dict[str, list[int]] = {}
+        self.sent = 0
+
+    async def on_value(self, msg: Msg) -> None:
+        value = int(msg.data)
+        self.values.append(value)
+        publisher = (msg.headers or {}).get(SEQ_HEADER, "?.0").rpartition(".")[0]
+        self.by_publisher.setdefault(publisher, []).append(value)
+
+    async def inc(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.sent += 1
+            await self.nc.publish(
+                "tw.t.counter.inc", b"+1", headers={SEQ_HEADER: f"test.{self.sent}"}
+            )
+        await self.nc.flush()
+
+    async def all_counted(self) -> None:
+        await eventually(
+            lambda: len(self.values) >= self.sent,
+            f"{self.sent} counts (seen {len(self.values)})",
+            timeout=MOVE,
+        )
+
+    def check(self) -> None:
+        """Each message counted exactly once; each publisher's counts in order."""
+        assert sorted(self.values) == list(range(1, self.sent + 1)), self.values
+        for publisher, values in self.by_publisher.items():
+            assert values == sorted(values), (publisher, values)
+
+
+@pytest.fixture
+def nats_url() -> Iterator[str]:
+    server = NatsServerProcess(name="handover-test")
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+async def counts(nats_url: str) -> AsyncIterator[Counts]:
+    nc = await nats.connect(nats_url)
+    watcher = Counts(nc)
+    await nc.subscribe("tw.t.counter.value", cb=watcher.on_value)
+    await nc.flush()
+    yield watcher
+    await nc.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, nats_url: str) -> Iterator[Cluster]:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "counter.wasm").write_bytes(wasmtime.wat2wasm(COUNTER_WAT.read_text()))
+    shutil.copy(EXAMPLES / "echo.wasm", modules)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+    env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "cmd.tinywasm", "--workers", "2", "--port", "0"]
+    command += ["--modules-dir", str(modules), "--no-watch", "--drain-timeout", "2"]
+    command += ["--state-dir", str(tmp_path / "state"), "--nats", nats_url]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    running = Cluster(proc, 2)
+    yield running
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    running.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+async def serving(cluster: Cluster) -> str:
+    await eventually(
+        lambda: cluster.count(r"\] serving \d+ module") >= 2 or cluster.proc.poll() is not None,
+        "the workers to serve",
+        timeout=START,
+    )
+    assert cluster.proc.poll() is None, cluster.log()
+    port = cluster.find(r"supervising 2 workers on http://127\.0\.0\.1:(\d+)")[0].group(1)
+    return f"http://127.0.0.1:{port}"
+
+
+def pid_of(cluster: Cluster, worker: str) -> int:
+    return int(cluster.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
+
+
+async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back(
+    cluster: Cluster, counts: Counts, http: aiohttp.ClientSession
+) -> None:
+    base = await serving(cluster)
+    home = owner("counter", worker_names(2))
+    heir = next(w for w in worker_names(2) if w != home)
+    await counts.inc(10)
+    await counts.all_counted()
+
+    # SIGTERM to the counter's worker: the counter moves to the other one with its count,
+    # and the stream goes on exactly once while it moves.
+    os.kill(pid_of(cluster, home), signal.SIGTERM)
+    await counts.inc(20)
+    await eventually(
+        lambda: cluster.count(rf"\[{heir}\] .*module counter taken over from {home}"),
+        "the counter to arrive",
+        timeout=MOVE,
+    )
+    await counts.inc(10)
+    await counts.all_counted()
+    async with http.get(f"{base}/m/counter") as response:
+        assert response.status == 200, await response.text()
+        assert (await response.text()).startswith("40")
+
+    # The supervisor starts the worker again; it takes its counter back, with the count.
+    await eventually(
+        lambda: cluster.count(rf"\[{home}\] .*module counter taken over from {heir}"),
+        "the counter to come back",
+        timeout=MOVE,
+    )
+    await counts.inc(10)
+    await counts.all_counted()
+    counts.check()
+    assert counts.values[-1] == 50
+    for _ in range(20):  # either worker answers, the owner itself or through it
+        async with http.get(f"{base}/m/counter") as response:
+            assert response.status == 200
+            assert (await response.text()).startswith("50"), response.headers[WORKER_HEADER]
+
+    # SIGHUP to the supervisor: a rolling restart of both; the count goes on from 50.
+    cluster.proc.send_signal(signal.SIGHUP)
+    await eventually(
+        lambda: cluster.count(r"rolling restart done"), "the rolling restart", timeout=2 * MOVE
+    )
+    await counts.inc(10)
+    await counts.all_counted()
+    counts.check()
+    assert counts.values[-1] == 60
+    assert not cluster.find(r"died with"), cluster.log()
+
+    # The supervisor stops every worker: nothing is handed over then.
+    moves = cluster.count(r"handed over to")
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(cluster.proc.wait, MOVE) == 0
+    assert cluster.count(r"handed over to") == moves, cluster.log()
+
+
+async def test_rolling_restart_loses_no_message_and_fails_no_request(
+    cluster: Cluster, counts: Counts, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    base = await serving(cluster)
+    stop = asyncio.Event()
+    answers: list[int] = []
+    failures: list[str] = []
+
+    async def publish() -> None:
+        while not stop.is_set() and counts.sent < 5000:
+            await counts.inc(5)
+            await asyncio.sleep(0.01)  # a paced stream (~500/s at most), not a flood
+
+    async def requests() -> None:
+        while not stop.is_set() and len(answers) + len(failures) < 5000:
+            try:
+                async with http.get(f"{base}/m/counter") as response:
+                    text = await response.text()
+                    if response.status == 200:
+                        answers.append(int(re.match(r"\d+", text).group()))  # type: ignore[union-attr]
+                    else:
+                        failures.append(f"{response.status} {text.strip()}")
+            except aiohttp.ClientError as exc:
+                failures.append(repr(exc))
+
+    tasks = [asyncio.create_task(publish()), asyncio.create_task(requests())]
+    await eventually(lambda: len(answers) >= 5, "some answers before the restart")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+    restart = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cmd.tinywasm",
+        "restart",
+        "--rolling",
+        "--state-dir",
+        str(tmp_path / "state"),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(restart.communicate(), timeout=300)
+    assert restart.returncode == 0, (out, err, cluster.log())
+    assert b"w0: replaced" in out and b"w1: replaced" in out, out
+    await counts.inc(5)  # and after it
+    stop.set()
+    await asyncio.gather(*tasks)
+    await counts.all_counted()
+    counts.check()
+    assert failures == [], failures[:10]
+    assert answers, "no HTTP answer at all"
+    assert cluster.count(r"module counter taken over") >= 2, cluster.log()
+    assert not cluster.find(r"died with"), cluster.log()
