@@ -267,6 +267,11 @@ class ModuleHost:
         files = [p for p in scan.files if self._placed_here(p)]
         started = await asyncio.gather(*(self._start_file(p) for p in files))
         ready = [m for m in started if m is not None]
+        for module in [m for m in ready if m.name in self.modules or m.name in self.arriving]:
+            # Handed over by another worker while this one loaded its copy: the handed one
+            # (with its state) serves; this copy never went live.
+            ready.remove(module)
+            await module.close()
         for module in ready:
             module.activate()
             self._registry.put(module)
@@ -288,7 +293,8 @@ class ModuleHost:
             return True  # refused where it is started, with the reason
         limits = self.limits_for(file.name)
         may_start = self.placement.may_start(file.name, limits.replicas, file.rule is not None)
-        if may_start and file.name not in self.arriving:
+        handed = file.name in self.arriving or file.name in self.modules  # by handover
+        if may_start and not handed:
             return True
         log.info(
             "module %s runs on worker %s, not here (%s)",
