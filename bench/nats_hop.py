@@ -48,7 +48,7 @@ async def receiver(url: str, expected: int, ready: Any) -> dict[str, Any]:
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     link = NatsLink([url], name="bench-receiver")
-    bus = Bus(remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)))
+    bus = Bus(remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m), stamped=True))
 
     def on_message(_topic: str, payload: bytes) -> None:
         seq, sent = HEAD.unpack_from(payload)
@@ -93,7 +93,7 @@ def _publish(bus: Bus, messages: int, rate: float) -> float:
 
 async def one_run(url: str, messages: int, rate: float) -> dict[str, Any]:
     link = NatsLink([url], name="bench-publisher")
-    bus = Bus(remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m)))
+    bus = Bus(remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m), stamped=True))
     with Children() as children:
         ready = children.ctx.Event()
         children.start(receiver, url, messages, ready, name="bench-nats-hop-receiver")

@@ -44,6 +44,7 @@ from nats.aio.msg import Msg
 
 from bench.common import Machine, add_common_flags, command_line, fail_on, markdown_grid, record
 from bench.common import process_cpu_s as cpu_of
+from bus.nats import STAMP_PREFIX
 from tinywasm_wasi.cluster.nats_server import free_port
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 from tinywasm_wasi.eventloop import ASYNCIO, UVLOOP
@@ -215,7 +216,7 @@ async def rolling(base: str, running: Running, loop: str, rate: int) -> Rolling:
             due = int((time.monotonic() - begun) * rate) - sent
             for _ in range(max(0, due)):
                 sent += 1
-                await nc.publish("tw.t.counter.inc", b"+1", headers={"Tw-Seq": f"bench.{sent}"})
+                await nc.publish("tw.t.counter.inc", b"+1", reply=f"{STAMP_PREFIX}bench.{sent}")
             await nc.flush()
             await asyncio.sleep(0.005)
 

@@ -445,6 +445,9 @@ def _fleet_view(app: web.Application) -> dict[str, object]:
     if forwarder is not None:
         view["forwarded"] = forwarder.forwarded
         view["lost_forwards"] = forwarder.lost  # sent to a worker that never answered
+    handover = app.get(HANDOVER)
+    if handover is not None:
+        view["handovers"] = handover.stats()  # modules moved in and out, live
     return view
 
 

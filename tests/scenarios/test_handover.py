@@ -4,7 +4,8 @@ Real processes on loopback: a nats-server of the test's own, the supervisor with
 ``--workers 2`` joined to it, the WAT counter (it counts ``counter.inc`` messages,
 publishes each new count on ``counter.value``, answers GET /m/counter with the count
 and hands the count over in ``save_state``). The test publishes ``counter.inc`` on
-NATS with sequence stamps (``Tw-Seq``, as every tinywasm process does) and watches
+NATS with sequence stamps (reply subject ``tw.seq.<publisher>.<n>``, as every tinywasm
+process does) and watches
 ``counter.value``: the counts seen are exactly 1..N, once each, only if every
 message was handled exactly once and the count moved with the module.
 """
@@ -28,7 +29,7 @@ import wasmtime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.nats import SEQ_HEADER
+from bus.nats import STAMP_PREFIX
 from tests.scenarios.cluster import EXAMPLES, ROOT, START, Cluster
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
@@ -55,14 +56,14 @@ class Counts:
     async def on_value(self, msg: Msg) -> None:
         value = int(msg.data)
         self.values.append(value)
-        publisher = (msg.headers or {}).get(SEQ_HEADER, "?.0").rpartition(".")[0]
+        publisher = (msg.reply or "?.0").removeprefix(STAMP_PREFIX).rpartition(".")[0]
         self.by_publisher.setdefault(publisher, []).append(value)
 
     async def inc(self, count: int = 1) -> None:
         for _ in range(count):
             self.sent += 1
             await self.nc.publish(
-                "tw.t.counter.inc", b"+1", headers={SEQ_HEADER: f"test.{self.sent}"}
+                "tw.t.counter.inc", b"+1", reply=f"{STAMP_PREFIX}test.{self.sent}"
             )
         await self.nc.flush()
 
