@@ -174,7 +174,11 @@ class HandoverService:
         """Where to send a request for `name` that reached this worker after it gave it away."""
         if name in self._host.modules:
             return None
-        return self._gone.get(name)
+        target = self._gone.get(name)
+        placement = self._host.placement
+        if target is not None and placement is not None and placement.where(name) == target:
+            del self._gone[name]  # the heartbeats have caught up: placement routes it
+        return target
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -247,13 +251,16 @@ class HandoverService:
         ctx: dict[str, Any] = {}
         begun = time.perf_counter()
         actions = giver.handle(GiverEvent.START)
-        while actions:
-            event: GiverEvent | None = None
-            for action in actions:
-                event = await self._give_step(action, name, to, ctx)
-            if event is None:
-                break
-            actions = giver.handle(event)
+        try:
+            while actions:
+                event: GiverEvent | None = None
+                for action in actions:
+                    event = await self._give_step(action, name, to, ctx)
+                if event is None:
+                    break
+                actions = giver.handle(event)
+        except Exception:
+            log.exception("module %s: the move to %s failed while %s", name, to, giver.phase.value)
         moving = self._moving.pop(name, None)
         if moving is not None:
             moving.set()
