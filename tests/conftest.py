@@ -14,6 +14,7 @@ from tests.support import eventually
 from tinywasm_wasi.build import build_module
 from tinywasm_wasi.cli import fast_path
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR, Config
+from tinywasm_wasi.policy.limits import Limits
 from tinywasm_wasi.runtime import fastcall
 from tinywasm_wasi.runtime.engine import Runtime
 from tinywasm_wasi.server import WasiServer
@@ -81,10 +82,20 @@ async def make_host(broadcasts: Broadcasts) -> AsyncIterator[HostFactory]:
     hosts: list[ModuleHost] = []
 
     async def make(
-        directory: Path, *, mailbox_size: int = 10_000, drain_timeout: float = 2.0
+        directory: Path,
+        *,
+        mailbox_size: int = 10_000,
+        drain_timeout: float = 2.0,
+        runtime: Runtime | None = None,
+        limits: Limits | None = None,
     ) -> ModuleHost:
         host = ModuleHost(
-            Runtime(), Bus(), broadcasts, mailbox_size=mailbox_size, drain_timeout=drain_timeout
+            runtime or Runtime(),
+            Bus(),
+            broadcasts,
+            mailbox_size=mailbox_size,
+            drain_timeout=drain_timeout,
+            limits=limits,
         )
         hosts.append(host)
         await host.load_dir(directory)

@@ -25,6 +25,7 @@ from tinywasm_wasi.config import (
     DEFAULT_CACHE_DIR,
     MAX_CALL_TIMEOUT,
     MAX_MEMORY,
+    MAX_MODULE_THREADS,
     MAX_WORKERS,
     Config,
     LogFormat,
@@ -84,6 +85,18 @@ def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def _module_threads(value: str) -> int:
+    """0 (automatic) or 2 to MAX_MODULE_THREADS: one thread would let a slow module
+    hold up every other."""
+    number = _whole_number(0, MAX_MODULE_THREADS)(value)
+    if number == 1:
+        raise ValueError(
+            "expected 0 (automatic) or at least 2: with one thread, a slow module would "
+            "hold up every other"
+        )
+    return number
 
 
 def _non_negative(what: str) -> Callable[[str], float]:
@@ -267,6 +280,13 @@ SETTINGS = (
         "SIZE",
         _size,
         "bytes of messages a module's mailbox holds before further ones are dropped and counted",
+    ),
+    _Setting(
+        "module_threads",
+        "N",
+        _module_threads,
+        "threads that run the modules' mailboxes, one item at a time per module; "
+        "an idle module costs none (0: min(4, CPUs + 1); else at least 2)",
     ),
     _Setting(
         "ws_queue_size",

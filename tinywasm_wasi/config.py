@@ -50,6 +50,7 @@ MiB = 1024 * KiB
 MAX_SIZE = 1024**4  # 1 TiB: any size past it is a typo, not a setting
 MAX_MEMORY = 4 * 1024**3  # the most a 32-bit WebAssembly memory can address
 MAX_WORKERS = 64  # worker processes, at most
+MAX_MODULE_THREADS = 256  # threads running module mailboxes, at most
 MAX_CALL_TIMEOUT = 3600.0  # seconds one call into a module may be given, at most
 
 
@@ -68,6 +69,8 @@ class Config:
     mailbox_size: int = 10_000
     # Bytes of messages and requests a module's mailbox holds; past it further ones are refused.
     mailbox_bytes: int = 64 * MiB
+    # Threads that run every module's mailbox, one item at a time per module; 0: min(4, CPUs + 1).
+    module_threads: int = 0
     # Frames a WebSocket client may have queued before it is disconnected as slow.
     ws_queue_size: int = 1_000
     # Watch modules_dir and hot-swap modules whose .wasm changes.
@@ -168,6 +171,11 @@ class Config:
             raise ValueError("watch_debounce and swap_probation must be zero or more seconds")
         if self.mailbox_size < 1:
             raise ValueError("mailbox_size must be at least 1")
+        if self.module_threads == 1 or not 0 <= self.module_threads <= MAX_MODULE_THREADS:
+            raise ValueError(
+                f"module_threads must be 0 (automatic) or 2 to {MAX_MODULE_THREADS}, e.g. 4 "
+                "(with one thread, a slow module would hold up every other)"
+            )
         if self.ws_queue_size < 1:
             raise ValueError("ws_queue_size must be at least 1")
         for size_field in (

@@ -44,6 +44,7 @@ from tinywasm_wasi.policy.tokens import TokenVerifier
 from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
 from tinywasm_wasi.runtime.bridge import LoopBridge
 from tinywasm_wasi.runtime.engine import Runtime
+from tinywasm_wasi.runtime.workers import configure as configure_workers
 from tinywasm_wasi.supervisor.fleet import Fleet
 from tinywasm_wasi.supervisor.health import HealthChecker
 from tinywasm_wasi.supervisor.host import ModuleHost
@@ -152,7 +153,7 @@ def create_app(config: Config) -> web.Application:
         auth=token_verifier(config),
         history=topic_history(config),
     )
-    runtime = Runtime(cache_dir=config.cache_dir)
+    runtime = Runtime(cache_dir=config.cache_dir, workers=configure_workers(config.module_threads))
     state = StateDir(config.state_path, create_parents=config.state_dir is not None)
     # One of several workers: each module runs on its owner (policy/placement.py),
     # chosen over the live workers (supervisor/fleet.py keeps the placement current).
@@ -365,13 +366,13 @@ async def _watcher(app: web.Application) -> AsyncIterator[None]:
     config, host = app[CONFIG], app[HOST]
     if config.watch and config.modules_dir.is_dir():
 
-        def on_change(change: ModuleChange) -> None:
+        async def on_change(change: ModuleChange) -> None:
             try:
                 name = parse_file_name(change.path.name).name
             except RuleError as exc:
                 log.error("ignoring module file %s: %s", change.path.name, exc)
                 return
-            host.schedule(name, Trigger.WATCHER)
+            await host.schedule_admitted(name, Trigger.WATCHER)
 
         watcher = ModuleWatcher(config.modules_dir, on_change, debounce=config.watch_debounce)
         await watcher.start()

@@ -32,7 +32,7 @@ KNOWN_TOPICS = 1024  # validated topics remembered per module (beyond it, checke
 
 @dataclass(slots=True)
 class ModuleCounters:
-    """What one module version did, counted on its thread; read for /api/modules."""
+    """What one module version did, counted in its mailbox items; read for /api/modules."""
 
     delivered: int = 0
     failed: int = 0
@@ -157,7 +157,7 @@ class ModuleEffects:
         with self._lock:
             return list(self._subs)
 
-    # -- GuestEffects: called by host functions on the module thread ------------------------
+    # -- GuestEffects: called by host functions in mailbox items ----------------------------
 
     def publish(self, topic: bytes, payload: bytes) -> None:
         name = self._known_topics.get(topic) or self._topic("publish", topic, validate_topic)

@@ -6,7 +6,7 @@ Compiling is CPU work that wasmtime does with the GIL released; callers run
 The engine runs with epoch interruption: a daemon thread advances the engine's
 epoch every `EPOCH_TICK` seconds, and each call into a guest sets its store's
 deadline a number of ticks ahead (`deadline_ticks`), so a runaway call traps
-with INTERRUPT instead of holding its thread forever. Linear memories reserve
+with INTERRUPT instead of holding its worker thread forever. Linear memories reserve
 no address space up front (wasmtime's default is 4 GiB per instance), so
 hundreds of modules fit in a small virtual address space.
 """
@@ -26,6 +26,8 @@ import wasmtime
 from tinywasm_wasi.exceptions import ModuleLoadError
 from tinywasm_wasi.runtime.abi import ModuleInterface, inspect_module
 from tinywasm_wasi.runtime.cache import ModuleCache
+from tinywasm_wasi.runtime.workers import WorkerPool
+from tinywasm_wasi.runtime.workers import shared as shared_workers
 
 __all__ = ["ENGINE_SETTINGS", "EPOCH_TICK", "CompiledModule", "Runtime", "deadline_ticks"]
 
@@ -108,9 +110,14 @@ class _EpochClock:
 
 
 class Runtime:
-    """Owns the wasmtime Engine and its epoch clock. Thread-safe; `close()` stops the clock."""
+    """Owns the wasmtime Engine, its epoch clock and the worker pool its modules run on.
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    Thread-safe; `close()` stops the clock.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, *, workers: WorkerPool | None = None) -> None:
+        # The threads that run this runtime's modules' mailboxes (default: the process's).
+        self.workers = workers if workers is not None else shared_workers()
         config = wasmtime.Config()
         for key, value in ENGINE_SETTINGS.items():
             setattr(config, key, value)

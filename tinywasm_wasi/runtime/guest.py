@@ -1,7 +1,8 @@
 """One instantiated module: its wasmtime Store, its exports and the host functions it calls.
 
-A `Guest` is confined to one thread (its mailbox's): wasmtime stores are not
-thread-safe, and the mailbox guarantees calls never overlap. Everything the
+A `Guest` is used by one thread at a time (the pool worker running its
+mailbox's item): wasmtime stores are not thread-safe, and the mailbox guarantees
+calls never overlap and hands the guest between workers under its lock. Everything the
 guest asks of the outside world goes through a `GuestEffects` object, so this
 file knows nothing of the bus, the WebSocket hub or asyncio.
 
@@ -100,7 +101,7 @@ def _no_deadline(_ticks: int) -> None:
 
 
 class Guest:
-    """A live instance of one compiled module. Use only from its owner thread."""
+    """A live instance of one compiled module. Use from one thread at a time (its mailbox)."""
 
     def __init__(
         self,
@@ -556,7 +557,7 @@ class Guest:
         fd_write_ty = wasmtime.FuncType([i32] * 4, [i32])
         host.define(WASI_MODULE, "fd_write", fd_write_ty, rearming(self._fd_write))
         # WASI's poll_oneoff sleeps in host code, out of the call deadline's reach:
-        # a guest may not block its thread, so sleeping is not supported.
+        # a guest may not block its worker, so sleeping is not supported.
         host.define(WASI_MODULE, "poll_oneoff", fd_write_ty, _no_poll)
         return host
 

@@ -1,10 +1,14 @@
-"""A module's mailbox: a bounded FIFO of work served, one item at a time, by its own thread.
+"""A module's mailbox: a bounded FIFO of work served, one item at a time, by a shared pool.
 
-Why a thread per module: wasmtime releases the GIL while guest code runs, so
-modules on their own threads really run in parallel; a slow or stuck module
-holds only its own thread, never the event loop or another module; and a
-wasmtime Store, which is not thread-safe, is touched by exactly one thread
-for its whole life. Idle threads cost a few pages of stack.
+An idle module costs no thread. A mailbox with work queues itself on a
+`WorkerPool` (runtime/workers.py, a few threads for the whole process); a worker
+runs one of its items and queues it again at the tail if it has more, so a
+module's items run in order and never two at once, and modules take turns
+(the scheduling rules: `policy/scheduling.py`). wasmtime releases the GIL while
+guest code runs, so modules on different workers really run in parallel; a
+slow module holds one worker for one item, bounded by its call deadline, never
+the event loop; and a wasmtime Store, which is not thread-safe, is only ever
+used by one thread at a time (the mailbox's lock orders the hand-overs).
 
 Three kinds of item. Messages ``(topic, payload)`` and HTTP `Request`s are
 bounded together by `capacity` (overflow is refused and counted, never
@@ -17,7 +21,7 @@ A mailbox can be *held*: messages queue up but none is delivered until
 keep a new version closed during cut-over.
 
 The event loop never blocks on a mailbox: `on_settled(callback)` calls back
-(from the module thread, or at once) when the mailbox is idle or held with
+(from a worker, or at once) when the mailbox is idle or held with
 nothing running, so a waiter on the loop needs no thread of its own.
 """
 
@@ -34,6 +38,9 @@ from typing import Any
 
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.exceptions import ModuleClosedError
+from tinywasm_wasi.policy.scheduling import Settled as SettledState
+from tinywasm_wasi.policy.scheduling import runnable, settled
+from tinywasm_wasi.runtime.workers import WorkerPool, shared
 
 log = logging.getLogger("tinywasm.mailbox")
 
@@ -103,7 +110,7 @@ def _refuse(request: Request) -> bytes | None:
 
 
 class Mailbox:
-    """Bounded, ordered work queue for one module, served by one daemon thread."""
+    """Bounded, ordered work queue for one module, served one item at a time by a pool."""
 
     def __init__(
         self,
@@ -114,24 +121,26 @@ class Mailbox:
         *,
         held: bool = False,
         byte_capacity: int = Config.mailbox_bytes,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.name = name
         self.capacity = capacity
         self.byte_capacity = byte_capacity
         self._deliver = deliver
         self._answer = answer
+        self._pool = pool if pool is not None else shared()
         self._items: deque[Pending | _Call] = deque()
         self._messages = 0  # deliveries in _items (calls do not count against capacity)
         self._bytes = 0  # their topic, payload and request body bytes
         self._cond = threading.Condition(threading.Lock())
-        self._busy = False  # the thread is running an item
+        self._busy = False  # a worker is running an item
+        self._runner: threading.Thread | None = None  # the worker running it
+        self._scheduled = False  # queued on the pool or running: never queued twice
         self._held = held
         self._closed = False
         self._settled: list[Settled] = []
         self.accepted = 0
         self.dropped = 0
-        self._thread = threading.Thread(target=self._serve, name=f"module-{name}", daemon=True)
-        self._thread.start()
 
     # -- producers (any thread) -------------------------------------------------------------
 
@@ -157,12 +166,11 @@ class Mailbox:
             self._messages += 1
             self._bytes += size
             self.accepted += 1
-            if not self._busy and not self._held:
-                self._cond.notify()
+            self._schedule()
             return True
 
     def call(self, fn: Callable[[], Any], *, first: bool = False) -> concurrent.futures.Future[Any]:
-        """Queue `fn` to run on the module thread after what is queued before it.
+        """Queue `fn` to run on a worker after what is queued before it.
 
         With `first`, it goes ahead of everything queued (used to restore state
         into a held new version before the messages waiting for it).
@@ -175,8 +183,24 @@ class Mailbox:
                 self._items.appendleft(item)
             else:
                 self._items.append(item)
-            self._cond.notify()
+            self._schedule()
         return item.future
+
+    def _runnable(self) -> bool:
+        """Under the lock: a worker may start the next item."""
+        items = self._items
+        return runnable(
+            queued=bool(items),
+            head_is_call=bool(items) and isinstance(items[0], _Call),
+            held=self._held,
+            closed=self._closed,
+        )
+
+    def _schedule(self) -> None:
+        """Under the lock: queue this mailbox on the pool if it has work and is not queued."""
+        if not self._scheduled and self._runnable():
+            self._scheduled = True
+            self._pool.submit(self)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -189,7 +213,9 @@ class Mailbox:
         """Resume serving items, in the order they arrived."""
         with self._cond:
             self._held = False
-            self._cond.notify_all()
+            self._schedule()
+            callbacks, state = self._take_settled()
+        self._call_settled(callbacks, state)
 
     @property
     def queued_bytes(self) -> int:
@@ -210,45 +236,54 @@ class Mailbox:
         """Call `callback(True)` once nothing is queued or running, or `callback(False)` once
         it is held with nothing running but work queued (it cannot get idle by itself).
 
-        Called at once (on this thread) if that is already so, else from the module thread.
+        Called at once (on this thread) if that is already so, else from a worker.
         """
         with self._cond:
             state = self._settled_state()
-            if state is None:
+            if state is SettledState.WORKING:
                 self._settled.append(callback)
                 return
-        callback(state)
+        callback(state is SettledState.IDLE)
 
     def forget_settled(self, callback: Settled) -> None:
         """Drop a callback registered with `on_settled` that is no longer wanted."""
         with self._cond, contextlib.suppress(ValueError):
             self._settled.remove(callback)
 
-    def _settled_state(self) -> bool | None:
-        """Under the lock: True idle, False held and stuck, None still working."""
-        if self._busy:
-            return None
-        if not self._items or self._closed:
-            return True
-        if self._held and not isinstance(self._items[0], _Call):
-            return False
-        return None
+    def _settled_state(self) -> SettledState:
+        """Under the lock."""
+        items = self._items
+        return settled(
+            running=self._busy,
+            queued=bool(items),
+            head_is_call=bool(items) and isinstance(items[0], _Call),
+            held=self._held,
+            closed=self._closed,
+        )
 
     def _take_settled(self) -> tuple[list[Settled], bool]:
         """Under the lock: the callbacks to call now and with what, if the mailbox settled."""
         if not self._settled:
             return [], False
         state = self._settled_state()
-        if state is None:
+        if state is SettledState.WORKING:
             return [], False
         callbacks, self._settled = self._settled, []
-        return callbacks, state
+        return callbacks, state is SettledState.IDLE
+
+    @staticmethod
+    def _call_settled(callbacks: list[Settled], idle: bool) -> None:
+        """Without the lock."""
+        for callback in callbacks:
+            callback(idle)
 
     def wait_paused(self, timeout: float) -> bool:
         """Block until no item is running (after `hold()`); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._busy:
+                if self._runner is threading.current_thread():
+                    return False  # called from its own item: it cannot pause under itself
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -272,16 +307,16 @@ class Mailbox:
             self._items.extendleft(reversed(messages))
             self._messages += len(messages)
             self._bytes += sum(_size(m) for m in messages)
-            self._cond.notify()
+            self._schedule()
 
     def close(self, timeout: float = 0.0) -> int:
-        """Finish the running item, refuse new ones, stop the thread. Safe to call twice.
+        """Finish the running item, refuse new ones, leave the pool. Safe to call twice.
 
         Queued calls and requests fail with ModuleClosedError (a call whose caller
         gave up is skipped); queued messages are discarded (callers drain first, or
         take them with `take_pending`). Returns how many messages were discarded.
-        Waits up to `timeout` for the thread to end (0: does not wait; it is a
-        daemon and ends after the item it runs).
+        Waits up to `timeout` for a running item to end (0: does not wait; the
+        worker finishes it and moves on).
         """
         with self._cond:
             self._closed = True
@@ -301,18 +336,67 @@ class Mailbox:
                 item.fail(closed)
             else:
                 discarded += 1
-        for callback in callbacks:
-            callback(True)
+        self._call_settled(callbacks, True)
         # The owner's callbacks are usually its bound methods, and the owner holds this
         # mailbox: drop them, so the owner is freed by reference counting alone. An item
-        # the thread is still running keeps its own reference until it returns.
+        # a worker is still running keeps its own reference until it returns.
         self._deliver = _ignore
         self._answer = _refuse
-        if timeout > 0 and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        if timeout > 0:
+            self.wait_paused(timeout)
         return discarded
 
-    # -- the module thread -----------------------------------------------------------------
+    # -- on a worker -------------------------------------------------------------------------
+
+    def run_one(self) -> bool:
+        """Run the next item (called by the pool); True if another is ready to run."""
+        with self._cond:
+            if not self._runnable():  # held, emptied or closed since it was queued
+                self._scheduled = False
+                callbacks, state = self._take_settled()
+                item = None
+            else:
+                item = self._items.popleft()
+                self._busy = True
+                self._runner = threading.current_thread()
+                if not isinstance(item, _Call):
+                    self._messages -= 1
+                    self._bytes -= _size(item)
+        if item is None:
+            self._call_settled(callbacks, state)
+            return False
+        try:
+            self._run(item)
+        finally:
+            del item  # not kept past its run: an item may hold its module
+            with self._cond:
+                self._busy = False
+                self._runner = None
+                self._cond.notify_all()  # wait_paused, close
+                again = self._runnable()
+                if not again:
+                    self._scheduled = False
+                callbacks, state = self._take_settled()
+        self._call_settled(callbacks, state)
+        return again
+
+    def _run(self, item: Pending | _Call) -> None:
+        if isinstance(item, _Call):
+            if item.future.set_running_or_notify_cancel():
+                try:
+                    item.future.set_result(item.fn())
+                except BaseException as exc:
+                    item.future.set_exception(exc)
+        elif isinstance(item, Request):
+            if self._answer is None:
+                item.fail(ModuleClosedError(f"module {self.name!r} does not answer requests"))
+            else:
+                self._answer_request(item)
+        else:
+            try:
+                self._deliver(item[0], item[1])
+            except Exception:  # the deliver callback reports its own errors
+                log.exception("module %r: delivery failed unexpectedly", self.name)
 
     def _answer_request(self, request: Request) -> None:
         if request.cancelled():  # the HTTP client went away
@@ -326,53 +410,3 @@ class Mailbox:
             request.reply(None, exc)
             return
         request.reply(result, None)
-
-    def _serve(self) -> None:
-        cond = self._cond
-        items = self._items
-        while True:
-            with cond:
-                # Held: messages wait, but a call at the head still runs. Claimed: all wait.
-                while (
-                    not items or (self._held and not isinstance(items[0], _Call))
-                ) and not self._closed:
-                    self._busy = False
-                    cond.notify_all()
-                    if self._settled:
-                        callbacks, state = self._take_settled()
-                        if callbacks:
-                            cond.release()  # callbacks run without the lock
-                            try:
-                                for callback in callbacks:
-                                    callback(state)
-                            finally:
-                                cond.acquire()
-                            continue
-                    cond.wait()
-                if self._closed:
-                    self._busy = False
-                    cond.notify_all()
-                    return
-                item = items.popleft()
-                self._busy = True
-                if not isinstance(item, _Call):
-                    self._messages -= 1
-                    self._bytes -= _size(item)
-            if isinstance(item, _Call):
-                if item.future.set_running_or_notify_cancel():
-                    try:
-                        item.future.set_result(item.fn())
-                    except BaseException as exc:
-                        item.future.set_exception(exc)
-            elif isinstance(item, Request):
-                if self._answer is None:
-                    item.fail(ModuleClosedError(f"module {self.name!r} does not answer requests"))
-                else:
-                    self._answer_request(item)
-            else:
-                try:
-                    self._deliver(item[0], item[1])
-                except Exception:  # the deliver callback reports its own errors
-                    log.exception("module %r: delivery failed unexpectedly", self.name)
-            # Not kept while waiting for the next one: an item may hold its module.
-            del item

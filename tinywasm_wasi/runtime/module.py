@@ -55,7 +55,8 @@ class Health(enum.StrEnum):
 
 
 class WasmModule:
-    """One running version of a module. Its guest is touched only by its mailbox thread."""
+    """One running version of a module. Its guest is touched only by its mailbox's items
+    (on a pool worker, one item at a time)."""
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class WasmModule:
         self.last_error: str | None = None
         self.counters = ModuleCounters()
         # Guest call durations by export (message handler, HTTP export), for /metrics;
-        # each is observed on the module's thread only.
+        # each is observed inside the module's mailbox items only (one at a time).
         interface = compiled.interface
         self._deliver_seconds = Histogram(CALL_BUCKETS)
         self._http_seconds = Histogram(CALL_BUCKETS)
@@ -117,7 +118,12 @@ class WasmModule:
         # During a canary, on the live version: picks the version each bus message goes to.
         self._split: Callable[[], WasmModule | None] | None = None
         self.mailbox = Mailbox(
-            self.name, mailbox_size, self._deliver, self._answer, byte_capacity=mailbox_bytes
+            self.name,
+            mailbox_size,
+            self._deliver,
+            self._answer,
+            byte_capacity=mailbox_bytes,
+            pool=runtime.workers,
         )
 
     # -- life cycle (event loop) -----------------------------------------------------------
@@ -132,7 +138,7 @@ class WasmModule:
             self._state = check_transition(self.name, self._state, state)
 
     async def start(self) -> None:
-        """Instantiate the guest on its thread and run its entry point and `init()`.
+        """Instantiate the guest in its mailbox and run its entry point and `init()`.
 
         Raises ModuleLoadError/GuestTrap; the module is then FAILED and closed.
         """
@@ -159,7 +165,7 @@ class WasmModule:
             guest.start()
             self._check_before_traffic(guest)
         except BaseException:
-            # Closed here, on its thread: the close queued by `_discard` may never run.
+            # Closed here, in its own item: the close queued by `_discard` may never run.
             self._guest = None
             guest.close()
             raise
@@ -280,7 +286,7 @@ class WasmModule:
             if not done.done():
                 done.set_result(idle)
 
-        def settle(idle: bool) -> None:  # on the module thread, or here at once
+        def settle(idle: bool) -> None:  # on a worker, or here at once
             loop.call_soon_threadsafe(set_result, idle)
 
         self.mailbox.on_settled(settle)
@@ -315,11 +321,11 @@ class WasmModule:
         return self.last_error if failed.is_set() else None
 
     def save_state(self) -> bytes | None:
-        """On the module thread: the guest's `save_state()` bytes, or None."""
+        """In a mailbox item: the guest's `save_state()` bytes, or None."""
         return None if self._guest is None else self._guest.save_state()
 
     def restore_state(self, data: bytes) -> str | None:
-        """On the module thread: hand `data` to the guest's `restore_state`.
+        """In a mailbox item: hand `data` to the guest's `restore_state`.
 
         Returns None if it took the state, else why the state was dropped.
         """
@@ -336,11 +342,12 @@ class WasmModule:
             return 0
 
     async def close(self, timeout: float = 5.0) -> int:
-        """Cancel subscriptions, free the instance, stop the thread. Safe to call twice.
+        """Cancel subscriptions, free the instance, leave the worker pool. Safe to call twice.
 
         The close goes ahead of anything still queued (callers drain first); what is
         left is discarded and its count returned. A guest stuck in a call past
-        `timeout` is abandoned to its (daemon) thread.
+        `timeout` is abandoned: its worker finishes the call (the deadline bounds it) and
+        frees the guest's last references.
         """
         if self._state is ModuleState.CLOSED:
             return 0
@@ -355,7 +362,9 @@ class WasmModule:
             pass
         except TimeoutError:
             log.warning(
-                "module %r: still busy after %.1f s; abandoning its thread", self.name, timeout
+                "module %r: still busy after %.1f s; abandoning its running call",
+                self.name,
+                timeout,
             )
         discarded = self.mailbox.close()
         self._detach()
@@ -443,7 +452,7 @@ class WasmModule:
         return messages
 
     async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:
-        """Run `fn` on the module thread, after everything queued before it (or first)."""
+        """Run `fn` in the mailbox (on a worker), after everything queued before it (or first)."""
         return await asyncio.wrap_future(self.mailbox.call(fn, first=first))
 
     def _cancel_subscriptions(self) -> None:
@@ -454,7 +463,7 @@ class WasmModule:
         runs in the same bus step, so it sees exactly what this version was sent."""
         self._effects.cancel_subscriptions(after)
 
-    # -- deliveries (module thread) ---------------------------------------------------------
+    # -- deliveries (in mailbox items) ------------------------------------------------------
 
     def split_messages(self, pick: Callable[[], WasmModule | None] | None) -> None:
         """During a canary: `pick()` names another version for a message (None: this one)."""

@@ -33,6 +33,7 @@ from tinywasm_wasi.policy.pins import FileVerdict, judge_file
 from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.policy.quarantine import Quarantine
 from tinywasm_wasi.policy.rules import ModuleFileName, parse_file_name
+from tinywasm_wasi.policy.scheduling import load_concurrency
 from tinywasm_wasi.policy.swap import Request, RequestKind
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.module import Broadcast, WasmModule
@@ -122,6 +123,9 @@ class ModuleHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[VersionRecord | None]] = set()
         self._stopping = False
+        # Loading a folder and bursts of watched changes: this many operations at once.
+        self.load_concurrency = load_concurrency(runtime.workers.size)
+        self._admitted = asyncio.Semaphore(self.load_concurrency)
 
     # -- read-only views (the web layer uses `view`) --------------------------------------------
 
@@ -265,7 +269,7 @@ class ModuleHost:
                 extra=event_extra(LogEvent.REFUSE, file_name, trigger="startup", error=reason),
             )
         files = [p for p in scan.files if self._placed_here(p)]
-        started = await asyncio.gather(*(self._start_file(p) for p in files))
+        started = await self._start_files(files)
         ready = [m for m in started if m is not None]
         for module in [m for m in ready if m.name in self.modules or m.name in self.arriving]:
             # Handed over by another worker while this one loaded its copy: the handed one
@@ -283,6 +287,20 @@ class ModuleHost:
             directory,
             len(files) - len(ready),
         )
+
+    async def _start_files(self, files: list[Path]) -> list[WasmModule | None]:
+        """Start `files` a few at a time (`load_concurrency` tasks, not one per file), so
+        thousands of files neither flood the loop with tasks nor start thousands at once."""
+        started: list[WasmModule | None] = [None] * len(files)
+        todo = iter(enumerate(files))
+
+        async def starter() -> None:
+            for i, path in todo:  # shared: each file goes to one starter
+                started[i] = await self._start_file(path)
+
+        count = min(self.load_concurrency, len(files))
+        await asyncio.gather(*(starter() for _ in range(count)))
+        return started
 
     def _placed_here(self, path: Path) -> bool:
         if self.placement is None:
@@ -426,6 +444,19 @@ class ModuleHost:
         """Swap `name` to the bytes of `source` (default: its file) in the background."""
         self._submit(name, Request(RequestKind.CHANGE, Trigger(trigger), source))
 
+    async def schedule_admitted(self, name: str, trigger: Trigger | str) -> None:
+        """`schedule`, once fewer than `load_concurrency` admitted swaps run.
+
+        The watcher awaits this for each changed file: a folder that gets thousands of
+        files at once loads them a few at a time, and its later changes wait their turn.
+        """
+        await self._admitted.acquire()
+        task = self._submit(name, Request(RequestKind.CHANGE, Trigger(trigger), None))
+        if task is None:
+            self._admitted.release()
+        else:
+            task.add_done_callback(lambda _task: self._admitted.release())
+
     def _submit(self, name: str, request: Request) -> asyncio.Task[VersionRecord | None] | None:
         if not self.runs_here(name) and name not in self.modules:
             log.debug("module %s: %s left to its owner worker", name, request.kind.value)
@@ -543,7 +574,7 @@ class ModuleHost:
     # -- quarantine --------------------------------------------------------------------------
 
     def _on_faulty(self, module: WasmModule) -> None:
-        """From the module's thread: it trapped too often; take it out on the loop."""
+        """From a mailbox worker: it trapped too often; take it out on the loop."""
         loop = self._loop
         if self._registry.view.modules.get(module.name) is not module:
             return  # a canary: its traps count against its window instead

@@ -45,6 +45,7 @@ from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file, pin_after
 from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
 from tinywasm_wasi.policy.rules import ModuleFileName, RuleError
+from tinywasm_wasi.policy.scheduling import load_concurrency
 from tinywasm_wasi.policy.swap import (
     Action,
     Event,
@@ -128,6 +129,9 @@ class Swapper:
         self._bus = bus
         self._broadcast = broadcast
         self._loader = loader
+        # Versions compiled and started at once, whatever asked for them (start-up, the
+        # watcher, deploys, retries): a burst of thousands does not start thousands at once.
+        self.staging = asyncio.Semaphore(load_concurrency(runtime.workers.size))
         self._registry = registry
         self.settings = settings
         self._on_faulty = on_faulty
@@ -148,10 +152,11 @@ class Swapper:
                 f"the file is over the {self._loader.max_module_size} byte limit for modules "
                 "(raise --max-module-size / TINYWASM_MAX_MODULE_SIZE)"
             )
-        compiled = await asyncio.to_thread(
-            functools.partial(self._runtime.compile_module, name, data, path, sha256=sha256)
-        )
-        return await self.start_compiled(compiled)
+        async with self.staging:
+            compiled = await asyncio.to_thread(
+                functools.partial(self._runtime.compile_module, name, data, path, sha256=sha256)
+            )
+            return await self.start_compiled(compiled)
 
     async def start_compiled(self, compiled: CompiledModule) -> WasmModule:
         s = self.settings
