@@ -19,7 +19,13 @@ waits until every mailbox is idle and reads its memory.
 Targets (issue #6): 100 modules start in ≤ 1 s with a warm cache; an idle small
 module costs ≤ 64 KiB of RSS.
 
+``--drop 2000,10000`` measures instead a running server that gets N module files
+dropped into its watched folder at once: threads, RSS per module and the /healthz
+latency while they load (`bench/scale_drop.py`; ``--checkout DIR`` compares checkouts,
+interleaved). ``--smoke`` runs both parts at tiny sizes.
+
     python -m bench.scale [--sizes 1,100,500] [--record] [--smoke]
+    python -m bench.scale --drop 2000,10000 [--checkout DIR]... [--rounds 1] [--record]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import scale_drop
 from bench.common import (
     Children,
     Machine,
@@ -407,8 +414,30 @@ def main() -> None:
         default="1,100,500",
         help="module counts, comma-separated (default 1,100,500; --smoke: 1,5)",
     )
+    parser.add_argument(
+        "--drop",
+        help="module counts dropped into a running server's folder, e.g. 2000,10000 "
+        "(instead of the start-up table)",
+    )
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        type=Path,
+        help="with --drop: run the server from this checkout (repeat to compare; "
+        "default: this one)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --drop: rounds (default 1)")
     add_common_flags(parser)
     args = parser.parse_args()
+    if args.drop:
+        try:
+            drops = [int(s) for s in args.drop.split(",")]
+        except ValueError:
+            parser.error("--drop must be whole numbers separated by commas, e.g. 2000,10000")
+        if not drops or not all(1 <= n <= 20_000 for n in drops) or args.rounds < 1:
+            parser.error("--drop must be 1..20000 and --rounds at least 1")
+        main_drop(drops, args.checkout or [scale_drop.ROOT], args.rounds, record_it=args.record)
+        return
     try:
         sizes = sorted({int(s) for s in ("1,5" if args.smoke else args.sizes).split(",")})
     except ValueError:
@@ -445,6 +474,8 @@ def main() -> None:
     for line in lines:
         print(line)
     notes += lines
+    if args.smoke:
+        main_drop([20], [scale_drop.ROOT], 1, record_it=False)
     fail_on(problems(runs), "bench.scale")
     if args.record:
         record(
@@ -454,6 +485,27 @@ def main() -> None:
             header=header,
             machine=machine,
             notes="\n".join(notes),
+        )
+
+
+def main_drop(sizes: list[int], checkouts: list[Path], rounds: int, *, record_it: bool) -> None:
+    machine = Machine.detect()
+    print(f"# {machine.describe()}")
+    results = scale_drop.run([c.resolve() for c in checkouts], sizes, rounds)
+    header, rows = scale_drop.table(results)
+    print(markdown_grid(header, rows))
+    lines = scale_drop.verdicts(results)
+    for line in lines:
+        print(line)
+    fail_on(scale_drop.problems(results), "bench.scale --drop")
+    if record_it:
+        record(
+            "scale: module files dropped into a running server's folder",
+            command_line("bench.scale"),
+            rows,
+            header=header,
+            machine=machine,
+            notes="\n".join(lines),
         )
 
 
