@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class StateDir:
         self.path = path
         self._create_parents = create_parents
         self._enabled = True
+        # Made (or found) by this process: history lines are appended without a mkdir each,
+        # a system call that waits for the GIL on the event loop while modules load.
+        self._made = False
 
     @property
     def enabled(self) -> bool:
@@ -52,29 +55,41 @@ class StateDir:
 
     def write(self, name: str, data: bytes) -> bool:
         """Replace file `name` with `data` atomically. False if the folder is off."""
-        name = self._checked(name)
-        if not self._ready():
-            return False
-        try:
-            write_atomically(self.path / name, data)
-        except OSError as exc:
-            self._turn_off(exc)
-            return False
-        return True
+        path = self.path / self._checked(name)
+        return self._in_folder(lambda: write_atomically(path, data))
 
     def append_line(self, name: str, record: Mapping[str, Any]) -> bool:
         """Append `record` as one JSON line to file `name`. False if the folder is off."""
-        name = self._checked(name)
-        if not self._ready():
-            return False
+        path = self.path / self._checked(name)
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
-        try:
-            with open(self.path / name, "a", encoding="utf-8") as f:
+
+        def append() -> None:
+            with open(path, "a", encoding="utf-8") as f:
                 f.write(line)
-        except OSError as exc:
-            self._turn_off(exc)
-            return False
-        return True
+
+        return self._in_folder(append)
+
+    def _in_folder(self, operation: Callable[[], object]) -> bool:
+        """Run `operation` in the folder, made first if need be; False if the folder is off.
+
+        The folder is made once, not before every write. If it went away since, the
+        write fails with FileNotFoundError: it is made again (if it may be) and the
+        write tried once more.
+        """
+        for last in (False, True):
+            if not self._ready():
+                return False
+            try:
+                operation()
+                return True
+            except FileNotFoundError as exc:
+                self._made = False
+                if last:
+                    self._turn_off(exc)
+            except OSError as exc:
+                self._turn_off(exc)
+                return False
+        return False
 
     def read(self, name: str) -> bytes | None:
         """The content of file `name`, or None when it is missing, unreadable or too big."""
@@ -116,6 +131,8 @@ class StateDir:
     def _ready(self) -> bool:
         if not self._enabled:
             return False
+        if self._made:
+            return True
         try:
             self.path.mkdir(parents=self._create_parents, exist_ok=True)
         except OSError as exc:
@@ -124,6 +141,7 @@ class StateDir:
                 return False
             self._turn_off(exc)
             return False
+        self._made = True
         return True
 
     def _turn_off(self, exc: OSError) -> None:

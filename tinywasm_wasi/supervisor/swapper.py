@@ -27,7 +27,6 @@ answer each request exactly once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import time
@@ -42,6 +41,8 @@ from tinywasm_wasi.exceptions import GuestTrap, ModuleClosedError, ModuleLoadErr
 from tinywasm_wasi.policy.canary import Verdict
 from tinywasm_wasi.policy.events import OUTCOME_EVENTS, LogEvent, event_extra
 from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
+from tinywasm_wasi.policy.limits import Limits
+from tinywasm_wasi.policy.module_config import ModuleConfig
 from tinywasm_wasi.policy.pins import FileVerdict, judge_file, pin_after
 from tinywasm_wasi.policy.quarantine import Quarantine, next_backoff
 from tinywasm_wasi.policy.rules import ModuleFileName, RuleError
@@ -152,13 +153,25 @@ class Swapper:
                 f"the file is over the {self._loader.max_module_size} byte limit for modules "
                 "(raise --max-module-size / TINYWASM_MAX_MODULE_SIZE)"
             )
-        async with self.staging:
-            compiled = await asyncio.to_thread(
-                functools.partial(self._runtime.compile_module, name, data, path, sha256=sha256)
-            )
-            return await self.start_compiled(compiled)
+        loader = self._loader
 
-    async def start_compiled(self, compiled: CompiledModule) -> WasmModule:
+        def prepare() -> tuple[CompiledModule, Limits, ModuleConfig]:
+            # Off the loop, with the compile: its limits and config are file reads too, and
+            # each system call on the loop waits for the GIL while modules start.
+            compiled = self._runtime.compile_module(name, data, path, sha256=sha256)
+            return compiled, loader.limits_for(name), loader.config_for(name)
+
+        async with self.staging:
+            compiled, limits, config = await asyncio.to_thread(prepare)
+            return await self.start_compiled(compiled, limits, config)
+
+    async def start_compiled(
+        self,
+        compiled: CompiledModule,
+        limits: Limits | None = None,
+        config: ModuleConfig | None = None,
+    ) -> WasmModule:
+        """Instantiate and start `compiled`, with its limits and config (None: read now)."""
         s = self.settings
         module = WasmModule(
             compiled,
@@ -167,8 +180,8 @@ class Swapper:
             self._broadcast,
             mailbox_size=s.mailbox_size,
             mailbox_bytes=s.mailbox_bytes,
-            limits=self._loader.limits_for(compiled.name),
-            config=self._loader.config_for(compiled.name),
+            limits=limits if limits is not None else self._loader.limits_for(compiled.name),
+            config=config if config is not None else self._loader.config_for(compiled.name),
             quarantine=s.quarantine,
             on_faulty=self._on_faulty,
         )
@@ -357,8 +370,7 @@ class Swapper:
         source: Source | None = a.request.source  # type: ignore[assignment]
         if source is None:  # the module's file, as the folder has it now
             try:
-                found = await asyncio.to_thread(self._loader.find_file, a.name)
-                a.file = file = None if found is None else self._loader.with_rule_txt(found)
+                a.file = file = await asyncio.to_thread(self._locate, a.name)
             except RuleError as exc:
                 a.error, a.data, a.sha = str(exc), b"", EMPTY_SHA256
                 return Event.READ_FAILED
@@ -412,6 +424,11 @@ class Swapper:
                 a.request.trigger.value,
             )
         return Event.READ_SAME
+
+    def _locate(self, name: str) -> ModuleFileName | None:
+        """In a thread: module `name`'s file in the folder, with its rule.txt rule if any."""
+        found = self._loader.find_file(name)
+        return None if found is None else self._loader.with_rule_txt(found)
 
     async def _stage(self, a: Attempt) -> Event:
         assert a.data is not None
