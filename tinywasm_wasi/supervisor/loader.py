@@ -234,9 +234,12 @@ class ModuleLoader:
         if self.directory is None:
             return None
         try:
-            files = [p.name for p in self.directory.iterdir() if is_module_file(p)]
+            entries = os.listdir(self.directory)
         except OSError:
             return None
+        # Every file of module `name` has the name in it: parse only those, so a burst of
+        # N new files costs N cheap listings, not N² name parses holding the GIL.
+        files = [e for e in entries if name in e and is_module_file(Path(e))]
         found = group_by_module(files).get(name)
         return found[0] if found else None
 
