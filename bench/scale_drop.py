@@ -278,5 +278,7 @@ def run(checkouts: list[Path], sizes: list[int], rounds: int) -> list[DropResult
             for checkout in checkouts:
                 print(f"# {checkout.name}: {count} modules dropped ...", flush=True)
                 timeout = max(60.0, count * 0.1)
-                results.append(drop(checkout, count, timeout))
+                result = drop(checkout, count, timeout)
+                results.append(result)
+                print("# " + " | ".join(table([result])[1][0]), flush=True)
     return results

@@ -56,6 +56,7 @@ __all__ = ["ModuleHost", "is_module_file"]
 log = logging.getLogger("tinywasm.host")
 
 CLOSE_MARGIN = 0.5  # seconds stop() allows past --drain-timeout to close every module
+CLOSE_EACH = 0.005  # and this much more per module and worker thread (closes take turns)
 
 
 class ModuleHost:
@@ -608,7 +609,8 @@ class ModuleHost:
     async def stop(self) -> None:
         """Finish running swaps, let traffic settle, drain and close every module.
 
-        The whole stop takes at most --drain-timeout, plus a short margin to close;
+        The whole stop takes at most --drain-timeout, plus a short margin to close (0.5 s,
+        and 5 ms per module per worker thread: the closes take turns on the pool);
         a module still busy then is closed with what it had queued (logged).
         """
         self._stopping = True
@@ -626,7 +628,9 @@ class ModuleHost:
         await self.quiesce(max(0.0, deadline - time.monotonic()))
         left = max(0.0, deadline - time.monotonic())
         results = await asyncio.gather(*(m.drain(left) for m in modules))
-        discarded = await asyncio.gather(*(m.close(timeout=CLOSE_MARGIN) for m in modules))
+        # The closes take turns on the worker pool: the margin grows with the modules.
+        margin = CLOSE_MARGIN + len(modules) * CLOSE_EACH / self.runtime.workers.size
+        discarded = await asyncio.gather(*(m.close(timeout=margin) for m in modules))
         for module, idle, lost in zip(modules, results, discarded, strict=True):
             if not idle:
                 log.warning(
