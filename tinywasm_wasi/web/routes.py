@@ -115,7 +115,7 @@ def add_module_routes(
         name = request.match_info["name"]
         if not view.known(name):
             raise _not_found(
-                request,
+                app,
                 f"no module named {name!r}",
                 modules=sorted({*host.modules, *host.quarantined, *host.refused}),
             )
@@ -133,7 +133,7 @@ def add_module_routes(
         name = request.match_info["name"]
         if name not in host.modules and host.find_file(name) is None:
             raise _not_found(
-                request,
+                request.app,
                 f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
                 "in the modules folder",
                 modules=sorted(host.modules),
@@ -281,7 +281,7 @@ def add_api_fallback(app: web.Application) -> None:
                 status=405,
                 headers={hdrs.ALLOW: ", ".join(allowed)},
             )
-        raise _not_found(request, f"no API endpoint {request.method} {request.path}")
+        raise _not_found(request.app, f"no API endpoint {request.method} {request.path}")
 
     app.router.add_route("*", "/api", unknown_api)
     app.router.add_route("*", "/api/{tail:.*}", unknown_api)
@@ -304,11 +304,11 @@ def _same_shape(pattern: str, path: str) -> bool:
     )
 
 
-def _not_found(request: web.Request, error: str, **extra: object) -> web.HTTPNotFound:
+def _not_found(app: web.Application, error: str, **extra: object) -> web.HTTPNotFound:
     body = {
         "error": error,
         **extra,
-        "endpoints": [f"{method} {path}" for method, path in _api_endpoints(request.app)]
+        "endpoints": [f"{method} {path}" for method, path in _api_endpoints(app)]
         + ["GET /healthz[?strict]", "GET /metrics"],
     }
     return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
