@@ -98,8 +98,16 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
                 f"{heir} to start {name}",
                 timeout=60,
             )
+        # Both survivors agree: the victim is gone, and who runs what now.
+        expected = {n: [moved.get(n, w)] for n, w in placed.items()}
+
+        async def survivors_agree() -> bool:
+            seen = await fleets(http, base, 2)
+            return all(f["live"] == list(survivors) and runs(f) == expected for f in seen.values())
+
+        await eventually(survivors_agree, "the survivors to agree on the fleet", timeout=30)
         for survivor in survivors:
-            assert cluster.count(rf"\[{survivor}\] .*worker\(s\) {victim} silent") == 1
+            assert cluster.count(rf"\[{survivor}\] .*worker\(s\) [w0-9, ]*\b{victim}\b") >= 1
         # It answers from the survivors, and their browsers never noticed.
         for worker, (status, text) in (
             await answers_by_worker(http, f"{base}/m/echo", workers=2)
@@ -108,11 +116,6 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
         live = {w: sockets[w] for w in survivors}
         assert not any(ws.closed for ws in live.values())
         await chat_works(live, "while it is gone")
-        after = await fleets(http, base, 2)
-        expected = {n: [moved.get(n, w)] for n, w in placed.items()}
-        for worker, fleet in after.items():
-            assert fleet["live"] == list(survivors), worker
-            assert runs(fleet) == expected, worker
     finally:
         os.kill(supervisor, signal.SIGCONT)
 

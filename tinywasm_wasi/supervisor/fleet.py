@@ -48,6 +48,7 @@ __all__ = ["BEAT_PREFIX", "Fleet"]
 log = logging.getLogger("tinywasm.fleet")
 
 BEAT_PREFIX = "tw.hb."  # a worker's beats go on tw.hb.<worker>
+SUBSCRIBE_TIMEOUT = 2.0  # seconds a started module's subscriptions may take to reach NATS
 LEAVE_MARGIN = 1.0  # seconds leave() allows past --drain-timeout for a move under way
 
 
@@ -239,6 +240,8 @@ class Fleet:
                 await self._host.swap(name, Trigger.PLACEMENT)
                 if name in self._host.modules:
                     self.taken_over += 1
+                    # Its subscriptions reach the NATS server before the beat says it runs.
+                    await self._link.subscribed(SUBSCRIBE_TIMEOUT)
             else:
                 to = self._host.placement.owner(name) if self._host.placement else None
                 moved = (
