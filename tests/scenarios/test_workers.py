@@ -9,6 +9,7 @@ so the test opens connections until it has one on each.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -85,6 +86,18 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
         lambda: cluster.count(rf"\[{chat_owner}\] serving") >= 2, "the restart", timeout=START
     )
     back_in = time.monotonic() - killed
+
+    async def chat_back_on_its_owner() -> bool:  # the survivor ran it meanwhile
+        answers = await answers_by_worker(http, f"{base}/api/modules")
+        return all(
+            json.loads(text)["fleet"]["workers"][chat_owner]["owned"].count("chat") == 1
+            and "chat" not in json.loads(text)["fleet"]["workers"][other]["owned"]
+            for other in names
+            if other != chat_owner
+            for _status, text in answers.values()
+        )
+
+    await eventually(chat_back_on_its_owner, "chat back on its owner", timeout=60)
     assert cluster.count(rf"worker {chat_owner} \(pid {pid}\) died with signal 9") == 1
     survivor_name = next(w for w in names if w != chat_owner)
     survivor = sockets[survivor_name]
