@@ -163,15 +163,22 @@ class Fleet:
 
     async def _run(self) -> None:
         connected = True
+        last = self._clock()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat):
                     await self._dirty.wait()
-            now = self._clock()
+            now, waited = self._clock(), self._clock() - last
+            last = now
             if not self._link.connected:
                 connected = False
                 continue  # nobody is heard while NATS is away: nobody is declared dead
-            if not connected:
+            if not connected or waited > self.table.timeout / 2:
+                # Back from an outage, or this worker itself was stalled (its loop
+                # starved of CPU): the others' beats may wait unread in the socket, so
+                # their silence proves nothing yet. Every timeout starts again.
+                if connected:
+                    log.info("this worker was stalled for %.2f s: timeouts start again", waited)
                 connected = True
                 self.table.resume(now)
             before = self.table.live()
