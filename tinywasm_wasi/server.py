@@ -70,6 +70,7 @@ from tinywasm_wasi.web.metrics import (
     metrics_handler,
     new_registry,
 )
+from tinywasm_wasi.web.relay import RELAY_ACTIONS, AdminRelay
 from tinywasm_wasi.web.release import add_release_routes
 from tinywasm_wasi.web.routes import add_api_fallback, add_module_routes, add_static_routes
 from tinywasm_wasi.web.sysfeed import SystemFeed
@@ -104,6 +105,7 @@ NATS = web.AppKey("nats", NatsLink)
 FLEET = web.AppKey("fleet", Fleet)
 _BRIDGE = web.AppKey("bridge", LoopBridge)
 _FORWARDER = web.AppKey("forwarder", NatsForwarder)
+_RELAY = web.AppKey("relay", AdminRelay)
 _DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 HANDOVER = web.AppKey("handover", HandoverService)
 ARRIVAL_TIMEOUT = 60.0  # seconds a restarting worker waits for its modules to come back
@@ -188,10 +190,11 @@ def create_app(config: Config) -> web.Application:
     app[STATE] = state
     if link is not None:
         app[NATS] = link
-    fleet = None
+    fleet = relay = None
     if placement is not None and link is not None:
         fleet = Fleet(link, host, placement.me, expected=frozenset(placement.workers))
         app[FLEET] = fleet
+        relay = app[_RELAY] = AdminRelay(link, placement.me)
 
     if config.admin_token is None and not is_local_host(config.host):
         log.warning(
@@ -223,6 +226,7 @@ def create_app(config: Config) -> web.Application:
         hub,
         nats=link,
         fleet=(lambda: _fleet_view(app)) if fleet is not None else None,
+        relay=relay,
         admin=admin,
         status_private=config.status_private,
     )
@@ -319,6 +323,9 @@ async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
         handover = app.get(HANDOVER)
         if handover is not None:
             await handover.start()
+        relay = app.get(_RELAY)
+        if relay is not None:
+            await relay.serve(app[RELAY_ACTIONS])
     try:
         yield
     finally:

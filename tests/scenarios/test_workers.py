@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.scenarios.cluster import (
+    PICK_TRIES,
     START,
     Cluster,
     ClusterFactory,
@@ -35,6 +36,8 @@ from tests.scenarios.cluster import (
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.server import WORKER_HEADER
+from tinywasm_wasi.web.relay import OWNER_HEADER
 
 __all__ = ["cluster", "http", "start_cluster"]  # fixtures, used by name
 
@@ -42,6 +45,24 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
 ]
+
+
+async def admin_by_worker(
+    http: aiohttp.ClientSession, url: str
+) -> dict[str, tuple[int, str | None, str]]:
+    """POST `url` on new connections until both workers answered: status, owner, body."""
+    seen: dict[str, tuple[int, str | None, str]] = {}
+    for _ in range(PICK_TRIES):
+        async with http.post(url) as response:
+            owner_header = response.headers.get(OWNER_HEADER)
+            seen[response.headers[WORKER_HEADER]] = (
+                response.status,
+                owner_header,
+                await response.text(),
+            )
+        if len(seen) == 2:
+            return seen
+    raise AssertionError(f"{PICK_TRIES} requests all went to {list(seen)}")
 
 
 async def test_two_workers_share_the_port_the_chat_and_the_modules(
@@ -69,13 +90,15 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
         assert ("echo" in loaded) is (worker == echo_owner), (worker, loaded)
         assert ("chat" in loaded) is (worker == chat_owner), (worker, loaded)
 
-    # Reload is the owner's: another worker says which one (421).
-    reloads = await answers_by_worker(http, f"{base}/api/modules/echo/reload", "POST")
-    for worker, (status, text) in reloads.items():
-        if worker == echo_owner:
-            assert status == 200, text
-        else:
-            assert status == 421 and f"runs on worker {echo_owner}" in text, text
+    # Reload and rollback are the owner's: another worker relays them to it over NATS
+    # and sends its answer on, naming it in X-Tinywasm-Owner.
+    for action, expected in (("reload", 200), ("rollback", 409)):
+        relayed = await admin_by_worker(http, f"{base}/api/modules/echo/{action}")
+        for worker, (status, ran_on, text) in relayed.items():
+            assert status == expected, (action, worker, text)
+            assert ran_on == (None if worker == echo_owner else echo_owner), (action, worker)
+        if action == "rollback":
+            assert all("no previous good version" in t for _s, _o, t in relayed.values())
 
     # kill -9 the chat owner: the supervisor restarts it; the other worker's browser
     # stays connected and gets the chat again once the owner is back.

@@ -24,6 +24,7 @@ from tinywasm_wasi.policy.topic_history import parse_position
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
 from tinywasm_wasi.web.hub import Hub
+from tinywasm_wasi.web.relay import RELAY_ACTIONS, Action, AdminRelay, Here
 from tinywasm_wasi.web.status import StatusView
 
 __all__ = ["add_api_fallback", "add_module_routes", "add_static_routes"]
@@ -81,6 +82,7 @@ def add_module_routes(
     *,
     nats: NatsLink | None = None,
     fleet: Callable[[], dict[str, Any]] | None = None,
+    relay: AdminRelay | None = None,
     admin: AdminGuard | None = None,
     status_private: bool = False,
 ) -> StatusView:
@@ -92,7 +94,9 @@ def add_module_routes(
     stays public, for load balancers). With `nats`, /healthz says ``degraded``
     while the NATS connection is down (local traffic still flows: the answer
     stays 200), and /api/modules carries the link's counters. With `fleet` (one of
-    several workers), /api/modules carries the fleet: live workers and who runs what. Returns the
+    several workers), /api/modules carries the fleet: live workers and who runs what;
+    with `relay`, reload, rollback and unpin of a module another worker runs are
+    carried out there (`app[RELAY_ACTIONS]` is what this worker serves). Returns the
     `StatusView` the routes read; `add_api_fallback` answers the other paths.
     """
     if admin is None:
@@ -112,7 +116,9 @@ def add_module_routes(
         return answer(view.overview())
 
     def known(request: web.Request) -> str:
-        name = request.match_info["name"]
+        return known_name(request.match_info["name"])
+
+    def known_name(name: str) -> str:
         if not view.known(name):
             raise _not_found(
                 app,
@@ -129,6 +135,10 @@ def add_module_routes(
         records = host.histories[name].records if name in host.histories else []
         return answer({"name": name, "history": [r.to_json() for r in records]})
 
+    def elsewhere(name: str) -> str | None:
+        """The worker that runs `name` when it is not this one (with --workers N)."""
+        return host.remote_owner(name)
+
     async def reload(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in host.modules and host.find_file(name) is None:
@@ -138,15 +148,19 @@ def add_module_routes(
                 "in the modules folder",
                 modules=sorted(host.modules),
             )
-        owner = host.remote_owner(name)
+        owner = elsewhere(name)
         if owner is not None:
-            assert host.placement is not None  # there is a remote owner only with placement
-            raise web.HTTPMisdirectedRequest(
-                text=f"module {name!r} runs on worker {owner}, not on "
-                f"this one ({host.placement.me}): it reloads on its owner, which watches the "
-                "same folder; retry until the answer comes from that worker "
-                "(the X-Tinywasm-Worker header)\n"
-            )
+            if relay is None:
+                assert host.placement is not None  # a remote owner only with placement
+                raise web.HTTPMisdirectedRequest(
+                    text=f"module {name!r} runs on worker {owner}, not on this one "
+                    f"({host.placement.me}): retry until the answer comes from that worker "
+                    "(the X-Tinywasm-Worker header)\n"
+                )
+            return await relay.ask(owner, Action.RELOAD, name)
+        return await reload_here(name)
+
+    async def reload_here(name: str) -> web.Response:
         record = await host.swap(name, "api")
         return answer(
             {
@@ -157,7 +171,10 @@ def add_module_routes(
         )
 
     async def rollback(request: web.Request) -> web.Response:
-        name = known(request)
+        return await relayed(request, Action.ROLLBACK, rollback_here)
+
+    async def rollback_here(name: str) -> web.Response:
+        name = known_name(name)
         try:
             record = await host.rollback(name)
         except ModuleLoadError as exc:
@@ -168,12 +185,30 @@ def add_module_routes(
         return answer({"name": name, "result": record.to_json() if record else None})
 
     async def unpin(request: web.Request) -> web.Response:
-        name = known(request)
+        return await relayed(request, Action.UNPIN, unpin_here)
+
+    async def unpin_here(name: str) -> web.Response:
+        name = known_name(name)
         try:
             record = await host.unpin(name)
         except ModuleLoadError as exc:
             raise web.HTTPConflict(text=f"{paths.public().text(str(exc))}\n") from None
         return answer({"name": name, "result": record.to_json() if record else None})
+
+    async def relayed(request: web.Request, action: Action, here: Here) -> web.Response:
+        """`here(name)`, on the worker that runs the module (relayed there if need be)."""
+        name = request.match_info["name"]
+        owner = elsewhere(name) if relay is not None else None
+        if relay is not None and owner is not None:
+            return await relay.ask(owner, action, name)
+        return await here(name)
+
+    if relay is not None:
+        app[RELAY_ACTIONS] = {
+            Action.RELOAD: reload_here,
+            Action.ROLLBACK: rollback_here,
+            Action.UNPIN: unpin_here,
+        }
 
     async def get_inbound(_request: web.Request) -> web.Response:
         return web.json_response({"inbound": list(hub.inbound)})
