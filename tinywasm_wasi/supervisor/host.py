@@ -155,6 +155,11 @@ class ModuleHost:
         return self._registry.view.histories
 
     @property
+    def changes(self) -> int:
+        """Grows on every change to modules, refusals, quarantines or history (see Registry)."""
+        return self._registry.view.changes
+
+    @property
     def directory(self) -> Path | None:
         return self.loader.directory
 

@@ -47,6 +47,12 @@ class RegistryView:
         self.outcomes: Mapping[tuple[str, Outcome], int] = MappingProxyType(registry._outcomes)
         self.swap_seconds: Mapping[str, Histogram] = MappingProxyType(registry._swap_seconds)
 
+    @property
+    def changes(self) -> int:
+        """A count that grows on every change to the modules, refusals, quarantines or
+        history: what was computed from them at the same count still holds."""
+        return self._registry._changes
+
     def middlewares(self) -> list[WasmModule]:
         """Live middleware modules, in the order they run (see `policy/rules.py`)."""
         found = [(m.file.order_key, m) for m in self.modules.values() if m.file and m.file.rule]
@@ -73,19 +79,23 @@ class Registry:
         self._canaries: dict[str, CanaryRun] = {}
         self._outcomes: dict[tuple[str, Outcome], int] = {}
         self._swap_seconds: dict[str, Histogram] = {}
+        self._changes = 0  # see RegistryView.changes
         self.view = RegistryView(self)
 
     # -- live versions -----------------------------------------------------------------------
 
     def put(self, module: WasmModule) -> None:
         """`module` serves its name: a refusal recorded before is no longer current."""
+        self._changes += 1
         self._modules[module.name] = module
         self._refused.pop(module.name, None)
 
     def pop(self, name: str) -> WasmModule:
+        self._changes += 1
         return self._modules.pop(name)
 
     def clear(self) -> None:
+        self._changes += 1
         self._modules.clear()
 
     # -- canaries -----------------------------------------------------------------------------
@@ -99,14 +109,17 @@ class Registry:
     # -- refusals ------------------------------------------------------------------------------
 
     def refuse(self, name: str, reason: str) -> None:
+        self._changes += 1
         self._refused[name] = reason
 
     def accept(self, name: str) -> None:
+        self._changes += 1
         self._refused.pop(name, None)
 
     # -- quarantine ----------------------------------------------------------------------------
 
     def quarantine(self, name: str, entry: Quarantine[CompiledModule]) -> None:
+        self._changes += 1
         self._quarantined[name] = entry
 
     def previous_quarantine(self, name: str) -> Quarantine[CompiledModule] | None:
@@ -115,6 +128,7 @@ class Registry:
 
     def end_quarantine(self, name: str, *, remember: bool) -> None:
         """Take `name` off the quarantine list; `remember` keeps it to judge a relapse."""
+        self._changes += 1
         entry = self._quarantined.pop(name, None)
         if remember and entry is not None:
             self._last_quarantine[name] = entry
@@ -122,6 +136,7 @@ class Registry:
     # -- history -------------------------------------------------------------------------------
 
     def record(self, name: str, record: VersionRecord, data: bytes | None = None) -> None:
+        self._changes += 1
         self._histories.setdefault(name, ModuleHistory()).add(record, data)
         key = (name, record.outcome)
         self._outcomes[key] = self._outcomes.get(key, 0) + 1
@@ -142,6 +157,7 @@ class Registry:
         state = self._state
         if state is None:
             return 0
+        self._changes += 1
         count = 0
         for line in state.read_lines(HISTORY_FILE):
             name = line.get("module")

@@ -398,8 +398,10 @@ def add_dispatch_routes(
     With `forward`, a request for a module another worker owns goes to that worker.
     """
     dispatcher = Dispatcher(registry, config, forward)
-    app.router.add_route("*", "/m", dispatcher.index)
-    app.router.add_route("*", "/m/", dispatcher.index)
+    # The module routes first: aiohttp tries the resources under "/m" in the order they
+    # were added, so a request for /m/<name> does not try the index first.
     app.router.add_route("*", "/m/{name}", dispatcher.handle)
     app.router.add_route("*", "/m/{name}/{rest:.*}", dispatcher.handle)
+    app.router.add_route("*", "/m", dispatcher.index)
+    app.router.add_route("*", "/m/", dispatcher.index)
     return dispatcher

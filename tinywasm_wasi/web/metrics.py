@@ -5,7 +5,7 @@ Nothing here runs per message. `ServerCollector` is a prometheus-client
 trap codes and call-duration histograms, the registry's swap outcomes and swap
 durations, the hub's and the bus's counters, the dispatcher's middleware
 short-circuits and `HttpStats` (the one thing counted per request, by the
-`access_counter` aiohttp calls after each response: a dict increment and a
+`access_counter` aiohttp calls after each response: a dict lookup and a
 bucket increment). The
 process, platform and garbage-collector collectors are prometheus-client's own.
 
@@ -53,31 +53,32 @@ UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
 
 
 class HttpStats:
-    """Requests by (route, status) and latency by route, counted on the event loop.
+    """Requests and their latency by (route, status), counted on the event loop.
 
-    Keyed by aiohttp's route object (hashing it is cheaper than building its
-    pattern text per request); `requests()` and `seconds()` name the routes.
+    One histogram per (route, status): its count is the request count, so a
+    request costs one dict lookup and one observe. Keyed by aiohttp's route object
+    (hashing it is cheaper than building its pattern text per request);
+    `requests()` and `seconds()` name the routes and add up at scrape time.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[AbstractRoute | None, int], int] = {}
-        self.histograms: dict[AbstractRoute | None, Histogram] = {}
+        self.histograms: dict[tuple[AbstractRoute | None, int], Histogram] = {}
 
     def requests(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
-        for (route, status), count in list(self.counts.items()):
+        for (route, status), histogram in list(self.histograms.items()):
             key = (_route_name(route), status)
-            out[key] = out.get(key, 0) + count
+            out[key] = out.get(key, 0) + histogram.count
         return out
 
     def seconds(self) -> list[tuple[str, Histogram]]:
+        """Latency by route; a WebSocket's (status 101) is its connection's life: left out."""
         out: dict[str, Histogram] = {}
-        for route, histogram in list(self.histograms.items()):
+        for (route, status), histogram in list(self.histograms.items()):
+            if status == 101:
+                continue
             name = _route_name(route)
-            if name in out:
-                out[name] = out[name].merged(histogram)
-            else:
-                out[name] = histogram
+            out[name] = out[name].merged(histogram) if name in out else histogram
         return list(out.items())
 
 
@@ -91,11 +92,11 @@ def access_counter(stats: HttpStats) -> type[AbstractAccessLogger]:
 
     aiohttp times every request anyway and calls the access logger once the response
     is sent, so counting there adds no handler layer to the request path (an aiohttp
-    middleware cost about 25 µs of server CPU per request in bench.http). A WebSocket
-    (status 101) is counted but its duration, the connection's life, is not observed.
+    middleware cost about 25 µs of server CPU per request in bench.http; this costs
+    about 2 µs on the same machine).
     """
 
-    counts, histograms = stats.counts, stats.histograms
+    histograms = stats.histograms
 
     class AccessCounter(AbstractAccessLogger):
         @property
@@ -106,17 +107,14 @@ def access_counter(stats: HttpStats) -> type[AbstractAccessLogger]:
             # No match info: a request aiohttp refused before routing (a malformed one);
             # the public `match_info` asserts there is one, so read the attribute.
             info = getattr(request, "_match_info", None)
-            route = info.route if info is not None else None
+            route = None if info is None else info.route
             if route is not None and route.resource is None:
                 route = None  # a 404 or 405: aiohttp makes a new route object for each
-            status = response.status
-            key = (route, status)
-            counts[key] = counts.get(key, 0) + 1
-            if status != 101:
-                histogram = histograms.get(route)
-                if histogram is None:
-                    histogram = histograms[route] = Histogram(REQUEST_BUCKETS)
-                histogram.observe(time)
+            key = (route, response.status)
+            histogram = histograms.get(key)
+            if histogram is None:
+                histogram = histograms[key] = Histogram(REQUEST_BUCKETS)
+            histogram.observe(time)
 
     return AccessCounter
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from bus.nats import NatsLink
 from tinywasm_wasi.policy.history import iso_time
+from tinywasm_wasi.policy.public_paths import PublicPaths
 from tinywasm_wasi.policy.status import Problem, file_difference, problems
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.hub import Hub
@@ -23,7 +24,13 @@ __all__ = ["StatusView"]
 
 
 class StatusView:
-    """Read-only answers about the modules, built per request."""
+    """Read-only answers about the modules, built per request.
+
+    The problem list is computed again only when the registry changed (a load,
+    swap, refusal, quarantine or history record): /healthz is polled by load
+    balancers, and walking every module's history per poll cost more than the
+    rest of the answer.
+    """
 
     def __init__(
         self,
@@ -36,6 +43,8 @@ class StatusView:
         self._hub = hub
         self._nats = nats
         self._fleet = fleet  # with several workers: who is live and runs what
+        self._problems_at = -1  # the registry's change count the cache holds for
+        self._problems: dict[PublicPaths | None, list[dict[str, Any]]] = {}
 
     def problems(self) -> list[Problem]:
         host = self._host
@@ -44,14 +53,35 @@ class StatusView:
             {name: q.error for name, q in host.quarantined.items()}, dict(host.refused), last
         )
 
-    def health(self) -> dict[str, Any]:
-        """`/healthz`: ok or degraded, and what is wrong."""
-        found = self.problems()
+    def problems_json(self, public: PublicPaths | None = None) -> list[dict[str, Any]]:
+        """`problems()` as JSON, passed through `public` (paths made relative); cached
+        until the registry changes. The list is shared: do not change it."""
+        changes = self._host.changes
+        if changes != self._problems_at:
+            self._problems.clear()
+            self._problems_at = changes
+        found = self._problems.get(public)
+        if found is None:
+            found = [p.to_json() for p in self.problems()]
+            if public is not None:
+                found = public.json(found)
+            if len(self._problems) >= 4:  # one folder's PublicPaths at a time, in practice
+                self._problems.clear()
+            self._problems[public] = found
+        return found
+
+    def health(self, public: PublicPaths | None = None) -> dict[str, Any]:
+        """`/healthz`: ok or degraded, and what is wrong.
+
+        With `public`, the problems' texts went through it and every other value is a
+        fixed word or a number: the answer needs no further rewriting.
+        """
+        found = self.problems_json(public)
         body: dict[str, Any] = {
             "status": "degraded" if found else "ok",
             "modules": len(self._host.live()),
             "clients": self._hub.clients,
-            "problems": [p.to_json() for p in found],
+            "problems": found,
         }
         nats = self._nats
         if nats is not None:
@@ -78,7 +108,7 @@ class StatusView:
             "modules": [self._with_pin(m.snapshot()) for m in host.modules.values()]
             + [self._with_pin(q.to_json()) for q in host.quarantined.values()],
             "refused": dict(host.refused),
-            "problems": [p.to_json() for p in self.problems()],
+            "problems": self.problems_json(),
             "bus": {
                 "published": stats.published,
                 "delivered": stats.delivered,
