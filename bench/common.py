@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import http.client
+import json
 import multiprocessing
 import os
 import platform
 import shlex
+import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -406,3 +410,84 @@ def record(
         section += [notes.strip(), ""]
     existing = path.read_text(encoding="utf-8") if path.exists() else HEADER
     path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(section), encoding="utf-8")
+
+
+# -- another checkout's server ---------------------------------------------------------------
+
+CHECKOUT_START_TIMEOUT = 30.0  # seconds for a checkout's server to answer /healthz
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CheckoutServer:
+    """A tinywasm server process from `checkout` (with its own ``.venv`` if it has one),
+    for the length of a `with`: to measure another version beside this one, interleaved.
+    `options` are more command-line options for it."""
+
+    def __init__(self, checkout: Path, modules: Path, options: Sequence[str] = ()) -> None:
+        venv_python = checkout / ".venv" / "bin" / "python"
+        self.python = str(venv_python) if venv_python.is_file() else sys.executable
+        self.checkout = checkout
+        self.modules = modules
+        self.port = _free_port()
+        self.options = list(options)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> CheckoutServer:
+        env = {
+            **os.environ,
+            "TINYWASM_SERVER": "wasi",
+            "PYTHONPATH": str(self.checkout),
+        }
+        self.proc = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "cmd.tinywasm",
+                "--port",
+                str(self.port),
+                "--modules-dir",
+                str(self.modules),
+                "--no-watch",
+                "--cache-dir",
+                "off",
+                "--log-level",
+                "WARNING",
+                *self.options,
+            ],
+            cwd=self.checkout,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + CHECKOUT_START_TIMEOUT
+        while True:
+            try:
+                self.healthz(http.client.HTTPConnection("127.0.0.1", self.port, timeout=5))
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server on port {self.port} did not start") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @staticmethod
+    def healthz(conn: http.client.HTTPConnection) -> int:
+        """One /healthz; returns the client count."""
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"/healthz answered {resp.status}")
+        return int(json.loads(body)["clients"])

@@ -17,9 +17,18 @@ Python aiohttp clients in separate processes; the table says which.
 
     python -m bench.http [--seconds S] [--connections 1,50] [--middlewares]
                          [--loops asyncio,uvloop] [--record] [--smoke]
+                         [--checkout DIR --checkout DIR ... [--rounds N]]
 
 Each route is measured once per event loop of ``--loops`` (the server's own
 loop: asyncio's default, then uvloop's), one after the other in the same run.
+
+**Before and after.** With ``--checkout DIR`` (repeat it; ``.`` is this one), one
+server per checkout runs as its own process (with that checkout's ``.venv`` if it
+has one), all at once, and wrk loads them in turn: every round, every route, every
+checkout, the order rotating each round, so the machine's load falls on all of
+them alike. Server CPU per request is read from each server's ``/proc``. The
+summary gives each checkout's median and the median of its per-round ratios to
+the first checkout: on a shared machine, compare only within such a run.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ import asyncio
 import json
 import logging
 import shutil
+import statistics
 import tempfile
 import time
 from array import array
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +50,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
+    CheckoutServer,
     Children,
     Machine,
     add_common_flags,
@@ -47,6 +59,7 @@ from bench.common import (
     fail_on,
     markdown_grid,
     percentile,
+    process_cpu_s,
     record,
     run_on,
 )
@@ -260,6 +273,76 @@ async def run(
     return measured
 
 
+# -- checkouts, interleaved ------------------------------------------------------------------
+
+
+async def run_checkouts(
+    checkouts: list[Path],
+    directory: Path,
+    routes: list[str],
+    connections: int,
+    seconds: int,
+    rounds: int,
+    wrk_binary: str,
+    loop: str,
+) -> dict[tuple[str, str], list[float]]:
+    """µs of server CPU per request by (route, checkout name), one value per round."""
+    option = ["--uvloop", "on" if loop == "uvloop" else "off"]
+    out: dict[tuple[str, str], list[float]] = {}
+    with ExitStack() as stack:
+        servers = [stack.enter_context(CheckoutServer(c, directory, option)) for c in checkouts]
+        for server in servers:
+            await _check(f"http://127.0.0.1:{server.port}", routes)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+            script.write(WRK_SCRIPT)
+            script.flush()
+            for r in range(rounds):
+                turn = servers[r % len(servers) :] + servers[: r % len(servers)]
+                for route in routes:
+                    for server in turn:
+                        assert server.proc is not None
+                        url = f"http://127.0.0.1:{server.port}{route}"
+                        cpu_begun = process_cpu_s(server.proc.pid)
+                        load = await wrk(wrk_binary, url, connections, seconds, Path(script.name))
+                        cpu = process_cpu_s(server.proc.pid) - cpu_begun
+                        if load.errors or load.non_2xx:
+                            raise RuntimeError(
+                                f"{server.checkout.name} {route}: {load.errors} errors, "
+                                f"{load.non_2xx} non-2xx"
+                            )
+                        us = cpu / max(1, load.requests) * 1e6
+                        out.setdefault((route, server.checkout.name), []).append(us)
+                        print(f"# {loop} round {r + 1} {route} {server.checkout.name}: {us:.0f} µs")
+    return out
+
+
+CHECKOUT_HEADER = ["loop", "route", "checkout", "µs per request (each round)", "median",
+                   "vs the first (median of rounds)"]  # fmt: skip
+
+
+def checkout_rows(
+    loop: str, checkouts: list[Path], routes: list[str], cpu: dict[tuple[str, str], list[float]]
+) -> list[list[str]]:
+    table = []
+    first = checkouts[0].name
+    for route in routes:
+        base = cpu[(route, first)]
+        for checkout in checkouts:
+            values = cpu[(route, checkout.name)]
+            ratios = [v / b - 1 for v, b in zip(values, base, strict=True)]
+            table.append(
+                [
+                    loop,
+                    f"GET {route}",
+                    checkout.name,
+                    " ".join(f"{v:.0f}" for v in values),
+                    f"{statistics.median(values):.1f}",
+                    "" if checkout.name == first else f"{statistics.median(ratios):+.1%}",
+                ]
+            )
+    return table
+
+
 # -- report ---------------------------------------------------------------------------------
 
 HEADER = [
@@ -327,10 +410,21 @@ def main() -> None:
     parser.add_argument(
         "--python-clients", action="store_true", help="use the Python clients even if wrk exists"
     )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        action="append",
+        help="run the server from this checkout, as its own process (repeat to compare; "
+        "'.' is this one); the first is the reference",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --checkout: rounds of every route (3)"
+    )
     add_common_flags(parser)
     args = parser.parse_args()
     if args.smoke:
         args.seconds = 1
+        args.rounds = 1
     if not 1 <= args.seconds <= 120:
         parser.error("--seconds must be 1..120")
     wrk_binary = None if args.python_clients else shutil.which("wrk")
@@ -339,6 +433,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     machine = Machine.detect()
     print(f"# {machine.describe()}\n# load generator: {loader}")
+    if args.checkout:
+        compare_checkouts(args, wrk_binary, machine)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         directory = Path(tmp)
         prepare_modules(directory, args.middlewares)
@@ -368,6 +465,41 @@ def main() -> None:
             header=HEADER,
             notes=f"Load generator: {loader}, {args.seconds:g} s per row, keep-alive. "
             "/healthz is a plain aiohttp handler of the same server, with no module call.",
+        )
+
+
+def compare_checkouts(args: argparse.Namespace, wrk_binary: str | None, machine: Machine) -> None:
+    """``--checkout``: every checkout's server up at once, loaded in turn (see the top)."""
+    if wrk_binary is None:
+        raise SystemExit("error: --checkout needs wrk on PATH (apt-get install wrk)")
+    checkouts = [c.resolve() for c in args.checkout]
+    names = [c.name for c in checkouts]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: the checkouts' folder names must differ: {names}")
+    connections = max(args.connections)
+    routes = [PLAIN, ECHO, *([ECHO_MW] if args.middlewares else [])]
+    table = []
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        directory = Path(tmp)
+        prepare_modules(directory, args.middlewares)
+        for loop in args.loops:
+            seconds, rounds = args.seconds, args.rounds
+            run = run_checkouts(
+                checkouts, directory, routes, connections, seconds, rounds, wrk_binary, loop
+            )
+            cpu = asyncio.run(run)
+            table += checkout_rows(loop, checkouts, routes, cpu)
+    print(markdown_grid(CHECKOUT_HEADER, table))
+    if args.record and not args.smoke:
+        record(
+            "http: server CPU per request, checkouts interleaved",
+            command_line("bench.http"),
+            table,
+            machine=machine,
+            header=CHECKOUT_HEADER,
+            notes=f"wrk, {connections} connections, {args.seconds} s per row, {args.rounds} "
+            "rounds; each checkout's server is its own process, all up at once, loaded in "
+            "turn with the order rotating per round.",
         )
 
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import (
+    CheckoutServer,
     Children,
     Machine,
     add_common_flags,
@@ -49,81 +48,8 @@ from bench.common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0  # seconds for the server to answer /healthz
 OPEN_BATCH = 200  # connections opened at once by the client process
 CLOSE_TIMEOUT = 300.0  # seconds for every client to be gone
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A tinywasm server process from `checkout`, for the length of a `with`."""
-
-    def __init__(self, checkout: Path, modules: Path) -> None:
-        venv_python = checkout / ".venv" / "bin" / "python"
-        self.python = str(venv_python) if venv_python.is_file() else sys.executable
-        self.checkout = checkout
-        self.modules = modules
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        env = {
-            **os.environ,
-            "TINYWASM_SERVER": "wasi",
-            "PYTHONPATH": str(self.checkout),
-        }
-        self.proc = subprocess.Popen(
-            [
-                self.python,
-                "-m",
-                "cmd.tinywasm",
-                "--port",
-                str(self.port),
-                "--modules-dir",
-                str(self.modules),
-                "--no-watch",
-                "--cache-dir",
-                "off",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=self.checkout,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                self.healthz(http.client.HTTPConnection("127.0.0.1", self.port, timeout=5))
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server on port {self.port} did not start") from None
-                time.sleep(0.1)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    @staticmethod
-    def healthz(conn: http.client.HTTPConnection) -> int:
-        """One /healthz; returns the client count."""
-        conn.request("GET", "/healthz")
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"/healthz answered {resp.status}")
-        return int(json.loads(body)["clients"])
 
 
 async def hold_and_close(port: int, count: int, opened: Event, go: Event) -> dict[str, float]:
@@ -161,7 +87,7 @@ def probe(port: int, seconds: float) -> list[float]:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         t0 = time.perf_counter()
-        Server.healthz(conn)
+        CheckoutServer.healthz(conn)
         out.append((time.perf_counter() - t0) * 1000)
     conn.close()
     return out
@@ -170,7 +96,7 @@ def probe(port: int, seconds: float) -> list[float]:
 def measure(checkout: Path, size: int) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="bench-wildcards-") as tmp,
-        Server(checkout, Path(tmp)) as server,
+        CheckoutServer(checkout, Path(tmp)) as server,
         Children(join_timeout=CLOSE_TIMEOUT) as children,
     ):
         opened, go = children.ctx.Event(), children.ctx.Event()
@@ -178,7 +104,7 @@ def measure(checkout: Path, size: int) -> Result:
         if not opened.wait(CLOSE_TIMEOUT):
             raise TimeoutError(f"{size} subscribers did not connect")
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=CLOSE_TIMEOUT)
-        clients = Server.healthz(conn)
+        clients = CheckoutServer.healthz(conn)
         if clients != size:
             raise RuntimeError(f"the server counts {clients} clients, not {size}")
         idle = sorted(probe(server.port, 1.0))
@@ -187,7 +113,7 @@ def measure(checkout: Path, size: int) -> Result:
         begun = time.monotonic()
         while time.monotonic() - begun < CLOSE_TIMEOUT:
             t0 = time.perf_counter()
-            clients = Server.healthz(conn)
+            clients = CheckoutServer.healthz(conn)
             worst = max(worst, (time.perf_counter() - t0) * 1000)
             if clients == 0:
                 break

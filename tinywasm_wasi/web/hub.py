@@ -208,7 +208,10 @@ class _Socket(web.WebSocketResponse):
         if transport is None or transport.is_closing():
             return
         if self.close_begun and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer reset the socket meanwhile (ENOTCONN): just close it
+                transport.close()
         else:
             transport.close()
 
