@@ -16,6 +16,7 @@ from aiohttp import WSMsgType
 from tests.conftest import ServerFactory
 from tests.support import eventually
 from tests.web.test_hub import Start, connect, start
+from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
 
 __all__ = ["start"]  # the fixture, shared with test_hub
@@ -223,3 +224,10 @@ async def test_no_history_rule_is_404_over_http(make_server: ServerFactory, tmp_
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 404
         assert "keeps no history: add a --history rule" in await resp.text()
+
+
+def test_history_is_refused_with_nats_or_workers() -> None:
+    with pytest.raises(ValueError, match="history is kept per process"):
+        Config(history=("a:1:1s",), nats=("nats://127.0.0.1:4222",))
+    with pytest.raises(ValueError, match="history is kept per process"):
+        Config(history=("a:1:1s",), workers=2)

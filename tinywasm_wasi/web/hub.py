@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -73,6 +74,7 @@ from bus.remote import Interest, Remote
 from bus.topics import is_wildcard
 from tinywasm_wasi.config import MiB
 from tinywasm_wasi.policy.grants import GrantAction, is_system
+from tinywasm_wasi.policy.presence import Member, PresenceIndex, PresenceStats
 from tinywasm_wasi.policy.ratelimit import LogLimiter, TokenBucket
 from tinywasm_wasi.policy.tokens import (
     PROTOCOL,
@@ -272,8 +274,10 @@ class _Client:
     __slots__ = (
         "claims",
         "closer",
+        "conn",
         "ended",
         "expiry",
+        "member",
         "peer",
         "queue",
         "queued_bytes",
@@ -293,8 +297,11 @@ class _Client:
         wanted: WsRequest,
         queue_size: int,
         claims: Claims | None = None,
+        conn: str = "",
     ) -> None:
         self.ws = ws
+        self.conn = conn  # the connection's id, unique in this hub
+        self.member = Member(claims.sub if claims else None, conn, time.time())
         self.claims = claims  # the verified token, with token auth on
         self.expiry: asyncio.TimerHandle | None = None  # closes the client at the token's exp
         self.wanted = wanted
@@ -452,6 +459,8 @@ class Hub:
         self._origins = parse_origins(origins)
         self._auth = auth
         self._history = history
+        self._presence: PresenceIndex[_Client] = PresenceIndex()
+        self._conn_ids = itertools.count(1)
         self._state = _State.OPEN
         self._closed = asyncio.Event()
         self._remote = remote
@@ -507,6 +516,14 @@ class Hub:
             grants_refused=self._grants_refused,
             tokens_expired=self._tokens_expired,
         )
+
+    def presence_stats(self) -> PresenceStats:
+        """How many connections are on how many topics (concrete subscriptions only)."""
+        return self._presence.stats()
+
+    def presence(self, topic: str, limit: int) -> tuple[int, list[Member]]:
+        """How many connections subscribe to `topic` by name, and the first `limit` of them."""
+        return self._presence.members(topic, limit)
 
     def history_stats(self) -> HistoryStats | None:
         """What the topic history holds, or None without history."""
@@ -635,36 +652,49 @@ class Hub:
         behind, sent_bytes = _write_through(targets, topic, raw, kept)
         queued = len(targets) - len(behind)
         for client, frame in behind:
-            if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
-                self._slow_bytes += 1
-                self._slow(
-                    client,
-                    f"slow consumer: over {self._queue_bytes} bytes queued",
-                    "%d bytes queued and a %d-byte frame to add, over --ws-queue-bytes %d",
-                    client.queued_bytes,
-                    len(frame),
-                    self._queue_bytes,
-                )
-                continue
-            queue = client.queue
-            assert queue is not None  # subscribed clients always have one
-            try:
-                queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                self._slow_frames += 1
-                self._slow(
-                    client,
-                    f"slow consumer: {self._queue_size} frames queued",
-                    "%d frames queued, the --ws-queue-size limit",
-                    self._queue_size,
-                )
-            else:
-                client.queued_bytes += len(frame)
-                sent_bytes += len(frame)
+            if self._enqueue(client, frame):
                 queued += 1
+                sent_bytes += len(frame)
         self._frames_queued += queued
         self._bytes_queued += sent_bytes
         return queued
+
+    def _enqueue(self, client: _Client, frame: bytes) -> bool:
+        """Queue `frame` for `client`'s writer, or close it as a slow consumer (False)."""
+        if client.queued_bytes and client.queued_bytes + len(frame) > self._queue_bytes:
+            self._slow_bytes += 1
+            self._slow(
+                client,
+                f"slow consumer: over {self._queue_bytes} bytes queued",
+                "%d bytes queued and a %d-byte frame to add, over --ws-queue-bytes %d",
+                client.queued_bytes,
+                len(frame),
+                self._queue_bytes,
+            )
+            return False
+        queue = client.queue
+        if queue is None:
+            return False  # being closed
+        try:
+            queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._slow_frames += 1
+            self._slow(
+                client,
+                f"slow consumer: {self._queue_size} frames queued",
+                "%d frames queued, the --ws-queue-size limit",
+                self._queue_size,
+            )
+            return False
+        client.queued_bytes += len(frame)
+        return True
+
+    def _tell(self, watchers: list[_Client], topic: str, kind: FrameType, member: Member) -> None:
+        """Send a join or leave frame about `member` to the watchers of `topic`."""
+        frame = encode_envelope(
+            topic, b"", type=kind, member={"user": member.user, "conn": member.conn}
+        )
+        self._frames_queued += sum(self._enqueue(w, frame) for w in watchers)
 
     def _slow(self, client: _Client, reason: str, detail: str, *args: object) -> None:
         """Disconnect `client` as a slow consumer (1013), with a rate-limited warning."""
@@ -737,7 +767,8 @@ class Hub:
         except BaseException:
             self._unwant(wanted.patterns)
             raise
-        client = _Client(ws, request, wanted, self._queue_size, claims)
+        conn = f"c{next(self._conn_ids)}"
+        client = _Client(ws, request, wanted, self._queue_size, claims, conn)
         self._clients.add(client)
         if claims is not None and claims.exp is not None:
             delay = max(0.0, claims.exp - time.time())
@@ -751,6 +782,11 @@ class Hub:
             # In the same step as joining the index: every later broadcast queues behind
             # these frames, and every earlier one is in the history. No gap, no duplicate.
             self._catch_up(client, self._history)
+        concrete = [p for p in wanted.patterns if not is_wildcard(p)]
+        for topic, watchers in self._presence.join(
+            client, client.member, concrete, wanted.presence
+        ):
+            self._tell(watchers, topic, FrameType.JOIN, client.member)
         client.writer = asyncio.create_task(self._write(client), name=f"ws writer {client.peer}")
         log.debug("ws %s connected: topics %s", client.peer, ", ".join(wanted.patterns))
         if self.closed:  # the hub closed while the handshake was being sent
@@ -958,6 +994,8 @@ class Hub:
             self._unwant(client.wanted.patterns)
             while not queue.empty():
                 queue.get_nowait()
+            for topic, member, watchers in self._presence.leave(client, client.wanted.patterns):
+                self._tell(watchers, topic, FrameType.LEAVE, member)
 
     def _want(self, patterns: Iterable[str]) -> None:
         """Count a client's patterns; ask the other processes for those first wanted."""

@@ -75,6 +75,8 @@ class FrameType(IntEnum):
 
     MESSAGE = 0  # a broadcast (with offset and epoch on a topic that keeps history)
     SUBSCRIBED = 1  # first frame per topic with history: position, and `recovered` after since=
+    JOIN = 2  # presence=1: a connection joined the topic (user, conn)
+    LEAVE = 3  # presence=1: a connection left the topic (user, conn)
 
 
 def encode_envelope(
@@ -85,6 +87,7 @@ def encode_envelope(
     offset: int | None = None,
     epoch: str | None = None,
     recovered: bool | None = None,
+    member: dict[str, object] | None = None,
 ) -> bytes:
     """A CBOR envelope {topic, type, id, payload} plus the keys given (offset, epoch, recovered).
 
@@ -97,6 +100,8 @@ def encode_envelope(
         frame["epoch"] = epoch
     if recovered is not None:
         frame["recovered"] = recovered
+    if member is not None:
+        frame.update(member)
     return cbor2.dumps(frame)
 
 
@@ -112,6 +117,7 @@ class WsRequest:
     envelope: bool = False
     since: tuple[tuple[str, Position], ...] = ()  # (topic, last position seen) to recover from
     recent: bool = False  # deliver each topic's latest kept message first
+    presence: bool = False  # send join/leave frames for this connection's topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,7 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
     envelope = False
     since_values: list[str] = []
     recent = False
+    presence = False
     for key, value in query:
         if key == "topic":
             topics.append(value)
@@ -156,6 +163,10 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
             if value not in ("0", "1"):
                 raise RequestError(f"recent={value!r}: use recent=1 (or leave it out)")
             recent = value == "1"
+        elif key == "presence":
+            if value not in ("0", "1"):
+                raise RequestError(f"presence={value!r}: use presence=1 (or leave it out)")
+            presence = value == "1"
         elif key == "envelope":
             if value != "cbor":
                 raise RequestError(
@@ -178,7 +189,11 @@ def parse_request(query: Iterable[tuple[str, str]]) -> WsRequest:
         except TopicError as exc:
             raise RequestError(f"invalid topic {pattern!r}: {exc}") from None
     since = _parse_since(since_values, patterns, envelope)
-    return WsRequest(patterns=patterns, envelope=envelope, since=since, recent=recent)
+    if presence and not envelope:
+        raise RequestError("presence=1 needs envelope=cbor: join and leave come as envelopes")
+    return WsRequest(
+        patterns=patterns, envelope=envelope, since=since, recent=recent, presence=presence
+    )
 
 
 def _parse_since(

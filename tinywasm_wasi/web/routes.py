@@ -41,6 +41,19 @@ def _payload_json(payload: bytes) -> dict[str, str]:
     return out
 
 
+MAX_PRESENCE_READ = 100_000
+
+
+def _check_reader(hub: Hub, request: web.Request, topic: str) -> None:
+    """With token auth on: 401 or 403 unless the bearer token may subscribe to `topic`."""
+    refusal = hub.check_reader(request.headers.get("Authorization"), topic)
+    if refusal is not None:
+        status, reason = refusal
+        if status == 401:
+            raise web.HTTPUnauthorized(text=f"{reason}\n", headers={"WWW-Authenticate": "Bearer"})
+        raise web.HTTPForbidden(text=f"{reason}\n")
+
+
 def add_static_routes(app: web.Application, web_dir: Path) -> None:
     """The web folder's pages and scripts.
 
@@ -240,14 +253,7 @@ def add_module_routes(
             since = None if since_text is None else parse_position(since_text)
         except (TopicError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        refusal = hub.check_reader(request.headers.get("Authorization"), topic)
-        if refusal is not None:
-            status, reason = refusal
-            if status == 401:
-                raise web.HTTPUnauthorized(
-                    text=f"{reason}\n", headers={"WWW-Authenticate": "Bearer"}
-                )
-            raise web.HTTPForbidden(text=f"{reason}\n")
+        _check_reader(hub, request, topic)
         read = hub.read_history(topic, since, limit)
         if read is None:
             raise web.HTTPNotFound(
@@ -266,6 +272,21 @@ def add_module_routes(
             }
         )
 
+    async def topic_presence(request: web.Request) -> web.Response:
+        topic = request.match_info["topic"]
+        try:
+            validate_topic(topic)
+            limit = int(request.query.get("limit", "1000"))
+            if not 1 <= limit <= MAX_PRESENCE_READ:
+                raise ValueError(f"limit must be 1 to {MAX_PRESENCE_READ}")
+        except (TopicError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        _check_reader(hub, request, topic)
+        count, members = hub.presence(topic, limit)
+        return web.json_response(
+            {"topic": topic, "count": count, "clients": [m.to_json() for m in members]}
+        )
+
     app.router.add_get("/healthz", healthz)
     status = admin if status_private else _public
     app.router.add_get("/api/modules", status(list_modules))
@@ -273,6 +294,7 @@ def add_module_routes(
     app.router.add_get("/api/modules/{name}/history", status(history))
     app.router.add_get("/api/ws/inbound", status(get_inbound))
     app.router.add_get("/api/topics/{topic}/history", topic_history)
+    app.router.add_get("/api/topics/{topic}/presence", topic_presence)
     app.router.add_put("/api/ws/inbound", admin(put_inbound))
     app.router.add_post("/api/modules/{name}/reload", admin(reload))
     app.router.add_post("/api/modules/{name}/rollback", admin(rollback))

@@ -119,6 +119,7 @@ class StatusView:
             **({"nats": asdict(self._nats.stats())} if self._nats is not None else {}),
             **({"fleet": self._fleet()} if self._fleet is not None else {}),
             "history": None if history is None else asdict(history),
+            "presence": asdict(self._hub.presence_stats()),
         }
 
     async def dashboard(self, history_limit: int = 100) -> dict[str, Any]:
