@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Generic, TypeVar
 
 __all__ = ["Member", "PresenceIndex", "PresenceStats"]
@@ -90,12 +91,14 @@ class PresenceIndex(Generic[C]):
         return events
 
     def members(self, topic: str, limit: int) -> tuple[int, list[Member]]:
-        """How many are on `topic`, and up to `limit` of them (oldest first)."""
+        """How many are on `topic`, and the first `limit` of them to join (oldest first).
+
+        Costs `limit`, not the topic's size: a dict keeps the order of joining.
+        """
         members = self._members.get(topic)
         if not members:
             return 0, []
-        listed = sorted(members.values(), key=lambda m: m.since)[:limit]
-        return len(members), listed
+        return len(members), list(islice(members.values(), limit))
 
     def stats(self) -> PresenceStats:
         return PresenceStats(

@@ -197,21 +197,7 @@ class AdminGuard:
             web.HTTPForbidden: the token is wrong, or no token is set and the client
                 is not on the loopback interface.
         """
-        headers = request.headers
-        authorization = headers.get(hdrs.AUTHORIZATION)
-        if authorization is None and request.path == "/ws" and "admin_token" in request.query:
-            # A browser's WebSocket cannot send headers: the /ws system feed takes the
-            # token in the query (`/ws?topic=$sys.>&admin_token=...`).
-            authorization = f"Bearer {request.query['admin_token']}"
-        refusal = decide_admin(
-            request.remote,
-            self._token,
-            authorization,
-            origin=headers.get(hdrs.ORIGIN),
-            host=headers.get(hdrs.HOST),
-            forwarded=next((h for h in FORWARDING_HEADERS if h in headers), None),
-            listen_host=self._listen_host,
-        )
+        refusal = self._decide(request)
         if refusal is None:
             return
         self._warn(
@@ -228,6 +214,29 @@ class AdminGuard:
                 headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="tinywasm admin"'},
             )
         raise web.HTTPForbidden(text=f"{refusal.text}\n")
+
+    def allows_by_token(self, request: web.Request) -> bool:
+        """True if an admin token is set and `request` carries it (and passes the other
+        rules). Loopback without a token does not count; nothing is logged: a reader
+        that takes other credentials too asks this after refusing those."""
+        return self._token is not None and self._decide(request) is None
+
+    def _decide(self, request: web.Request) -> AdminRefusal | None:
+        headers = request.headers
+        authorization = headers.get(hdrs.AUTHORIZATION)
+        if authorization is None and request.path == "/ws" and "admin_token" in request.query:
+            # A browser's WebSocket cannot send headers: the /ws system feed takes the
+            # token in the query (`/ws?topic=$sys.>&admin_token=...`).
+            authorization = f"Bearer {request.query['admin_token']}"
+        return decide_admin(
+            request.remote,
+            self._token,
+            authorization,
+            origin=headers.get(hdrs.ORIGIN),
+            host=headers.get(hdrs.HOST),
+            forwarded=next((h for h in FORWARDING_HEADERS if h in headers), None),
+            listen_host=self._listen_host,
+        )
 
     def __call__(self, handler: Handler) -> Handler:
         """`handler`, answering only requests this guard allows."""

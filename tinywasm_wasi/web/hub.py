@@ -782,7 +782,8 @@ class Hub:
             # In the same step as joining the index: every later broadcast queues behind
             # these frames, and every earlier one is in the history. No gap, no duplicate.
             self._catch_up(client, self._history)
-        concrete = [p for p in wanted.patterns if not is_wildcard(p)]
+        # Presence is who is on a topic by name: wildcards and the server's $sys are not.
+        concrete = [p for p in wanted.patterns if not is_wildcard(p) and not is_system(p)]
         for topic, watchers in self._presence.join(
             client, client.member, concrete, wanted.presence
         ):

@@ -280,6 +280,15 @@ class ServerCollector(Collector):
             "WebSocket handshakes refused (403) for their Origin.",
             value=stats.origins_refused,
         )
+        presence = self._hub.presence_stats()
+        for field, doc in (
+            ("topics", "Topics with at least one WebSocket connection subscribed by name."),
+            ("members", "(topic, connection) pairs: connections on each topic, added up."),
+            ("watchers", "(topic, connection) pairs that get join/leave frames (presence=1)."),
+        ):
+            yield GaugeMetricFamily(
+                f"tinywasm_presence_{field}", doc, value=getattr(presence, field)
+            )
 
     def _bus_metrics(self) -> Iterator[Metric]:
         stats = self._bus.stats()

@@ -44,10 +44,11 @@ def _payload_json(payload: bytes) -> dict[str, str]:
 MAX_PRESENCE_READ = 100_000
 
 
-def _check_reader(hub: Hub, request: web.Request, topic: str) -> None:
-    """With token auth on: 401 or 403 unless the bearer token may subscribe to `topic`."""
+def _check_reader(hub: Hub, admin: AdminGuard, request: web.Request, topic: str) -> None:
+    """With token auth on: 401 or 403 unless the bearer token may subscribe to `topic`,
+    or the request carries the admin token (when one is set)."""
     refusal = hub.check_reader(request.headers.get("Authorization"), topic)
-    if refusal is not None:
+    if refusal is not None and not admin.allows_by_token(request):
         status, reason = refusal
         if status == 401:
             raise web.HTTPUnauthorized(text=f"{reason}\n", headers={"WWW-Authenticate": "Bearer"})
@@ -253,7 +254,7 @@ def add_module_routes(
             since = None if since_text is None else parse_position(since_text)
         except (TopicError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        _check_reader(hub, request, topic)
+        _check_reader(hub, admin, request, topic)
         read = hub.read_history(topic, since, limit)
         if read is None:
             raise web.HTTPNotFound(
@@ -281,7 +282,7 @@ def add_module_routes(
                 raise ValueError(f"limit must be 1 to {MAX_PRESENCE_READ}")
         except (TopicError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        _check_reader(hub, request, topic)
+        _check_reader(hub, admin, request, topic)
         count, members = hub.presence(topic, limit)
         return web.json_response(
             {"topic": topic, "count": count, "clients": [m.to_json() for m in members]}
