@@ -45,6 +45,13 @@ VALUES = [
     ),
     ("--ws-inbound", "TINYWASM_WS_INBOUND", "chat,chat", "ws_inbound", ("chat",)),
     ("--ws-inbound", "TINYWASM_WS_INBOUND", "", "ws_inbound", ()),
+    (
+        "--ws-inbound-file",
+        "TINYWASM_WS_INBOUND_FILE",
+        "/etc/inbound.txt",
+        "ws_inbound_file",
+        Path("/etc/inbound.txt"),
+    ),
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "5", "mailbox_size", 5),
     ("--mailbox-size", "TINYWASM_MAILBOX_SIZE", "1", "mailbox_size", 1),
     ("--mailbox-bytes", "TINYWASM_MAILBOX_BYTES", "8MiB", "mailbox_bytes", 8 * 1024 * 1024),
@@ -173,6 +180,7 @@ OTHER = {
     "TINYWASM_HISTORY_MAX_BYTES": "7KiB",
     "TINYWASM_AUTH_SECRET": "o" * 32,
     "TINYWASM_AUTH_PUBLIC_KEY": "/elsewhere/key.pem",
+    "TINYWASM_WS_INBOUND_FILE": "/elsewhere/inbound.txt",
     "TINYWASM_STATUS_PRIVATE": "yes",
 }
 

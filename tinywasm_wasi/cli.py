@@ -270,6 +270,13 @@ SETTINGS = (
         empty_is_value=True,
     ),
     _Setting(
+        "ws_inbound_file",
+        "FILE",
+        _path,
+        "file of the topic patterns browsers may publish to (one per line or comma-separated, "
+        "# comments), used instead of --ws-inbound; read at start and again on SIGHUP",
+    ),
+    _Setting(
         "mailbox_size",
         "N",
         _whole_number(1),
@@ -761,6 +768,14 @@ def serve_config(config: Config, server_name: str | None, environ: Mapping[str, 
         from tinywasm_wasi.runtime import fastcall
 
         fastcall.prefer_fast_path(fast_path(environ))
+    if config.ws_inbound_file is not None and server_name == "wasi":
+        from tinywasm_wasi.web.reload import read_inbound_file
+
+        try:  # a mistake in the file is one line and status 2, not a traceback
+            read_inbound_file(config.ws_inbound_file)
+        except ValueError as exc:
+            log.error("--ws-inbound-file / TINYWASM_WS_INBOUND_FILE: %s", exc)
+            return 2
     server = WasiServer(config) if server_name == "wasi" else DefaultServer(config)
     loop = choose_loop(config.uvloop)
     # The static server's first line says that modules are off; the loop matters less there.

@@ -65,6 +65,8 @@ class Config:
     drain_timeout: float = 5.0
     # Topic patterns browsers may publish to; the default admits the demo chat.
     ws_inbound: tuple[str, ...] = ("chat",)
+    # A file of those patterns instead, read at start and again on SIGHUP (web/reload.py).
+    ws_inbound_file: Path | None = None
     # Messages a module's mailbox holds before further ones are dropped and counted.
     mailbox_size: int = 10_000
     # Bytes of messages and requests a module's mailbox holds; past it further ones are refused.

@@ -72,6 +72,7 @@ from tinywasm_wasi.web.metrics import (
 )
 from tinywasm_wasi.web.relay import RELAY_ACTIONS, AdminRelay
 from tinywasm_wasi.web.release import add_release_routes
+from tinywasm_wasi.web.reload import Reloader, read_inbound_file, read_public_key
 from tinywasm_wasi.web.routes import add_api_fallback, add_module_routes, add_static_routes
 from tinywasm_wasi.web.sysfeed import SystemFeed
 
@@ -146,7 +147,11 @@ def create_app(config: Config) -> web.Application:
         # The $sys feed shows what /api/modules shows, behind the same guard.
         system_guard=admin.check if config.status_private else None,
         publish=bus.publish,
-        inbound=config.ws_inbound,
+        inbound=(
+            config.ws_inbound
+            if config.ws_inbound_file is None
+            else read_inbound_file(config.ws_inbound_file)
+        ),
         queue_size=config.ws_queue_size,
         queue_bytes=config.ws_queue_bytes,
         max_frame=config.ws_max_frame,
@@ -304,13 +309,7 @@ def token_verifier(config: Config) -> TokenVerifier | None:
         return TokenVerifier(secret=config.auth_secret)
     if config.auth_public_key is None:
         return None
-    try:
-        pem = config.auth_public_key.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"cannot read the auth public key {config.auth_public_key}: {exc}"
-        ) from None
-    return TokenVerifier(public_key=pem)
+    return read_public_key(config.auth_public_key)
 
 
 async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
@@ -549,6 +548,7 @@ async def serve(
 class Server(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    def reload_settings(self) -> None: ...
     @property
     def url(self) -> str: ...
 
@@ -611,6 +611,9 @@ class DefaultServer(_AppServer):
         await self._start(create_static_app(self.config))
         log.info("serving %s on %s", self.config.web_dir, self.url)
 
+    def reload_settings(self) -> None:
+        log.info("SIGHUP: the static server has nothing to reload")
+
 
 class WasiServer(_AppServer):
     """Hosts every module in `config.modules_dir` on a bus, with a WebSocket hub at /ws."""
@@ -622,6 +625,9 @@ class WasiServer(_AppServer):
         self.hub = self.app[HUB]
         self.runtime = self.app[RUNTIME]
         self._host = self.app[HOST]
+        self.reloader = Reloader(
+            self.hub, inbound_file=config.ws_inbound_file, public_key=config.auth_public_key
+        )
 
     @property
     def host(self) -> ModuleHost:
@@ -653,6 +659,10 @@ class WasiServer(_AppServer):
             self.url.replace("http", "ws", 1),
         )
 
+    def reload_settings(self) -> None:
+        """SIGHUP: read the inbound file and the auth public key again (web/reload.py)."""
+        self.reloader.reload()
+
     async def reload(self, name: str, trigger: str = "api") -> VersionRecord | None:
         """Swap module `name` to the current bytes of its file (unload if it is gone).
 
@@ -663,15 +673,16 @@ class WasiServer(_AppServer):
 
 
 async def run_until_signalled(server: Server) -> None:
-    """Start `server`, wait for SIGINT or SIGTERM, stop it."""
+    """Start `server`, wait for SIGINT or SIGTERM, stop it; SIGHUP reloads its settings."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_settings)
     try:
         await server.start()
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await server.stop()

@@ -586,6 +586,16 @@ class Hub:
         self._inbound = tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
         log.info("ws inbound topics now: %s", ", ".join(self._inbound) or "(none)")
 
+    def set_auth(self, auth: TokenVerifier) -> None:
+        """Check new connections' tokens with `auth` (a rotated key); open ones stay.
+
+        Raises:
+            RuntimeError: token auth is off; turning it on needs a restart.
+        """
+        if self._auth is None:
+            raise RuntimeError("token auth is off: it cannot be turned on without a restart")
+        self._auth = auth
+
     def has_system_subscribers(self) -> bool:
         """True while some client subscribes to a system topic (``$sys...``)."""
         return bool(self._system)
