@@ -31,8 +31,9 @@ __all__ = ["Bus", "BusStats", "Handler", "Subscription"]
 
 log = logging.getLogger("tinywasm.bus")
 
-Handler = Callable[[str, bytes], "bool | None"]
-"""Called with (topic, payload); return False if the message could not be queued."""
+Handler = Callable[..., "bool | None"]
+"""Called with (topic, payload), or (topic, payload, sender) for a subscription made with
+``sender=True``; return False if the message could not be queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +49,16 @@ class BusStats:
 class Subscription:
     """One live (pattern, handler) pair. `cancel()` is safe to call twice."""
 
-    __slots__ = ("_bus", "delivered", "dropped", "handler", "local", "pattern")
+    __slots__ = ("_bus", "delivered", "dropped", "handler", "local", "pattern", "sender")
 
-    def __init__(self, bus: Bus, pattern: str, handler: Handler, local: bool = False) -> None:
+    def __init__(
+        self, bus: Bus, pattern: str, handler: Handler, local: bool = False, sender: bool = False
+    ) -> None:
         self._bus: Bus | None = bus
         self.pattern = pattern
         self.handler = handler
+        # The handler takes a third argument: who published the message ("" if unknown).
+        self.sender = sender
         # Local only: never asked from other processes nor served from them (a module
         # that runs in every worker handles each message in the worker it was published in).
         self.local = local
@@ -94,27 +99,29 @@ class Bus:
         self._dropped = 0
         self._closed = False
 
-    def publish(self, topic: str, payload: bytes) -> int:
+    def publish(self, topic: str, payload: bytes, sender: str = "") -> int:
         """Deliver `payload` to every subscription matching `topic`.
 
+        `sender` says who published it (``user:<sub>``, ``conn:<id>``, ``module:<name>``;
+        "" for the server itself); the caller vouches for it, never the publisher.
         Returns how many handlers accepted it. Raises TopicError for an
         invalid topic and BusClosedError after close().
         """
         validate_topic(topic)
-        return self.publish_checked(topic, payload)
+        return self.publish_checked(topic, payload, sender)
 
-    def publish_checked(self, topic: str, payload: bytes) -> int:
+    def publish_checked(self, topic: str, payload: bytes, sender: str = "") -> int:
         """`publish` for a topic the caller has already passed through `validate_topic`."""
         with self._lock:
             if self._closed:
                 raise BusClosedError("cannot publish: the bus is closed")
             self._published += 1
-            accepted = self._deliver(self._index.match(topic), topic, payload)
+            accepted = self._deliver(self._index.match(topic), topic, payload, sender)
             if self._remote is not None:
-                self._remote.forward(topic, payload)
+                self._remote.forward(topic, payload, sender)
             return accepted
 
-    def deliver_remote(self, pattern: str, topic: str, payload: bytes) -> int:
+    def deliver_remote(self, pattern: str, topic: str, payload: bytes, sender: str = "") -> int:
         """Deliver a message from another process to the local subscribers of `pattern`.
 
         The remote side subscribed once per pattern, so a message matching two local
@@ -125,14 +132,19 @@ class Bus:
             if self._closed:
                 return 0
             subs = [sub for sub in self._index.under(pattern) if not sub.local]
-            return self._deliver(subs, topic, payload)
+            return self._deliver(subs, topic, payload, sender)
 
-    def _deliver(self, subs: list[Subscription], topic: str, payload: bytes) -> int:
+    def _deliver(
+        self, subs: list[Subscription], topic: str, payload: bytes, sender: str = ""
+    ) -> int:
         """Call each handler (under the lock); count what was accepted and what dropped."""
         accepted = 0
         for sub in subs:
             try:
-                ok = sub.handler(topic, payload) is not False
+                if sub.sender:
+                    ok = sub.handler(topic, payload, sender) is not False
+                else:
+                    ok = sub.handler(topic, payload) is not False
             except Exception:
                 log.exception("subscriber %r raised; message on %r dropped", sub.pattern, topic)
                 ok = False
@@ -145,12 +157,15 @@ class Bus:
         self._delivered += accepted
         return accepted
 
-    def subscribe(self, pattern: str, handler: Handler, *, local: bool = False) -> Subscription:
+    def subscribe(
+        self, pattern: str, handler: Handler, *, local: bool = False, sender: bool = False
+    ) -> Subscription:
         """Call `handler(topic, payload)` for every message matching `pattern`.
 
         With `local`, only for messages published in this process (see `Subscription.local`).
+        With `sender`, the handler is called as `handler(topic, payload, sender)`.
         """
-        return self.swap((), [(pattern, handler)], local=local)[0]
+        return self.swap((), [(pattern, handler)], local=local, sender=sender)[0]
 
     def swap(
         self,
@@ -159,6 +174,7 @@ class Bus:
         *,
         local: bool = False,
         after: Callable[[], object] | None = None,
+        sender: bool = False,
     ) -> list[Subscription]:
         """Cancel some subscriptions and create others in one step.
 
@@ -177,7 +193,7 @@ class Bus:
                     self._unindex(sub)
             created = []
             for pattern, handler in new_specs:
-                sub = Subscription(self, pattern, handler, local)
+                sub = Subscription(self, pattern, handler, local, sender)
                 self._index.add(pattern, sub)
                 if not local and self._interest.add(pattern) and self._remote is not None:
                     self._remote.want(pattern)

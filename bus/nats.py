@@ -114,7 +114,9 @@ class NatsChannel:
         self.stamped = stamped
         self.last_seq = 0
 
-    def forward(self, topic: str, payload: bytes) -> None:
+    def forward(self, topic: str, payload: bytes, sender: str = "") -> None:
+        # The sender is not carried across processes yet: a header would cost 2-4x the
+        # hops/s (bench.nats_hop); the other side's modules see no sender (-1).
         seq = 0
         if self.stamped:
             seq = self.last_seq = self.last_seq + 1

@@ -48,8 +48,8 @@ def from_subject(prefix: str, subject: str) -> str:
 class Remote(Protocol):
     """What a bus (or hub) tells the remote side. Called under the caller's lock: never blocks."""
 
-    def forward(self, topic: str, payload: bytes) -> None:
-        """Send a message published here to the other processes."""
+    def forward(self, topic: str, payload: bytes, sender: str = "") -> None:
+        """Send a message published here (by `sender`, "" if the server) to the others."""
 
     def want(self, pattern: str) -> None:
         """The first local subscriber of `pattern` arrived: receive it from the others."""

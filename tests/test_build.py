@@ -102,6 +102,9 @@ class _Host:
         for name, count in arity.items():
             func_type = wasmtime.FuncType([I32] * count, [])
             linker.define_func("env", name, func_type, self._record(name), access_caller=True)
+        # Version 2: no message here has a sender (the server's own publishes).
+        sender_type = wasmtime.FuncType([I32, I32], [I32])
+        linker.define_func("env", "message_sender", sender_type, lambda _ptr, _len: -1)
         self.exports = linker.instantiate(self.store, module).exports(self.store)
         memory = self.exports["memory"]
         assert isinstance(memory, wasmtime.Memory)

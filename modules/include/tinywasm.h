@@ -1,5 +1,5 @@
 /*
- * tinywasm.h - guest interface for tinywasm-wasi modules (guest interface, version 1).
+ * tinywasm.h - guest interface for tinywasm-wasi modules (guest interface, version 2).
  *
  * Build a module (from the repository root):
  *
@@ -54,7 +54,7 @@
 extern "C" {
 #endif
 
-#define TW_ABI_VERSION 1
+#define TW_ABI_VERSION 2
 
 #define TW_IMPORT(name) __attribute__((import_module("env"), import_name(#name)))
 
@@ -88,6 +88,20 @@ void tw_log(const char *msg, int msg_len);
  * larger buffer. Values from ${ENV} references are secrets: the API never shows them. */
 TW_IMPORT(config_get)
 int config_get(const char *key, int key_len, char *buf, int buf_len);
+
+/* Version 2. Who published the message being delivered, valid only inside
+ * on_topic_message/on_message: copies at most `buf_len` bytes into `buf` and returns the
+ * sender's full length, or -1 when there is none (outside a delivery, or a message the
+ * server itself published). The host sets it; a publisher cannot choose or forge it:
+ *
+ *     "user:<sub>"      a browser connected with a token (its verified `sub`)
+ *     "conn:c<N>"       a browser without token auth (its connection id on this server)
+ *     "module:<name>"   another module's publish
+ *
+ * A module that imports it needs a version-2 server; an older one refuses to load it,
+ * naming the import. Modules that do not import it run unchanged. */
+TW_IMPORT(message_sender)
+int tw_message_sender(char *buf, int buf_len);
 
 /* Convenience wrappers taking NUL-terminated strings. */
 static inline int tw_strlen_(const char *s) { return (int)__builtin_strlen(s); }

@@ -1,4 +1,4 @@
-// tinywasm.hpp - the guest interface for C++ modules (guest interface version 1): the C
+// tinywasm.hpp - the guest interface for C++ modules (guest interface version 2): the C
 // header's functions with std::string_view, the HTTP helpers with initializer lists, and
 // state handoff. Everything in tinywasm.h and tinywasm_http.h stays available.
 //
@@ -39,6 +39,16 @@ inline void ws_broadcast(std::string_view topic, std::string_view payload) {
     ::ws_broadcast(topic.data(), int(topic.size()), payload.data(), int(payload.size()));
 }
 inline void log(std::string_view line) { tw_log(line.data(), int(line.size())); }
+
+// Version 2: who published the message being delivered ("user:alice", "conn:c7",
+// "module:chat"), or an empty view outside a delivery and for the server's own messages.
+// Valid until the next call; a sender over 256 bytes is cut (tw_message_sender has it all).
+inline std::string_view message_sender() {
+    static char buf[256];
+    int n = tw_message_sender(buf, int(sizeof buf));
+    if (n < 0) return {};
+    return {buf, size_t(n) < sizeof buf ? size_t(n) : sizeof buf};
+}
 
 inline uint64_t pack(const void *p, size_t n) { return tw_pack(p, n); }
 

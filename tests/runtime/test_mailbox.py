@@ -15,7 +15,7 @@ class Sink:
         self.gate = threading.Event()
         self.entered = threading.Event()  # a delivery has started
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, sender: str = "") -> None:
         self.entered.set()
         self.gate.wait(5)
         self.got.append((topic, payload))

@@ -40,7 +40,7 @@ class Published:
 
     items: list[tuple[str, bytes, float]] = field(default_factory=list)
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, sender: str = "") -> None:
         self.items.append((topic, payload, asyncio.get_running_loop().time()))
 
     def payloads(self, prefix: bytes = b"") -> list[bytes]:

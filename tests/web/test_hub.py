@@ -53,7 +53,7 @@ class SessionClient:
 class Published(list[tuple[str, bytes]]):
     """The hub's `publish` callable: records every call."""
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, sender: str = "") -> None:
         self.append((topic, payload))
 
 
@@ -316,7 +316,7 @@ async def test_envelope_garbage_closes_with_1007(start: Start) -> None:
 
 
 async def test_publish_raising_topic_error_is_a_refusal(start: Start) -> None:
-    def publish(topic: str, payload: bytes) -> None:
+    def publish(topic: str, payload: bytes, sender: str = "") -> None:
         raise TopicError(f"topic {topic!r} is reserved")
 
     hub, _, client = await start(inbound=[">"], publish=publish)

@@ -1,4 +1,4 @@
-"""The guest interface, version 1, as data: what a module may import and export.
+"""The guest interface, version 2, as data: what a module may import and export.
 
 `inspect_module` checks a compiled module against it and returns what the host
 needs to know (which optional exports exist). It reads types only: no store,
@@ -31,6 +31,7 @@ HOST_IMPORTS: dict[str, int] = {
 # name -> number of i32 parameters, with one i32 result
 HOST_IMPORTS_I32: dict[str, int] = {
     "config_get": 4,
+    "message_sender": 2,  # version 2
 }
 
 # Every function of WASI preview 1; the host links all of them (most with an

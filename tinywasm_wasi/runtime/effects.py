@@ -25,7 +25,7 @@ __all__ = ["Broadcast", "ModuleCounters", "ModuleEffects"]
 log = logging.getLogger("tinywasm.module")
 
 Broadcast = Callable[[str, bytes], None]
-OnMessage = Callable[[str, bytes], bool]
+OnMessage = Callable[[str, bytes, str], bool]  # topic, payload, sender
 
 KNOWN_TOPICS = 1024  # validated topics remembered per module (beyond it, checked each time)
 
@@ -82,6 +82,7 @@ class ModuleEffects:
         self._warn_topic = LogLimiter(log)
         self._warn_refused = LogLimiter(log)
         self.guest_log = GuestLog(name)
+        self.sender = f"module:{name}"  # what its publishes carry as their sender
 
     # -- going live and back (event loop) ----------------------------------------------------
 
@@ -102,7 +103,10 @@ class ModuleEffects:
             cancel.extend(also_cancel)
             patterns = list(self._subs)
             subs = self._bus.swap(
-                cancel, [(p, self._on_message) for p in patterns], local=self._local
+                cancel,
+                [(p, self._on_message) for p in patterns],
+                local=self._local,
+                sender=True,
             )
             self._subs = dict(zip(patterns, subs, strict=True))
             self._subs_live = True
@@ -177,7 +181,9 @@ class ModuleEffects:
             if name in self._subs:
                 return
             if self._subs_live:
-                self._subs[name] = self._bus.subscribe(name, self._on_message, local=self._local)
+                self._subs[name] = self._bus.subscribe(
+                    name, self._on_message, local=self._local, sender=True
+                )
             else:
                 self._subs[name] = None
 
@@ -241,12 +247,12 @@ class ModuleEffects:
     def _perform(self, kind: str, topic: str, payload: bytes) -> None:
         if kind == "publish":
             self._counters.published += 1
-            self._bus.publish_checked(topic, payload)  # checked in `publish`
+            self._bus.publish_checked(topic, payload, self.sender)  # checked in `publish`
         else:
             self._counters.broadcast += 1
             self._broadcast(topic, payload)
 
 
-def _closed(_topic: str, _payload: bytes) -> bool:
+def _closed(_topic: str, _payload: bytes, _sender: str = "") -> bool:
     """The message handler of a closed version: refuses (it is no longer subscribed)."""
     return False

@@ -116,6 +116,9 @@ class Guest:
         self.name = name
         self.interface = interface
         self._config: Mapping[bytes, bytes] = config or {}
+        # Who published the message being delivered (UTF-8), for `message_sender`;
+        # None outside a delivery or for a message without one.
+        self._sender: bytes | None = None
         self.limits = limits = limits or Limits()
         self._effects = effects
         self._fault: str | None = None
@@ -175,8 +178,10 @@ class Guest:
         if self.interface.has_init:
             self.call("init")
 
-    def deliver(self, topic: str, payload: bytes) -> None:
-        """Hand one message to the guest's handler, through guest memory."""
+    def deliver(self, topic: str, payload: bytes, sender: str = "") -> None:
+        """Hand one message to the guest's handler, through guest memory.
+
+        During the call `message_sender` answers with `sender` ("" = no sender)."""
         handler = self.interface.handler
         if handler is None:
             raise GuestTrap(
@@ -195,10 +200,18 @@ class Guest:
         if handler == "on_topic_message":
             tbytes = topic.encode()
             ptr, owned = self._lend(tbytes + payload)
-            self.call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
+            self._sender = sender.encode() if sender else None
+            try:
+                self.call(handler, ptr, len(tbytes), ptr + len(tbytes), len(payload))
+            finally:
+                self._sender = None
         else:
             ptr, owned = self._lend(payload)
-            self.call(handler, ptr, len(payload))
+            self._sender = sender.encode() if sender else None
+            try:
+                self.call(handler, ptr, len(payload))
+            finally:
+                self._sender = None
         if owned and self.interface.has_free:
             self.call("free", ptr)
 
@@ -550,7 +563,22 @@ class Guest:
                 c.write(bp & U32, value[:n])
             return len(value)
 
-        results: dict[str, Callable[..., int]] = {"config_get": config_get}
+        def message_sender(c: Caller, bp: int, bl: int) -> int:
+            # Version 2. Who published the message being delivered: its length (copied up
+            # to bl bytes), or -1 outside a delivery or for a message the server published.
+            check(c, "message_sender", "buffer", bp, bl)
+            sender = self._sender
+            if sender is None:
+                return -1
+            n = min(len(sender), bl & U32)
+            if n:
+                c.write(bp & U32, sender[:n])
+            return len(sender)
+
+        results: dict[str, Callable[..., int]] = {
+            "config_get": config_get,
+            "message_sender": message_sender,
+        }
         for name, nparams in HOST_IMPORTS_I32.items():
             ty = wasmtime.FuncType([i32] * nparams, [i32])
             host.define(HOST_MODULE, name, ty, rearming(results[name]))

@@ -10,7 +10,7 @@ slow module holds one worker for one item, bounded by its call deadline, never
 the event loop; and a wasmtime Store, which is not thread-safe, is only ever
 used by one thread at a time (the mailbox's lock orders the hand-overs).
 
-Three kinds of item. Messages ``(topic, payload)`` and HTTP `Request`s are
+Three kinds of item. Messages ``(topic, payload, sender)`` and HTTP `Request`s are
 bounded together by `capacity` (overflow is refused and counted, never
 silently lost), held together, and move together to another version during a
 swap, so a request is answered exactly once by whichever version takes it.
@@ -46,7 +46,7 @@ log = logging.getLogger("tinywasm.mailbox")
 
 __all__ = ["Delivery", "Mailbox", "Pending", "Reply", "Request", "Requeued"]
 
-Delivery = tuple[str, bytes]
+Delivery = tuple[str, bytes, str]  # topic, payload, sender ("" when unknown)
 
 
 Reply = Callable[[bytes | None, BaseException | None], None]
@@ -100,7 +100,7 @@ class _Call:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
-def _ignore(_topic: str, _payload: bytes) -> None:
+def _ignore(_topic: str, _payload: bytes, _sender: str = "") -> None:
     """A closed mailbox's delivery callback."""
 
 
@@ -116,7 +116,7 @@ class Mailbox:
         self,
         name: str,
         capacity: int,
-        deliver: Callable[[str, bytes], None],
+        deliver: Callable[[str, bytes, str], None],
         answer: Callable[[Request], bytes | None] | None = None,
         *,
         held: bool = False,
@@ -144,9 +144,9 @@ class Mailbox:
 
     # -- producers (any thread) -------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes) -> bool:
+    def put(self, topic: str, payload: bytes, sender: str = "") -> bool:
         """Queue a message; False (and counted) when the mailbox is full or closed."""
-        return self._put((topic, payload))
+        return self._put((topic, payload, sender))
 
     def put_request(self, request: Request) -> bool:
         """Queue an HTTP request like a message; False (and counted) when full or closed."""
@@ -394,7 +394,7 @@ class Mailbox:
                 self._answer_request(item)
         else:
             try:
-                self._deliver(item[0], item[1])
+                self._deliver(item[0], item[1], item[2])
             except Exception:  # the deliver callback reports its own errors
                 log.exception("module %r: delivery failed unexpectedly", self.name)
 

@@ -479,11 +479,11 @@ class WasmModule:
         canary.discard_held()
         return len(moved)
 
-    def _on_bus_message(self, topic: str, payload: bytes) -> bool:
+    def _on_bus_message(self, topic: str, payload: bytes, sender: str = "") -> bool:
         split = self._split
         if split is not None and (other := split()) is not None:
-            return other._on_bus_message(topic, payload)
-        if self.mailbox.put(topic, payload):
+            return other._on_bus_message(topic, payload, sender)
+        if self.mailbox.put(topic, payload, sender):
             return True
         self._warn_drop(
             "module %r: mailbox full (%d messages or %d bytes), dropped a message on %r; "
@@ -495,13 +495,13 @@ class WasmModule:
         )
         return False
 
-    def _deliver(self, topic: str, payload: bytes) -> None:
+    def _deliver(self, topic: str, payload: bytes, sender: str = "") -> None:
         guest = self._guest
         if guest is None:
             return
         start = perf_counter()
         try:
-            guest.deliver(topic, payload)
+            guest.deliver(topic, payload, sender)
             self.counters.delivered += 1
             self._deliver_seconds.observe(perf_counter() - start)
         except GuestTrap as exc:
@@ -511,7 +511,7 @@ class WasmModule:
                 # A new version failing its first deliveries: stop here and keep the
                 # message, so the old version can take it back with the rest.
                 self.mailbox.hold()
-                self.mailbox.prepend([(topic, payload)])
+                self.mailbox.prepend([(topic, payload, sender)])
                 self._fail_probation()
 
     def _fail_probation(self) -> None:

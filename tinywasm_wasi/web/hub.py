@@ -281,6 +281,7 @@ class _Client:
         "peer",
         "queue",
         "queued_bytes",
+        "sender",
         "sending",
         "stopping",
         "throttled",
@@ -303,6 +304,9 @@ class _Client:
         self.conn = conn  # the connection's id, unique in this hub
         self.member = Member(claims.sub if claims else None, conn, time.time())
         self.claims = claims  # the verified token, with token auth on
+        # Who this connection's publishes come from, set by the server, never by the
+        # client: the token's user, or without auth the connection's id.
+        self.sender = f"user:{claims.sub}" if claims is not None else f"conn:{conn}"
         self.expiry: asyncio.TimerHandle | None = None  # closes the client at the token's exp
         self.wanted = wanted
         self.peer = req.remote or "?"
@@ -394,7 +398,7 @@ class Hub:
     def __init__(
         self,
         *,
-        publish: Callable[[str, bytes], object],
+        publish: Callable[[str, bytes, str], object],
         inbound: Sequence[str],
         queue_size: int = 1000,
         queue_bytes: int = 8 * MiB,
@@ -410,7 +414,9 @@ class Hub:
         """Create a hub.
 
         Args:
-            publish: called with (topic, payload) for each frame a browser may publish.
+            publish: called with (topic, payload, sender) for each frame a browser may
+                publish; the sender is ``user:<sub>`` (the token's) or ``conn:c<N>`` (the
+                connection's id, without auth), whatever the frame itself says.
             inbound: topic patterns browsers may publish to; empty means none.
             queue_size: frames a client may have queued before it is disconnected as slow.
             queue_bytes: bytes a client may have queued before it is disconnected as
@@ -933,7 +939,7 @@ class Hub:
                 decision = decide_inbound(client.wanted, allowed, data, TOKEN_PUB_GRANT)
             if isinstance(decision, Publish):
                 try:
-                    self._publish(decision.topic, decision.payload)
+                    self._publish(decision.topic, decision.payload, client.sender)
                 except TopicError as exc:
                     decision = refuse_topic_error(exc)
                 except BusClosedError:
