@@ -17,6 +17,17 @@
 //
 // A connection that drops is reopened after a jittered, doubling delay
 // (minDelay .. maxDelay ms) and subscribes again to everything it had.
+//
+// Recovery (envelope mode, topics the server keeps history for, --history): the client
+// remembers each topic's last offset and epoch and reconnects with since=, so the
+// server sends what was broadcast meanwhile, then live messages: no gap, no duplicate.
+// `recovered` says whether the last reconnect got everything back (false: the position
+// was too old or the server restarted; what was missed is gone).
+//
+// Tokens: with `getToken` (a function returning a JWT, or a promise of one) each
+// connection asks it for a token, sent as the `tinywasm.jwt` WebSocket subprotocol
+// (never in the URL). A close with 3000 "token expired" asks again and reconnects at
+// once, recovering what was missed.
 // Plain ES module, no build step.
 
 import { Decoder } from "./vendor/cbor-x/decode.js";
@@ -41,7 +52,13 @@ export const CLOSE_CODES = Object.freeze({
   1011: "server error",
   1012: "server restarting",
   1013: "slow consumer",
+  3000: "token expired",
 });
+
+/** The frame type of a topic's position frame (the first per topic with history). */
+export const POSITION_FRAME = 1;
+const TOKEN_EXPIRED = 3000;
+const TOKEN_PROTOCOL = "tinywasm.jwt";
 
 /** Words for a WebSocket close code: "slow consumer" for 1013, and so on. */
 export function closeWords(code) {
@@ -94,11 +111,13 @@ function toBytes(payload) {
 
 /** One message received: its topic, payload bytes, type and id, and ways to read it. */
 export class TinyMessage {
-  constructor(topic, payload, type = 0, id = 0) {
+  constructor(topic, payload, type = 0, id = 0, offset = null, epoch = null) {
     this.topic = topic;
     this.payload = payload;
     this.type = type;
     this.id = id;
+    this.offset = offset; // its place in the topic's history (null: the topic keeps none)
+    this.epoch = epoch;
   }
   /** The payload as UTF-8 text. */
   text() {
@@ -130,7 +149,19 @@ export class TinyClient {
     this.envelope = envelope;
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 15000;
+    if (options.getToken !== undefined && typeof options.getToken !== "function") {
+      throw new TypeError("getToken must be a function returning a token (or a promise of one)");
+    }
+    this.getToken = options.getToken || null;
     this.state = "idle";
+    // Recovery: topic -> {offset, epoch} of the last message seen; whether the last
+    // reconnect recovered everything (null until a reconnect asked for it).
+    this._positions = new Map();
+    this._asked = null; // topics the current connection asked to recover
+    this.recovered = null;
+    this._recoverListeners = new Set();
+    this._opening = 0; // which _open is current (a token may arrive after a newer one)
+    this._awaiting = null; // the topics of an _open waiting for getToken
     this._handlers = new Map(); // pattern -> Set of handlers
     this._topics = []; // the patterns of the connection, in order
     this._stateListeners = new Set();
@@ -190,6 +221,20 @@ export class TinyClient {
     return true;
   }
 
+  /**
+   * Call `listener({topic, recovered, offset, epoch})` when a reconnect has asked the
+   * server for what a topic missed and got its answer; returns an undo.
+   */
+  onRecover(listener) {
+    this._recoverListeners.add(listener);
+    return () => this._recoverListeners.delete(listener);
+  }
+
+  /** Each topic's last position seen: topic -> {offset, epoch} (topics with history only). */
+  get positions() {
+    return new Map(Array.from(this._positions, ([topic, at]) => [topic, Object.assign({}, at)]));
+  }
+
   /** Call `listener({state, code, reason, words, retryIn})` on every state change; returns an undo. */
   onState(listener) {
     this._stateListeners.add(listener);
@@ -231,6 +276,7 @@ export class TinyClient {
       const socket = this._socket;
       const now = this._topics.join("\n");
       if (socket && socket._topics === now && socket.readyState <= WebSocket.OPEN) return;
+      if (!socket && this._awaiting === now) return; // getToken is already working on it
       if (socket) {
         socket._replaced = true;
         socket.close(1000, "topics changed");
@@ -244,12 +290,61 @@ export class TinyClient {
   }
 
   _open() {
-    const url = new URL(this.url);
-    for (const topic of this._topics) url.searchParams.append("topic", topic);
-    if (this.envelope === "cbor") url.searchParams.set("envelope", "cbor");
     this.attempts += 1;
     this._setState({ state: "connecting", code: 0, reason: "", words: "connecting" });
-    const socket = new WebSocket(url.href);
+    const opening = ++this._opening;
+    this._awaiting = null;
+    if (!this.getToken) {
+      this._connect(null);
+      return;
+    }
+    let pending;
+    try {
+      pending = Promise.resolve(this.getToken());
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    this._awaiting = this._topics.join("\n");
+    pending.then(
+      (token) => {
+        if (opening !== this._opening || this._closed) return;
+        this._awaiting = null;
+        if (typeof token !== "string" || !token) {
+          this._retry(0, "getToken gave no token", "no token");
+        } else {
+          this._connect(token);
+        }
+      },
+      (error) => {
+        if (opening !== this._opening || this._closed) return;
+        this._awaiting = null;
+        this._retry(0, String(error && error.message ? error.message : error), "getToken failed");
+      },
+    );
+  }
+
+  // The connection's URL: its topics, the envelope, and since= for every topic it has a
+  // position in (the server answers each with recovered true or false).
+  _url() {
+    const url = new URL(this.url);
+    for (const topic of this._topics) url.searchParams.append("topic", topic);
+    this._asked = new Set();
+    if (this.envelope === "cbor") {
+      url.searchParams.set("envelope", "cbor");
+      for (const topic of this._topics) {
+        const at = this._positions.get(topic);
+        if (!at) continue;
+        url.searchParams.append("since", topic + ":" + at.offset + ":" + at.epoch);
+        this._asked.add(topic);
+      }
+    }
+    if (this._asked.size) this.recovered = null;
+    return url;
+  }
+
+  _connect(token) {
+    const url = this._url();
+    const socket = token ? new WebSocket(url.href, [TOKEN_PROTOCOL, token]) : new WebSocket(url.href);
     socket.binaryType = "arraybuffer";
     socket._topics = this._topics.join("\n");
     this._socket = socket;
@@ -265,18 +360,23 @@ export class TinyClient {
       if (socket !== this._socket || socket._replaced) return;
       this._socket = null;
       if (this._closed) return;
-      // Jittered, doubling backoff: many pages dropped at once do not all return at once.
-      const wait = Math.round(this._delay * (0.5 + Math.random()));
-      this._delay = Math.min(this._delay * 2, this.maxDelay);
-      this._timer = setTimeout(() => this._open(), wait);
-      this._setState({
-        state: "closed",
-        code: event.code,
-        reason: event.reason,
-        words: closeWords(event.code),
-        retryIn: wait,
-      });
+      // A token that expired: a new one, at once (getToken decides how fast that is).
+      const expired = event.code === TOKEN_EXPIRED && this.getToken;
+      this._retry(event.code, event.reason, closeWords(event.code), expired);
     };
+  }
+
+  // Reopen after a jittered, doubling delay (many pages dropped at once do not all
+  // return at once); `now` skips the delay.
+  _retry(code, reason, words, now = false) {
+    clearTimeout(this._timer);
+    let wait = 0;
+    if (!now) {
+      wait = Math.round(this._delay * (0.5 + Math.random()));
+      this._delay = Math.min(this._delay * 2, this.maxDelay);
+    }
+    this._timer = setTimeout(() => this._open(), wait);
+    this._setState({ state: "closed", code: code, reason: reason, words: words, retryIn: wait });
   }
 
   _receive(data) {
@@ -290,7 +390,22 @@ export class TinyClient {
         return;
       }
       const payload = typeof obj.payload === "string" ? utf8Encoder.encode(obj.payload) : obj.payload;
-      message = new TinyMessage(obj.topic, new Uint8Array(payload), obj.type || 0, obj.id || 0);
+      const offset = typeof obj.offset === "number" ? obj.offset : null;
+      const epoch = offset === null ? null : String(obj.epoch);
+      if (obj.type === POSITION_FRAME) {
+        this._position(obj.topic, offset, epoch, obj.recovered);
+        return; // the topic's position, not a message
+      }
+      if (offset !== null) {
+        const at = this._positions.get(obj.topic);
+        // Seen already (the server sends none twice; this guards a topic whose epoch
+        // this client saw from two connections at once).
+        if (at && at.epoch === epoch && offset <= at.offset) return;
+        this._positions.set(obj.topic, { offset: offset, epoch: epoch });
+      }
+      message = new TinyMessage(
+        obj.topic, new Uint8Array(payload || []), obj.type || 0, obj.id || 0, offset, epoch,
+      );
     } else {
       const payload = typeof data === "string" ? utf8Encoder.encode(data) : new Uint8Array(data);
       message = new TinyMessage(this._topics[0], payload);
@@ -304,6 +419,27 @@ export class TinyClient {
             console.error("tinywasm: a handler for", pattern, "threw:", error);
           }
         }
+      }
+    }
+  }
+
+  // A position frame: where the topic is now, and whether what it missed is on its way.
+  _position(topic, offset, epoch, recovered) {
+    if (offset === null) return;
+    const asked = this._asked && this._asked.has(topic);
+    if (!asked || recovered !== true) {
+      // A fresh start (no since=), or a position the server could not serve: from now on.
+      this._positions.set(topic, { offset: offset, epoch: epoch });
+    }
+    if (!asked) return;
+    this._asked.delete(topic);
+    this.recovered = recovered === true && this.recovered !== false;
+    const event = { topic: topic, recovered: recovered === true, offset: offset, epoch: epoch };
+    for (const listener of this._recoverListeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        console.error("tinywasm: an onRecover listener threw:", error);
       }
     }
   }
@@ -324,7 +460,9 @@ export class TinyClient {
 /**
  * Connect to the hub at `url` (default "/ws" on this page's host; http(s) URLs work too).
  * Options: topics (patterns to subscribe to at once), envelope ("cbor", the default, or
- * "raw"), minDelay and maxDelay (reconnect backoff in ms), onState (a state listener).
+ * "raw"), minDelay and maxDelay (reconnect backoff in ms), onState (a state listener),
+ * getToken (a function returning a JWT or a promise of one: asked on every connect and
+ * after a 3000 "token expired" close).
  */
 export function connect(url, options) {
   return new TinyClient(url, options);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -98,9 +99,15 @@ async def test_two_tabs_chat_through_the_chat_module(
     for text in (first, second):
         await expect(tab1.locator("#monitor-log")).to_contain_text(text, timeout=WAIT_MS)
 
-    # Each line names its sender (the name the tab chose; the hub does not vouch for it).
+    # Each line names its sender: the name the tab chose (a claim), and the connection the
+    # server says it came from (guest interface version 2), different for the two tabs.
     name = await tab2.locator("#chat-name").input_value()
-    await expect(tab1.locator("#chat-log li", has_text=second).locator(".who")).to_have_text(name)
+    line = tab1.locator("#chat-log li", has_text=second)
+    await expect(line.locator(".who")).to_have_text(name)
+    await expect(line.locator(".from")).to_have_text(re.compile(r"^c\d+$"))
+    assert (await line.get_attribute("data-from") or "").startswith("conn:c")
+    mine = await tab1.locator("#chat-log li", has_text=first).get_attribute("data-from")
+    assert mine is not None and mine != await line.get_attribute("data-from")
     await expect(tab1.locator("#chat-notice")).to_be_hidden()
 
     shot = artifacts_dir() / "demo-chat.png"

@@ -140,7 +140,7 @@ async def test_raw_client_and_close_codes_in_words(
     await page.wait_for_function("window.other.state === 'connected'", timeout=WAIT_MS)
     words = await page.evaluate("[1013, 1001, 1006, 3000].map(window.tw.closeWords)")
     assert words[:3] == ["slow consumer", "server going away", "connection lost"]
-    assert "3000" in words[3]
+    assert words[3] == "token expired"
     await page.evaluate("window.other.close(); window.client.close()")
     assert await page.evaluate("window.client.state") == "closed"
     assert errors.items == []
