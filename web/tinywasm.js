@@ -9,7 +9,7 @@
 // One WebSocket per client. The hub takes a connection's topics from its URL
 // (/ws?topic=a&topic=b), so subscribing to a pattern the connection does not
 // cover yet reconnects it with the new set (frames broadcast during that
-// reconnect are not seen). With `envelope: "cbor"` (the default) every frame is a
+// reconnect are not seen, except on topics with history: recovered, below). With `envelope: "cbor"` (the default) every frame is a
 // CBOR map {topic, type, id, payload}, decoded with the vendored cbor-x, and each
 // message goes to the handlers whose pattern matches its topic (`*` one token,
 // `>` the rest). With `envelope: "raw"` frames carry only the payload, so every
