@@ -1,4 +1,4 @@
-//! tinywasm: write tinywasm-wasi modules in Zig (guest interface version 1, docs/abi.md).
+//! tinywasm: write tinywasm-wasi modules in Zig (guest interface version 2, docs/abi.md).
 //!
 //!     const tw = @import("tinywasm");
 //!     comptime { tw.exportAllocator(); }          // malloc and free for the host
@@ -12,7 +12,7 @@
 //!         -O ReleaseSmall --dep tinywasm -Mroot=main.zig -Mtinywasm=<sdk>/zig/tinywasm.zig
 const std = @import("std");
 
-pub const abi_version = 1;
+pub const abi_version = 2;
 
 const host = struct {
     extern "env" fn publish(topic: [*]const u8, topic_len: u32, payload: [*]const u8, payload_len: u32) void;
@@ -20,6 +20,7 @@ const host = struct {
     extern "env" fn unsubscribe(topic: [*]const u8, topic_len: u32) void;
     extern "env" fn ws_broadcast(topic: [*]const u8, topic_len: u32, payload: [*]const u8, payload_len: u32) void;
     extern "env" fn log(msg: [*]const u8, msg_len: u32) void;
+    extern "env" fn message_sender(buf: [*]u8, buf_len: u32) i32; // version 2
 };
 
 /// Publish `payload` on the concrete bus topic `topic` (no wildcards).
@@ -45,6 +46,19 @@ pub fn wsBroadcast(topic: []const u8, payload: []const u8) void {
 /// Write one line to the server log, tagged with the module name.
 pub fn log(line: []const u8) void {
     host.log(line.ptr, @intCast(line.len));
+}
+
+/// Version 2: who published the message being delivered ("user:<sub>", "conn:c<N>",
+/// "module:<name>"), copied into `buf`; null outside a delivery and for the server's own
+/// messages. The host sets it: a publisher cannot forge it. error.SenderTooLong when it
+/// does not fit in `buf` (never cut: a cut sender could be another's prefix). A module
+/// that calls it needs a version-2 server; one that does not imports nothing new.
+pub fn messageSender(buf: []u8) error{SenderTooLong}!?[]const u8 {
+    const n = host.message_sender(buf.ptr, @intCast(buf.len));
+    if (n < 0) return null;
+    const len: usize = @intCast(n);
+    if (len > buf.len) return error.SenderTooLong;
+    return buf[0..len];
 }
 
 /// The bytes the host placed at `ptr` for this call (valid only during the call).

@@ -30,6 +30,7 @@ EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = ("relay", "http_json", "counter")
 LANGS = ("c", "cpp", "zig", "rust", "go", "assemblyscript", "wat")
 HTTP_LANGS = tuple(lang for lang in LANGS if (EXAMPLES_DIR / lang / "http_json").is_dir())
+SENDER_LANGS = ("c", "zig")  # relays that answer "who" with message_sender (version 2)
 DONE = ".built"
 REQUIRE = "TINYWASM_REQUIRE_TOOLCHAINS"
 REFERENCE_WARNINGS = {Problem.NO_FREE}

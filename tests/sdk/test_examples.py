@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.sdk.examples import HTTP_LANGS, built
+from tests.sdk.examples import HTTP_LANGS, SENDER_LANGS, built
 from tests.support import eventually
 from tinywasm_wasi.policy.history import Outcome
 from tinywasm_wasi.server import WasiServer
@@ -122,6 +122,23 @@ async def test_relay_forwards_to_bus_and_browsers_then_unsubscribes(
             b"pong",
         ]
     assert any(f"{lang} relay ready" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("lang", SENDER_LANGS, indirect=True)
+async def test_relay_says_who_sent_a_message(lang: str, serve: Serve) -> None:
+    served = await serve("relay")
+    out = Collected()
+    served.bus.subscribe("relay.out", out)
+    served.bus.publish("relay.ctl", b"who", "user:ann")
+    served.bus.publish("relay.ctl", b"who", "conn:c7")
+    served.bus.publish("relay.ctl", b"who")  # the server's own: no sender
+    served.bus.publish("relay.ctl", b"who", "user:" + "x" * 300)  # does not fit: never cut
+    assert await out.wait_for(4) == [
+        b"from user:ann",
+        b"from conn:c7",
+        b"from nobody",
+        b"from nobody",
+    ]
 
 
 @pytest.mark.parametrize("lang", HTTP_LANGS, indirect=True)
