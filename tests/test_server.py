@@ -35,12 +35,13 @@ async def test_two_browsers_chat_through_the_chat_module(
         http.ws_connect(f"{server.url}/ws?topic=chat") as ann,
         http.ws_connect(f"{server.url}/ws?topic=chat") as bob,
     ):
+        # The chat module says who sent each line: the connection, as the server knows it.
         await ann.send_str("hi from ann")
-        assert await receive(ann) == b"hi from ann"
-        assert await receive(bob) == b"hi from ann"
-        await bob.send_bytes(b"\xffbinary from bob")
-        assert await receive(ann) == b"\xffbinary from bob"
-        assert await receive(bob) == b"\xffbinary from bob"
+        assert await receive(ann) == b'{"from":"conn:c1","data":"hi from ann"}'
+        assert await receive(bob) == b'{"from":"conn:c1","data":"hi from ann"}'
+        await bob.send_bytes(b'\xff"binary" from bob')  # bytes pass through, quotes escaped
+        assert await receive(ann) == b'{"from":"conn:c2","data":"\xff\\"binary\\" from bob"}'
+        assert await receive(bob) == b'{"from":"conn:c2","data":"\xff\\"binary\\" from bob"}'
     await server.host.quiesce(5)  # the frame can arrive before the counter is bumped
     chat = server.host.modules["chat"]
     assert chat.counters.delivered == 2
@@ -85,7 +86,8 @@ async def test_envelope_mode_and_several_topics_on_one_connection(
         for _ in range(2):
             message = decode_message(await receive(ws))
             got[message.topic] = message.payload
-        assert got == {"chat": b"x", "monitor": b"chat: x"}
+        # The chat module's line names its sender: the second connection.
+        assert got == {"chat": b'{"from":"conn:c2","data":"x"}', "monitor": b"chat: x"}
 
 
 async def test_sender_publishes_from_init_and_receiver_forwards_it(
@@ -255,7 +257,8 @@ async def test_ws_settings_reach_the_hub(make_server: ServerFactory) -> None:
             # --ws-rate-limit: 60 frames at 50/s, every one echoed by the chat module.
             for i in range(60):
                 await ws.send_bytes(b"%d" % i)
-            assert [await receive(ws) for _ in range(60)] == [b"%d" % i for i in range(60)]
+            wrapped = [b'{"from":"conn:c1","data":"%d"}' % i for i in range(60)]  # who sent it
+            assert [await receive(ws) for _ in range(60)] == wrapped
             assert server.hub.stats().inbound_throttled > 0
             # --ws-max-frame
             await ws.send_bytes(b"x" * 101)

@@ -9,7 +9,8 @@
  *     {"from":"user:alice","data":"<the payload, as a JSON string>"}
  *
  * The sender comes from the host, so a browser cannot speak as another. A message
- * without a sender (the server's own) goes out unchanged. */
+ * without a sender (the server's own) goes out unchanged. Bytes from 0x80 up pass
+ * through: a payload that is not UTF-8 makes a line that is not valid JSON either. */
 #include "tinywasm.h"
 
 TW_EXPORT_ALLOCATOR();

@@ -31,7 +31,7 @@ async def test_metrics_scrape_cleanly_and_count_what_happened(make_server: Serve
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
         await ws.send_str("hello metrics")
         frame = await ws.receive_bytes(timeout=5)
-        assert frame == b"hello metrics"
+        assert frame == b'{"from":"conn:c1","data":"hello metrics"}'  # the chat module's echo
         # The auth middleware answers 401 itself: a short-circuit.
         async with session.get(server.url + "/m/echo_http") as response:
             assert response.status == 401

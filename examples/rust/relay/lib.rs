@@ -1,5 +1,6 @@
 //! relay: every message on relay.in goes out on relay.out, to the bus and to browsers.
-//! On relay.ctl, "stop" unsubscribes from relay.in and anything else answers "pong".
+//! On relay.ctl, "stop" unsubscribes from relay.in, "who" answers "from <sender>" (who
+//! published the "who": guest interface version 2) and anything else answers "pong".
 
 tinywasm::init!(|| {
     tinywasm::subscribe("relay.in");
@@ -12,6 +13,9 @@ tinywasm::on_topic_message!(|topic: &str, payload: &[u8]| {
         if payload == b"stop" {
             tinywasm::unsubscribe("relay.in");
             tinywasm::publish("relay.out", b"stopped");
+        } else if payload == b"who" {
+            let who = tinywasm::message_sender().unwrap_or_else(|| "nobody".into());
+            tinywasm::publish("relay.out", format!("from {who}").as_bytes());
         } else {
             tinywasm::publish("relay.out", b"pong");
         }

@@ -1,6 +1,6 @@
 //go:build wasip1
 
-// Package tinywasm writes tinywasm-wasi modules in Go (guest interface version 1,
+// Package tinywasm writes tinywasm-wasi modules in Go (guest interface version 2,
 // docs/abi.md). Build with GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared.
 //
 // Register handlers from main's init() (Go's, which runs before the host's "init" export)
@@ -22,7 +22,7 @@ package tinywasm
 import "unsafe"
 
 // ABIVersion is the guest interface version this package follows.
-const ABIVersion = 1
+const ABIVersion = 2
 
 //go:wasmimport env publish
 func hostPublish(topicPtr, topicLen, payloadPtr, payloadLen uint32)
@@ -38,6 +38,9 @@ func hostWsBroadcast(topicPtr, topicLen, payloadPtr, payloadLen uint32)
 
 //go:wasmimport env log
 func hostLog(msgPtr, msgLen uint32)
+
+//go:wasmimport env message_sender
+func hostMessageSender(bufPtr, bufLen uint32) int32
 
 func strPtr(s string) uint32 { return uint32(uintptr(unsafe.Pointer(unsafe.StringData(s)))) }
 
@@ -66,6 +69,25 @@ func Broadcast(topic string, payload []byte) {
 
 // Log writes one line to the server log, tagged with the module name.
 func Log(line string) { hostLog(strPtr(line), uint32(len(line))) }
+
+// MessageSender says who published the message being delivered ("user:<sub>",
+// "conn:c<N>", "module:<name>"); ok is false outside a delivery and for the server's own
+// messages. Guest interface version 2: the host sets it, a publisher cannot forge it.
+func MessageSender() (sender string, ok bool) {
+	buf := make([]byte, 256)
+	n := hostMessageSender(bytesPtr(buf), uint32(len(buf)))
+	if n < 0 {
+		return "", false
+	}
+	if int(n) > len(buf) {
+		buf = make([]byte, n)
+		n = hostMessageSender(bytesPtr(buf), uint32(len(buf)))
+		if n < 0 || int(n) > len(buf) {
+			return "", false
+		}
+	}
+	return string(buf[:n]), true
+}
 
 // Pack returns a block as one i64 result: pointer high, length low.
 func Pack(b []byte) uint64 { return uint64(bytesPtr(b))<<32 | uint64(uint32(len(b))) }

@@ -35,11 +35,12 @@ mod host {
             payload_len: usize,
         );
         pub fn log(msg: *const u8, msg_len: usize);
+        pub fn message_sender(buf: *mut u8, buf_len: usize) -> i32; // version 2
     }
 }
 
 /// Guest interface version this SDK follows.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Publish `payload` on the concrete bus topic `topic` (no wildcards).
 pub fn publish(topic: &str, payload: &[u8]) {
@@ -64,6 +65,27 @@ pub fn ws_broadcast(topic: &str, payload: &[u8]) {
 /// Write one line to the server log, tagged with the module name.
 pub fn log(line: &str) {
     unsafe { host::log(line.as_ptr(), line.len()) }
+}
+
+/// Version 2: who published the message being delivered (`user:<sub>`, `conn:c<N>`,
+/// `module:<name>`), or `None` outside a delivery and for the server's own messages.
+/// The host sets it: a publisher cannot forge it. A module that calls it needs a
+/// version-2 server; one that does not imports nothing new.
+pub fn message_sender() -> Option<String> {
+    let mut buf = vec![0u8; 256];
+    let mut n = unsafe { host::message_sender(buf.as_mut_ptr(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    if n as usize > buf.len() {
+        buf = vec![0u8; n as usize];
+        n = unsafe { host::message_sender(buf.as_mut_ptr(), buf.len()) };
+        if n < 0 || n as usize > buf.len() {
+            return None;
+        }
+    }
+    buf.truncate(n as usize);
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// A block as one i64 result: pointer in the high 32 bits, length in the low 32.
