@@ -10,6 +10,7 @@ open connections until they have one on each worker.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -172,12 +173,14 @@ async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 15.0) ->
 
 
 async def chat_works(sockets: dict[str, aiohttp.ClientWebSocketResponse], text: str) -> None:
-    """A frame from each worker's browser reaches both browsers, once."""
+    """A frame from each worker's browser reaches both browsers, once, with its sender
+    (the chat module's {from, data} line; the sender is a connection of its worker)."""
     for sender in sorted(sockets):
-        payload = f"{text} from {sender}".encode()
-        await sockets[sender].send_bytes(payload)
-        for worker in sorted(sockets):
-            assert await receive(sockets[worker]) == payload, worker
+        payload = f"{text} from {sender}"
+        await sockets[sender].send_bytes(payload.encode())
+        lines = [json.loads(await receive(sockets[worker])) for worker in sorted(sockets)]
+        assert [line["data"] for line in lines] == [payload] * len(sockets)
+        assert lines[0]["from"] == lines[-1]["from"] and lines[0]["from"].startswith("conn:c")
 
 
 async def health_of_each_worker(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
