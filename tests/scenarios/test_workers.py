@@ -9,7 +9,6 @@ so the test opens connections until it has one on each.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -24,6 +23,7 @@ from tests.scenarios.cluster import (
     Cluster,
     ClusterFactory,
     answers_by_worker,
+    chat_data,
     chat_on_each_worker,
     chat_works,
     cluster,
@@ -167,7 +167,7 @@ async def test_workers_joined_to_a_nats_server_that_restarts(
         await eventually(both_degraded, "both workers to say degraded", timeout=30)
         # The chat owner's own browser still gets the chat: local delivery never waits.
         await sockets[chat_owner].send_bytes(b"during")
-        assert data(await receive(sockets[chat_owner])) == b"during"
+        assert chat_data(await receive(sockets[chat_owner])) == b"during"
 
         nats.start()
 
@@ -181,12 +181,7 @@ async def test_workers_joined_to_a_nats_server_that_restarts(
             payload = f"after from {sender}".encode()
             await sockets[sender].send_bytes(payload)
             for worker in (chat_owner, other):
-                got = data(await receive(sockets[worker]))
+                got = chat_data(await receive(sockets[worker]))
                 while got == b"during" and worker == other:
-                    got = data(await receive(sockets[worker]))
+                    got = chat_data(await receive(sockets[worker]))
                 assert got == payload, (worker, got)
-
-
-def data(line: bytes) -> bytes:
-    """What a browser sent, from the chat module's {"from": ..., "data": ...} line."""
-    return str(json.loads(line)["data"]).encode()

@@ -176,4 +176,3 @@ async def test_with_tokens_the_sender_is_the_verified_user(
         assert (await frames(bob, "seen", 2))[1] == b"chat|user:" + odd.encode()
         await ann.close()
         await bob.close()
-

@@ -46,7 +46,8 @@ log = logging.getLogger("tinywasm.mailbox")
 
 __all__ = ["Delivery", "Mailbox", "Pending", "Reply", "Request", "Requeued"]
 
-Delivery = tuple[str, bytes, str]  # topic, payload, sender ("" when unknown)
+# topic, payload and sender; a message without a known sender may be just (topic, payload)
+Delivery = tuple[str, bytes, str] | tuple[str, bytes]
 
 
 Reply = Callable[[bytes | None, BaseException | None], None]
@@ -394,7 +395,7 @@ class Mailbox:
                 self._answer_request(item)
         else:
             try:
-                self._deliver(item[0], item[1], item[2])
+                self._deliver(item[0], item[1], item[2] if len(item) > 2 else "")
             except Exception:  # the deliver callback reports its own errors
                 log.exception("module %r: delivery failed unexpectedly", self.name)
 

@@ -442,13 +442,15 @@ class WasmModule:
         return dropped
 
     def take_messages(self, error: BaseException) -> list[tuple[str, bytes]]:
-        """Take the queued messages out (to hand elsewhere); queued requests get `error`."""
+        """Take the queued messages out (to hand elsewhere); queued requests get `error`.
+
+        As (topic, payload): their senders stay here (they do not cross processes yet)."""
         messages: list[tuple[str, bytes]] = []
         for item in self.mailbox.take_pending():
             if isinstance(item, Request):
                 item.fail(error)
             else:
-                messages.append(item)
+                messages.append((item[0], item[1]))
         return messages
 
     async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:
