@@ -9,6 +9,7 @@ so the test opens connections until it has one on each.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
