@@ -144,6 +144,27 @@ def test_sigint_stops_the_wasi_server_too(running: list[Running]) -> None:
     assert "closed" in rest
 
 
+@pytest.mark.timeout(150)
+def test_workers_on_a_taken_port_stop_and_exit_1_instead_of_restarting(
+    running: list[Running],
+) -> None:
+    first = start("wasi")
+    running.append(first)
+    port = first.wait_for(URL.pattern).group(1)
+    env = {**os.environ, "TINYWASM_SERVER": "wasi", "TINYWASM_CACHE_DIR": "off"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmd.tinywasm", "--port", port, "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "cannot listen on" in proc.stderr and "stopping every worker" in proc.stderr
+    assert "restarting it" not in proc.stderr
+
+
 def test_port_in_use_exits_1_with_a_hint(running: list[Running]) -> None:
     first = start("wasi")
     running.append(first)

@@ -27,6 +27,7 @@ from tinywasm_wasi.config import (
     MAX_MEMORY,
     MAX_MODULE_THREADS,
     MAX_WORKERS,
+    WORKER_CANNOT_LISTEN,
     Config,
     LogFormat,
 )
@@ -792,7 +793,7 @@ def serve_config(config: Config, server_name: str | None, environ: Mapping[str, 
                 config.port,
                 os.strerror(exc.errno).lower(),
             )
-        else:
-            log.error("could not start the server: %s", exc)
+            return WORKER_CANNOT_LISTEN if config.worker_index is not None else 1
+        log.error("could not start the server: %s", exc)
         return 1
     return 0

@@ -42,6 +42,10 @@ def data_dir(installed: str, checkout: str) -> Path:
 
 
 DEFAULT_MODULES_DIR = data_dir("examples", "modules/dist")
+
+# A worker's exit status when it cannot listen on its port: the supervisor then stops
+# every worker and exits 1, instead of restarting it forever.
+WORKER_CANNOT_LISTEN = 3
 DEFAULT_WEB_DIR = data_dir("static", "web")
 # The CLI puts it under $XDG_CACHE_HOME instead when that is set.
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinywasm-wasi"

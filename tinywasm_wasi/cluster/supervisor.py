@@ -43,7 +43,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from tinywasm_wasi.cluster.nats_server import NatsServerError, NatsServerProcess, free_port
-from tinywasm_wasi.config import Config
+from tinywasm_wasi.config import WORKER_CANNOT_LISTEN, Config
 from tinywasm_wasi.policy.placement import worker_name
 from tinywasm_wasi.policy.restart import restart_delay
 from tinywasm_wasi.supervisor.state_dir import StateDir
@@ -74,6 +74,7 @@ class Supervisor:
         self._ready: dict[str, asyncio.Event] = {}
         self._rolling: asyncio.Task[dict[str, Any]] | None = None
         self._nc: Client | None = None
+        self._status = 0  # the exit status: 1 once a worker could not listen at start
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
@@ -130,7 +131,7 @@ class Supervisor:
             if nats is not None:
                 await asyncio.to_thread(nats.stop)
         log.info("closed")
-        return 0
+        return self._status
 
     def _command(self, index: int, port: int, urls: str) -> list[str]:
         extra = ["--port", str(port), "--worker-index", str(index), "--nats", urls]
@@ -140,6 +141,7 @@ class Supervisor:
         """Run worker `index`; start it again whenever it dies, until the supervisor stops."""
         name = worker_name(index)
         deaths = 0
+        first = True
         while not self._stopping.is_set():
             begun = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
@@ -150,6 +152,18 @@ class Supervisor:
             code = await proc.wait()
             if self._stopping.is_set():
                 return
+            if first and code == WORKER_CANNOT_LISTEN:
+                # The port is taken (its line above says so): restarting cannot help.
+                log.error(
+                    "worker %s cannot listen on port %d: stopping every worker; free the "
+                    "port or choose another with --port / TINYWASM_PORT",
+                    name,
+                    port,
+                )
+                self._status = 1
+                self._stopping.set()
+                return
+            first = False
             if self._replacing == index or code == 0:
                 # Stopped on purpose (a rolling restart, or SIGTERM to this worker alone):
                 # it handed its modules over first; it comes back at once and takes them back.
