@@ -2,8 +2,9 @@
 
 A real `WasiServer` on 127.0.0.1 loads the demo ``chat`` module
 (``modules/dist/chat.wasm``: every message on bus topic ``chat`` is broadcast to
-the WebSocket clients on ``chat``), with the per-connection inbound rate limit
-off. A client process, separate from the server, holds one receiving
+the WebSocket clients on ``chat``, wrapped as ``{"from", "data"}`` with its
+sender since guest interface 2: the receiver unwraps it), with the per-connection
+inbound rate limit off. A client process, separate from the server, holds one receiving
 connection on ``/ws?topic=chat`` and S sending connections. The senders connect
 with ``envelope=cbor`` to a topic nothing broadcasts to and publish CBOR
 messages on ``chat``: a raw-frame sender would have to sit on ``chat`` itself
@@ -58,6 +59,37 @@ QUIET = "bench.relay.senders"  # the senders' subscription: nothing is broadcast
 HEAD = struct.Struct("<QQ")  # sequence number, send time (monotonic ns)
 PROBE = 2**64 - 1  # sequence number of the frames that check the path before a phase
 PROBE_TIMEOUT = 10.0  # seconds for a probe to come back through the module
+
+WRAP_HEAD, WRAP_DATA, WRAP_END = b'{"from":"', b'","data":"', b'"}'
+ESCAPED = {ord('"'): b'"', ord("\\"): b"\\"}
+
+
+def unwrap(line: bytes) -> bytes:
+    """The payload inside chat's ``{"from":"...","data":"..."}`` line, unescaped.
+
+    The demo chat names the sender of each browser message (guest interface 2) and
+    escapes the payload as the inside of a JSON string: ``\\"``, ``\\\\`` and
+    ``\\u00XX`` for control bytes; bytes from 0x80 up pass through. A line that is
+    not wrapped (the server's own messages) is returned as it is.
+    """
+    if not (line.startswith(WRAP_HEAD) and line.endswith(WRAP_END)):
+        return line
+    start = line.index(WRAP_DATA) + len(WRAP_DATA)
+    data, out, i = line[start : -len(WRAP_END)], bytearray(), 0
+    while i < len(data):
+        c = data[i]
+        if c != 0x5C:  # not a backslash
+            out.append(c)
+            i += 1
+        elif data[i + 1] == ord("u"):
+            out.append(int(data[i + 2 : i + 6], 16))
+            i += 6
+        else:
+            out += ESCAPED[data[i + 1]]
+            i += 2
+    return bytes(out)
+
+
 STALL_TIMEOUT = 5.0  # seconds without a frame received before a phase gives up
 CHILD_MARGIN = 30.0  # seconds a client process may take beyond its phase (spawn, connect)
 
@@ -103,7 +135,7 @@ async def relay_clients(url: str, phase: Phase) -> dict[str, Any]:
                 if msg.type is not aiohttp.WSMsgType.BINARY:
                     continue
                 now = time.monotonic_ns()
-                seq, sent = HEAD.unpack_from(msg.data)
+                seq, sent = HEAD.unpack_from(unwrap(msg.data))
                 if seq == PROBE:
                     state["probed"] = True
                 else:
