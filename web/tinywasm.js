@@ -28,6 +28,10 @@
 // connection asks it for a token, sent as the `tinywasm.jwt` WebSocket subprotocol
 // (never in the URL). A close with 3000 "token expired" asks again and reconnects at
 // once, recovering what was missed.
+//
+// Presence (envelope mode): with `presence: true` the connection asks for join and
+// leave frames on its topics (presence=1); `onPresence(listener)` gets each as
+// {kind: "join" | "leave", topic, user, conn}. Message handlers never see them.
 // Plain ES module, no build step.
 
 import { Decoder } from "./vendor/cbor-x/decode.js";
@@ -57,6 +61,9 @@ export const CLOSE_CODES = Object.freeze({
 
 /** The frame type of a topic's position frame (the first per topic with history). */
 export const POSITION_FRAME = 1;
+/** The frame types of presence events (presence: true): a connection joined or left a topic. */
+export const JOIN_FRAME = 2;
+export const LEAVE_FRAME = 3;
 const TOKEN_EXPIRED = 3000;
 const TOKEN_PROTOCOL = "tinywasm.jwt";
 
@@ -153,6 +160,11 @@ export class TinyClient {
       throw new TypeError("getToken must be a function returning a token (or a promise of one)");
     }
     this.getToken = options.getToken || null;
+    this.presence = Boolean(options.presence);
+    if (this.presence && envelope !== "cbor") {
+      throw new TypeError('presence needs envelope "cbor": raw frames cannot tell a join from a message');
+    }
+    this._presenceListeners = new Set();
     this.state = "idle";
     // Recovery: topic -> {offset, epoch} of the last message seen; whether the last
     // reconnect recovered everything (null until a reconnect asked for it).
@@ -228,6 +240,15 @@ export class TinyClient {
   onRecover(listener) {
     this._recoverListeners.add(listener);
     return () => this._recoverListeners.delete(listener);
+  }
+
+  /**
+   * Call `listener({kind, topic, user, conn})` for each join ("join") or leave ("leave") on
+   * the connection's topics; needs `presence: true`. Returns an undo.
+   */
+  onPresence(listener) {
+    this._presenceListeners.add(listener);
+    return () => this._presenceListeners.delete(listener);
   }
 
   /** Each topic's last position seen: topic -> {offset, epoch} (topics with history only). */
@@ -331,6 +352,7 @@ export class TinyClient {
     this._asked = new Set();
     if (this.envelope === "cbor") {
       url.searchParams.set("envelope", "cbor");
+      if (this.presence) url.searchParams.set("presence", "1");
       for (const topic of this._topics) {
         const at = this._positions.get(topic);
         if (!at) continue;
@@ -395,6 +417,22 @@ export class TinyClient {
       if (obj.type === POSITION_FRAME) {
         this._position(obj.topic, offset, epoch, obj.recovered);
         return; // the topic's position, not a message
+      }
+      if (obj.type === JOIN_FRAME || obj.type === LEAVE_FRAME) {
+        const event = {
+          kind: obj.type === JOIN_FRAME ? "join" : "leave",
+          topic: obj.topic,
+          user: obj.user ?? null,
+          conn: obj.conn ?? null,
+        };
+        for (const listener of this._presenceListeners) {
+          try {
+            listener(event);
+          } catch (error) {
+            console.error("tinywasm: a presence listener threw:", error);
+          }
+        }
+        return; // a join or leave, not a message
       }
       if (offset !== null) {
         const at = this._positions.get(obj.topic);

@@ -197,3 +197,53 @@ async def test_an_expired_token_is_refreshed_and_nothing_is_missed(
     assert await page.evaluate("window.client.recovered") is True
     assert await page.evaluate("window.tokens") == 2
     assert [e for e in errors.items if "WebSocket" not in e and "favicon" not in e] == []
+
+
+PRESENCE_SETUP = """async () => {
+  const tw = await import("/tinywasm.js");
+  document.body.innerHTML = "<h1>tinywasm.js presence</h1><pre id=log></pre>";
+  window.events = [];
+  window.messages = [];
+  const client = tw.connect("/ws", { topics: ["room"], presence: true, minDelay: 50 });
+  client.subscribe("room", (m) => window.messages.push(m.text()));
+  client.onPresence((e) => {
+    window.events.push(e);
+    document.getElementById("log").textContent += e.kind + " " + e.topic + " " + e.conn + "\\n";
+  });
+  window.client = client;
+}"""
+
+
+async def test_presence_events_reach_on_presence_and_never_the_message_handlers(
+    make_server: ServerFactory, browser: Browser, tmp_path: Any
+) -> None:
+    import aiohttp
+
+    server = await make_server(modules_dir=tmp_path, watch=False)
+    errors = PageErrors()
+    page = await browser.new_page()
+    errors.watch(page, "presence")
+    response = await page.goto(server.url + "/healthz")
+    assert response is not None and response.ok
+    await page.evaluate(PRESENCE_SETUP)
+    await page.wait_for_function("window.client.state === 'connected'", timeout=WAIT_MS)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{server.url}/ws?topic=room"):
+            await page.wait_for_function("window.events.length >= 1", timeout=WAIT_MS)
+        await page.wait_for_function("window.events.length >= 2", timeout=WAIT_MS)
+    server.hub.broadcast("room", b"hello")
+    await page.wait_for_function("window.messages.length === 1", timeout=WAIT_MS)
+    events = await page.evaluate("window.events")
+    assert [(e["kind"], e["topic"], e["user"]) for e in events] == [
+        ("join", "room", None),
+        ("leave", "room", None),
+    ]
+    assert events[0]["conn"] == events[1]["conn"] and events[0]["conn"].startswith("c")
+    assert await page.evaluate("window.messages") == ["hello"], "no presence frame as a message"
+    await page.screenshot(path=str(artifacts_dir() / "js-presence.png"))
+    assert [e for e in errors.items if "favicon" not in e] == []
+    with pytest.raises(Exception, match="presence needs envelope"):
+        await page.evaluate(
+            "async () => (await import('/tinywasm.js')).connect('/ws', "
+            "{topics: ['room'], envelope: 'raw', presence: true})"
+        )
