@@ -60,3 +60,35 @@ async def test_a_fifo_dropped_in_while_serving_is_refused_and_swaps_go_on(
     write(tmp_path, "ok", guest('(func (export "init"))'))
     record = await host.swap("ok", "watcher")
     assert record is not None and record.outcome.value == "swapped"
+
+
+def test_limits_asked_from_many_threads_at_once_all_see_the_file(tmp_path: Path) -> None:
+    # Loads read a module's limits in their compile threads; before the lock, one thread
+    # stored the file's new stamp before its overrides, and the others got the defaults.
+    import threading
+
+    from tinywasm_wasi.policy.limits import Limits
+    from tinywasm_wasi.supervisor.loader import ModuleLoader
+
+    names = [f"m{i}" for i in range(16)]
+    (tmp_path / "limits.toml").write_text(
+        "".join(f"[{n}]\ncall_timeout = 10.0\n" for n in names) + "# padding\n" * 5000
+    )
+    for _ in range(20):
+        loader = ModuleLoader(Limits())
+        loader.directory = tmp_path
+        start = threading.Barrier(len(names))
+        seen: dict[str, float] = {}
+
+        def ask(
+            name: str, loader: ModuleLoader, start: threading.Barrier, seen: dict[str, float]
+        ) -> None:
+            start.wait()
+            seen[name] = loader.limits_for(name).call_timeout
+
+        threads = [threading.Thread(target=ask, args=(n, loader, start, seen)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == dict.fromkeys(names, 10.0)

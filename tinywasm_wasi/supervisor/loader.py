@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,9 @@ class ModuleLoader:
         self.directory: Path | None = None
         self._overrides: dict[str, Limits] = {}  # from limits.toml, per module name
         self._limits_stamp: tuple[int, int, int] | None = None  # the file when last read
+        # Loads ask from several compile threads at once: one reads the file while the
+        # others wait, so none sees the new stamp with the old overrides.
+        self._limits_lock = threading.Lock()
 
     def scan(self, directory: Path) -> FolderScan:
         """The module files in `directory`, sorted by name; conflicts and bad names refused."""
@@ -295,11 +299,12 @@ class ModuleLoader:
             stamp: tuple[int, int, int] | None = (info.st_mtime_ns, info.st_size, info.st_ino)
         except OSError:
             stamp = None
-        if stamp != self._limits_stamp:
-            self._limits_stamp = stamp
-            try:
-                self._overrides = load_overrides(self.directory, self.limits)
-            except LimitsError as exc:
-                log.error("ignoring the limits file: %s", exc)
-                self._overrides = {}
-        return self._overrides.get(name, self.limits)
+        with self._limits_lock:
+            if stamp != self._limits_stamp:
+                try:
+                    overrides = load_overrides(self.directory, self.limits)
+                except LimitsError as exc:
+                    log.error("ignoring the limits file: %s", exc)
+                    overrides = {}
+                self._overrides, self._limits_stamp = overrides, stamp
+            return self._overrides.get(name, self.limits)
