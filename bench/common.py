@@ -426,16 +426,34 @@ def _free_port() -> int:
 class CheckoutServer:
     """A tinywasm server process from `checkout` (with its own ``.venv`` if it has one),
     for the length of a `with`: to measure another version beside this one, interleaved.
-    `options` are more command-line options for it."""
+    `options` are more command-line options for it; by default it does not watch its
+    folder and has no compile cache."""
 
-    def __init__(self, checkout: Path, modules: Path, options: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        checkout: Path,
+        modules: Path,
+        options: Sequence[str] = (),
+        *,
+        watch: bool = False,
+        cache_dir: Path | None = None,
+        start_timeout: float = CHECKOUT_START_TIMEOUT,
+    ) -> None:
         venv_python = checkout / ".venv" / "bin" / "python"
         self.python = str(venv_python) if venv_python.is_file() else sys.executable
         self.checkout = checkout
         self.modules = modules
         self.port = _free_port()
-        self.options = list(options)
+        self.options = [
+            *(() if watch else ("--no-watch",)),
+            *("--cache-dir", "off" if cache_dir is None else str(cache_dir)),
+            *options,
+        ]
+        self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def connect(self, timeout: float = 120.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def __enter__(self) -> CheckoutServer:
         env = {
@@ -452,9 +470,6 @@ class CheckoutServer:
                 str(self.port),
                 "--modules-dir",
                 str(self.modules),
-                "--no-watch",
-                "--cache-dir",
-                "off",
                 "--log-level",
                 "WARNING",
                 *self.options,
@@ -463,10 +478,10 @@ class CheckoutServer:
             env=env,
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + CHECKOUT_START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while True:
             try:
-                self.healthz(http.client.HTTPConnection("127.0.0.1", self.port, timeout=5))
+                self.healthz(self.connect(timeout=5))
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

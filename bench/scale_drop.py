@@ -21,16 +21,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import percentile, process_rss_kib
+from bench.common import CheckoutServer, percentile, process_rss_kib
 from tinywasm_wasi.config import DEFAULT_MODULES_DIR
 
 __all__ = ["ROOT", "DropResult", "problems", "run", "table", "verdicts"]
@@ -40,12 +37,6 @@ MODULE = DEFAULT_MODULES_DIR / "receiver.wasm"
 START_TIMEOUT = 120.0
 TARGET_P99_MS = 50.0  # /healthz while 2,000 load
 TARGET_KIB = 64.0  # per idle module, at 10,000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _proc_count(pid: int, what: str) -> int:
@@ -92,51 +83,6 @@ class DropResult:
         return (self.rss_after_kib - self.rss_before_kib) / self.count
 
 
-class _Server:
-    """A server process from `checkout` watching `modules`, for the length of a `with`."""
-
-    def __init__(self, checkout: Path, modules: Path, cache: Path) -> None:
-        venv_python = checkout / ".venv" / "bin" / "python"
-        self.python = str(venv_python) if venv_python.is_file() else sys.executable
-        self.checkout, self.modules, self.cache = checkout, modules, cache
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> _Server:
-        env = {**os.environ, "TINYWASM_SERVER": "wasi", "PYTHONPATH": str(self.checkout)}
-        self.proc = subprocess.Popen(
-            [
-                *(self.python, "-m", "cmd.tinywasm", "--port", str(self.port)),
-                *("--modules-dir", str(self.modules), "--cache-dir", str(self.cache)),
-                *("--log-level", "WARNING"),
-            ],
-            cwd=self.checkout,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                _modules(self.connect())
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server on port {self.port} did not start") from None
-                time.sleep(0.1)
-
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _settle(pid: int) -> int:
     """RSS in KiB once it stops moving (two reads 0.5 s apart within 64 KiB)."""
     last = process_rss_kib(pid)
@@ -159,7 +105,9 @@ def drop(checkout: Path, count: int, timeout: float) -> DropResult:
         wasm = MODULE.read_bytes()
         for i in range(count):
             (staging / f"m{i:05d}.wasm").write_bytes(wasm)
-        with _Server(checkout, modules, cache) as server:
+        with CheckoutServer(
+            checkout, modules, watch=True, cache_dir=cache, start_timeout=START_TIMEOUT
+        ) as server:
             assert server.proc is not None
             pid = server.proc.pid
             threads_before = _proc_count(pid, "threads")
