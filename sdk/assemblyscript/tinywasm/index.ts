@@ -1,5 +1,5 @@
-// tinywasm: write tinywasm-wasi modules in AssemblyScript (guest interface version 1,
-// docs/abi.md). Import it as "tinywasm" (`asc --path <sdk>/assemblyscript`) and re-export
+// tinywasm: write tinywasm-wasi modules in AssemblyScript (guest interface version 2,
+// docs/abi.md; a module that never calls messageSender imports only version 1). Import it as "tinywasm" (`asc --path <sdk>/assemblyscript`) and re-export
 // the allocator from your entry file:
 //
 //     import { subscribe, publish, text } from "tinywasm";
@@ -25,8 +25,11 @@ declare function hostWsBroadcast(topic: usize, topicLen: i32, payload: usize, pa
 // @ts-ignore: decorator
 @external("env", "log")
 declare function hostLog(msg: usize, msgLen: i32): void;
+// @ts-ignore: decorator
+@external("env", "message_sender")
+declare function hostMessageSender(buf: usize, bufLen: i32): i32; // version 2
 
-export const ABI_VERSION: i32 = 1;
+export const ABI_VERSION: i32 = 2;
 
 function utf8(s: string): ArrayBuffer {
   return String.UTF8.encode(s);
@@ -65,6 +68,22 @@ export function wsBroadcast(topic: string, payload: Uint8Array): void {
 export function log(line: string): void {
   const t = utf8(line);
   hostLog(changetype<usize>(t), t.byteLength);
+}
+
+/** Version 2: who published the message being delivered (`user:<sub>`, `conn:c<N>`,
+ *  `module:<name>`), or null outside a delivery and for the server's own messages.
+ *  The host sets it: a publisher cannot forge it. A module that calls it needs a
+ *  version-2 server; one that does not imports nothing new. */
+export function messageSender(): string | null {
+  let buf = new Uint8Array(256);
+  let n = hostMessageSender(buf.dataStart, buf.length);
+  if (n < 0) return null;
+  if (n > buf.length) {
+    buf = new Uint8Array(n);
+    n = hostMessageSender(buf.dataStart, buf.length);
+    if (n < 0 || n > buf.length) return null;
+  }
+  return String.UTF8.decodeUnsafe(buf.dataStart, n);
 }
 
 /** A copy of the `len` bytes the host placed at `ptr` for this call. */
