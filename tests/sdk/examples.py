@@ -30,7 +30,8 @@ EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = ("relay", "http_json", "counter")
 LANGS = ("c", "cpp", "zig", "rust", "go", "assemblyscript", "wat")
 HTTP_LANGS = tuple(lang for lang in LANGS if (EXAMPLES_DIR / lang / "http_json").is_dir())
-SENDER_LANGS = ("c", "zig", "rust", "go", "assemblyscript")  # relays that answer "who" (message_sender, v2)
+# Relays that answer "who" (message_sender, guest interface version 2).
+SENDER_LANGS = ("c", "zig", "rust", "go", "assemblyscript")
 DONE = ".built"
 REQUIRE = "TINYWASM_REQUIRE_TOOLCHAINS"
 REFERENCE_WARNINGS = {Problem.NO_FREE}
