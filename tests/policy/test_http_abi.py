@@ -19,7 +19,9 @@ from tinywasm_wasi.policy.http_abi import (
     encode_full_request,
     http_mode,
     join_headers,
+    not_text,
     parse_response,
+    text_problem,
 )
 
 REQUEST = HttpRequest(
@@ -47,6 +49,36 @@ def parse(obj: Any, *, max_body: int = 1024, middleware: bool = False) -> HttpRe
 )
 def test_mode_follows_the_exports(exports: list[str], mode: HttpMode | None) -> None:
     assert http_mode(exports) is mode
+
+
+BAD = "caf\udce9"  # aiohttp's surrogateescape of a byte that is not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "headers", "problem"),
+    [
+        ("GET", "/m/e", "", [("host", "x")], None),
+        ("GET", "/m/é", "a=é", [("x-name", "é")], None),
+        (BAD, "/m/e", "", [], "the request's method is not UTF-8"),
+        ("GET", "/m/" + BAD, "", [], "the request's path is not UTF-8"),
+        ("GET", "/m/e", BAD, [], "the request's query is not UTF-8"),
+        ("GET", "/m/e", "", [(BAD, "1")], "a header name is not UTF-8"),
+        (
+            "GET",
+            "/m/e",
+            "",
+            [("x-a", "1"), ("x-a", BAD)],  # a repeated name: every value is looked at
+            "the value of the x-a header is not UTF-8 text: "
+            "modules receive headers as text, so send them UTF-8 encoded",
+        ),
+    ],
+)
+def test_text_problem_names_the_part_that_is_not_utf8(
+    method: str, path: str, query: str, headers: list[tuple[str, str]], problem: str | None
+) -> None:
+    assert text_problem(method, path, query, headers) == problem
+    request = HttpRequest(method, path, "e", query, dict(headers))
+    assert not_text(request) == problem
 
 
 def test_compat_request_is_the_references_text() -> None:

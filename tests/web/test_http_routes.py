@@ -399,6 +399,42 @@ async def test_a_runaway_handler_is_interrupted_with_504(
         assert status == 504
 
 
+def compat_long(length: int | None) -> bytes:
+    """A compat-mode guest answering `length` bytes of "x" (the NUL after them: the memory is
+    zero there), or, for `length` None, a body with no NUL in the 64 KiB it may span."""
+    if length is None:  # 2 pages of "x" from address 0: no NUL anywhere after the pointer
+        body = (
+            '(func (export "handle") (param i32 i32) (result i32)\n'
+            "  (memory.fill (i32.const 0) (i32.const 120) (i32.const 131072)) (i32.const 8))"
+        )
+        return bytes(wasmtime.wat2wasm(guest(body)))
+    body = (
+        f'(func (export "handle") (param i32 i32) (result i32)\n'
+        f"  (memory.fill (i32.const 65536) (i32.const 120) (i32.const {length}))\n"
+        f"  (i32.store8 (i32.const {65536 + length}) (i32.const 0)) (i32.const 65536))"
+    )
+    return bytes(wasmtime.wat2wasm(guest(body, pages=3)))
+
+
+async def test_compat_bodies_of_any_length_up_to_64_kib_arrive_whole(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    """The host looks for the NUL in a small window first, then in the whole 64 KiB."""
+    lengths = [0, 1, 511, 512, 513, 5000, 64 * 1024]
+    directory = files(
+        tmp_path,
+        {f"x{n}.wasm": compat_long(n) for n in lengths} | {"nonul.wasm": compat_long(None)},
+    )
+    server = await make_server(modules_dir=directory, watch=False)
+    async with aiohttp.ClientSession() as http:
+        for n in lengths:
+            status, _, body = await get(http, f"{server.url}/m/x{n}")
+            assert (status, len(body), body.strip(b"x")) == (200, n, b""), n
+        status, _, body = await get(http, f"{server.url}/m/nonul")
+        assert status == 500
+        assert b"no NUL within 65536 bytes" in body, body
+
+
 async def test_a_full_mailbox_is_503_with_retry_after(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:

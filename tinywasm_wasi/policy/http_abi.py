@@ -41,6 +41,7 @@ __all__ = [
     "join_headers",
     "not_text",
     "parse_response",
+    "text_problem",
 ]
 
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -128,14 +129,17 @@ def not_text(request: HttpRequest) -> str | None:
     text strings, which must be UTF-8, so such a request is answered 400 with
     this reason before any module sees it.
     """
-    for part, text in (
-        ("method", request.method),
-        ("path", request.path),
-        ("query", request.query),
-    ):
+    return text_problem(request.method, request.path, request.query, request.headers.items())
+
+
+def text_problem(
+    method: str, path: str, query: str, headers: Iterable[tuple[str, str]]
+) -> str | None:
+    """`not_text` of a request given by its parts (header pairs, a name may repeat)."""
+    for part, text in (("method", method), ("path", path), ("query", query)):
         if _SURROGATE.search(text):
             return f"the request's {part} is not UTF-8"
-    for name, value in request.headers.items():
+    for name, value in headers:
         if _SURROGATE.search(name):
             return "a header name is not UTF-8"
         if _SURROGATE.search(value):

@@ -60,6 +60,7 @@ MAX_TABLES = 8
 MAX_IOVECS = 1024  # IOV_MAX on Linux
 HARD_LIMIT = 10  # a call that keeps calling host functions may run this many deadlines
 KEPT_BLOCK_MIN = 256  # bytes: the smallest block kept for deliveries and requests
+_FIRST_WINDOW = 512  # bytes looked at first for the NUL ending a compat response
 KEPT_BLOCK_MAX = 64 * 1024  # bytes: larger data gets a block of its own, freed after
 MAX_WRITE = 64 * 1024  # bytes of one fd_write that reach the log; the rest is consumed unseen
 STDOUT, STDERR = 1, 2
@@ -313,8 +314,13 @@ class Guest:
             raise GuestTrap(
                 self.name, call, f"returned {ptr:#x}, outside its memory ({size} bytes)", None
             )
-        window = self._memory.read(ptr, min(COMPAT_RESPONSE_CAP + 1, size - ptr))
+        # Most bodies are short: look for the NUL in a small window before copying the
+        # whole 64 KiB one (a copy and a 64 KiB allocation per request otherwise).
+        window = self._memory.read(ptr, min(_FIRST_WINDOW, size - ptr))
         end = window.find(b"\0")
+        if end < 0 and len(window) == _FIRST_WINDOW:
+            window = self._memory.read(ptr, min(COMPAT_RESPONSE_CAP + 1, size - ptr))
+            end = window.find(b"\0")
         if end < 0:
             raise GuestTrap(
                 self.name,

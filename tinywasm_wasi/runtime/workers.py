@@ -60,7 +60,7 @@ class WorkerPool:
             self._ready.append(task)
             if len(self._ready) > self._idle and len(self._threads) < self.size:
                 self._start_thread()
-            else:
+            elif self._idle:  # else every thread is busy: one takes it when it is done
                 self._cond.notify()
 
     def resize(self, size: int) -> None:

@@ -46,6 +46,7 @@ class RegistryView:
         # unlike the history, these are never trimmed.
         self.outcomes: Mapping[tuple[str, Outcome], int] = MappingProxyType(registry._outcomes)
         self.swap_seconds: Mapping[str, Histogram] = MappingProxyType(registry._swap_seconds)
+        self._middlewares: tuple[int, tuple[WasmModule, ...]] | None = None  # at a change count
 
     @property
     def changes(self) -> int:
@@ -54,9 +55,17 @@ class RegistryView:
         return self._registry._changes
 
     def middlewares(self) -> list[WasmModule]:
-        """Live middleware modules, in the order they run (see `policy/rules.py`)."""
-        found = [(m.file.order_key, m) for m in self.modules.values() if m.file and m.file.rule]
-        return [m for _key, m in sorted(found, key=lambda pair: pair[0])]
+        """Live middleware modules, in the order they run (see `policy/rules.py`).
+
+        Asked on every HTTP request: found again only after a change to the modules.
+        """
+        changes = self._registry._changes
+        cached = self._middlewares
+        if cached is None or cached[0] != changes:
+            found = [(m.file.order_key, m) for m in self.modules.values() if m.file and m.file.rule]
+            ordered = tuple(m for _key, m in sorted(found, key=lambda pair: pair[0]))
+            cached = self._middlewares = (changes, ordered)
+        return list(cached[1])
 
     def live(self) -> list[WasmModule]:
         return [m for m in self.modules.values() if m.state is ModuleState.LIVE]

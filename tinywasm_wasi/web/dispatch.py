@@ -41,8 +41,8 @@ from tinywasm_wasi.policy.http_abi import (
     encode_compat_request,
     encode_full_request,
     join_headers,
-    not_text,
     parse_response,
+    text_problem,
 )
 from tinywasm_wasi.policy.http_forward import Forwarded, ForwardedAnswer
 from tinywasm_wasi.policy.public_paths import PublicPaths
@@ -109,43 +109,37 @@ class Dispatcher:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        forward = self._forward
         try:
-            if self._forward is not None:
-                await self._forward.settle(name)
+            if forward is not None:
+                await forward.settle(name)
             owner = self._elsewhere(name)
             if owner is None:
                 self._target(name)  # 404 or 503 before the body is read
             body = await self._read_body(request)
-            problem = not_text(
-                HttpRequest(
-                    method=request.method,
-                    path=request.rel_url.raw_path,
-                    route=name,
-                    query=request.rel_url.raw_query_string,
-                    headers=dict(request.headers.items()),
-                )
-            )
-            if problem is not None:
-                raise Failed(400, problem)
+            url = request.rel_url
             forwarded = Forwarded(
                 name=name,
                 method=request.method,
-                path=request.rel_url.raw_path,
-                query=request.rel_url.raw_query_string,
+                path=url.raw_path,
+                query=url.raw_query_string,
                 headers=tuple(request.headers.items()),
                 body=body,
             )
+            problem = _not_text(forwarded)
+            if problem is not None:
+                raise Failed(400, problem)
             if owner is not None:
-                assert self._forward is not None
-                answer = await self._forward.send(owner, forwarded)
+                assert forward is not None
+                answer = await forward.send(owner, forwarded)
             else:
-                answer = await self.answer(forwarded)
+                answer = await self._answer(forwarded)
         except Failed as failed:
             answer = self._public_failure(failed)
-        headers = CIMultiDict(answer.headers)
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         if answer.retry_after:
-            headers["Retry-After"] = str(answer.retry_after)
-        return web.Response(status=answer.status, body=answer.body, headers=headers)
+            response.headers["Retry-After"] = str(answer.retry_after)
+        return response
 
     async def relay(self, request: Forwarded) -> ForwardedAnswer:
         """A request another worker forwarded here: answered here, or sent on once to the
@@ -162,6 +156,13 @@ class Dispatcher:
 
     async def answer(self, request: Forwarded) -> ForwardedAnswer:
         """Run `request` through its middlewares and its module here; failures become answers."""
+        problem = _not_text(request)
+        if problem is not None:
+            return self._public_failure(Failed(400, problem))
+        return await self._answer(request)
+
+    async def _answer(self, request: Forwarded) -> ForwardedAnswer:
+        """`answer` for a request whose text was checked already (`_not_text`)."""
         try:
             name = request.name
             target = self._target(name)
@@ -175,7 +176,9 @@ class Dispatcher:
                 if m.rule is not None and m.rule.applies_to(name)
             ]
             # Compat mode sends method and path only: headers are gathered for full mode.
-            full = any(_mode(m) is HttpMode.FULL for m in (*chain, target))
+            full = _mode(target) is HttpMode.FULL or (
+                bool(chain) and any(_mode(m) is HttpMode.FULL for m in chain)
+            )
             http_request = HttpRequest(
                 method=request.method,
                 path=request.path,
@@ -184,9 +187,6 @@ class Dispatcher:
                 headers=join_headers(request.headers) if full else {},
                 body=request.body,
             )
-            problem = not_text(http_request)
-            if problem is not None:
-                raise Failed(400, problem)
             result = await self._run(chain, target, http_request)
             if canary is not None and target is canary.canary and result.status >= 500:
                 canary.server_errors += 1
@@ -354,6 +354,11 @@ class Forwarder(Protocol):
         """The worker this one handed `name` to, for a request that still came here."""
 
 
+def _not_text(request: Forwarded) -> str | None:
+    """Which part of `request` is not UTF-8 text (`http_abi.not_text`), or None."""
+    return text_problem(request.method, request.path, request.query, request.headers)
+
+
 def _cookies(headers: CIMultiDict[str]) -> dict[str, str]:
     """The request's cookies by name (a malformed Cookie header gives none)."""
     jar: SimpleCookie = SimpleCookie()
@@ -364,10 +369,13 @@ def _cookies(headers: CIMultiDict[str]) -> dict[str, str]:
     return {key: morsel.value for key, morsel in jar.items()}
 
 
+_MODES = {mode.value: mode for mode in HttpMode}
+
+
 def _mode(module: WasmModule) -> HttpMode | None:
     """The mode `module` answers in (found once, when it was compiled)."""
     http = module.compiled.interface.http
-    return None if http is None else HttpMode(http)
+    return None if http is None else _MODES[http]
 
 
 def _swapped(

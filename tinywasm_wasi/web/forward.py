@@ -38,6 +38,8 @@ TRANSIT = 1.0  # seconds allowed on top of the call deadline for the hop and the
 class Moves(Protocol):
     """Modules moving between workers (web/handover.py)."""
 
+    def moving(self, name: str) -> bool: ...
+
     async def settle(self, name: str, timeout: float) -> None: ...
 
     def relay_to(self, name: str) -> str | None: ...
@@ -71,8 +73,11 @@ class NatsForwarder:
         return self.relay_to(name) or self._owner_of(name)
 
     async def settle(self, name: str) -> None:
-        if self.moves is not None:
-            await self.moves.settle(name, self._call_timeout(name) + TRANSIT)
+        # Asked on every request: the deadline (which reads limits.toml's stamp) only
+        # while `name` really moves.
+        moves = self.moves
+        if moves is not None and moves.moving(name):
+            await moves.settle(name, self._call_timeout(name) + TRANSIT)
 
     def relay_to(self, name: str) -> str | None:
         return None if self.moves is None else self.moves.relay_to(name)

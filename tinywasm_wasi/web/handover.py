@@ -161,6 +161,10 @@ class HandoverService:
 
     # -- HTTP meanwhile ---------------------------------------------------------------------------
 
+    def moving(self, name: str) -> bool:
+        """True while `name` is being moved here or away."""
+        return name in self._moving
+
     async def settle(self, name: str, timeout: float) -> None:
         """Wait while `name` is being moved here or away (at most `timeout` seconds)."""
         event = self._moving.get(name)
