@@ -18,8 +18,15 @@ the worker), then ``kill -9`` the owner of ``owned``; ``GET /m/owned`` every 20 
 until a surviving worker answers 200 (heartbeat timeout, then the load on the
 new owner): the time from the kill to that answer. Then the supervisor resumes.
 
+**Before and after.** With ``--checkout DIR`` (repeat it; ``.`` is this one), each
+round starts the command line from every checkout (with that checkout's ``.venv`` if
+it has one) for every worker count in turn, the order rotating each round, and loads
+both routes; no rolling restart or failover. The summary gives each checkout's medians
+over the rounds: on a shared machine, compare only within such a run.
+
     python -m bench.workers [--workers 1,2] [--loops uvloop,asyncio] [--seconds S]
                             [--rate N] [--record] [--smoke]
+                            [--checkout DIR --checkout DIR ... [--rounds N]]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,11 +104,18 @@ class Rolling:
 class Running:
     """The command line's process tree: the supervisor (or the one server) and its log."""
 
-    def __init__(self, modules: Path, workers: int, loop: str, port: int) -> None:
+    def __init__(
+        self, modules: Path, workers: int, loop: str, port: int, checkout: Path | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
         env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR="off", TINYWASM_LOG_LEVEL="INFO")
+        python = sys.executable
+        if checkout is not None:  # that checkout's code, with its own venv if it has one
+            venv_python = checkout / ".venv" / "bin" / "python"
+            python = str(venv_python) if venv_python.is_file() else sys.executable
+            env["PYTHONPATH"] = str(checkout)
         command = [
-            sys.executable,
+            python,
             "-m",
             "tinywasm_wasi",
             "--workers",
@@ -114,7 +129,12 @@ class Running:
             "on" if loop == UVLOOP else "off",
         ]
         self.proc = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            command,
+            env=env,
+            cwd=checkout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.workers = workers
         self.lines: list[str] = []
@@ -264,10 +284,19 @@ async def rolling(base: str, running: Running, loop: str, rate: int) -> Rolling:
 
 
 async def one(
-    modules: Path, workers: int, loop: str, seconds: int, binary: str, script: Path, rate: int
+    modules: Path,
+    workers: int,
+    loop: str,
+    seconds: int,
+    binary: str,
+    script: Path,
+    rate: int,
+    checkout: Path | None = None,
 ) -> tuple[list[Row], float | None, Rolling | None]:
+    """Both routes under load; with more than one worker (and no `checkout`), a rolling
+    restart and a failover too."""
     port = free_port()
-    running = Running(modules, workers, loop, port)
+    running = Running(modules, workers, loop, port, checkout)
     base = f"http://127.0.0.1:{port}"
     rows = []
     took = None
@@ -294,7 +323,7 @@ async def one(
             print(
                 f"# workers {workers} {loop} {route}: {rows[-1].rate:,.0f} requests/s", flush=True
             )
-        if workers > 1:
+        if workers > 1 and checkout is None:
             restart = await rolling(base, running, loop, rate)
             print(
                 f"# workers {workers} {loop}: rolling restart {restart.seconds:.1f} s, "
@@ -309,6 +338,105 @@ async def one(
     return rows, took, restart
 
 
+def prepare(modules: Path) -> Path:
+    """Fill `modules` with the bench's modules and limits; returns the wrk script's path."""
+    shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "echo.wasm")
+    shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "owned.wasm")
+    (modules / "counter.wasm").write_bytes(wasmtime.wat2wasm(COUNTER_WAT.read_text()))
+    (modules / "limits.toml").write_text('[echo]\nreplicas = "all"\n')
+    script = modules / "done.lua"
+    script.write_text(WRK_SCRIPT)
+    return script
+
+
+def _name(checkout: Path) -> str:
+    return checkout.resolve().name
+
+
+def compare_checkouts(
+    args: argparse.Namespace, counts: list[int], loops: list[str], binary: str, machine: Machine
+) -> None:
+    """``--checkout``: every checkout and worker count in turn, per round (see the top)."""
+    checkouts: list[Path] = [c.resolve() for c in args.checkout]
+    if len({_name(c) for c in checkouts}) != len(checkouts):
+        raise SystemExit("error: --checkout: give checkouts whose folder names differ")
+    runs = [(c, n) for n in counts for c in checkouts]
+    got: dict[tuple[str, str, int, str], list[Row]] = {}  # (loop, checkout, workers, route)
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        modules = Path(tmp)
+        script = prepare(modules)
+        for loop in loops:
+            for r in range(args.rounds):
+                turn = runs[r % len(runs) :] + runs[: r % len(runs)]
+                for checkout, count in turn:
+                    rows, _, _ = asyncio.run(
+                        one(modules, count, loop, args.seconds, binary, script, 0, checkout)
+                    )
+                    for row in rows:
+                        got.setdefault((loop, _name(checkout), count, row.route), []).append(row)
+                        print(
+                            f"# {loop} round {r + 1} {_name(checkout)} workers {count} "
+                            f"{row.route}: {row.rate:,.0f} requests/s, {row.cpu_us:.0f} µs",
+                            flush=True,
+                        )
+    header = [
+        "loop",
+        "checkout",
+        "workers",
+        "route",
+        "requests/s (each round)",
+        "vs 1 worker",
+        "server CPU per request (each round)",
+        "CPU ÷ /healthz's",
+        "errors",
+    ]
+    table = []
+    for (loop, name, count, route), rows in got.items():
+        one_worker = got.get((loop, name, 1, route))
+        plain = got.get((loop, name, count, "/healthz"))
+        # Ratios within a round (the same moment's load), then their median.
+        scale = (
+            statistics.median(a.rate / b.rate for a, b in zip(rows, one_worker, strict=True))
+            if one_worker is not None and count != 1
+            else None
+        )
+        cpu = (
+            statistics.median(a.cpu_us / b.cpu_us for a, b in zip(rows, plain, strict=True))
+            if plain is not None and route != "/healthz"
+            else None
+        )
+        table.append(
+            [
+                loop,
+                name,
+                str(count),
+                f"GET {route}",
+                " / ".join(f"{r.rate:,.0f}" for r in rows),
+                "" if scale is None else f"{scale:.2f}x",
+                " / ".join(f"{r.cpu_us:.0f}" for r in rows) + " µs",
+                "" if cpu is None else f"{cpu:.2f}x",
+                str(sum(r.errors for r in rows)),
+            ]
+        )
+    print(markdown_grid(header, table))
+    after = os.getloadavg()[0]
+    problems = [f"{r.errors} failed: {r}" for rows in got.values() for r in rows if r.errors]
+    fail_on(problems, "bench.workers")
+    if args.record:
+        record(
+            'workers, before and after: /m/echo (replicas = "all") and /healthz by checkout',
+            command_line("bench.workers"),
+            table,
+            machine=machine,
+            header=header,
+            notes=f"{args.rounds} rounds; in each, every checkout and worker count in turn "
+            f"(the order rotating), wrk 1 thread, {CONNECTIONS} connections, {args.seconds} s "
+            "per route. Ratios are taken within a round, then their median. Server CPU is "
+            "every server process (supervisor, workers, nats-server) from /proc. Load "
+            f"average {machine.load:.2f} at the start, {after:.2f} at the end.",
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.workers", description=__doc__.split("\n\n")[0]
@@ -318,6 +446,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="load time per route (5)")
     parser.add_argument(
         "--rate", type=int, default=1000, help="messages/s during the rolling restart (1000)"
+    )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        action="append",
+        default=[],
+        help="run the command line from this checkout (repeat to compare; '.' is this one)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --checkout: rounds of every run (3)"
     )
     add_common_flags(parser)
     args = parser.parse_args()
@@ -333,17 +471,15 @@ def main() -> None:
         return
     machine = Machine.detect()
     print(f"# {machine.describe()}")
+    if args.checkout:
+        compare_checkouts(args, counts, loops, binary, machine)
+        return
     rows: list[Row] = []
     failovers: dict[tuple[int, str], float] = {}
     restarts: list[Rolling] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         modules = Path(tmp)
-        shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "echo.wasm")
-        shutil.copy(DEFAULT_MODULES_DIR / "echo.wasm", modules / "owned.wasm")
-        (modules / "counter.wasm").write_bytes(wasmtime.wat2wasm(COUNTER_WAT.read_text()))
-        (modules / "limits.toml").write_text('[echo]\nreplicas = "all"\n')
-        script = modules / "done.lua"
-        script.write_text(WRK_SCRIPT)
+        script = prepare(modules)
         for loop in loops:
             for count in counts:
                 got, took, restart = asyncio.run(

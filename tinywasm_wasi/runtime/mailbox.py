@@ -136,6 +136,7 @@ class Mailbox:
         self._cond = threading.Condition(threading.Lock())
         self._busy = False  # a worker is running an item
         self._runner: threading.Thread | None = None  # the worker running it
+        self._pausers = 0  # threads in wait_paused, waiting for the running item to end
         self._scheduled = False  # queued on the pool or running: never queued twice
         self._held = held
         self._closed = False
@@ -288,7 +289,11 @@ class Mailbox:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._pausers += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._pausers -= 1
             return True
 
     def take_pending(self) -> list[Pending]:
@@ -373,7 +378,8 @@ class Mailbox:
             with self._cond:
                 self._busy = False
                 self._runner = None
-                self._cond.notify_all()  # wait_paused, close
+                if self._pausers:
+                    self._cond.notify_all()  # wait_paused
                 again = self._runnable()
                 if not again:
                     self._scheduled = False

@@ -111,12 +111,12 @@ class Dispatcher:
         name = request.match_info["name"]
         forward = self._forward
         try:
-            if forward is not None:
+            if forward is not None and forward.moving(name):
                 await forward.settle(name)
             owner = self._elsewhere(name)
             if owner is None:
                 self._target(name)  # 404 or 503 before the body is read
-            body = await self._read_body(request)
+            body = await self._read_body(request) if request.body_exists else b""
             url = request.rel_url
             forwarded = Forwarded(
                 name=name,
@@ -145,7 +145,8 @@ class Dispatcher:
         """A request another worker forwarded here: answered here, or sent on once to the
         worker this one handed the module to (a move it did not know of yet)."""
         if self._forward is not None:
-            await self._forward.settle(request.name)
+            if self._forward.moving(request.name):
+                await self._forward.settle(request.name)
             heir = self._forward.relay_to(request.name)
             if heir is not None:
                 try:
@@ -346,6 +347,9 @@ class Forwarder(Protocol):
 
     async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
         """The owner's answer; raises Failed when it cannot be reached in time."""
+
+    def moving(self, name: str) -> bool:
+        """True while `name` moves to or from this worker (then `settle` waits)."""
 
     async def settle(self, name: str) -> None:
         """Wait (within the call deadline) while `name` moves to or from this worker."""

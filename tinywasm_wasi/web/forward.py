@@ -72,12 +72,13 @@ class NatsForwarder:
         # A module this worker handed over goes where it went, whatever placement says yet.
         return self.relay_to(name) or self._owner_of(name)
 
+    def moving(self, name: str) -> bool:
+        # Asked on every request: cheap (no deadline, which reads limits.toml's stamp).
+        return self.moves is not None and self.moves.moving(name)
+
     async def settle(self, name: str) -> None:
-        # Asked on every request: the deadline (which reads limits.toml's stamp) only
-        # while `name` really moves.
-        moves = self.moves
-        if moves is not None and moves.moving(name):
-            await moves.settle(name, self._call_timeout(name) + TRANSIT)
+        if self.moves is not None and self.moves.moving(name):
+            await self.moves.settle(name, self._call_timeout(name) + TRANSIT)
 
     def relay_to(self, name: str) -> str | None:
         return None if self.moves is None else self.moves.relay_to(name)
