@@ -9,7 +9,12 @@ Linux). The bench process then publishes M messages on ``hop`` from a thread,
 paced at R/s, and once more flat out (``--rate 0``): the second run gives the
 hops/s the link sustains.
 
-    python -m bench.nats_hop [--messages M] [--rate R] [--record] [--smoke]
+With ``--served`` the publisher also runs a member of a group subscribed to ``hop``
+(a ``replicas = "all"`` module's replica, as the server wires it), so every message
+it sends names that group in its stamp (the served mark, bus/remote.py): the
+figures then say what the mark costs a hop, against a run without it.
+
+    python -m bench.nats_hop [--messages M] [--rate R] [--served] [--record] [--smoke]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 
 HEAD = struct.Struct("<QQ")  # sequence number, send time (monotonic ns)
 TOPIC = "hop"
+GROUP = "echo_http"  # the group the publisher serves with --served (a typical module name)
 STALL_TIMEOUT = 5.0  # seconds without a message before the receiver gives up
 
 
@@ -91,9 +97,11 @@ def _publish(bus: Bus, messages: int, rate: float) -> float:
     return (time.monotonic_ns() - begun) / 1e9
 
 
-async def one_run(url: str, messages: int, rate: float) -> dict[str, Any]:
+async def one_run(url: str, messages: int, rate: float, served: bool = False) -> dict[str, Any]:
     link = NatsLink([url], name="bench-publisher")
     bus = Bus(remote=link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m), stamped=True))
+    if served:  # a local replica gets each message first: each carries the served mark
+        bus.subscribe(TOPIC, lambda _t, _p: None, group=GROUP)
     with Children() as children:
         ready = children.ctx.Event()
         children.start(receiver, url, messages, ready, name="bench-nats-hop-receiver")
@@ -114,6 +122,7 @@ async def one_run(url: str, messages: int, rate: float) -> dict[str, Any]:
     ms = sorted(v / 1e6 for v in latencies)
     return {
         "rate": rate,
+        "served": served,
         "messages": messages,
         "received": len(ms),
         "out_of_order": result["out_of_order"],
@@ -129,6 +138,8 @@ def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
         ms = r["ms"]
         p50, p99, top = (percentile(ms, q) for q in (0.5, 0.99, 1.0))
         asked = "unpaced" if r["rate"] <= 0 else f"{r['rate']:,.0f}/s"
+        if r["served"]:
+            asked += ", served mark"
         table.append(
             [
                 asked,
@@ -150,6 +161,11 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=20_000, help="messages per run (20000)")
     parser.add_argument("--rate", type=float, default=5_000.0, help="paced run's rate/s (5000)")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="the publisher serves a local group member first: each message carries the mark",
+    )
     add_common_flags(parser)
     args = parser.parse_args()
     if args.smoke:
@@ -161,7 +177,7 @@ def main() -> None:
     runs = []
     with NatsServerProcess() as nats:
         for rate in (args.rate, 0.0):
-            runs.append(asyncio.run(one_run(nats.url, args.messages, rate)))
+            runs.append(asyncio.run(one_run(nats.url, args.messages, rate, args.served)))
     table = rows(runs)
     print(markdown_grid(HEADER, table))
     fail_on(

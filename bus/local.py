@@ -14,6 +14,11 @@ under the lock, so the remote side sees this process's publishes in the order
 they were made here. Messages from other processes come in through
 `deliver_remote`, which calls only the local subscribers of the pattern the
 message arrived for, and never forwards: no message goes round twice.
+
+A subscription in a `group` (the replicas of a module that runs in every
+process) gets what is published here, and from other processes only what NATS
+gives this process's member of the group (`deliver_group`), which is only what
+no member got where it was published (bus/remote.py, "Groups").
 """
 
 from __future__ import annotations
@@ -49,19 +54,24 @@ class BusStats:
 class Subscription:
     """One live (pattern, handler) pair. `cancel()` is safe to call twice."""
 
-    __slots__ = ("_bus", "delivered", "dropped", "handler", "local", "pattern", "sender")
+    __slots__ = ("_bus", "delivered", "dropped", "group", "handler", "pattern", "sender")
 
     def __init__(
-        self, bus: Bus, pattern: str, handler: Handler, local: bool = False, sender: bool = False
+        self,
+        bus: Bus,
+        pattern: str,
+        handler: Handler,
+        group: str | None = None,
+        sender: bool = False,
     ) -> None:
         self._bus: Bus | None = bus
         self.pattern = pattern
         self.handler = handler
         # The handler takes a third argument: who published the message ("" if unknown).
         self.sender = sender
-        # Local only: never asked from other processes nor served from them (a module
-        # that runs in every worker handles each message in the worker it was published in).
-        self.local = local
+        # One of a group of replicas (a module that runs in every worker): across
+        # processes, each message reaches one member of the group (bus/remote.py).
+        self.group = group
         self.delivered = 0
         self.dropped = 0
 
@@ -92,7 +102,8 @@ class Bus:
         """Create a bus; with `remote`, publishes also reach (and come from) other processes."""
         self._lock = threading.Lock()
         self._remote = remote
-        self._interest = Interest()
+        self._interest: Interest[tuple[str, str | None]] = Interest()
+        self._grouped = 0  # subscriptions in a group now: a publish names the groups it served
         self._index: TopicIndex[Subscription] = TopicIndex()
         self._published = 0
         self._delivered = 0
@@ -116,9 +127,14 @@ class Bus:
             if self._closed:
                 raise BusClosedError("cannot publish: the bus is closed")
             self._published += 1
-            accepted = self._deliver(self._index.match(topic), topic, payload, sender)
+            subs = self._index.match(topic)
+            accepted = self._deliver(subs, topic, payload, sender)
             if self._remote is not None:
-                self._remote.forward(topic, payload, sender)
+                if self._grouped:
+                    served = {s.group for s in subs if s.group is not None}
+                    self._remote.forward(topic, payload, sender, served)
+                else:
+                    self._remote.forward(topic, payload, sender)
             return accepted
 
     def deliver_remote(self, pattern: str, topic: str, payload: bytes, sender: str = "") -> int:
@@ -131,7 +147,18 @@ class Bus:
         with self._lock:
             if self._closed:
                 return 0
-            subs = [sub for sub in self._index.under(pattern) if not sub.local]
+            subs = [sub for sub in self._index.under(pattern) if sub.group is None]
+            return self._deliver(subs, topic, payload, sender)
+
+    def deliver_group(
+        self, pattern: str, group: str, topic: str, payload: bytes, sender: str = ""
+    ) -> int:
+        """Deliver a message NATS gave this process's member of `group` (subscribed with
+        `pattern`) to the local subscribers of that pattern in that group. Never forwarded."""
+        with self._lock:
+            if self._closed:
+                return 0
+            subs = [sub for sub in self._index.under(pattern) if sub.group == group]
             return self._deliver(subs, topic, payload, sender)
 
     def _deliver(
@@ -158,21 +185,21 @@ class Bus:
         return accepted
 
     def subscribe(
-        self, pattern: str, handler: Handler, *, local: bool = False, sender: bool = False
+        self, pattern: str, handler: Handler, *, group: str | None = None, sender: bool = False
     ) -> Subscription:
         """Call `handler(topic, payload)` for every message matching `pattern`.
 
-        With `local`, only for messages published in this process (see `Subscription.local`).
+        With `group`, as one member of that group (see `Subscription.group`).
         With `sender`, the handler is called as `handler(topic, payload, sender)`.
         """
-        return self.swap((), [(pattern, handler)], local=local, sender=sender)[0]
+        return self.swap((), [(pattern, handler)], group=group, sender=sender)[0]
 
     def swap(
         self,
         cancel: Iterable[Subscription],
         add: Iterable[tuple[str, Handler]],
         *,
-        local: bool = False,
+        group: str | None = None,
         after: Callable[[], object] | None = None,
         sender: bool = False,
     ) -> list[Subscription]:
@@ -193,19 +220,24 @@ class Bus:
                     self._unindex(sub)
             created = []
             for pattern, handler in new_specs:
-                sub = Subscription(self, pattern, handler, local, sender)
+                sub = Subscription(self, pattern, handler, group, sender)
                 self._index.add(pattern, sub)
-                if not local and self._interest.add(pattern) and self._remote is not None:
-                    self._remote.want(pattern)
+                if group is not None:
+                    self._grouped += 1
+                if self._interest.add((pattern, group)) and self._remote is not None:
+                    self._remote.want(pattern, group)
                 created.append(sub)
             if after is not None:
                 after()
             return created
 
     def _unindex(self, sub: Subscription) -> None:
-        removed = self._index.remove(sub.pattern, sub) and not sub.local
-        if removed and self._interest.remove(sub.pattern) and self._remote is not None:
-            self._remote.unwant(sub.pattern)
+        if not self._index.remove(sub.pattern, sub):
+            return
+        if sub.group is not None:
+            self._grouped -= 1
+        if self._interest.remove((sub.pattern, sub.group)) and self._remote is not None:
+            self._remote.unwant(sub.pattern, sub.group)
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ event loop sends them, in order.
 - **Interest.** A channel subscribes to a subject when its first local
   subscriber of that pattern arrives and drops it with the last; the task
   reconciles what is wanted with what is subscribed. nats-py resubscribes after
-  a reconnect.
+  a reconnect. A group's members (``replicas = "all"``) are subscribed apart, as
+  the NATS queue group ``tw.<group>``; what NATS gives them is left when its
+  stamp says the publisher served the group itself (bus/remote.py, "Groups").
 - **Outage.** While NATS is unreachable, outgoing messages are held, up to
   `buffer` of them; past it they are dropped and counted. Local delivery never
   waits for NATS. When the connection comes back, the held messages go first,
@@ -27,7 +29,7 @@ import logging
 import secrets
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -39,7 +41,17 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from bus.exceptions import BusError
-from bus.remote import from_subject, to_subject
+from bus.remote import (
+    STAMP_PREFIX,
+    Stamp,
+    from_subject,
+    queue_for,
+    read_stamp,
+    served_mark,
+    stamp_reply,
+    to_subject,
+    was_served,
+)
 
 __all__ = ["STAMP_PREFIX", "LinkError", "LinkStats", "NatsChannel", "NatsLink", "Stamp", "incoming"]
 
@@ -47,19 +59,18 @@ log = logging.getLogger("tinywasm.nats")
 
 Deliver = Callable[[str, str, bytes], object]
 """Called on the event loop with (pattern, topic, payload) for a message from another process."""
+DeliverGroup = Callable[[str, str, str, bytes], object]
+"""Called with (pattern, group, topic, payload) for a message NATS gave this process's member."""
+Wanted = tuple[str, str]  # (subject, NATS queue group; "" for none)
+Outgoing = tuple[str, bytes, int, str]  # subject, payload, sequence number, served mark
 
 RECONNECT_WAIT = 0.25  # seconds between reconnect attempts: an outage ends soon after NATS is back
 CONNECT_TIMEOUT = 2.0  # seconds for one connection attempt
 CLOSE_TIMEOUT = 2.0  # seconds close() waits for the last messages to be flushed
 # Every bus message a link sends names its publisher and sequence number in its reply
-# subject: "tw.seq.<publisher id>.<n>". Nothing answers bus messages; the reply field
-# costs nothing to send and read (a header costs 2-4x the hops/s: bench.nats_hop).
-STAMP_PREFIX = "tw.seq."
-
-Stamp = tuple[str, int]
-"""(publisher id, sequence number) of a bus message; ("", 0) when it came without one."""
-
-_NO_STAMP: Stamp = ("", 0)
+# subject, "tw.seq.<publisher id>.<n>", then the groups it served (bus/remote.py).
+# Nothing answers bus messages; the reply field costs nothing to send and read (a
+# header costs 2-4x the hops/s: bench.nats_hop).
 _incoming = threading.local()
 
 
@@ -68,17 +79,6 @@ def incoming() -> Stamp | None:
     stamp. None during a local publish."""
     stamp: Stamp | None = getattr(_incoming, "stamp", None)
     return stamp
-
-
-def _parse_stamp(msg: Msg) -> Stamp:
-    reply = msg.reply
-    if not reply or not reply.startswith(STAMP_PREFIX):
-        return _NO_STAMP
-    publisher, _, seq = reply[len(STAMP_PREFIX) :].rpartition(".")
-    try:
-        return (publisher, int(seq)) if publisher else _NO_STAMP
-    except ValueError:
-        return _NO_STAMP
 
 
 class LinkError(BusError, ConnectionError):
@@ -96,17 +96,26 @@ class LinkStats:
     dropped: int  # refused while NATS was away and `buffer` was full
     disconnects: int
     subjects: int  # subjects subscribed to now
+    skipped: int  # given to a group's member here, already served where it was published
 
 
 class NatsChannel:
     """A `Remote` for the topics under one subject prefix."""
 
-    __slots__ = ("_deliver", "_link", "last_seq", "prefix", "stamped")
+    __slots__ = ("_deliver", "_deliver_group", "_link", "last_seq", "prefix", "stamped")
 
-    def __init__(self, link: NatsLink, prefix: str, deliver: Deliver, stamped: bool) -> None:
+    def __init__(
+        self,
+        link: NatsLink,
+        prefix: str,
+        deliver: Deliver,
+        stamped: bool,
+        deliver_group: DeliverGroup | None = None,
+    ) -> None:
         self._link = link
         self.prefix = prefix
         self._deliver = deliver
+        self._deliver_group = deliver_group
         # Stamped: each message sent carries this process's id and a sequence number
         # (STAMP_PREFIX), which a module's move between processes uses to hand every
         # message over exactly once (policy/handover.py). Called under the bus lock,
@@ -114,30 +123,45 @@ class NatsChannel:
         self.stamped = stamped
         self.last_seq = 0
 
-    def forward(self, topic: str, payload: bytes, sender: str = "") -> None:
+    def forward(
+        self, topic: str, payload: bytes, sender: str = "", served: Iterable[str] = ()
+    ) -> None:
         # The sender is not carried across processes yet: a header would cost 2-4x the
         # hops/s (bench.nats_hop); the other side's modules see no sender (-1).
         seq = 0
         if self.stamped:
             seq = self.last_seq = self.last_seq + 1
-        self._link._send(to_subject(self.prefix, topic), payload, seq)
+        mark = served_mark(served) if served else ""
+        self._link._send(to_subject(self.prefix, topic), payload, seq, mark)
 
-    def want(self, pattern: str) -> None:
-        self._link._want(to_subject(self.prefix, pattern), self, pattern)
+    def want(self, pattern: str, group: str | None = None) -> None:
+        self._link._want(self._key(pattern, group), self, pattern, group)
 
-    def unwant(self, pattern: str) -> None:
-        self._link._unwant(to_subject(self.prefix, pattern))
+    def unwant(self, pattern: str, group: str | None = None) -> None:
+        self._link._unwant(self._key(pattern, group))
+
+    def _key(self, pattern: str, group: str | None) -> Wanted:
+        return to_subject(self.prefix, pattern), "" if group is None else queue_for(group)
 
     async def ready(self, timeout: float = 2.0) -> None:
         """Wait (up to `timeout` seconds) until the patterns wanted so far are subscribed at
         the NATS server. Returns early, without an error, while NATS is away."""
         await self._link.subscribed(timeout)
 
-    def _receive(self, pattern: str, msg: Msg) -> None:
+    def _receive(self, pattern: str, group: str | None, msg: Msg) -> None:
+        if group is not None:
+            # One member of the group, picked by NATS: it leaves a message whose
+            # publisher served the group itself. No mark: the group gets a subset.
+            if was_served(msg.reply, group):
+                self._link._skipped += 1
+            elif self._deliver_group is not None:
+                topic = from_subject(self.prefix, msg.subject)
+                self._deliver_group(pattern, group, topic, msg.data)
+            return
         if not self.stamped:
             self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
             return
-        stamp = _parse_stamp(msg)
+        stamp = read_stamp(msg.reply)
         if stamp[0]:
             self._link._marks[(stamp[0], pattern)] = stamp[1]
         _incoming.stamp = stamp
@@ -168,15 +192,15 @@ class NatsLink:
         self._nc: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._outbox: deque[tuple[str, bytes, int]] = deque()
-        self._held: deque[tuple[str, bytes, int]] = deque()
+        self._outbox: deque[Outgoing] = deque()
+        self._held: deque[Outgoing] = deque()
         # This process's publisher id in its stamps, and per (publisher, pattern) the last
         # sequence number received through that pattern's subscription.
         self.origin = secrets.token_hex(6)
         self._marks: dict[tuple[str, str], int] = {}
-        self._processed: dict[str, int] = {}  # per subject: messages handed to the channel
-        self._wanted: dict[str, tuple[NatsChannel, str]] = {}
-        self._subs: dict[str, Subscription] = {}
+        self._processed: dict[Wanted, int] = {}  # per subscription: messages handed on
+        self._wanted: dict[Wanted, tuple[NatsChannel, str, str | None]] = {}
+        self._subs: dict[Wanted, Subscription] = {}
         self._services: dict[str, Subscription] = {}
         self._woken = False
         self._wake = asyncio.Event()
@@ -184,14 +208,23 @@ class NatsLink:
         self._connected = False
         self._closed = False
         self._forwarded = self._received = self._dropped = self._disconnects = 0
+        self._skipped = 0
 
-    def channel(self, prefix: str, deliver: Deliver, *, stamped: bool = False) -> NatsChannel:
-        """A `Remote` for the topics under `prefix`; `deliver` gets what other processes send.
+    def channel(
+        self,
+        prefix: str,
+        deliver: Deliver,
+        *,
+        stamped: bool = False,
+        deliver_group: DeliverGroup | None = None,
+    ) -> NatsChannel:
+        """A `Remote` for the topics under `prefix`; `deliver` gets what other processes send,
+        `deliver_group` what NATS gives this process's member of a group.
 
         With `stamped`, what it sends carries a stamp (STAMP_PREFIX) and what it receives is marked
         (`marks`, `incoming`).
         """
-        return NatsChannel(self, prefix, deliver, stamped)
+        return NatsChannel(self, prefix, deliver, stamped, deliver_group)
 
     def marks(self, patterns: Sequence[str]) -> dict[tuple[str, str], int]:
         """On the event loop: (publisher, pattern) -> the last sequence number received
@@ -239,11 +272,12 @@ class NatsLink:
             dropped=self._dropped,
             disconnects=self._disconnects,
             subjects=len(self._subs),
+            skipped=self._skipped,
         )
 
     def subjects(self) -> list[str]:
-        """The subjects subscribed to now, sorted."""
-        return sorted(self._subs)
+        """The subjects subscribed to now, sorted; a group's as ``subject (queue group)``."""
+        return sorted(f"{s} ({q})" if q else s for s, q in self._subs)
 
     async def connect(self) -> None:
         """Connect and start sending; reconnects by itself afterwards.
@@ -400,19 +434,19 @@ class NatsLink:
 
     # -- called from any thread -------------------------------------------------------------
 
-    def _send(self, subject: str, payload: bytes, seq: int = 0) -> None:
+    def _send(self, subject: str, payload: bytes, seq: int = 0, mark: str = "") -> None:
         with self._lock:
-            self._outbox.append((subject, payload, seq))
+            self._outbox.append((subject, payload, seq, mark))
             self._poke_locked()
 
-    def _want(self, subject: str, channel: NatsChannel, pattern: str) -> None:
+    def _want(self, key: Wanted, channel: NatsChannel, pattern: str, group: str | None) -> None:
         with self._lock:
-            self._wanted[subject] = (channel, pattern)
+            self._wanted[key] = (channel, pattern, group)
             self._poke_locked()
 
-    def _unwant(self, subject: str) -> None:
+    def _unwant(self, key: Wanted) -> None:
         with self._lock:
-            self._wanted.pop(subject, None)
+            self._wanted.pop(key, None)
             self._poke_locked()
 
     def _poke(self) -> None:
@@ -444,49 +478,51 @@ class NatsLink:
             except Exception:
                 log.exception("NATS link: sending failed; will retry when woken")
 
-    async def _reconcile(self, wanted: dict[str, tuple[NatsChannel, str]]) -> None:
+    async def _reconcile(self, wanted: dict[Wanted, tuple[NatsChannel, str, str | None]]) -> None:
         nc = self._nc
         if nc is None or not self._connected:
             return
-        for subject in [s for s in self._subs if s not in wanted]:
-            sub = self._subs.pop(subject)
+        for key in [k for k in self._subs if k not in wanted]:
+            sub = self._subs.pop(key)
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
-        for subject, (channel, pattern) in wanted.items():
-            if subject not in self._subs:
-                self._processed[subject] = 0
-                self._subs[subject] = await nc.subscribe(
-                    subject, cb=self._callback(channel, pattern)
+        for key, (channel, pattern, group) in wanted.items():
+            if key not in self._subs:
+                self._processed[key] = 0
+                subject, queue = key
+                self._subs[key] = await nc.subscribe(
+                    subject, queue=queue, cb=self._callback(channel, pattern, group, key)
                 )
 
-    def _callback(self, channel: NatsChannel, pattern: str) -> Callable[[Msg], Awaitable[None]]:
-        subject = to_subject(channel.prefix, pattern)
+    def _callback(
+        self, channel: NatsChannel, pattern: str, group: str | None, key: Wanted
+    ) -> Callable[[Msg], Awaitable[None]]:
         processed = self._processed
 
         async def on_message(msg: Msg) -> None:
             self._received += 1
             try:
-                channel._receive(pattern, msg)
+                channel._receive(pattern, group, msg)
             except Exception:
                 log.exception("NATS link: delivering a message on %r failed", msg.subject)
-            processed[subject] = processed.get(subject, 0) + 1
+            processed[key] = processed.get(key, 0) + 1
 
         return on_message
 
-    async def _publish(self, nc: Client, subject: str, payload: bytes, seq: int) -> None:
-        if seq:
-            await nc.publish(subject, payload, reply=f"{STAMP_PREFIX}{self.origin}.{seq}")
+    async def _publish(self, nc: Client, subject: str, payload: bytes, seq: int, mark: str) -> None:
+        if seq or mark:
+            await nc.publish(subject, payload, reply=stamp_reply(self.origin, seq, mark))
         else:
             await nc.publish(subject, payload)
 
-    async def _emit(self, batch: deque[tuple[str, bytes, int]]) -> None:
+    async def _emit(self, batch: deque[Outgoing]) -> None:
         held = self._held
         nc = self._nc
         up = nc is not None and self._connected
         if up and not held:
             assert nc is not None
-            for subject, payload, seq in batch:
-                await self._publish(nc, subject, payload, seq)
+            for subject, payload, seq, mark in batch:
+                await self._publish(nc, subject, payload, seq, mark)
             self._forwarded += len(batch)
             return
         for item in batch:
@@ -504,8 +540,8 @@ class NatsLink:
         if up:
             assert nc is not None
             while held:
-                subject, payload, seq = held.popleft()
-                await self._publish(nc, subject, payload, seq)
+                subject, payload, seq, mark = held.popleft()
+                await self._publish(nc, subject, payload, seq, mark)
                 self._forwarded += 1
 
     async def _on_disconnected(self) -> None:

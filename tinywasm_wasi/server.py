@@ -132,9 +132,16 @@ def create_app(config: Config) -> web.Application:
     # broadcasts under tw.b. (bus/remote.py); what other processes send comes back
     # through deliver_remote. Without it they are this process's alone, as before.
     # Bus messages are stamped (publisher, sequence): a module moving between workers
-    # is handed every message exactly once (web/handover.py).
+    # is handed every message exactly once (web/handover.py). A replicas = "all"
+    # module's replicas are a group: NATS gives each message to one of them, through
+    # deliver_group, unless a replica got it where it was published.
     topics = (
-        link.channel(TOPIC_PREFIX, lambda *m: bus.deliver_remote(*m), stamped=True)
+        link.channel(
+            TOPIC_PREFIX,
+            lambda *m: bus.deliver_remote(*m),
+            stamped=True,
+            deliver_group=lambda *m: bus.deliver_group(*m),
+        )
         if link
         else None
     )

@@ -1,10 +1,26 @@
-"""The pure side of the remote bus: subjects and interest counts, as tables."""
+"""The pure side of the remote bus: subjects, interest counts, stamps and groups, as tables."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
-from bus.remote import BROADCAST_PREFIX, TOPIC_PREFIX, Interest, from_subject, to_subject
+from bus import Bus
+from bus.remote import (
+    BROADCAST_PREFIX,
+    NO_STAMP,
+    TOPIC_PREFIX,
+    Interest,
+    Stamp,
+    from_subject,
+    queue_for,
+    read_stamp,
+    served_mark,
+    stamp_reply,
+    to_subject,
+    was_served,
+)
 from bus.topics import TopicIndex
 
 
@@ -49,7 +65,7 @@ STEPS = [
 
 
 def test_interest_says_when_a_pattern_is_first_wanted_and_last_dropped() -> None:
-    interest = Interest()
+    interest: Interest[str] = Interest()
     for op, pattern, returned, wanted in STEPS:
         assert getattr(interest, op)(pattern) is returned, (op, pattern)
         assert set(interest) == wanted, (op, pattern)
@@ -66,3 +82,108 @@ def test_index_under_gives_the_values_of_exactly_one_pattern() -> None:
     assert index.under(">") == ["w"]
     assert index.under("chat.b") == []
     assert index.match("chat.a") == ["x", "y", "z", "w"]
+
+
+# (groups served where published, the mark, groups it names, groups it does not name)
+MARKS = [
+    ([], "", [], ["chat"]),
+    (["chat"], ".chat", ["chat"], ["cha", "echo", "c"]),
+    (["echo", "chat"], ".chat.echo", ["chat", "echo"], ["chat.echo", "chat,echo"]),
+    (["a.b"], ".a~b", ["a.b"], ["a", "b", "a.b.c"]),
+    (["a.b", "a"], ".a.a~b", ["a", "a.b"], ["b"]),
+    (["a..b", "x-y_z"], ".a~~b.x-y_z", ["a..b", "x-y_z"], ["a.b", "a"]),
+]
+
+
+@pytest.mark.parametrize(("groups", "mark", "named", "not_named"), MARKS)
+def test_the_served_mark_names_each_group_exactly(
+    groups: list[str], mark: str, named: list[str], not_named: list[str]
+) -> None:
+    assert served_mark(groups) == mark
+    for seq in (0, 7):
+        reply = stamp_reply("9f3a", seq, mark)
+        assert all(was_served(reply, g) for g in named), reply
+        assert not any(was_served(reply, g) for g in not_named), reply
+        # The mark never changes the stamp, and the stamp never reads as a group.
+        assert read_stamp(reply) == (("9f3a", seq) if seq else NO_STAMP)
+        assert not was_served(reply, "9f3a") and not was_served(reply, str(seq))
+
+
+@pytest.mark.parametrize(
+    ("reply", "stamp"),
+    [
+        (None, NO_STAMP),
+        ("", NO_STAMP),
+        ("_INBOX.abc.1", NO_STAMP),
+        ("tw.seq.9f3a.12", ("9f3a", 12)),
+        ("tw.seq.9f3a.12.chat.echo", ("9f3a", 12)),
+        ("tw.seq.test.3", ("test", 3)),  # a foreign publisher stamping as we do
+        ("tw.seq.9f3a.0", NO_STAMP),
+        ("tw.seq.9f3a.0.chat", NO_STAMP),
+        ("tw.seq.9f3a", NO_STAMP),
+        ("tw.seq..5", NO_STAMP),
+        ("tw.seq.9f3a.x", NO_STAMP),
+        ("tw.seq.9f3a.-2", NO_STAMP),
+    ],
+)
+def test_stamps_are_read_from_the_reply_subject(reply: str | None, stamp: Stamp) -> None:
+    assert read_stamp(reply) == stamp
+
+
+def test_only_a_stamp_can_say_a_group_was_served() -> None:
+    assert not was_served(None, "chat")
+    assert not was_served("_INBOX.x.chat", "chat")  # a request's inbox is not a mark
+    assert not was_served("tw.seq.chat", "chat")
+    assert queue_for("chat") == "tw.chat"
+
+
+class Recorder:
+    """A `Remote` that writes down what the bus tells it (the seam, not our code under test)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def forward(
+        self, topic: str, payload: bytes, sender: str = "", served: Iterable[str] = ()
+    ) -> None:
+        self.calls.append(("forward", topic, frozenset(served)))
+
+    def want(self, pattern: str, group: str | None = None) -> None:
+        self.calls.append(("want", pattern, group))
+
+    def unwant(self, pattern: str, group: str | None = None) -> None:
+        self.calls.append(("unwant", pattern, group))
+
+
+def test_a_group_is_wanted_apart_and_named_when_served_here() -> None:
+    remote = Recorder()
+    bus = Bus(remote=remote)
+    got: list[tuple[str, str]] = []
+    plain = bus.subscribe("chat", lambda t, p: got.append(("plain", t)) and None)
+    member = bus.subscribe("chat", lambda t, p: got.append(("member", t)) and None, group="chat")
+    other = bus.subscribe("news", lambda t, p: got.append(("news", t)) and None, group="news")
+    assert remote.calls == [
+        ("want", "chat", None),
+        ("want", "chat", "chat"),
+        ("want", "news", "news"),
+    ]
+    bus.publish("chat", b"x")
+    assert got == [("plain", "chat"), ("member", "chat")]
+    assert remote.calls[-1] == ("forward", "chat", frozenset({"chat"}))  # news not served
+    # From another process: a plain delivery serves only the plain subscriber, and what
+    # NATS gives the group's member here serves only the member.
+    got.clear()
+    assert bus.deliver_remote("chat", "chat", b"y") == 1
+    assert bus.deliver_group("chat", "chat", "chat", b"z") == 1
+    assert bus.deliver_group("chat", "other", "chat", b"z") == 0
+    assert got == [("plain", "chat"), ("member", "chat")]
+    member.cancel()
+    other.cancel()
+    bus.publish("chat", b"w")  # no group left: nothing named
+    assert remote.calls[-3:] == [
+        ("unwant", "chat", "chat"),
+        ("unwant", "news", "news"),
+        ("forward", "chat", frozenset()),
+    ]
+    plain.cancel()
+    assert remote.calls[-1] == ("unwant", "chat", None)

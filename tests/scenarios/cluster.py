@@ -30,6 +30,7 @@ from tinywasm_wasi.server import WORKER_HEADER
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "modules" / "dist"
 START = 90.0  # seconds for the workers to serve: two interpreters starting on a busy machine
+ECHO_HTTP_EVERYWHERE = '[echo_http]\nreplicas = "all"\n'  # the default limits.toml
 PICK_TRIES = 200  # connections opened, at most, to find one on each worker
 
 
@@ -79,12 +80,12 @@ def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """Start ``--workers N`` (plus `extra` flags) on the example modules; stopped after."""
     started: list[Cluster] = []
 
-    def start(*extra: str, workers: int = 2) -> Cluster:
+    def start(*extra: str, workers: int = 2, limits: str = ECHO_HTTP_EVERYWHERE) -> Cluster:
         modules = tmp_path / "modules"
         modules.mkdir()
         for name in ("chat", "echo", "echo_http"):
             shutil.copy(EXAMPLES / f"{name}.wasm", modules)
-        (modules / "limits.toml").write_text('[echo_http]\nreplicas = "all"\n')
+        (modules / "limits.toml").write_text(limits)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
         env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
         command = [sys.executable, "-m", "cmd.tinywasm", "--workers", str(workers)]

@@ -59,7 +59,7 @@ class ModuleEffects:
         counters: ModuleCounters,
         on_message: OnMessage,
         *,
-        local: bool = False,
+        group: str | None = None,
         grants: TopicGrants | None = None,
     ) -> None:
         self.name = name
@@ -67,8 +67,9 @@ class ModuleEffects:
         self._everything = grants.everything  # then only $sys is refused: no pattern to match
         # (action, topic) -> refusal or None, for concrete topics; bounded like _known_topics
         self._decisions: dict[tuple[GrantAction, str], str | None] = {}
-        # Subscriptions served only by this process's publishes (replicas = "all").
-        self._local = local
+        # replicas = "all": its subscriptions are one member of the group named after the
+        # module, so each message reaches one replica across the workers (bus/remote.py).
+        self._group = group
         self._bus = bus
         self._broadcast = broadcast
         self._counters = counters
@@ -105,7 +106,7 @@ class ModuleEffects:
             subs = self._bus.swap(
                 cancel,
                 [(p, self._on_message) for p in patterns],
-                local=self._local,
+                group=self._group,
                 sender=True,
             )
             self._subs = dict(zip(patterns, subs, strict=True))
@@ -182,7 +183,7 @@ class ModuleEffects:
                 return
             if self._subs_live:
                 self._subs[name] = self._bus.subscribe(
-                    name, self._on_message, local=self._local, sender=True
+                    name, self._on_message, group=self._group, sender=True
                 )
             else:
                 self._subs[name] = None

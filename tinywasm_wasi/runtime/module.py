@@ -101,7 +101,7 @@ class WasmModule:
             broadcast,
             self.counters,
             self._on_bus_message,
-            local=self.limits.replicas is Replicas.ALL,
+            group=self.name if self.limits.replicas is Replicas.ALL else None,
             grants=self.limits.grants,
         )
         self._on_probation = False

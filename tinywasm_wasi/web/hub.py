@@ -471,7 +471,7 @@ class Hub:
         self._closed = asyncio.Event()
         self._remote = remote
         self._remote_ready = remote_ready
-        self._interest = Interest()
+        self._interest: Interest[str] = Interest()
         self._index: TopicIndex[_Client] = TopicIndex()
         # Patterns under `$sys` live apart: only `broadcast_system` reaches them, and no
         # module or browser broadcast does (a `>` subscriber never sees the system feed).
