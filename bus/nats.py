@@ -102,7 +102,7 @@ class LinkStats:
 class NatsChannel:
     """A `Remote` for the topics under one subject prefix."""
 
-    __slots__ = ("_deliver", "_deliver_group", "_link", "last_seq", "prefix", "stamped")
+    __slots__ = ("_deliver", "_deliver_group", "_link", "last_seq", "prefix", "stamped", "watch")
 
     def __init__(
         self,
@@ -122,6 +122,9 @@ class NatsChannel:
         # so `last_seq` follows the bus's order.
         self.stamped = stamped
         self.last_seq = 0
+        # Called with the topic of each message sent, while set (supervisor/fleet.py
+        # counts what is published for modules that run nowhere: bus.remote.Unowned).
+        self.watch: Callable[[str], None] | None = None
 
     def forward(
         self, topic: str, payload: bytes, sender: str = "", served: Iterable[str] = ()
@@ -132,6 +135,9 @@ class NatsChannel:
         if self.stamped:
             seq = self.last_seq = self.last_seq + 1
         mark = served_mark(served) if served else ""
+        watch = self.watch
+        if watch is not None:
+            watch(topic)
         self._link._send(to_subject(self.prefix, topic), payload, seq, mark)
 
     def want(self, pattern: str, group: str | None = None) -> None:

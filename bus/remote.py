@@ -27,8 +27,10 @@ wherever it was published, and the publisher's own first.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
+
+from bus.topics import TopicIndex
 
 __all__ = [
     "BROADCAST_PREFIX",
@@ -39,6 +41,7 @@ __all__ = [
     "Interest",
     "Remote",
     "Stamp",
+    "Unowned",
     "from_subject",
     "queue_for",
     "read_stamp",
@@ -161,3 +164,38 @@ class Interest(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+class Unowned:
+    """Counts what this process publishes for modules that run nowhere.
+
+    With several workers, a module whose worker died runs nowhere until another
+    worker has started it; a message published for it meanwhile reaches no
+    subscriber and is lost (NATS keeps nothing). `set` names those modules with the
+    patterns they had subscribed to; `count(topic)`, called for each message sent
+    to the other processes (under the bus lock), adds one for each module the topic
+    matches, however many of its patterns match. `set` replaces the table in one step.
+    """
+
+    def __init__(self) -> None:
+        self._index: TopicIndex[str] | None = None
+        self.lost: dict[str, int] = {}  # module -> messages published for it while unowned
+
+    @property
+    def active(self) -> bool:
+        """True while some module is unowned."""
+        return self._index is not None
+
+    def set(self, patterns: Mapping[str, Iterable[str]]) -> None:
+        """The modules nobody runs now, each with the patterns it subscribed to."""
+        index: TopicIndex[str] = TopicIndex()
+        for name, subscribed in patterns.items():
+            for pattern in subscribed:
+                index.add(pattern, name)
+        self._index = index if len(index) else None
+
+    def count(self, topic: str) -> None:
+        index = self._index
+        if index is not None:
+            for name in set(index.match(topic)):
+                self.lost[name] = self.lost.get(name, 0) + 1

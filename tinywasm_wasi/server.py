@@ -204,7 +204,9 @@ def create_app(config: Config) -> web.Application:
         app[NATS] = link
     fleet = relay = None
     if placement is not None and link is not None:
-        fleet = Fleet(link, host, placement.me, expected=frozenset(placement.workers))
+        fleet = Fleet(
+            link, host, placement.me, expected=frozenset(placement.workers), channel=topics
+        )
         app[FLEET] = fleet
         relay = app[_RELAY] = AdminRelay(link, placement.me)
 
@@ -271,7 +273,16 @@ def create_app(config: Config) -> web.Application:
     dispatcher = add_dispatch_routes(app, host.view, config, forwarder)
     app[_DISPATCHER] = dispatcher
     metrics = metrics_handler(
-        new_registry(ServerCollector(host.view, bus, hub, dispatcher, http_stats))
+        new_registry(
+            ServerCollector(
+                host.view,
+                bus,
+                hub,
+                dispatcher,
+                http_stats,
+                fleet_lost=fleet.lost if fleet is not None else None,
+            )
+        )
     )
     app.router.add_get("/metrics", admin(metrics) if config.status_private else metrics)
     add_static_routes(app, config.web_dir)

@@ -7,12 +7,14 @@ from collections.abc import Iterable
 import pytest
 
 from bus import Bus
+from bus.nats import NatsLink
 from bus.remote import (
     BROADCAST_PREFIX,
     NO_STAMP,
     TOPIC_PREFIX,
     Interest,
     Stamp,
+    Unowned,
     from_subject,
     queue_for,
     read_stamp,
@@ -187,3 +189,34 @@ def test_a_group_is_wanted_apart_and_named_when_served_here() -> None:
     ]
     plain.cancel()
     assert remote.calls[-1] == ("unwant", "chat", None)
+
+
+def test_unowned_counts_what_is_sent_for_modules_nobody_runs() -> None:
+    unowned = Unowned()
+    unowned.count("chat")
+    assert unowned.lost == {} and not unowned.active
+    unowned.set({"chat": ["chat", "chat.*"], "news": ["news.>"], "echo": []})
+    assert unowned.active
+    for topic in ("chat", "chat.room", "news.sport.today", "other", "chat.a.b"):
+        unowned.count(topic)
+    assert unowned.lost == {"chat": 2, "news": 1}  # once per module, however many patterns
+    unowned.set({"echo": []})  # a module without patterns: nothing to count
+    assert not unowned.active
+    unowned.count("chat")
+    assert unowned.lost == {"chat": 2, "news": 1}  # kept: a counter
+
+
+def test_a_channel_tells_its_watch_each_topic_it_sends() -> None:
+    # The channel only queues (nothing is connected): what it sends is what it holds.
+    link = NatsLink(["nats://127.0.0.1:1"])
+    channel = link.channel(TOPIC_PREFIX, lambda *m: None, stamped=True)
+    unowned = Unowned()
+    unowned.set({"chat": ["chat"]})
+    channel.forward("chat", b"1")
+    channel.watch = unowned.count
+    channel.forward("chat", b"2", "conn:c1", {"echo_http"})
+    channel.forward("news", b"3")
+    channel.watch = None
+    channel.forward("chat", b"4")
+    assert unowned.lost == {"chat": 1}
+    assert link.stats().held == 4  # every one still goes to NATS

@@ -11,6 +11,7 @@ from tinywasm_wasi.policy.membership import (
     Membership,
     decode_beat,
     encode_beat,
+    pattern_list,
 )
 from tinywasm_wasi.policy.placement import Placement, owner, worker_names
 
@@ -149,6 +150,11 @@ def test_the_fleet_view() -> None:
     [
         Beat("w0"),
         Beat("w12", frozenset({"chat", "echo"}), frozenset({"echo_http"}), True),
+        Beat(
+            "w1",
+            frozenset({"chat", "echo"}),
+            patterns=pattern_list({"chat": ["chat.*", "chat", "chat"], "echo": []}),
+        ),
     ],
 )
 def test_beats_round_trip(b: Beat) -> None:
@@ -165,6 +171,9 @@ def test_beats_round_trip(b: Beat) -> None:
         b'{"worker": "w0", "owned": [1], "replicas": [], "leaving": false}',
         b'{"worker": "w0", "owned": [], "replicas": "x", "leaving": false}',
         b'{"worker": "w0", "owned": [], "replicas": [], "leaving": "no"}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": []}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": {"a": 1}}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": {"a": [2]}}',
     ],
 )
 def test_bad_beats_are_refused(data: bytes) -> None:
@@ -219,3 +228,36 @@ def test_successor_is_the_owner_once_this_worker_left() -> None:
         placement = Placement(me, everyone)
         assert placement.successor(name) == owner(name, tuple(w for w in everyone if w != me))
     assert Placement("w0", ("w0",)).successor("x") is None
+
+
+def test_pattern_list_sorts_and_leaves_out_modules_without_patterns() -> None:
+    assert pattern_list({"echo": [], "chat": ["b", "a", "a"]}) == (("chat", ("a", "b")),)
+    # a beat lists patterns of owned modules only
+    raw = b'{"worker":"w1","owned":["chat"],"replicas":[],"leaving":false,'
+    raw += b'"patterns":{"chat":["chat"],"other":["x"]}}'
+    assert decode_beat(raw).patterns == (("chat", ("chat",)),)
+
+
+def test_a_dead_workers_modules_are_unowned_until_they_run_again() -> None:
+    members = table()
+    chat = pattern_list({"chat": ["chat", "chat.*"]})
+    members.heard(Beat("w1", frozenset({"chat", "echo"}), patterns=chat), 0.0)
+    members.heard(Beat("w2", frozenset({"news"})), 0.0)
+    assert members.still_unowned([]) == {}  # nobody died
+    members.heard(Beat("w2", frozenset({"news"})), 0.9)
+    assert members.expire(1.5) == ["w1"]
+    assert members.still_unowned([]) == {"chat": ("chat", "chat.*"), "echo": ()}
+    assert members.still_unowned(["echo"]) == {"chat": ("chat", "chat.*")}  # runs here now
+    members.heard(Beat("w2", frozenset({"news", "chat"})), 1.6)
+    assert members.still_unowned([]) == {}  # w2 runs chat now
+    members.heard(Beat("w2", frozenset({"news"})), 1.7)
+    assert members.still_unowned([]) == {}  # dropped for good once it ran again
+
+
+def test_a_leaving_worker_that_listed_nothing_leaves_nothing_unowned() -> None:
+    members = table()
+    members.heard(Beat("w1", frozenset({"chat"})), 0.0)
+    members.heard(Beat("w1", leaving=True), 0.5)  # handed chat over, then its last beat
+    members.heard(Beat("w2", frozenset({"chat"})), 0.5)
+    assert members.expire(2.0) == ["w1", "w2"]
+    assert members.still_unowned([]) == {"chat": ()}  # w2 died with it

@@ -1,23 +1,28 @@
-"""Membership from heartbeats: three real workers, one killed with SIGKILL.
+"""Membership from heartbeats: real workers, one killed with SIGKILL.
 
 The supervisor is paused (SIGSTOP) while the worker dies, so it cannot restart it:
 the survivors alone must notice the silence and start its modules from their own
 files. Then the supervisor resumes, restarts the worker, and its modules move back.
-Times are measured in bench/workers.py, not asserted here.
+Times are measured in bench/workers.py, not asserted here. What is published for
+a module while it runs nowhere is lost and counted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.scenarios.cluster import (
+    EXAMPLES,
+    PICK_TRIES,
     START,
     Cluster,
     ClusterFactory,
@@ -31,6 +36,7 @@ from tests.scenarios.cluster import (
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.server import WORKER_HEADER
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
@@ -47,6 +53,16 @@ async def fleets(http: aiohttp.ClientSession, base: str, workers: int) -> dict[s
     """The ``fleet`` of /api/modules, as each of `workers` workers answers it."""
     answers = await answers_by_worker(http, f"{base}/api/modules", workers=workers)
     return {worker: json.loads(text)["fleet"] for worker, (_status, text) in answers.items()}
+
+
+async def fleet_of(http: aiohttp.ClientSession, base: str, worker: str) -> dict[str, Any]:
+    """The ``fleet`` of /api/modules as `worker` answers it (new connections until it does)."""
+    for _ in range(PICK_TRIES):
+        async with http.get(f"{base}/api/modules") as response:
+            if response.headers[WORKER_HEADER] == worker:
+                fleet: dict[str, Any] = json.loads(await response.text())["fleet"]
+                return fleet
+    raise AssertionError(f"{PICK_TRIES} requests, none answered by {worker}")
 
 
 def runs(fleet: dict[str, Any]) -> dict[str, list[str]]:
@@ -131,3 +147,60 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
         )
     await eventually(fleet_as_placed, "the fleet as placed again", timeout=60)
     await sockets[victim].close()
+
+
+async def test_what_is_published_for_a_module_that_runs_nowhere_is_counted(
+    start_cluster: ClusterFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # chat's file is deleted after start-up (the cluster runs with --no-watch): when
+    # its worker dies, the survivor cannot start it, so chat runs nowhere, and what the
+    # survivor's browser publishes on chat is lost: counted in the fleet's lost_unowned.
+    cluster = start_cluster(workers=2)
+    base = await serving(cluster, 2)
+    names = worker_names(2)
+    victim = owner("chat", names)
+    (survivor,) = [w for w in names if w != victim]
+    sockets = await chat_on_each_worker(http, base)
+    await chat_works(sockets, "before")
+
+    async def survivor_fleet() -> dict[str, Any]:
+        return await fleet_of(http, base, survivor)
+
+    async def heard_chat_patterns() -> bool:  # the victim's beat, with chat's patterns
+        return "chat" in (await survivor_fleet())["workers"][victim]["owned"]
+
+    await eventually(heard_chat_patterns, "the survivor to hear chat's owner", timeout=30)
+    chat_file = tmp_path / "modules" / "chat.wasm"
+    chat_file.unlink()
+    supervisor = cluster.proc.pid
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        os.kill(worker_pid(cluster, victim), signal.SIGKILL)
+
+        async def chat_unowned() -> bool:
+            fleet = await survivor_fleet()
+            return fleet["live"] == [survivor] and fleet["unowned"] == ["chat"]
+
+        await eventually(chat_unowned, "chat to run nowhere", timeout=60)
+        for i in range(5):
+            await sockets[survivor].send_bytes(f"lost {i}".encode())
+
+        async def five_lost() -> bool:
+            return dict((await survivor_fleet())["lost_unowned"]) == {"chat": 5}
+
+        await eventually(five_lost, "5 messages counted", timeout=30)
+        async with http.get(f"{base}/metrics") as response:  # a survivor answers
+            assert 'tinywasm_fleet_lost_messages_total{module="chat"} 5.0' in (
+                await response.text()
+            )
+        # The file comes back before the worker: chat runs again, on its owner.
+        shutil.copy(EXAMPLES / "chat.wasm", chat_file)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    await eventually(
+        logged(cluster, rf"\[{survivor}\] .*module chat runs again; 5 message\(s\)"),
+        "the loss to be logged when chat runs again",
+        timeout=START,
+    )
+    fleet = await survivor_fleet()
+    assert fleet["unowned"] == [] and fleet["lost_unowned"] == {"chat": 5}

@@ -16,13 +16,18 @@ turns what one worker hears into its `Placement`:
   supervisor's ``w0 … w{N-1}``) or `timeout` has passed since it started: only
   then does it know enough to start the modules it owns;
 - while NATS is away nobody is heard: `resume(now)` after the outage restarts
-  every timeout, so an outage alone never declares the fleet dead.
+  every timeout, so an outage alone never declares the fleet dead;
+- each beat also lists the patterns each owned module subscribed to: when a
+  worker dies, its modules are **unowned** until a beat (or this worker) says
+  one runs again, and what is published for them meanwhile is lost and counted
+  (`still_unowned`; the counting is `bus.remote.Unowned`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tinywasm_wasi.policy.placement import Placement
@@ -37,6 +42,7 @@ __all__ = [
     "Membership",
     "decode_beat",
     "encode_beat",
+    "pattern_list",
 ]
 
 HEARTBEAT = 0.25  # seconds between a worker's beats
@@ -55,18 +61,28 @@ class Beat:
     owned: frozenset[str] = frozenset()  # single-owner modules it runs now
     replicas: frozenset[str] = frozenset()  # modules it runs as every worker does
     leaving: bool = False
+    # (module, its subscription patterns, sorted) for the owned modules that subscribed
+    # to any, sorted: if the worker dies, the others count what is published for them
+    patterns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def pattern_list(
+    subscribed: Mapping[str, Iterable[str]],
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A beat's `patterns` from module name -> the patterns it subscribed to."""
+    return tuple(sorted((n, tuple(sorted(set(p)))) for n, p in subscribed.items() if p))
 
 
 def encode_beat(beat: Beat) -> bytes:
-    return json.dumps(
-        {
-            "worker": beat.worker,
-            "owned": sorted(beat.owned),
-            "replicas": sorted(beat.replicas),
-            "leaving": beat.leaving,
-        },
-        separators=(",", ":"),
-    ).encode()
+    raw: dict[str, object] = {
+        "worker": beat.worker,
+        "owned": sorted(beat.owned),
+        "replicas": sorted(beat.replicas),
+        "leaving": beat.leaving,
+    }
+    if beat.patterns:
+        raw["patterns"] = {name: list(p) for name, p in beat.patterns}
+    return json.dumps(raw, separators=(",", ":")).encode()
 
 
 def decode_beat(data: bytes) -> Beat:
@@ -90,7 +106,18 @@ def decode_beat(data: bytes) -> Beat:
     for names in (owned, replicas):
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BeatError("not a heartbeat: owned and replicas must be lists of names")
-    return Beat(worker, frozenset(owned), frozenset(replicas), leaving)
+    patterns = raw.get("patterns", {})  # absent when no owned module subscribed
+    if not isinstance(patterns, dict) or not all(
+        isinstance(p, list) and all(isinstance(t, str) for t in p) for p in patterns.values()
+    ):
+        raise BeatError("not a heartbeat: patterns must map module names to lists of patterns")
+    return Beat(
+        worker,
+        frozenset(owned),
+        frozenset(replicas),
+        leaving,
+        patterns=pattern_list({n: p for n, p in patterns.items() if n in owned}),
+    )
 
 
 class MemberState(enum.StrEnum):
@@ -119,6 +146,8 @@ class Membership:
     timeout: float = TIMEOUT
     expected: frozenset[str] = frozenset()  # the workers it waits to hear before settling
     members: dict[str, Member] = field(default_factory=dict)
+    # module -> its patterns, for the modules of dead workers that run nowhere yet
+    unowned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _settled: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -142,8 +171,20 @@ class Membership:
         """Forget the workers silent for longer than the timeout; returns them, sorted."""
         dead = sorted(w for w, m in self.members.items() if now - m.heard > self.timeout)
         for worker in dead:
-            del self.members[worker]
+            beat = self.members.pop(worker).beat
+            patterns = dict(beat.patterns)
+            for name in beat.owned:
+                self.unowned[name] = patterns.get(name, ())
         return dead
+
+    def still_unowned(self, running_here: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The modules a dead worker ran that run nowhere yet (not here, not in any
+        beat), each with its patterns; a module that runs again is dropped for good."""
+        if self.unowned:
+            running = set(running_here) | set(self.placement().elsewhere)
+            for name in [n for n in self.unowned if n in running]:
+                del self.unowned[name]
+        return dict(self.unowned)
 
     def resume(self, now: float) -> None:
         """After a NATS outage: every worker counts as heard now."""

@@ -13,8 +13,11 @@ placement changes it reconciles, each module on its own:
 
 So after a kill -9, the dead worker's modules start on the survivors about
 `TIMEOUT` plus a load after the death; when it is back, they return to it. What
-was in flight to the dead worker is lost (counted: `lost_forwards`, and the
-bus's own counters); docs/abi.md states the guarantee.
+was in flight to the dead worker is lost. Counted: the requests forwarded to it
+that never got an answer (`lost_forwards`, web/forward.py), and, from the moment
+it is declared dead until a beat says its modules run again, each message
+published here for them (`bus.remote.Unowned`, fed with the patterns of its last
+beat; logged when the module runs again); docs/abi.md states the guarantee.
 
 While NATS is away nobody is heard and nobody is declared dead; when it is back,
 every timeout starts again (`Membership.resume`).
@@ -28,7 +31,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from bus.nats import NatsLink
+from bus.nats import NatsChannel, NatsLink
+from bus.remote import Unowned
 from tinywasm_wasi.policy.events import LogEvent, event_extra
 from tinywasm_wasi.policy.history import Trigger
 from tinywasm_wasi.policy.membership import (
@@ -39,6 +43,7 @@ from tinywasm_wasi.policy.membership import (
     Membership,
     decode_beat,
     encode_beat,
+    pattern_list,
 )
 from tinywasm_wasi.policy.placement import Placement
 from tinywasm_wasi.supervisor.host import ModuleHost
@@ -62,6 +67,7 @@ class Fleet:
         me: str,
         *,
         expected: frozenset[str] = frozenset(),
+        channel: NatsChannel | None = None,
         heartbeat: float = HEARTBEAT,
         timeout: float = TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -78,6 +84,11 @@ class Fleet:
         self._owned: set[str] = set()  # single-owner modules this worker owned at the last look
         self._waiting: set[str] = set()  # owned here, not started: another worker still runs them
         self._dirty = asyncio.Event()
+        # Counts what the bus sends (through `channel`) for the modules nobody runs.
+        self._channel = channel
+        self.unowned = Unowned()
+        self._orphans: dict[str, tuple[str, ...]] = {}
+        self._lost_before: dict[str, int] = {}  # module -> its lost count when it became unowned
         self.taken_over = 0  # modules started here because their owner died or left
         self.released = 0  # modules stopped here because their owner came back
         # Hands a module to a live worker with its state and messages (web/handover.py);
@@ -91,11 +102,24 @@ class Fleet:
 
     def beat(self) -> Beat:
         """This worker's beat now."""
-        owned: set[str] = set()
+        owned: dict[str, list[str]] = {}
         replicas: set[str] = set()
-        for name in self._host.modules:
-            (owned if self._host.runs_alone(name) else replicas).add(name)
-        return Beat(self.me, frozenset(owned), frozenset(replicas), self._leaving)
+        for name, module in list(self._host.modules.items()):
+            if self._host.runs_alone(name):
+                owned[name] = module.subscriptions
+            else:
+                replicas.add(name)
+        return Beat(
+            self.me,
+            frozenset(owned),
+            frozenset(replicas),
+            self._leaving,
+            patterns=pattern_list(owned),
+        )
+
+    def lost(self) -> dict[str, int]:
+        """Messages published here for each module while no worker ran it."""
+        return dict(self.unowned.lost)
 
     def missing(self) -> set[str]:
         """The single-owner modules this worker owns and does not run yet (another worker
@@ -104,7 +128,10 @@ class Fleet:
 
     def view(self) -> dict[str, object]:
         """The fleet as this worker sees it, for /api/modules."""
-        return self.table.fleet(self.beat(), self._clock())
+        view = self.table.fleet(self.beat(), self._clock())
+        view["unowned"] = sorted(self._orphans)  # a dead worker's, running nowhere yet
+        view["lost_unowned"] = self.lost()
+        return view
 
     async def join(self) -> None:
         """Listen to the others' beats, announce this one, and wait until settled
@@ -194,6 +221,7 @@ class Fleet:
             if self._dirty.is_set():
                 self._dirty.clear()
                 self._reconcile()
+            self._count_unowned()
             await self._publish()
 
     def _owns(self, name: str) -> bool:
@@ -226,6 +254,31 @@ class Fleet:
             elif name not in placement.elsewhere and name not in self._host.arriving:
                 self._waiting.discard(name)
                 self._move(name, start=True, reason="its owner is this worker")
+
+    def _count_unowned(self) -> None:
+        """Count what is sent for the dead workers' modules until they run again."""
+        orphans = self.table.still_unowned(self._host.modules)
+        if orphans == self._orphans:
+            return
+        lost = self.unowned.lost
+        for name in orphans.keys() - self._orphans.keys():
+            self._lost_before[name] = lost.get(name, 0)
+            log.warning(
+                "module %s runs nowhere (its worker died): what is published for it is lost, "
+                "and counted here until it runs again",
+                name,
+            )
+        for name in self._orphans.keys() - orphans.keys():
+            log.warning(
+                "module %s runs again; %d message(s) published here for it while no worker "
+                "ran it are lost",
+                name,
+                lost.get(name, 0) - self._lost_before.pop(name, 0),
+            )
+        self._orphans = orphans
+        self.unowned.set(orphans)
+        if self._channel is not None:
+            self._channel.watch = self.unowned.count if self.unowned.active else None
 
     def _move(self, name: str, *, start: bool, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(self._carry_out(name, start, reason))

@@ -4,9 +4,10 @@ Nothing here runs per message. `ServerCollector` is a prometheus-client
 `Collector`: at scrape time it reads each module's `ModuleCounters`, mailbox,
 trap codes and call-duration histograms, the registry's swap outcomes and swap
 durations, the hub's and the bus's counters, the dispatcher's middleware
-short-circuits and `HttpStats` (the one thing counted per request, by the
+short-circuits, `HttpStats` (the one thing counted per request, by the
 `access_counter` aiohttp calls after each response: a dict lookup and a
-bucket increment). The
+bucket increment) and, in one of several workers, the bus messages lost
+while their module ran nowhere (supervisor/fleet.py). The
 process, platform and garbage-collector collectors are prometheus-client's own.
 
 Per-module counters belong to the running version: a swap starts them again
@@ -17,7 +18,7 @@ Each app has its own `CollectorRegistry`, so several servers in one process
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -138,12 +139,16 @@ class ServerCollector(Collector):
         hub: Hub,
         dispatcher: Dispatcher | None,
         http: HttpStats,
+        fleet_lost: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
+        """`fleet_lost` (one of several workers): module -> messages published here
+        for it while no worker ran it (supervisor/fleet.py)."""
         self._registry = registry
         self._bus = bus
         self._hub = hub
         self._dispatcher = dispatcher
         self._http = http
+        self._fleet_lost = fleet_lost
 
     def collect(self) -> Iterator[Metric]:
         yield from self._modules()
@@ -151,6 +156,7 @@ class ServerCollector(Collector):
         yield from self._hub_metrics()
         yield from self._bus_metrics()
         yield from self._http_metrics()
+        yield from self._fleet_metrics()
 
     def _modules(self) -> Iterator[Metric]:
         reg = self._registry
@@ -327,6 +333,19 @@ class ServerCollector(Collector):
             for name, count in list(self._dispatcher.short_circuits.items()):
                 short.add_metric([name], count)
         yield short
+
+    def _fleet_metrics(self) -> Iterator[Metric]:
+        if self._fleet_lost is None:
+            return
+        lost = CounterMetricFamily(
+            "tinywasm_fleet_lost_messages",
+            "Bus messages published in this worker for a module while no worker ran it "
+            "(its worker died, no other had started it yet): lost.",
+            labels=["module"],
+        )
+        for name, count in sorted(self._fleet_lost().items()):
+            lost.add_metric([name], count)
+        yield lost
 
 
 def new_registry(collector: ServerCollector) -> CollectorRegistry:
