@@ -269,11 +269,13 @@ class Fleet:
                 name,
             )
         for name in self._orphans.keys() - orphans.keys():
-            log.warning(
+            count = lost.get(name, 0) - self._lost_before.pop(name, 0)
+            log.log(
+                logging.WARNING if count else logging.INFO,  # the usual failover loses none here
                 "module %s runs again; %d message(s) published here for it while no worker "
                 "ran it are lost",
                 name,
-                lost.get(name, 0) - self._lost_before.pop(name, 0),
+                count,
             )
         self._orphans = orphans
         self.unowned.set(orphans)
