@@ -31,6 +31,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import nats
 from nats.aio.client import Client
@@ -46,7 +47,9 @@ from bus.remote import (
     Stamp,
     from_subject,
     queue_for,
+    read_sender,
     read_stamp,
+    sender_token,
     served_mark,
     stamp_reply,
     to_subject,
@@ -57,10 +60,17 @@ __all__ = ["STAMP_PREFIX", "LinkError", "LinkStats", "NatsChannel", "NatsLink", 
 
 log = logging.getLogger("tinywasm.nats")
 
-Deliver = Callable[[str, str, bytes], object]
-"""Called on the event loop with (pattern, topic, payload) for a message from another process."""
-DeliverGroup = Callable[[str, str, str, bytes], object]
-"""Called with (pattern, group, topic, payload) for a message NATS gave this process's member."""
+
+class Deliver(Protocol):
+    """Called on the event loop with (pattern, topic, payload) for a message from another
+    process, and its sender (bus.remote, "Senders") on a stamped channel."""
+
+    def __call__(self, pattern: str, topic: str, payload: bytes, sender: str = "", /) -> object: ...
+
+
+DeliverGroup = Callable[[str, str, str, bytes, str], object]
+"""Called with (pattern, group, topic, payload, sender) for a message NATS gave this
+process's member."""
 Wanted = tuple[str, str]  # (subject, NATS queue group; "" for none)
 Outgoing = tuple[str, bytes, int, str]  # subject, payload, sequence number, served mark
 
@@ -129,12 +139,12 @@ class NatsChannel:
     def forward(
         self, topic: str, payload: bytes, sender: str = "", served: Iterable[str] = ()
     ) -> None:
-        # The sender is not carried across processes yet: a header would cost 2-4x the
-        # hops/s (bench.nats_hop); the other side's modules see no sender (-1).
         seq = 0
+        mark = served_mark(served) if served else ""
         if self.stamped:
             seq = self.last_seq = self.last_seq + 1
-        mark = served_mark(served) if served else ""
+            if sender:
+                mark += sender_token(sender)
         watch = self.watch
         if watch is not None:
             watch(topic)
@@ -162,7 +172,7 @@ class NatsChannel:
                 self._link._skipped += 1
             elif self._deliver_group is not None:
                 topic = from_subject(self.prefix, msg.subject)
-                self._deliver_group(pattern, group, topic, msg.data)
+                self._deliver_group(pattern, group, topic, msg.data, read_sender(msg.reply))
             return
         if not self.stamped:
             self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
@@ -171,8 +181,9 @@ class NatsChannel:
         if stamp[0]:
             self._link._marks[(stamp[0], pattern)] = stamp[1]
         _incoming.stamp = stamp
+        topic = from_subject(self.prefix, msg.subject)
         try:
-            self._deliver(pattern, from_subject(self.prefix, msg.subject), msg.data)
+            self._deliver(pattern, topic, msg.data, read_sender(msg.reply))
         finally:
             _incoming.stamp = None
 

@@ -23,10 +23,18 @@ process that published a message and served its own member of a group names the
 group in the stamp's tail (`served_mark`), and the member NATS picks elsewhere
 leaves it (`was_served`): each message reaches exactly one replica of each group,
 wherever it was published, and the publisher's own first.
+
+**Senders.** Who published a message (``user:<sub>``, ``conn:c<N>``, ``module:<name>``)
+rides last in the stamp as one token, ``=`` then the sender's UTF-8 in unpadded
+base64url (`sender_token`, `read_sender`): no group token starts with ``=``, and
+base64url has no ``.``. A sender over `MAX_SENDER` bytes is not carried (the other
+side sees none), never cut: a cut sender could be another user's prefix.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
@@ -34,6 +42,7 @@ from bus.topics import TopicIndex
 
 __all__ = [
     "BROADCAST_PREFIX",
+    "MAX_SENDER",
     "NO_STAMP",
     "QUEUE_PREFIX",
     "STAMP_PREFIX",
@@ -44,7 +53,9 @@ __all__ = [
     "Unowned",
     "from_subject",
     "queue_for",
+    "read_sender",
     "read_stamp",
+    "sender_token",
     "served_mark",
     "stamp_reply",
     "to_subject",
@@ -55,6 +66,8 @@ TOPIC_PREFIX = "tw.t."  # bus topics
 BROADCAST_PREFIX = "tw.b."  # ws_broadcast topics, for every process's WebSocket hub
 STAMP_PREFIX = "tw.seq."  # a bus message's reply subject: tw.seq.<publisher>.<n>[<served mark>]
 QUEUE_PREFIX = "tw."  # a group's NATS queue group is tw.<group>
+SENDER_MARK = "="  # the stamp's last token, when the message has a sender
+MAX_SENDER = 512  # bytes of sender carried across processes; a longer one is not carried
 
 Stamp = tuple[str, int]
 """(publisher id, sequence number) of a bus message; ("", 0) when it came without one."""
@@ -74,9 +87,34 @@ def served_mark(groups: Iterable[str]) -> str:
     return "".join(sorted("." + g.replace(".", "~") for g in groups))
 
 
+def sender_token(sender: str) -> str:
+    """The stamp's tail naming `sender` (``.=<base64url>``); "" for none or one over
+    `MAX_SENDER` bytes."""
+    raw = sender.encode()
+    if not raw or len(raw) > MAX_SENDER:
+        return ""
+    return "." + SENDER_MARK + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 def stamp_reply(publisher: str, seq: int, mark: str = "") -> str:
-    """The reply subject of a bus message: its stamp, then its `served_mark`."""
+    """The reply subject of a bus message: its stamp, then its `served_mark` and
+    `sender_token`."""
     return f"{STAMP_PREFIX}{publisher}.{seq}{mark}"
+
+
+def read_sender(reply: str | None) -> str:
+    """The sender named in a reply subject's last token; "" for none or a malformed one."""
+    at = reply.rfind("." + SENDER_MARK) if reply else -1
+    if at < 0 or not reply or not reply.startswith(STAMP_PREFIX):
+        return ""
+    encoded = reply[at + 2 :]
+    if "." in encoded:  # not the last token
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        return raw.decode() if 0 < len(raw) <= MAX_SENDER else ""
+    except (binascii.Error, ValueError):
+        return ""
 
 
 def read_stamp(reply: str | None) -> Stamp:

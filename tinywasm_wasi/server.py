@@ -134,7 +134,10 @@ def create_app(config: Config) -> web.Application:
     # Bus messages are stamped (publisher, sequence): a module moving between workers
     # is handed every message exactly once (web/handover.py). A replicas = "all"
     # module's replicas are a group: NATS gives each message to one of them, through
-    # deliver_group, unless a replica got it where it was published.
+    # deliver_group, unless a replica got it where it was published. Each bus message
+    # carries its sender across (bus/remote.py, "Senders").
+    bus: Bus  # made below, once its remote side is: the callbacks find it then
+    hub: Hub
     topics = (
         link.channel(
             TOPIC_PREFIX,

@@ -10,6 +10,7 @@ from bus import Bus
 from bus.nats import NatsLink
 from bus.remote import (
     BROADCAST_PREFIX,
+    MAX_SENDER,
     NO_STAMP,
     TOPIC_PREFIX,
     Interest,
@@ -17,7 +18,9 @@ from bus.remote import (
     Unowned,
     from_subject,
     queue_for,
+    read_sender,
     read_stamp,
+    sender_token,
     served_mark,
     stamp_reply,
     to_subject,
@@ -130,6 +133,62 @@ def test_the_served_mark_names_each_group_exactly(
 )
 def test_stamps_are_read_from_the_reply_subject(reply: str | None, stamp: Stamp) -> None:
     assert read_stamp(reply) == stamp
+
+
+SENDERS = [
+    "user:ann",
+    "conn:c7",
+    "module:chat.v2",  # a dot: one token all the same
+    "user:ann.smith@example.com",
+    'user:é "the admin" \\ =x',  # any UTF-8, and the token's own marker
+    "user:" + "x" * (MAX_SENDER - 5),  # exactly the most carried
+]
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("served", [(), ("chat",), ("echo", "web.api")])
+def test_a_sender_rides_last_in_the_stamp_and_comes_back_whole(
+    sender: str, served: tuple[str, ...]
+) -> None:
+    reply = stamp_reply("9f3a", 12, served_mark(served) + sender_token(sender))
+    assert read_sender(reply) == sender
+    assert read_stamp(reply) == ("9f3a", 12)
+    for group in served:
+        assert was_served(reply, group)
+    assert not was_served(reply, "relay")
+    assert " " not in reply and "*" not in reply and ">" not in reply  # a valid subject
+
+
+@pytest.mark.parametrize(
+    ("sender", "token"),
+    [
+        ("", ""),  # the server's own message
+        ("user:" + "x" * (MAX_SENDER - 4), ""),  # one byte over: not carried, never cut
+        ("user:" + "é" * MAX_SENDER, ""),
+    ],
+)
+def test_no_sender_and_too_long_a_sender_are_not_carried(sender: str, token: str) -> None:
+    assert sender_token(sender) == token
+    assert read_sender(stamp_reply("9f3a", 1, sender_token(sender))) == ""
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        "",
+        "_INBOX.abc.=dXNlcjphbm4",  # not a stamp: a request's inbox
+        "tw.seq.9f3a.12",
+        "tw.seq.9f3a.12.chat",
+        "tw.seq.9f3a.12.=",  # empty
+        "tw.seq.9f3a.12.=!!!",  # not base64url
+        "tw.seq.9f3a.12.=/w",  # not UTF-8
+        "tw.seq.9f3a.12.=dXNlcjphbm4.chat",  # not the last token
+        "tw.seq.9f3a.12.=" + "eH" * 400,  # over MAX_SENDER once decoded
+    ],
+)
+def test_a_malformed_or_missing_sender_token_reads_as_no_sender(reply: str | None) -> None:
+    assert read_sender(reply) == ""
 
 
 def test_only_a_stamp_can_say_a_group_was_served() -> None:

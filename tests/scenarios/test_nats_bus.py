@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.support import eventually
 from tests.wat import guest, write
+from tests.web.test_message_sender import PINGER, SENDER_IMPORT, STRINGS, WITNESS
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
 from tinywasm_wasi.server import NATS, WasiServer
 
@@ -240,3 +241,40 @@ async def test_nats_outage_keeps_local_traffic_holds_remote_and_resumes(
         assert await frames(local, 1) == [b"after"]
         health = await (await http.get(f"{a.url}/healthz")).json()
         assert health["status"] == "ok"
+
+
+@pytest.mark.parametrize("replicas", ["one", "all"])
+async def test_the_sender_crosses_nats_with_the_message(
+    replicas: str,
+    tmp_path: Path,
+    make_server: ServerFactory,
+    nats_server: NatsServerProcess,
+    http: aiohttp.ClientSession,
+) -> None:
+    # A's witness says who sent each message it gets; everything it sees is published on
+    # B: by B's browser, by B's module, by B's server, and with a sender too long to carry.
+    # With replicas = "all" the witness is a group of one, reached through the queue group.
+    a_dir = tmp_path / "a"
+    write(a_dir, "witness", guest(WITNESS, STRINGS, imports=SENDER_IMPORT))
+    if replicas == "all":
+        (a_dir / "limits.toml").write_text('[witness]\nreplicas = "all"\n')
+    b_dir = tmp_path / "b"
+    write(b_dir, "pinger", guest(PINGER, STRINGS))
+    a = await joined(make_server, nats_server, a_dir)
+    b = await joined(make_server, nats_server, b_dir, ws_inbound=("chat",))
+    await eventually(lambda: "witness" in a.host.modules and "pinger" in b.host.modules)
+    async with (
+        http.ws_connect(f"{a.url}/ws?topic=seen") as seen,
+        http.ws_connect(f"{b.url}/ws?topic=chat") as browser,
+    ):
+        await eventually(lambda: a.hub.clients == 1 and b.hub.clients == 1)
+        await link(b).sync()
+        await browser.send_bytes(b"hi")
+        assert await frames(seen, 1) == [b"chat|conn:c1"]
+        b.bus.publish("ping", b"p")  # the server's own: no sender; the pinger relays it
+        assert await frames(seen, 2) == [b"ping|-", b"relay|module:pinger"]
+        odd = "user:ann.smith@example.com =é"
+        b.bus.publish("chat", b"x", odd)
+        b.bus.publish("chat", b"x", "user:" + "x" * 600)  # over MAX_SENDER: not carried
+        assert await frames(seen, 2) == [f"chat|{odd}".encode(), b"chat|-"]
+        await nothing_more(seen, a, b)

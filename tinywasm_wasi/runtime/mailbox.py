@@ -47,7 +47,7 @@ log = logging.getLogger("tinywasm.mailbox")
 __all__ = ["Delivery", "Mailbox", "Pending", "Reply", "Request", "Requeued"]
 
 # topic, payload and sender; a message without a known sender may be just (topic, payload)
-Delivery = tuple[str, bytes, str] | tuple[str, bytes]
+Delivery = tuple[str, bytes, str]  # topic, payload, sender ("" for none)
 
 
 Reply = Callable[[bytes | None, BaseException | None], None]
@@ -401,7 +401,7 @@ class Mailbox:
                 self._answer_request(item)
         else:
             try:
-                self._deliver(item[0], item[1], item[2] if len(item) > 2 else "")
+                self._deliver(*item)
             except Exception:  # the deliver callback reports its own errors
                 log.exception("module %r: delivery failed unexpectedly", self.name)
 

@@ -42,9 +42,17 @@ from tinywasm_wasi.runtime.bridge import Answers
 from tinywasm_wasi.runtime.effects import Broadcast, ModuleCounters, ModuleEffects
 from tinywasm_wasi.runtime.engine import CompiledModule, Runtime
 from tinywasm_wasi.runtime.guest import Guest
-from tinywasm_wasi.runtime.mailbox import Mailbox, Pending, Request, Requeued
+from tinywasm_wasi.runtime.mailbox import Delivery, Mailbox, Pending, Request, Requeued
 
-__all__ = ["Broadcast", "Health", "ModuleCounters", "ModuleState", "TrapCode", "WasmModule"]
+__all__ = [
+    "Broadcast",
+    "Delivery",
+    "Health",
+    "ModuleCounters",
+    "ModuleState",
+    "TrapCode",
+    "WasmModule",
+]
 
 log = logging.getLogger("tinywasm.module")
 
@@ -441,16 +449,15 @@ class WasmModule:
                 dropped += 1
         return dropped
 
-    def take_messages(self, error: BaseException) -> list[tuple[str, bytes]]:
-        """Take the queued messages out (to hand elsewhere); queued requests get `error`.
-
-        As (topic, payload): their senders stay here (they do not cross processes yet)."""
-        messages: list[tuple[str, bytes]] = []
+    def take_messages(self, error: BaseException) -> list[Delivery]:
+        """Take the queued messages out (to hand elsewhere), as (topic, payload, sender);
+        queued requests get `error`."""
+        messages: list[Delivery] = []
         for item in self.mailbox.take_pending():
             if isinstance(item, Request):
                 item.fail(error)
             else:
-                messages.append((item[0], item[1]))
+                messages.append(item)
         return messages
 
     async def call(self, fn: Callable[[], Any], *, first: bool = False) -> Any:

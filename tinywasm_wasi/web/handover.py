@@ -41,7 +41,7 @@ from tinywasm_wasi.policy.handover import (
     TakerEvent,
     keep_after,
 )
-from tinywasm_wasi.runtime.module import WasmModule
+from tinywasm_wasi.runtime.module import Delivery, WasmModule
 from tinywasm_wasi.supervisor.host import ModuleHost
 
 __all__ = [
@@ -85,32 +85,32 @@ class Fence:
         self._channel = channel
         self._origin = origin
         self._limit = limit
-        self.items: list[tuple[str, str, int, str, bytes]] = []  # pattern, publisher, seq, ...
+        self.items: list[tuple[str, str, int, Delivery]] = []  # pattern, publisher, seq, message
         self.dropped = 0
         self.subs: list[Subscription] = []
 
     def put_up(self, patterns: Sequence[str]) -> None:
         self.subs = [
-            self._bus.subscribe(p, functools.partial(self._keep, p))
+            self._bus.subscribe(p, functools.partial(self._keep, p), sender=True)
             for p in dict.fromkeys(patterns)
         ]
 
-    def _keep(self, pattern: str, topic: str, payload: bytes) -> bool:
+    def _keep(self, pattern: str, topic: str, payload: bytes, sender: str) -> bool:
         # Under the bus lock. A local publish is forwarded right after its local delivery,
         # so it gets the channel's next sequence number.
         stamp = incoming() or (self._origin, self._channel.last_seq + 1)
         if len(self.items) >= self._limit:
             self.dropped += 1
             return False
-        self.items.append((pattern, stamp[0], stamp[1], topic, payload))
+        self.items.append((pattern, stamp[0], stamp[1], (topic, payload, sender)))
         return True
 
     def after(
         self, marks: dict[tuple[str, str], int], own: tuple[str, int] | None
-    ) -> list[tuple[str, bytes]]:
+    ) -> list[Delivery]:
         """The kept messages the old owner did not handle, in arrival order."""
         keep = keep_after(marks, own)
-        return [(t, p) for pattern, pub, seq, t, p in self.items if keep(pub, pattern, seq)]
+        return [m for pattern, pub, seq, m in self.items if keep(pub, pattern, seq)]
 
     def take_down(self) -> None:
         for sub in self.subs:
@@ -347,8 +347,8 @@ class HandoverService:
 
     async def _send_commit(self, name: str, to: str, ctx: dict[str, Any]) -> GiverEvent:
         state: bytes | None = ctx.get("state")
-        leftovers: list[tuple[str, bytes]] = ctx.get("leftovers", [])
-        size = (len(state) if state else 0) + sum(len(t) + len(p) for t, p in leftovers)
+        leftovers: list[Delivery] = ctx.get("leftovers", [])
+        size = (len(state) if state else 0) + sum(len(t) + len(p) + len(s) for t, p, s in leftovers)
         bound = self._link.max_payload - ENVELOPE
         if size > bound:
             log.error(
@@ -368,7 +368,7 @@ class HandoverService:
             "state": state,
             "marks": [[pub, pattern, seq] for (pub, pattern), seq in ctx["marks"].items()],
             "own": [own[0], own[1]],
-            "leftovers": [[t, p] for t, p in leftovers],
+            "leftovers": [list(m) for m in leftovers],
         }
         try:
             await self._ask(to, msg, COMMIT_TIMEOUT)
@@ -427,7 +427,10 @@ class HandoverService:
         arrival.taker.handle(TakerEvent.COMMIT)
         marks = {(pub, pattern): int(seq) for pub, pattern, seq in msg["marks"]}
         own = (msg["own"][0], int(msg["own"][1]))
-        leftovers = [(t, bytes(p)) for t, p in msg.get("leftovers", [])]
+        # [topic, payload, sender]; a worker from before senders crossed sends no sender.
+        leftovers = [
+            (m[0], bytes(m[1]), m[2] if len(m) > 2 else "") for m in msg.get("leftovers", [])
+        ]
         kept = await self._open(name, arrival, msg.get("state"), marks, own, leftovers)
         self._finish(name, arrival)
         self.moved_in += 1
@@ -448,7 +451,7 @@ class HandoverService:
         state: bytes | None,
         marks: dict[tuple[str, str], int],
         own: tuple[str, int] | None,
-        leftovers: list[tuple[str, bytes]],
+        leftovers: list[Delivery],
     ) -> int:
         """RESTORE_STATE, TAKE_OVER, OPEN."""
         module, fence = arrival.module, arrival.fence
