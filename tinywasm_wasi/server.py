@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from bus import Bus
 from bus.nats import NatsLink
@@ -64,7 +65,9 @@ from tinywasm_wasi.web.forward import NatsForwarder
 from tinywasm_wasi.web.handover import READY_SUBJECT, HandoverService
 from tinywasm_wasi.web.hub import Hub
 from tinywasm_wasi.web.metrics import (
+    FleetCollector,
     HttpStats,
+    NatsCollector,
     ServerCollector,
     access_counter,
     metrics_handler,
@@ -275,18 +278,12 @@ def create_app(config: Config) -> web.Application:
         app.on_response_prepare.append(_worker_header(placement.me))
     dispatcher = add_dispatch_routes(app, host.view, config, forwarder)
     app[_DISPATCHER] = dispatcher
-    metrics = metrics_handler(
-        new_registry(
-            ServerCollector(
-                host.view,
-                bus,
-                hub,
-                dispatcher,
-                http_stats,
-                fleet_lost=fleet.lost if fleet is not None else None,
-            )
-        )
-    )
+    collectors: list[Collector] = [ServerCollector(host.view, bus, hub, dispatcher, http_stats)]
+    if link is not None:
+        collectors.append(NatsCollector(link))
+    if fleet is not None:
+        collectors.append(FleetCollector(fleet, forwarder, app.get(HANDOVER)))
+    metrics = metrics_handler(new_registry(*collectors))
     app.router.add_get("/metrics", admin(metrics) if config.status_private else metrics)
     add_static_routes(app, config.web_dir)
     return app

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import eventually
 from tinywasm_wasi.server import WORKER_HEADER
@@ -37,9 +38,12 @@ PICK_TRIES = 200  # connections opened, at most, to find one on each worker
 class Cluster:
     """The supervisor's process and what its (and its workers') log said."""
 
-    def __init__(self, proc: subprocess.Popen[str], workers: int) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], workers: int, folder: Path | None = None
+    ) -> None:
         self.proc = proc
         self.workers = workers
+        self.folder = folder  # the modules folder, when the fixture made it
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -80,21 +84,31 @@ def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """Start ``--workers N`` (plus `extra` flags) on the example modules; stopped after."""
     started: list[Cluster] = []
 
-    def start(*extra: str, workers: int = 2, limits: str = ECHO_HTTP_EVERYWHERE) -> Cluster:
-        modules = tmp_path / "modules"
-        modules.mkdir()
-        for name in ("chat", "echo", "echo_http"):
-            shutil.copy(EXAMPLES / f"{name}.wasm", modules)
-        (modules / "limits.toml").write_text(limits)
+    def start(
+        *extra: str,
+        workers: int = 2,
+        modules: dict[str, bytes] | None = None,
+        limits: str = ECHO_HTTP_EVERYWHERE,
+    ) -> Cluster:
+        """`modules` (name -> .wasm bytes) instead of the examples, with `limits`."""
+        folder = tmp_path / "modules"
+        folder.mkdir()
+        if modules is None:
+            for name in ("chat", "echo", "echo_http"):
+                shutil.copy(EXAMPLES / f"{name}.wasm", folder)
+        else:
+            for name, data in modules.items():
+                (folder / f"{name}.wasm").write_bytes(data)
+        (folder / "limits.toml").write_text(limits)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
         env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
         command = [sys.executable, "-m", "cmd.tinywasm", "--workers", str(workers)]
         command += ["--port", "0"]
-        command += ["--modules-dir", str(modules), "--no-watch", "--drain-timeout", "1", *extra]
+        command += ["--modules-dir", str(folder), "--no-watch", "--drain-timeout", "1", *extra]
         proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        started.append(Cluster(proc, workers))
+        started.append(Cluster(proc, workers, folder))
         return started[-1]
 
     yield start
@@ -198,3 +212,29 @@ async def health_of_each_worker(http: aiohttp.ClientSession, base: str) -> dict[
         worker: text
         for worker, (_status, text) in (await answers_by_worker(http, f"{base}/healthz")).items()
     }
+
+
+Metrics = dict[str, float]  # sample name with its labels ({k="v",...}) -> value
+
+
+async def metrics_of_each_worker(
+    http: aiohttp.ClientSession, base: str, workers: int = 2
+) -> dict[str, Metrics]:
+    """Each worker's ``/metrics``, parsed with prometheus-client's own parser."""
+    out: dict[str, Metrics] = {}
+    for worker, (status, text) in (
+        await answers_by_worker(http, f"{base}/metrics", workers=workers)
+    ).items():
+        assert status == 200, text
+        out[worker] = {
+            sample_key(s.name, **s.labels): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+    return out
+
+
+def sample_key(name: str, **labels: str) -> str:
+    """How `metrics_of_each_worker` names a sample: ``name{k="v",...}``, labels sorted."""
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}" if inner else name

@@ -30,6 +30,8 @@ from tests.scenarios.cluster import (
     chat_on_each_worker,
     chat_works,
     http,
+    metrics_of_each_worker,
+    sample_key,
     serving,
     start_cluster,
 )
@@ -132,6 +134,24 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
         live = {w: sockets[w] for w in survivors}
         assert not any(ws.closed for ws in live.values())
         await chat_works(live, "while it is gone")
+        # Each survivor's /metrics says the same as its /api/modules fleet section.
+        metrics = await metrics_of_each_worker(http, base, workers=2)
+        for survivor, m in metrics.items():
+            owned = [n for n, w in expected.items() if w == [survivor]]
+            assert m[sample_key("tinywasm_fleet_worker", worker=survivor)] == 1
+            assert m[sample_key("tinywasm_fleet_live_workers")] == 2, survivor
+            assert m[sample_key("tinywasm_fleet_workers", state="live")] == 2, survivor
+            assert m[sample_key("tinywasm_fleet_workers", state="leaving")] == 0, survivor
+            assert m[sample_key("tinywasm_fleet_owned_modules")] == len(owned), survivor
+            assert m[sample_key("tinywasm_fleet_replica_modules")] == 1, survivor  # echo_http
+            started = sum(1 for heir in moved.values() if heir == survivor)
+            starts = sample_key("tinywasm_fleet_placements_total", action="started")
+            assert m[starts] == started, survivor
+            assert m[sample_key("tinywasm_nats_connected")] == 1, survivor
+            # /m/echo was answered through the survivor that does not run it.
+            forwarded = m[sample_key("tinywasm_fleet_forwarded_requests_total")]
+            assert (forwarded >= 1) is ("echo" not in owned), (survivor, forwarded)
+            assert m[sample_key("tinywasm_fleet_lost_forwards_total")] == 0, survivor
     finally:
         os.kill(supervisor, signal.SIGCONT)
 

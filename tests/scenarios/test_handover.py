@@ -30,7 +30,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.nats import STAMP_PREFIX
-from tests.scenarios.cluster import EXAMPLES, ROOT, START, Cluster
+from tests.scenarios.cluster import (
+    EXAMPLES,
+    ROOT,
+    START,
+    Cluster,
+    metrics_of_each_worker,
+    sample_key,
+)
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
@@ -185,6 +192,17 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
         async with http.get(f"{base}/m/counter") as response:
             assert response.status == 200
             assert (await response.text()).startswith("50"), cluster.log()
+    # /metrics counts the moves: the heir took it in and gave it back; home (a new
+    # process since its restart) took it in.
+    metrics = await metrics_of_each_worker(http, base)
+    moves = {
+        w: (
+            m[sample_key("tinywasm_fleet_handovers_total", direction="in")],
+            m[sample_key("tinywasm_fleet_handovers_total", direction="out")],
+        )
+        for w, m in metrics.items()
+    }
+    assert moves == {home: (1, 0), heir: (1, 1)}, moves
 
     # SIGHUP to the supervisor: a rolling restart of both; the count goes on from 50.
     cluster.proc.send_signal(signal.SIGHUP)

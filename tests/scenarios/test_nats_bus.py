@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerFactory
 from tests.support import eventually
@@ -49,6 +50,19 @@ def nats_server() -> Iterator[NatsServerProcess]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The unlabelled samples of a server's /metrics, by name."""
+    async with http.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.labels
+    }
 
 
 def link(server: WasiServer):  # type: ignore[no-untyped-def]
@@ -222,6 +236,11 @@ async def test_nats_outage_keeps_local_traffic_holds_remote_and_resumes(
         assert await frames(local, 8) == during  # local delivery never waited
         await eventually(lambda: link(a).stats().dropped == 6, "the drops past the buffer")
         assert link(a).stats().held == 10
+        metrics = await scrape(http, a.url)
+        assert metrics["tinywasm_nats_connected"] == 0
+        assert metrics["tinywasm_nats_held"] == 10
+        assert metrics["tinywasm_nats_dropped_total"] == 6
+        assert metrics["tinywasm_nats_disconnects_total"] == 1
 
         nats_server.start()
         await eventually(lambda: link(a).connected and link(b).connected, "the reconnects")
@@ -241,6 +260,10 @@ async def test_nats_outage_keeps_local_traffic_holds_remote_and_resumes(
         assert await frames(local, 1) == [b"after"]
         health = await (await http.get(f"{a.url}/healthz")).json()
         assert health["status"] == "ok"
+        metrics = await scrape(http, a.url)
+        assert metrics["tinywasm_nats_connected"] == 1
+        assert metrics["tinywasm_nats_held"] == 0
+        assert metrics["tinywasm_nats_forwarded_total"] == link(a).stats().forwarded
 
 
 @pytest.mark.parametrize("replicas", ["one", "all"])

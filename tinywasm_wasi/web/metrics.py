@@ -4,21 +4,25 @@ Nothing here runs per message. `ServerCollector` is a prometheus-client
 `Collector`: at scrape time it reads each module's `ModuleCounters`, mailbox,
 trap codes and call-duration histograms, the registry's swap outcomes and swap
 durations, the hub's and the bus's counters, the dispatcher's middleware
-short-circuits, `HttpStats` (the one thing counted per request, by the
+short-circuits and `HttpStats` (the one thing counted per request, by the
 `access_counter` aiohttp calls after each response: a dict lookup and a
-bucket increment) and, in one of several workers, the bus messages lost
-while their module ran nowhere (supervisor/fleet.py). The
+bucket increment). The
 process, platform and garbage-collector collectors are prometheus-client's own.
 
 Per-module counters belong to the running version: a swap starts them again
 from zero, which Prometheus' `rate()` and `increase()` read as a counter reset.
 Each app has its own `CollectorRegistry`, so several servers in one process
 (the tests) do not collide.
+
+With NATS (``--nats``, ``--workers``), `NatsCollector` adds the link's state and
+counters; with several workers, `FleetCollector` adds this worker's view of the
+fleet: what ``/api/modules`` shows in its ``fleet`` section, from the same objects,
+including the bus messages lost while their module ran nowhere (supervisor/fleet.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -42,13 +46,26 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bus import Bus
+from bus.nats import NatsLink
 from tinywasm_wasi.policy.histogram import REQUEST_BUCKETS, Histogram
+from tinywasm_wasi.policy.membership import MemberState
+from tinywasm_wasi.supervisor.fleet import Fleet
 from tinywasm_wasi.supervisor.registry import RegistryView
 from tinywasm_wasi.web.admin import Handler
 from tinywasm_wasi.web.dispatch import Dispatcher
+from tinywasm_wasi.web.forward import NatsForwarder
+from tinywasm_wasi.web.handover import HandoverService
 from tinywasm_wasi.web.hub import Hub
 
-__all__ = ["HttpStats", "ServerCollector", "access_counter", "metrics_handler", "new_registry"]
+__all__ = [
+    "FleetCollector",
+    "HttpStats",
+    "NatsCollector",
+    "ServerCollector",
+    "access_counter",
+    "metrics_handler",
+    "new_registry",
+]
 
 UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
 
@@ -139,16 +156,12 @@ class ServerCollector(Collector):
         hub: Hub,
         dispatcher: Dispatcher | None,
         http: HttpStats,
-        fleet_lost: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
-        """`fleet_lost` (one of several workers): module -> messages published here
-        for it while no worker ran it (supervisor/fleet.py)."""
         self._registry = registry
         self._bus = bus
         self._hub = hub
         self._dispatcher = dispatcher
         self._http = http
-        self._fleet_lost = fleet_lost
 
     def collect(self) -> Iterator[Metric]:
         yield from self._modules()
@@ -156,7 +169,6 @@ class ServerCollector(Collector):
         yield from self._hub_metrics()
         yield from self._bus_metrics()
         yield from self._http_metrics()
-        yield from self._fleet_metrics()
 
     def _modules(self) -> Iterator[Metric]:
         reg = self._registry
@@ -334,24 +346,138 @@ class ServerCollector(Collector):
                 short.add_metric([name], count)
         yield short
 
-    def _fleet_metrics(self) -> Iterator[Metric]:
-        if self._fleet_lost is None:
-            return
+
+class NatsCollector(Collector):
+    """The NATS link: connected or not, and its counters (``/api/modules``' ``nats``)."""
+
+    def __init__(self, link: NatsLink) -> None:
+        self._link = link
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._link.stats()
+        yield GaugeMetricFamily(
+            "tinywasm_nats_connected",
+            "1 while the NATS connection is up; 0 while it is away (/healthz says degraded).",
+            value=1 if stats.connected else 0,
+        )
+        for field, doc in (
+            ("forwarded", "Messages handed to NATS for other processes."),
+            ("received", "Messages received from other processes over NATS."),
+            ("dropped", "Messages dropped while NATS was away and the buffer was full."),
+            ("disconnects", "Times the NATS connection was lost."),
+        ):
+            yield CounterMetricFamily(f"tinywasm_nats_{field}", doc, value=getattr(stats, field))
+        yield GaugeMetricFamily(
+            "tinywasm_nats_held",
+            "Messages held for NATS to come back (at most --nats-buffer).",
+            value=stats.held,
+        )
+        yield GaugeMetricFamily(
+            "tinywasm_nats_subjects", "NATS subjects subscribed to now.", value=stats.subjects
+        )
+
+
+class FleetCollector(Collector):
+    """One worker's view of the fleet, as ``/api/modules``' ``fleet`` section shows it."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        forwarder: NatsForwarder | None = None,
+        handover: HandoverService | None = None,
+    ) -> None:
+        self._fleet = fleet
+        self._forwarder = forwarder
+        self._handover = handover
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self._fleet
+        mine = fleet.beat()
+        info = GaugeMetricFamily(
+            "tinywasm_fleet_worker",
+            "1, labelled with this worker's name (join on it to name a scrape's worker).",
+            labels=["worker"],
+        )
+        info.add_metric([fleet.me], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "tinywasm_fleet_live_workers",
+            "Workers this one hears (itself included) that are not leaving.",
+            value=len(fleet.table.live()),
+        )
+        states = {state: 0 for state in MemberState}
+        states[MemberState.LEAVING if mine.leaving else MemberState.LIVE] += 1
+        for member in list(fleet.table.members.values()):
+            states[member.state] += 1
+        workers = GaugeMetricFamily(
+            "tinywasm_fleet_workers",
+            "Workers this one hears (itself included), by state.",
+            labels=["state"],
+        )
+        for state, count in states.items():
+            workers.add_metric([state.value], count)
+        yield workers
+        yield GaugeMetricFamily(
+            "tinywasm_fleet_owned_modules",
+            "Single-owner modules this worker runs (it is their owner).",
+            value=len(mine.owned),
+        )
+        yield GaugeMetricFamily(
+            "tinywasm_fleet_replica_modules",
+            'Modules this worker runs as every worker does (replicas = "all", middlewares).',
+            value=len(mine.replicas),
+        )
+        placed = CounterMetricFamily(
+            "tinywasm_fleet_placements",
+            "Modules started here because their owner died or left (started), and stopped "
+            "or handed back here because their owner came back (stopped).",
+            labels=["action"],
+        )
+        placed.add_metric(["started"], fleet.taken_over)
+        placed.add_metric(["stopped"], fleet.released)
+        yield placed
+        yield from self._forwards()
+        yield from self._handovers()
         lost = CounterMetricFamily(
             "tinywasm_fleet_lost_messages",
             "Bus messages published in this worker for a module while no worker ran it "
             "(its worker died, no other had started it yet): lost.",
             labels=["module"],
         )
-        for name, count in sorted(self._fleet_lost().items()):
+        for name, count in sorted(fleet.lost().items()):
             lost.add_metric([name], count)
         yield lost
 
+    def _forwards(self) -> Iterator[Metric]:
+        forwarder = self._forwarder
+        yield CounterMetricFamily(
+            "tinywasm_fleet_forwarded_requests",
+            "HTTP requests sent to the worker that runs the module.",
+            value=0 if forwarder is None else forwarder.forwarded,
+        )
+        yield CounterMetricFamily(
+            "tinywasm_fleet_lost_forwards",
+            "Forwarded HTTP requests that got no answer in time (lost with their worker).",
+            value=0 if forwarder is None else forwarder.lost,
+        )
 
-def new_registry(collector: ServerCollector) -> CollectorRegistry:
-    """A registry with our collector and prometheus-client's process, platform and GC ones."""
+    def _handovers(self) -> Iterator[Metric]:
+        handover = self._handover
+        moves = CounterMetricFamily(
+            "tinywasm_fleet_handovers",
+            "Live moves of a module with its state, into this worker (in) and out of it (out).",
+            labels=["direction"],
+        )
+        moves.add_metric(["in"], 0 if handover is None else handover.moved_in)
+        moves.add_metric(["out"], 0 if handover is None else handover.moved_out)
+        yield moves
+
+
+def new_registry(*collectors: Collector) -> CollectorRegistry:
+    """A registry with our collectors and prometheus-client's process, platform and GC ones."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
