@@ -22,20 +22,16 @@ from tests.scenarios.cluster import (
     PICK_TRIES,
     START,
     Cluster,
-    ClusterFactory,
     answers_by_worker,
-    chat_data,
     chat_on_each_worker,
     chat_works,
     cluster,
-    health_of_each_worker,
     http,
-    receive,
     serving,
     start_cluster,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
 from tinywasm_wasi.server import WORKER_HEADER
 from tinywasm_wasi.web.relay import OWNER_HEADER
@@ -143,46 +139,3 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
     assert cluster.proc.returncode == 0, cluster.log()
     log = cluster.log()
     assert log.count("] closed") == 2 and log.rstrip().endswith("tinywasm.supervisor: closed")
-
-
-async def test_workers_joined_to_a_nats_server_that_restarts(
-    start_cluster: ClusterFactory, http: aiohttp.ClientSession
-) -> None:
-    # --nats joins a server of ours: the supervisor starts none. While it is away,
-    # each worker keeps serving its own browsers; when it is back, the chat crosses again.
-    with NatsServerProcess() as nats:
-        cluster = start_cluster("--nats", nats.url)
-        base = await serving(cluster, 2)
-        assert cluster.count("embedded nats-server") == 0
-        chat_owner = owner("chat", worker_names(2))
-        sockets = await chat_on_each_worker(http, base)
-        other = next(w for w in sockets if w != chat_owner)
-        await chat_works(sockets, "before")
-
-        nats.stop()
-
-        async def both_degraded() -> bool:
-            health = await health_of_each_worker(http, base)
-            return all('"degraded"' in text for text in health.values())
-
-        await eventually(both_degraded, "both workers to say degraded", timeout=30)
-        # The chat owner's own browser still gets the chat: local delivery never waits.
-        await sockets[chat_owner].send_bytes(b"during")
-        assert chat_data(await receive(sockets[chat_owner])) == b"during"
-
-        nats.start()
-
-        async def both_ok() -> bool:
-            health = await health_of_each_worker(http, base)
-            return all('"ok"' in text for text in health.values())
-
-        await eventually(both_ok, "both workers to reconnect", timeout=60)
-        # Held messages may arrive first (once each, in order); then new ones cross again.
-        for sender in (chat_owner, other):
-            payload = f"after from {sender}".encode()
-            await sockets[sender].send_bytes(payload)
-            for worker in (chat_owner, other):
-                got = chat_data(await receive(sockets[worker]))
-                while got == b"during" and worker == other:
-                    got = chat_data(await receive(sockets[worker]))
-                assert got == payload, (worker, got)
