@@ -219,6 +219,7 @@ class NatsLink:
         self._wanted: dict[Wanted, tuple[NatsChannel, str, str | None]] = {}
         self._subs: dict[Wanted, Subscription] = {}
         self._services: dict[str, Subscription] = {}
+        self._answering: set[asyncio.Task[None]] = set()  # requests `serve` is answering
         self._woken = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -382,7 +383,7 @@ class NatsLink:
         nc = self._nc
         if nc is None:
             raise LinkError("connect() first")
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._answering
 
         async def answer(msg: Msg) -> None:
             try:
@@ -432,6 +433,11 @@ class NatsLink:
         if self._closed:
             return
         self._closed = True
+        if self._answering:
+            # A request another process sent here before this one stopped is answered,
+            # and may need the link to do it (a worker relaying a request for a module it
+            # just handed over): it would be lost, and its sender would time out.
+            await asyncio.wait(set(self._answering), timeout=CLOSE_TIMEOUT)
         task, self._task = self._task, None
         if task is not None:
             self._poke()

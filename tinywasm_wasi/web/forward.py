@@ -83,9 +83,12 @@ class NatsForwarder:
     def relay_to(self, name: str) -> str | None:
         return None if self.moves is None else self.moves.relay_to(name)
 
-    async def send(self, owner: str, request: Forwarded) -> ForwardedAnswer:
+    async def send(
+        self, owner: str, request: Forwarded, *, retried: bool = False
+    ) -> ForwardedAnswer:
         timeout = self._call_timeout(request.name) + TRANSIT
-        self.forwarded += 1
+        if not retried:
+            self.forwarded += 1
         try:
             raw = await self._link.request(subject_for(owner), encode_request(request), timeout)
             return decode_answer(raw)
@@ -105,6 +108,11 @@ class NatsForwarder:
                 f"{timeout * 1000:.0f} ms",
             ) from None
         except LinkError as exc:
+            # Nobody serves the owner's subject: it has just stopped (its last beat, which
+            # moves the module, may have come in meanwhile). Once, to the new owner.
+            now = self.owner_of(request.name)
+            if now is not None and now != owner and not retried:
+                return await self.send(now, request, retried=True)
             self.failed += 1
             self._warn("request for module %s: worker %s unreachable: %s", request.name, owner, exc)
             raise Failed(
