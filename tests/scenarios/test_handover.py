@@ -41,6 +41,7 @@ from tests.scenarios.cluster import (
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
 from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.server import WORKER_HEADER
 
 COUNTER_WAT = ROOT / "examples" / "wat" / "counter" / "counter.wat"
 MOVE = 60.0  # seconds for a move or a restarted worker on a busy machine
@@ -107,20 +108,25 @@ async def counts(nats_url: str) -> AsyncIterator[Counts]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, nats_url: str) -> Iterator[Cluster]:
+def workers() -> int:
+    return 2  # a test asks for more with @pytest.mark.parametrize("workers", ...)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, nats_url: str, workers: int) -> Iterator[Cluster]:
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "counter.wasm").write_bytes(wasmtime.wat2wasm(COUNTER_WAT.read_text()))
     shutil.copy(EXAMPLES / "echo.wasm", modules)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
     env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
-    command = [sys.executable, "-m", "cmd.tinywasm", "--workers", "2", "--port", "0"]
+    command = [sys.executable, "-m", "cmd.tinywasm", "--workers", str(workers), "--port", "0"]
     command += ["--modules-dir", str(modules), "--no-watch", "--drain-timeout", "2"]
     command += ["--state-dir", str(tmp_path / "state"), "--nats", nats_url]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    running = Cluster(proc, 2)
+    running = Cluster(proc, workers)
     yield running
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -141,12 +147,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def serving(cluster: Cluster) -> str:
     await eventually(
-        lambda: cluster.count(r"\] serving \d+ module") >= 2 or cluster.proc.poll() is not None,
+        lambda: (
+            cluster.count(r"\] serving \d+ module") >= cluster.workers
+            or cluster.proc.poll() is not None
+        ),
         "the workers to serve",
         timeout=START,
     )
     assert cluster.proc.poll() is None, cluster.log()
-    port = cluster.find(r"supervising 2 workers on http://127\.0\.0\.1:(\d+)")[0].group(1)
+    port = cluster.find(r"supervising \d+ workers on http://127\.0\.0\.1:(\d+)")[0].group(1)
     return f"http://127.0.0.1:{port}"
 
 
@@ -194,6 +203,9 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
             assert (await response.text()).startswith("50"), cluster.log()
     # /metrics counts the moves: the heir took it in and gave it back; home (a new
     # process since its restart) took it in.
+    await eventually(
+        lambda: cluster.count(rf"\[{home}\] serving") >= 2, "home to listen again", timeout=MOVE
+    )
     metrics = await metrics_of_each_worker(http, base)
     moves = {
         w: (
@@ -222,8 +234,9 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
     assert cluster.count(r"handed over to") == moves, cluster.log()
 
 
+@pytest.mark.parametrize("workers", [2, 3])
 async def test_rolling_restart_loses_no_message_and_fails_no_request(
-    cluster: Cluster, counts: Counts, http: aiohttp.ClientSession, tmp_path: Path
+    cluster: Cluster, counts: Counts, http: aiohttp.ClientSession, tmp_path: Path, workers: int
 ) -> None:
     base = await serving(cluster)
     stop = asyncio.Event()
@@ -243,7 +256,8 @@ async def test_rolling_restart_loses_no_message_and_fails_no_request(
                     if response.status == 200:
                         answers.append(int(re.match(r"\d+", text).group()))  # type: ignore[union-attr]
                     else:
-                        failures.append(f"{response.status} {text.strip()}")
+                        worker = response.headers.get(WORKER_HEADER)
+                        failures.append(f"{response.status} from {worker}: {text.strip()}")
             except aiohttp.ClientError as exc:
                 failures.append(repr(exc))
 
@@ -265,7 +279,8 @@ async def test_rolling_restart_loses_no_message_and_fails_no_request(
     )
     out, err = await asyncio.wait_for(restart.communicate(), timeout=300)
     assert restart.returncode == 0, (out, err, cluster.log())
-    assert b"w0: replaced" in out and b"w1: replaced" in out, out
+    for worker in worker_names(workers):
+        assert f"{worker}: replaced".encode() in out, out
     await counts.inc(5)  # and after it
     stop.set()
     await asyncio.gather(*tasks)
@@ -273,5 +288,7 @@ async def test_rolling_restart_loses_no_message_and_fails_no_request(
     counts.check()
     assert failures == [], failures[:10]
     assert answers, "no HTTP answer at all"
+    assert answers == sorted(answers), "the count went back"  # one copy, its state moved
     assert cluster.count(r"module counter taken over") >= 2, cluster.log()
+    print(f"{workers} workers: {counts.sent} messages, {len(answers)} HTTP answers")
     assert not cluster.find(r"died with"), cluster.log()
