@@ -56,7 +56,16 @@ from bus.remote import (
     was_served,
 )
 
-__all__ = ["STAMP_PREFIX", "LinkError", "LinkStats", "NatsChannel", "NatsLink", "Stamp", "incoming"]
+__all__ = [
+    "STAMP_PREFIX",
+    "LinkError",
+    "LinkStats",
+    "NatsChannel",
+    "NatsLink",
+    "NoResponders",
+    "Stamp",
+    "incoming",
+]
 
 log = logging.getLogger("tinywasm.nats")
 
@@ -93,6 +102,10 @@ def incoming() -> Stamp | None:
 
 class LinkError(BusError, ConnectionError):
     """The NATS connection could not be made."""
+
+
+class NoResponders(LinkError):
+    """Nobody serves the subject of a request now (its process stopped, or never started)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +233,7 @@ class NatsLink:
         self._subs: dict[Wanted, Subscription] = {}
         self._services: dict[str, Subscription] = {}
         self._answering: set[asyncio.Task[None]] = set()  # requests `serve` is answering
+        self._serving: set[str] = set()  # the subjects `serve` answers on
         self._woken = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -373,7 +387,7 @@ class NatsLink:
         try:
             msg = await nc.request(subject, payload, timeout=timeout)
         except NoRespondersError:
-            raise LinkError(f"nobody serves {subject} now") from None
+            raise NoResponders(f"nobody serves {subject} now") from None
         except NatsTimeoutError:
             raise TimeoutError(f"no answer on {subject} within {timeout:g} s") from None
         return msg.data
@@ -400,6 +414,7 @@ class NatsLink:
             task.add_done_callback(tasks.discard)
 
         self._services[subject] = await nc.subscribe(subject, cb=on_request)
+        self._serving.add(subject)
 
     async def listen(self, subject: str, handler: Callable[[str, bytes], None]) -> None:
         """Call `handler(subject, payload)` on the loop for every message on `subject`
@@ -433,11 +448,7 @@ class NatsLink:
         if self._closed:
             return
         self._closed = True
-        if self._answering:
-            # A request another process sent here before this one stopped is answered,
-            # and may need the link to do it (a worker relaying a request for a module it
-            # just handed over): it would be lost, and its sender would time out.
-            await asyncio.wait(set(self._answering), timeout=CLOSE_TIMEOUT)
+        await self._stop_serving()
         task, self._task = self._task, None
         if task is not None:
             self._poke()
@@ -454,6 +465,24 @@ class NatsLink:
             with contextlib.suppress(NatsError, OSError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await nc.close()
+
+    async def _stop_serving(self) -> None:
+        """Stop answering requests, but answer every one the NATS server routed here before
+        (within CLOSE_TIMEOUT): a worker that stops may be answering a request another one
+        forwarded to it, and may need the link for it (it relays a request for a module it
+        has just handed over). Lost, its sender would time out; after this, a sender is
+        told at once that nobody serves the subject (`NoResponders`)."""
+        nc = self._nc
+        with contextlib.suppress(NatsError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if nc is not None and self._connected:
+                    for subject in sorted(self._serving):
+                        sub = self._services.pop(subject, None)
+                        if sub is not None:
+                            await sub.drain()  # type: ignore[no-untyped-call]  # taken, unsubscribed
+                if self._answering:
+                    await asyncio.wait(set(self._answering))
+        self._serving.clear()
 
     # -- called from any thread -------------------------------------------------------------
 

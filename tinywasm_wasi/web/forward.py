@@ -10,11 +10,12 @@ is being restarted, or NATS is away) is 503 with ``Retry-After: 1``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bus.nats import LinkError, NatsLink
+from bus.nats import LinkError, NatsLink, NoResponders
 from tinywasm_wasi.policy.http_forward import (
     Forwarded,
     ForwardedAnswer,
@@ -33,6 +34,7 @@ __all__ = ["TRANSIT", "NatsForwarder"]
 log = logging.getLogger("tinywasm.forward")
 
 TRANSIT = 1.0  # seconds allowed on top of the call deadline for the hop and the owner's queue
+MOVED_POLL = 0.01  # seconds between two looks at placement after the owner stopped serving
 
 
 class Moves(Protocol):
@@ -108,11 +110,12 @@ class NatsForwarder:
                 f"{timeout * 1000:.0f} ms",
             ) from None
         except LinkError as exc:
-            # Nobody serves the owner's subject: it has just stopped (its last beat, which
-            # moves the module, may have come in meanwhile). Once, to the new owner.
-            now = self.owner_of(request.name)
-            if now is not None and now != owner and not retried:
-                return await self.send(now, request, retried=True)
+            if isinstance(exc, NoResponders) and not retried:
+                # The owner has just stopped: once its last beat is in, it names where the
+                # module runs now. Sent there, once.
+                now = await self._moved_from(request.name, owner)
+                if now is not None:
+                    return await self.send(now, request, retried=True)
             self.failed += 1
             self._warn("request for module %s: worker %s unreachable: %s", request.name, owner, exc)
             raise Failed(
@@ -124,6 +127,15 @@ class NatsForwarder:
         except ForwardError as exc:
             self.failed += 1
             raise Failed(502, f"worker {owner} sent a malformed answer: {exc}") from None
+
+    async def _moved_from(self, name: str, owner: str) -> str | None:
+        """The other worker that runs `name` once the heartbeats no longer name `owner`
+        (waiting at most TRANSIT), or None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TRANSIT
+        while (now := self.owner_of(name)) == owner and loop.time() < deadline:
+            await asyncio.sleep(MOVED_POLL)
+        return now if now != owner else None
 
     async def serve(self, answer: Callable[[Forwarded], Awaitable[ForwardedAnswer]]) -> None:
         """Answer the requests other workers forward to this one."""
