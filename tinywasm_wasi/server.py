@@ -267,6 +267,7 @@ def create_app(config: Config) -> web.Application:
         app[HANDOVER] = handover
         if fleet is not None:  # a module whose owner comes back goes to it with its state
             fleet.hand_over = handover.give
+            fleet.on_dead = handover.worker_gone  # a move with a dead worker stops waiting
         forwarder = NatsForwarder(
             link,
             placement.me,

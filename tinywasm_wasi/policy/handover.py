@@ -24,9 +24,11 @@ module is handled once, in order per publisher, by the old owner or by the new o
 HTTP requests for the module that reach either worker meanwhile wait for the move
 (bounded by their call deadline) and are then answered by the new owner.
 
-A prepare that fails (the taker has no file, a bad one, no answer) leaves the module
-where it is. A commit that fails after the cut-over loses the state (the taker opens
-the module fresh after its commit timeout, with every message its fence kept).
+A prepare that fails (the taker has no file, a bad one, no answer, or it died) leaves
+the module where it is. A commit that fails after the cut-over loses the state: the
+taker opens the module fresh, with every message its fence kept, once its commit
+timeout passed or the fleet declared the giver dead, whichever comes first; a taker
+that died takes the fence with it, and the module starts on its next owner.
 Every (phase, event) pair not in the tables raises `HandoverError`.
 """
 
@@ -147,7 +149,7 @@ class TakerEvent(enum.Enum):
     STAGED = "staged"
     STAGE_FAILED = "stage failed"
     COMMIT = "commit"
-    COMMIT_TIMED_OUT = "commit timed out"  # no commit within the bound
+    COMMIT_TIMED_OUT = "commit timed out"  # no commit within the bound, or the giver died
 
 
 class TakerAction(enum.Enum):

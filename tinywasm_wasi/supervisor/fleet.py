@@ -94,6 +94,8 @@ class Fleet:
         # Hands a module to a live worker with its state and messages (web/handover.py);
         # True if it moved. Without it, or when it fails, the module is unloaded here.
         self.hand_over: Callable[[str, str], Awaitable[bool]] | None = None
+        # Told each worker declared dead (web/handover.py: a move with it stops waiting).
+        self.on_dead: Callable[[str], None] | None = None
         host.placement = self.table.placement()
 
     @property
@@ -218,6 +220,9 @@ class Fleet:
                 )
                 self._log_change(before)
                 self._dirty.set()
+                if self.on_dead is not None:
+                    for worker in dead:
+                        self.on_dead(worker)
             if self._dirty.is_set():
                 self._dirty.clear()
                 self._reconcile()

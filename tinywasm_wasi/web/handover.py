@@ -153,6 +153,10 @@ class HandoverService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.moved_in = 0
         self.moved_out = 0
+        self.failed_out = 0  # cut over here, but the commit failed: the state is lost
+        self.abandoned_in = 0  # the giver went silent or died: opened here without state
+        self.lost_messages = 0  # leftovers of a failed commit, and messages the fence dropped
+        self._deaths: dict[str, asyncio.Event] = {}  # set when the fleet declares one dead
         self._leaving = False  # this worker stops: it takes nothing in
         self._fleet_stopping = False  # every worker stops: nothing moves
 
@@ -184,6 +188,19 @@ class HandoverService:
             del self._gone[name]  # the heartbeats have caught up: placement routes it
         return target
 
+    # -- a worker that dies ---------------------------------------------------------------------
+
+    def worker_gone(self, worker: str) -> None:
+        """The fleet declared `worker` dead (silent past the heartbeat timeout): a move
+        with it cannot finish, so nothing waits for it any longer. A module it was
+        giving here opens now, without its state; a request to it fails at once."""
+        death = self._deaths.pop(worker, None)
+        if death is not None:
+            death.set()
+
+    def _death_of(self, worker: str) -> asyncio.Event:
+        return self._deaths.setdefault(worker, asyncio.Event())
+
     # -- requests -----------------------------------------------------------------------------
 
     async def _answer(self, data: bytes) -> bytes:
@@ -204,8 +221,19 @@ class HandoverService:
         return cbor2.dumps(reply)
 
     async def _ask(self, worker: str, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        death = asyncio.ensure_future(self._death_of(worker).wait())
+        asking = asyncio.ensure_future(
+            self._link.request(subject_for(worker), cbor2.dumps(msg), timeout)
+        )
         try:
-            raw = await self._link.request(subject_for(worker), cbor2.dumps(msg), timeout)
+            await asyncio.wait((asking, death), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            death.cancel()
+        if not asking.done():
+            asking.cancel()
+            raise HandoverRefused(f"worker {worker} died (silent past the heartbeat timeout)")
+        try:
+            raw = asking.result()
         except (LinkError, TimeoutError) as exc:
             raise HandoverRefused(f"worker {worker}: {exc}") from None
         reply: dict[str, Any] = cbor2.loads(raw)
@@ -335,12 +363,20 @@ class HandoverService:
             case GiverAction.KEEP:
                 log.warning("module %s stays on %s: %s", name, self.me, ctx.get("error", "refused"))
             case GiverAction.LOG_LOST:
+                state = ctx.get("state")
+                leftovers = len(ctx.get("leftovers", []))
+                self.failed_out += 1
+                self.lost_messages += leftovers
                 log.error(
-                    "module %s: the move to %s failed after the cut-over (%s): %s starts it "
-                    "without its state",
+                    "module %s: the move to %s failed after the cut-over (%s): lost are its "
+                    "state (%s) and %d message(s) it had queued, and whatever %s kept aside "
+                    "for it if it died; the module starts without its state on its owner "
+                    "among the live workers",
                     name,
                     to,
                     ctx.get("error"),
+                    "none" if state is None else f"{len(state)} bytes",
+                    leftovers,
                     to,
                 )
         return None
@@ -400,23 +436,42 @@ class HandoverService:
         commit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         arrival = self._arrivals[name] = _Arrival(taker, module, fence, commit)
         await self._link.subscribed(PREPARE_TIMEOUT)
+        log.info(
+            "module %s: staged here for its move from %s; what arrives for it is kept aside "
+            "until the commit",
+            name,
+            giver,
+        )
         self._spawn(self._await_commit(name, giver, arrival))
         return {"ok": True}
 
     async def _await_commit(self, name: str, giver: str, arrival: _Arrival) -> None:
+        death = asyncio.ensure_future(self._death_of(giver).wait())
         try:
-            async with asyncio.timeout(COMMIT_TIMEOUT + PREPARE_TIMEOUT):
-                await asyncio.shield(arrival.commit)
-        except TimeoutError:
-            arrival.taker.handle(TakerEvent.COMMIT_TIMED_OUT)
-            log.error(
-                "module %s: %s sent no commit within %.0f s: it starts here without its state",
-                name,
-                giver,
-                COMMIT_TIMEOUT + PREPARE_TIMEOUT,
+            await asyncio.wait(
+                (arrival.commit, death),
+                timeout=COMMIT_TIMEOUT + PREPARE_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            await self._open(name, arrival, None, {}, None, [])
-            self._finish(name, arrival)
+        finally:
+            death.cancel()
+        if arrival.commit.done():
+            return  # committed: _commit opens it
+        arrival.commit.cancel()  # a commit that still comes is refused: it opens only once
+        arrival.taker.handle(TakerEvent.COMMIT_TIMED_OUT)
+        self.abandoned_in += 1
+        log.error(
+            "module %s: %s %s: it starts here without its state, with the %d message(s) "
+            "kept aside for it (some may have been handled there already)",
+            name,
+            giver,
+            "died before its commit"
+            if death.done() and not death.cancelled()
+            else f"sent no commit within {COMMIT_TIMEOUT + PREPARE_TIMEOUT:.0f} s",
+            len(arrival.fence.items),
+        )
+        await self._open(name, arrival, None, {}, None, [])
+        self._finish(name, arrival)
 
     async def _commit(self, msg: dict[str, Any]) -> dict[str, Any]:
         name = msg["name"]
@@ -468,6 +523,7 @@ class HandoverService:
         kept = fence.after(marks, own)
         module.mailbox.prepend([*leftovers, *kept])
         if fence.dropped:
+            self.lost_messages += fence.dropped
             log.warning(
                 "module %s: %d message(s) dropped while it moved (more than %d held)",
                 name,
@@ -489,4 +545,10 @@ class HandoverService:
         arrival.done.set()
 
     def stats(self) -> dict[str, int]:
-        return {"moved_in": self.moved_in, "moved_out": self.moved_out}
+        return {
+            "moved_in": self.moved_in,
+            "moved_out": self.moved_out,
+            "failed_out": self.failed_out,
+            "abandoned_in": self.abandoned_in,
+            "lost_messages": self.lost_messages,
+        }

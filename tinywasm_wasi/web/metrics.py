@@ -471,6 +471,21 @@ class FleetCollector(Collector):
         moves.add_metric(["in"], 0 if handover is None else handover.moved_in)
         moves.add_metric(["out"], 0 if handover is None else handover.moved_out)
         yield moves
+        failed = CounterMetricFamily(
+            "tinywasm_fleet_failed_handovers",
+            "Moves that lost the module's state: its commit failed after the cut-over here "
+            "(out), or the giver died or went silent before committing (in).",
+            labels=["direction"],
+        )
+        failed.add_metric(["in"], 0 if handover is None else handover.abandoned_in)
+        failed.add_metric(["out"], 0 if handover is None else handover.failed_out)
+        yield failed
+        yield CounterMetricFamily(
+            "tinywasm_fleet_handover_lost_messages",
+            "Messages lost in moves: queued on a module whose commit failed, or past the "
+            "bound of what a taker keeps aside.",
+            value=0 if handover is None else handover.lost_messages,
+        )
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:
