@@ -75,6 +75,14 @@ class Cluster:
         with self._changed:
             return "".join(self.lines)
 
+    def logged(self, pattern: str, times: int = 1) -> Callable[[], bool]:
+        """A predicate for `eventually`: `pattern` is in the log `times` times or more."""
+        return lambda: self.count(pattern) >= times
+
+    def pid_of(self, worker: str) -> int:
+        """The pid of `worker`'s latest process, from the supervisor's log."""
+        return int(self.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
+
 
 ClusterFactory = Callable[..., Cluster]
 

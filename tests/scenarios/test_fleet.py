@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from tests.scenarios.cluster import (
     EXAMPLES,
     PICK_TRIES,
     START,
-    Cluster,
     ClusterFactory,
     answers_by_worker,
     chat_on_each_worker,
@@ -76,14 +74,6 @@ def runs(fleet: dict[str, Any]) -> dict[str, list[str]]:
     return where
 
 
-def logged(cluster: Cluster, pattern: str) -> Callable[[], bool]:
-    return lambda: cluster.count(pattern) >= 1
-
-
-def worker_pid(cluster: Cluster, worker: str) -> int:
-    return int(cluster.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
-
-
 async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
     start_cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -109,10 +99,10 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
     supervisor = cluster.proc.pid
     os.kill(supervisor, signal.SIGSTOP)
     try:
-        os.kill(worker_pid(cluster, victim), signal.SIGKILL)
+        os.kill(cluster.pid_of(victim), signal.SIGKILL)
         for name, heir in moved.items():
             await eventually(
-                logged(cluster, rf"\[{heir}\] .*loaded module {name}\b"),
+                cluster.logged(rf"\[{heir}\] .*loaded module {name}\b"),
                 f"{heir} to start {name}",
                 timeout=60,
             )
@@ -162,7 +152,7 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
     )
     for name, heir in moved.items():
         await eventually(
-            logged(cluster, rf"\[{heir}\] .*module {name}: stopping it here"),
+            cluster.logged(rf"\[{heir}\] .*module {name}: stopping it here"),
             f"{heir} to hand {name} back",
             timeout=60,
         )
@@ -196,7 +186,7 @@ async def test_what_is_published_for_a_module_that_runs_nowhere_is_counted(
     supervisor = cluster.proc.pid
     os.kill(supervisor, signal.SIGSTOP)
     try:
-        os.kill(worker_pid(cluster, victim), signal.SIGKILL)
+        os.kill(cluster.pid_of(victim), signal.SIGKILL)
 
         async def chat_unowned() -> bool:
             fleet = await survivor_fleet()
@@ -219,7 +209,7 @@ async def test_what_is_published_for_a_module_that_runs_nowhere_is_counted(
     finally:
         os.kill(supervisor, signal.SIGCONT)
     await eventually(
-        logged(cluster, rf"\[{survivor}\] .*module chat runs again; 5 message\(s\)"),
+        cluster.logged(rf"\[{survivor}\] .*module chat runs again; 5 message\(s\)"),
         "the loss to be logged when chat runs again",
         timeout=START,
     )

@@ -159,10 +159,6 @@ async def serving(cluster: Cluster) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def pid_of(cluster: Cluster, worker: str) -> int:
-    return int(cluster.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
-
-
 async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back(
     cluster: Cluster, counts: Counts, http: aiohttp.ClientSession
 ) -> None:
@@ -174,7 +170,7 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
 
     # SIGTERM to the counter's worker: the counter moves to the other one with its count,
     # and the stream goes on exactly once while it moves.
-    os.kill(pid_of(cluster, home), signal.SIGTERM)
+    os.kill(cluster.pid_of(home), signal.SIGTERM)
     await counts.inc(20)
     await eventually(
         lambda: cluster.count(rf"\[{heir}\] .*module counter taken over from {home}"),

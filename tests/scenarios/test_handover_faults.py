@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -124,14 +124,6 @@ async def ticks(nats_server: NatsServerProcess) -> AsyncIterator[Ticks]:
     await nc.close()
 
 
-def logged(cluster: Cluster, pattern: str) -> Callable[[], bool]:
-    return lambda: cluster.count(pattern) >= 1
-
-
-def pid_of(cluster: Cluster, worker: str) -> int:
-    return int(cluster.find(rf"worker {worker} started \(pid (\d+)\)")[-1].group(1))
-
-
 async def fleet_of(http: aiohttp.ClientSession, base: str, workers: int) -> dict[str, Any]:
     answers = await answers_by_worker(http, f"{base}/api/modules", workers=workers)
     return {w: json.loads(text)["fleet"] for w, (_status, text) in answers.items()}
@@ -156,15 +148,11 @@ async def home_again(
     """The supervisor restarted the workers that stopped; the ticker is home, once."""
     for worker in (giver, *restarted):
         await eventually(
-            logged_twice(cluster, rf"\[{worker}\] serving"), f"{worker} back", timeout=START
+            cluster.logged(rf"\[{worker}\] serving", times=2), f"{worker} back", timeout=START
         )
     await eventually(
         lambda: runs_once_on(http, base, giver, WORKERS), "the ticker home again", timeout=MOVE
     )
-
-
-def logged_twice(cluster: Cluster, pattern: str) -> Callable[[], bool]:
-    return lambda: cluster.count(pattern) >= 2
 
 
 async def moving(
@@ -200,9 +188,9 @@ async def moving(
     await ticks.send(b"spin")
     await eventually(lambda: ticks.spinning == 1, "the ticker to spin", timeout=MOVE)
     os.kill(cluster.proc.pid, signal.SIGSTOP)
-    os.kill(pid_of(cluster, giver), signal.SIGTERM)
+    os.kill(cluster.pid_of(giver), signal.SIGTERM)
     await eventually(
-        logged(cluster, rf"\[{taker}\] .*module {NAME}: staged here for its move from {giver}"),
+        cluster.logged(rf"\[{taker}\] .*module {NAME}: staged here for its move from {giver}"),
         "the taker to stage the ticker",
         timeout=MOVE,
     )
@@ -217,11 +205,10 @@ async def test_the_taker_dies_in_the_middle_of_a_move(
 ) -> None:
     cluster, base, giver, taker, third = await moving(start_cluster, http, nats_server, ticks)
     try:
-        os.kill(pid_of(cluster, taker), signal.SIGKILL)
+        os.kill(cluster.pid_of(taker), signal.SIGKILL)
         # The giver's commit finds nobody: it says what is lost, and stops its copy.
         await eventually(
-            logged(
-                cluster,
+            cluster.logged(
                 rf"\[{giver}\] .*module {NAME}: the move to {taker} failed after the cut-over"
                 r".*lost are its state \(8 bytes\) and 0 message\(s\)",
             ),
@@ -256,12 +243,11 @@ async def test_the_giver_dies_in_the_middle_of_a_move(
     cluster, base, giver, taker, third = await moving(start_cluster, http, nats_server, ticks)
     try:
         await ticks.send(count=3)  # kept aside by the taker's fence
-        os.kill(pid_of(cluster, giver), signal.SIGKILL)
+        os.kill(cluster.pid_of(giver), signal.SIGKILL)
         # The taker does not wait out its 40 s commit timeout: the heartbeats say the
         # giver is dead, and it opens the ticker without its state, with what it kept.
         await eventually(
-            logged(
-                cluster,
+            cluster.logged(
                 rf"\[{taker}\] .*module {NAME}: {giver} died before its commit: it starts "
                 r"here without its state, with the 3 message\(s\) kept aside",
             ),
