@@ -35,6 +35,8 @@ SCENARIOS = (
     "scale",
     "history",
     "workers",
+    "fanout_workers",
+    "reference",
     "wildcards",
     "fanout",
     "fanout_max",

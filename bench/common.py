@@ -89,6 +89,16 @@ magnitude: rerun before comparing two versions.
   version serving, and the delivery gaps a swap causes.
 - `python -m bench.scale`: start-up time and memory with 1, 100 and 500 modules,
   with the compile cache off, cold and warm.
+- `python -m bench.fanout_workers`: 1,000 WebSocket clients spread over 1 and 2
+  worker processes (the command line with `--workers N`), each worker's share from
+  `X-Tinywasm-Worker`; 100 broadcasts/s against the target (100% delivered, p99 ≤
+  20 ms), then a bounded ramp for the most frames/s sustained. The broadcasts come
+  from the `fan` guest (`bench/httpfan.py`), driven by pipelined HTTP requests to its
+  owner worker.
+- `python -m bench.reference`: ours beside another server that speaks the reference's
+  guest interface (`--reference-command 'CMD {port} {dir}'`, e.g. the Go reference,
+  which is not part of this repository), same guests and clients, interleaved
+  rounds: `/m/echo` at 50 and 1 connections, fan-out of 100 clients at 1,000/s.
 """
 
 Row = tuple[str, str]

@@ -71,7 +71,7 @@ from bench.common import (
 )
 from tests.wat import guest, write
 from tinywasm_wasi.config import Config
-from tinywasm_wasi.server import WasiServer
+from tinywasm_wasi.server import WORKER_HEADER, WasiServer
 
 HEAD = struct.Struct("<QQ")  # sequence number, send time (monotonic ns)
 IN_TOPIC, OUT_TOPIC = "fan.in", "fan.out"
@@ -234,6 +234,8 @@ class Target:
     kind: str  # TINYWASM or NATS
     url: str
     envelope: bool = False  # frames are CBOR envelopes: the payload is inside
+    in_path: bool = False  # frames are the fan guest's HTTP request text: the payload, in hex,
+    # is the request path's last part (see bench.httpfan)
 
 
 async def clients(
@@ -242,6 +244,7 @@ async def clients(
     """Hold `count` subscribed connections until each has `expected` frames or `stop` is set."""
     latencies = array("q")
     closes: dict[str, int] = {}
+    workers: dict[str, int] = {}  # X-Tinywasm-Worker of each handshake's answer: who holds it
     errors: list[str] = []
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     state = {"out_of_order": 0, "last_ns": 0, "cpu_begun": 0.0}
@@ -251,6 +254,8 @@ async def clients(
         async with limit, asyncio.timeout(CONNECT_TIMEOUT):
             ws = await session.ws_connect(target.url, autoclose=True, heartbeat=None)
             parser = await _nats_subscribe(ws) if target.kind == NATS else None
+        worker = ws._response.headers.get(WORKER_HEADER, "")
+        workers[worker] = workers.get(worker, 0) + 1
         sockets.append(ws)
         if len(sockets) == count:
             state["cpu_begun"] = time.process_time()
@@ -277,7 +282,9 @@ async def clients(
                     continue
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
                 if parser is None:
-                    if target.envelope:
+                    if target.in_path:
+                        data = bytes.fromhex(data.rstrip(b"\n").rsplit(b"/", 1)[1].decode())
+                    elif target.envelope:
                         frame = cbor2.loads(data)
                         if frame.get("type", 0) != 0:
                             continue  # a subscription's first frame (topic history)
@@ -322,6 +329,7 @@ async def clients(
         "closed_by_server": closes,
         "errors": errors[:5],
         "cpu": cpu,
+        "workers": workers,
     }
 
 
@@ -379,6 +387,8 @@ class Outcome:
     slow_disconnects: int | None  # None where the server does not say
     server_cpu_s: float
     clients_cpu_s: float
+    # Clients by the worker that took their handshake ("" where the server does not say).
+    workers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -475,7 +485,10 @@ async def drive(server: Server, s: Settings) -> Outcome:
     out_of_order, last_ns = 0, first_ns
     closed: dict[str, int] = {}
     errors: list[str] = []
+    workers: dict[str, int] = {}
     for result in results:
+        for worker, n in result["workers"].items():
+            workers[worker] = workers.get(worker, 0) + n
         values = array("q")
         values.frombytes(result["latencies"])
         latencies.extend(v / 1e6 for v in values)
@@ -501,6 +514,7 @@ async def drive(server: Server, s: Settings) -> Outcome:
         slow_disconnects=slow,
         server_cpu_s=server_cpu,
         clients_cpu_s=sum(r["cpu"] for r in results),
+        workers=workers,
     )
 
 
