@@ -74,6 +74,7 @@ class Measured:
     # connections -> (requests/s, server CPU µs per request, cores busy, p99 ms)
     fan: Outcome | None = None
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -152,7 +153,10 @@ async def measure(
         n = max(1, load.requests)
         m.echo[connections] = (n / load.seconds, cpu / n * 1e6, cpu / wall, load.p99_ms)
         if load.errors or load.non_2xx:
-            m.errors.append(f"{under.name}: {load.errors} errors, {load.non_2xx} non-2xx")
+            (m.warnings if under.name == REFERENCE else m.errors).append(
+                f"{under.name}: {ECHO} x{connections} round {rnd}: {load.errors} failed "
+                f"requests, {load.non_2xx} answers not 2xx"
+            )
         print(
             f"# round {rnd} {under.name}: {ECHO} x{connections}: {n / load.seconds:,.0f} req/s, "
             f"{cpu / n * 1e6:.0f} µs CPU each",
@@ -164,9 +168,15 @@ async def measure(
     finally:
         publisher.close()
     got, want = len(m.fan.latencies_ms), fan.clients * fan.messages
-    if got != want or m.fan.out_of_order:
-        reordered = m.fan.out_of_order
-        m.errors.append(f"{under.name}: fan-out {got:,} of {want:,}, {reordered} reordered")
+    reordered = m.fan.out_of_order
+    if got != want or reordered:
+        # Ours must lose nothing and fail nothing; the reference drops frames past a
+        # client's 256-frame buffer by design, and its guest calls race (malloc is called
+        # from every HTTP goroutine at once): results to report, not a broken run.
+        (m.warnings if under.name == REFERENCE else m.errors).append(
+            f"{under.name}: fan-out round {rnd}: {got:,} of {want:,} frames delivered, "
+            f"{reordered} out of order"
+        )
     print(
         f"# round {rnd} {under.name}: fan-out {got / want:.2%}, "
         f"p99 {pct(m.fan.latencies_ms, 0.99):.2f} ms",
@@ -335,7 +345,8 @@ def main() -> None:
     print(markdown_grid(header, table))
     med_header, med_table = medians(measured)
     print(markdown_grid(med_header, med_table))
-    fail_on([e for m in measured for e in m.errors], "bench.reference")
+    warnings = [w for m in measured for w in m.warnings]
+    fail_on([e for m in measured for e in m.errors], "bench.reference", warnings=warnings)
     if args.record:
         versus = " beside the Go reference" if args.reference_command else ""
         record(
@@ -346,8 +357,10 @@ def main() -> None:
             header=med_header,
             notes=markdown_grid(header, table)
             + "\n\nwrk: 1 thread; fan-out: clients in 2 processes of their own, the fan "
-            "guest driven by one keep-alive HTTP connection. Server CPU from /proc over "
-            "each server's processes (ours: supervisor, workers and nats-server).",
+            "guest driven by requests pipelined on one keep-alive HTTP connection at the "
+            "asked rate (open loop). Server CPU from /proc over each server's processes "
+            "(ours: supervisor, workers and nats-server)."
+            + "".join(f"\nWarning: {w}." for w in warnings),
         )
 
 
