@@ -44,7 +44,7 @@ messages_st = st.builds(
 )
 
 
-@settings(database=None)
+@settings(database=None, deadline=None)
 @given(messages_st)
 def test_roundtrip(message: Message) -> None:
     data = encode_message(message)
@@ -146,7 +146,7 @@ def _check_decode(data: bytes) -> None:
     assert 0 <= message.type <= MAX_U32 and 0 <= message.id <= MAX_U32
 
 
-@settings(database=None, max_examples=500)
+@settings(database=None, max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_raise_only_message_error(data: bytes) -> None:
     _check_decode(data)
@@ -164,7 +164,7 @@ any_value_st = st.one_of(
 )
 
 
-@settings(database=None, max_examples=500)
+@settings(database=None, max_examples=500, deadline=None)
 @given(
     st.dictionaries(
         st.one_of(st.sampled_from(["topic", "payload", "type", "id"]), st.integers()),
