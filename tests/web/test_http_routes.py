@@ -292,6 +292,17 @@ async def test_a_rename_changes_a_middlewares_rule_on_the_next_request(
         # alpha is a route now, and ten (every route but t) runs in front of it.
         assert (await get(http, f"{server.url}/m/alpha"))[2] == b"ten"
         assert (await get(http, f"{server.url}/m/t"))[2] == b"target"
+
+        # Back to a middleware, the same bytes, now first for t: it answers.
+        os.rename(directory / "alpha.wasm", directory / "05-alpha@[t].wasm")
+        await eventually(lambda: rule_of(server, "alpha") == "t")
+        assert [m.name for m in server.host.middlewares()] == ["alpha", "ten"]
+        assert (await get(http, f"{server.url}/m/t"))[2] == b"alpha"
+        # And after ten, which now runs for t too: ten answers first.
+        os.rename(directory / "10-ten@[-t].wasm", directory / "01-ten@[*].wasm")
+        await eventually(lambda: rule_of(server, "ten") == "*")
+        assert [m.name for m in server.host.middlewares()] == ["ten", "alpha"]
+        assert (await get(http, f"{server.url}/m/t"))[2] == b"ten"
     assert not server.host.refused
 
 

@@ -103,6 +103,10 @@ class Registry:
         self._changes += 1
         return self._modules.pop(name)
 
+    def renamed(self, name: str) -> None:
+        """Live module `name` was renamed in place: its rule or its order changed."""
+        self._changes += 1
+
     def clear(self) -> None:
         self._changes += 1
         self._modules.clear()

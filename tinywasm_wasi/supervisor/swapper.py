@@ -417,6 +417,7 @@ class Swapper:
                 file.rule if file and file.rule else "none",
             )
             old.file = file
+            self._registry.renamed(a.name)  # the middlewares and their order are found again
         else:
             log.debug(
                 "swap %s (%s): same bytes as the running version, nothing to do",
