@@ -228,6 +228,7 @@ async def test_nats_outage_keeps_local_traffic_holds_remote_and_resumes(
         await eventually(lambda: not link(a).connected and not link(b).connected, "the outage")
         health = await (await http.get(f"{a.url}/healthz")).json()
         assert health["status"] == "degraded" and health["nats"] == "disconnected"
+        assert [p["problem"] for p in health["problems"]] == ["nats_away"], health
         forwarded = link(a).stats().forwarded
 
         during = [b"during %d" % i for i in range(8)]

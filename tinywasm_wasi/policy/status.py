@@ -13,13 +13,21 @@ from dataclasses import dataclass
 
 from tinywasm_wasi.policy.history import Outcome, Trigger, VersionRecord
 
-__all__ = ["Problem", "ProblemKind", "file_difference", "problems"]
+__all__ = ["NATS_AWAY_DETAIL", "Problem", "ProblemKind", "file_difference", "problems"]
 
 
 class ProblemKind(enum.StrEnum):
     QUARANTINED = "quarantined"
     REFUSED = "refused"
     ROLLED_BACK = "rolled_back"
+    NATS_AWAY = "nats_away"  # the server's, not a module's: `module` is ""
+
+
+NATS_AWAY_DETAIL = (
+    "the NATS server cannot be reached: delivery in this process goes on; messages for "
+    "other processes are held (--nats-buffer), then dropped and counted; it reconnects "
+    "by itself: check that nats-server runs and that --nats names it"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,13 @@ from typing import Any
 from bus.nats import NatsLink
 from tinywasm_wasi.policy.history import iso_time
 from tinywasm_wasi.policy.public_paths import PublicPaths
-from tinywasm_wasi.policy.status import Problem, file_difference, problems
+from tinywasm_wasi.policy.status import (
+    NATS_AWAY_DETAIL,
+    Problem,
+    ProblemKind,
+    file_difference,
+    problems,
+)
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.hub import Hub
 
@@ -89,6 +95,8 @@ class StatusView:
             body["nats"] = "connected" if nats.connected else "disconnected"
             if not nats.connected:
                 body["status"] = "degraded"
+                away = Problem("", ProblemKind.NATS_AWAY, NATS_AWAY_DETAIL).to_json()
+                body["problems"] = [away, *found]
         return body
 
     def _with_pin(self, entry: dict[str, Any]) -> dict[str, Any]:
