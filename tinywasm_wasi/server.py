@@ -250,7 +250,7 @@ def create_app(config: Config) -> web.Application:
         admin=admin,
         status_private=config.status_private,
     )
-    add_release_routes(app, host, admin)
+    add_release_routes(app, host, admin, relay)
     add_api_fallback(app)  # after every /api/ route
     app[_FEED] = SystemFeed(host, hub, view)
     forwarder = None

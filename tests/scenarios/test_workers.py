@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.scenarios.cluster import (
+    EXAMPLES,
     PICK_TRIES,
     START,
     Cluster,
@@ -45,12 +46,12 @@ pytestmark = [
 
 
 async def admin_by_worker(
-    http: aiohttp.ClientSession, url: str
+    http: aiohttp.ClientSession, url: str, method: str = "POST", data: bytes | None = None
 ) -> dict[str, tuple[int, str | None, str]]:
-    """POST `url` on new connections until both workers answered: status, owner, body."""
+    """`method` `url` on new connections until both workers answered: status, owner, body."""
     seen: dict[str, tuple[int, str | None, str]] = {}
     for _ in range(PICK_TRIES):
-        async with http.post(url) as response:
+        async with http.request(method, url, data=data) as response:
             owner_header = response.headers.get(OWNER_HEADER)
             seen[response.headers[WORKER_HEADER]] = (
                 response.status,
@@ -96,6 +97,18 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
             assert ran_on == (None if worker == echo_owner else echo_owner), (action, worker)
         if action == "rollback":
             assert all("no previous good version" in t for _s, _o, t in relayed.values())
+
+    # A deploy is the owner's too: a PUT on either worker is carried out where the module
+    # runs (a worker that did not run it used to write the file and answer 409).
+    wasm = (EXAMPLES / "echo.wasm").read_bytes()
+    deployed = await admin_by_worker(http, f"{base}/api/modules/echo2", "PUT", wasm)
+    echo2_owner = owner("echo2", names)
+    for worker, (status, ran_on, text) in deployed.items():
+        assert status == 200, (worker, text)
+        assert ran_on == (None if worker == echo2_owner else echo2_owner), worker
+        assert json.loads(text)["outcome"] in ("loaded", "unchanged"), worker
+    for worker, (status, text) in (await answers_by_worker(http, f"{base}/m/echo2")).items():
+        assert (status, text) == (200, "echo: GET /m/echo2\n"), worker
 
     # kill -9 the chat owner: the supervisor restarts it; the other worker's browser
     # stays connected and gets the chat again once the owner is back.

@@ -1,15 +1,18 @@
-"""Reload, rollback and unpin on the worker that runs the module: NATS request-reply.
+"""Reload, rollback, unpin and deploy on the worker that runs the module: NATS request-reply.
 
 With ``--workers N`` a module runs on one worker, and only that worker can swap
 it. An admin request that reaches another worker (the kernel spreads connections)
 is checked there (the admin guard), then sent to ``tw.api.<worker>`` of the
 worker that runs it, which carries it out as if it had received it and sends its
-answer back unchanged: status, content type and body. The answer names that
-worker in ``X-Tinywasm-Owner`` (``X-Tinywasm-Worker`` names the one that answered).
+answer back unchanged: status, content type and body. The answer names that worker in
+``X-Tinywasm-Owner`` (``X-Tinywasm-Worker`` names the one that answered). A deploy
+carries the module's bytes, so NATS's max_payload (1 MiB by default) bounds it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import logging
@@ -32,10 +35,12 @@ class Action(enum.StrEnum):
     RELOAD = "reload"
     ROLLBACK = "rollback"
     UNPIN = "unpin"
+    DEPLOY = "deploy"  # with the module's bytes
 
 
-Here = Callable[[str], Awaitable[web.Response]]
-"""Carries out an action on module `name` in this worker; may raise web.HTTPException."""
+Here = Callable[[str, bytes], Awaitable[web.Response]]
+"""Carries out an action on module `name` in this worker, with the request's body (a
+deploy's module bytes; empty for the others); may raise web.HTTPException."""
 
 
 RELAY_ACTIONS: web.AppKey[Mapping[Action, Here]] = web.AppKey("relay_actions")
@@ -51,9 +56,22 @@ class AdminRelay:
         self._timeout = timeout
         self.relayed = 0
 
-    async def ask(self, worker: str, action: Action, name: str) -> web.Response:
-        """`worker`'s answer to `action` on `name`, as a response to send on."""
-        request = json.dumps({"action": action.value, "name": name}).encode()
+    async def ask(self, worker: str, action: Action, name: str, body: bytes = b"") -> web.Response:
+        """`worker`'s answer to `action` on `name` (with `body`), as a response to send on."""
+        fields = {"action": action.value, "name": name}
+        if body:
+            fields["body"] = base64.b64encode(body).decode("ascii")
+        request = json.dumps(fields).encode()
+        if len(request) > self._link.max_payload:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self._link.max_payload,
+                actual_size=len(request),
+                text=f"{action} of module {name!r}: it runs on worker {worker}, and the "
+                f"request ({len(request)} bytes as sent there) is over what NATS carries "
+                f"between workers ({self._link.max_payload} bytes, nats-server's "
+                "max_payload): copy the file into the modules folder instead (the watcher "
+                "swaps it), or raise max_payload in the nats-server config\n",
+            )
         self.relayed += 1
         try:
             raw = await self._link.request(SUBJECT_PREFIX + worker, request, self._timeout)
@@ -89,10 +107,14 @@ class AdminRelay:
             try:
                 request = json.loads(data)
                 action, name = Action(request["action"]), str(request["name"])
-            except (ValueError, KeyError, TypeError) as exc:
+                body = base64.b64decode(request.get("body", ""), validate=True)
+            except (ValueError, KeyError, TypeError, binascii.Error) as exc:
                 return _encode(400, "text/plain", f"malformed relayed request: {exc}\n")
+            here = actions.get(action)
+            if here is None:
+                return _encode(501, "text/plain", f"{action} is not relayed to this worker\n")
             try:
-                response = await actions[action](name)
+                response = await here(name, body)
             except web.HTTPException as exc:
                 return _encode(exc.status, exc.content_type, exc.text or "")
             return _encode(response.status, response.content_type, response.text or "")

@@ -1,7 +1,8 @@
 """Release routes: deploy and undeploy modules over HTTP (admin only).
 
 - ``PUT /api/modules/{name}`` with the ``.wasm`` bytes as the body: written into
-  the modules folder and swapped in; 200 with the outcome (``loaded``, ``swapped``,
+  the modules folder and swapped in (with ``--workers``, by the worker that runs the
+  module: relayed to it over NATS, web/relay.py); 200 with the outcome (``loaded``, ``swapped``,
   ``unchanged``), 422 when the version was refused or rolled back (with the reason),
   413 over ``--max-module-size``, 400 for an empty body or a name outside the
   documented character set.
@@ -25,6 +26,7 @@ from tinywasm_wasi.policy.names import ModuleNameError, check_module_name
 from tinywasm_wasi.supervisor.deployer import NotDeployedError
 from tinywasm_wasi.supervisor.host import ModuleHost
 from tinywasm_wasi.web.admin import AdminGuard, Handler
+from tinywasm_wasi.web.relay import RELAY_ACTIONS, Action, AdminRelay
 
 __all__ = ["add_release_routes", "read_capped"]
 
@@ -95,8 +97,12 @@ async def read_canary_form(request: web.Request, cap: int) -> tuple[bytes, Canar
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
 
 
-def add_release_routes(app: web.Application, host: ModuleHost, admin: AdminGuard) -> None:
-    """``PUT`` and ``DELETE /api/modules/{name}``, behind `admin`."""
+def add_release_routes(
+    app: web.Application, host: ModuleHost, admin: AdminGuard, relay: AdminRelay | None = None
+) -> None:
+    """``PUT`` and ``DELETE /api/modules/{name}``, behind `admin`; with `relay`, a deploy
+    of a module another worker runs is carried out there (after the module routes, which
+    set `app[RELAY_ACTIONS]`)."""
 
     def checked_name(request: web.Request) -> str:
         name = request.match_info["name"]
@@ -112,8 +118,16 @@ def add_release_routes(app: web.Application, host: ModuleHost, admin: AdminGuard
             raise web.HTTPBadRequest(
                 text="empty body: send the .wasm file's bytes (Content-Type: application/wasm)\n"
             )
+        owner = host.remote_owner(name) if relay is not None else None
+        if relay is not None and owner is not None:
+            return await relay.ask(owner, Action.DEPLOY, name, data)
+        return await deploy_here(name, data)
+
+    async def deploy_here(name: str, data: bytes) -> web.Response:
         try:
-            result = await host.deploy(name, data)
+            result = await host.deploy(check_module_name(name), data)
+        except ModuleNameError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
         except ModuleLoadError as exc:
             raise web.HTTPConflict(text=f"{exc}\n") from None
         return web.json_response(result.to_json(), status=200 if result.outcome.ok else 422)
@@ -156,6 +170,9 @@ def add_release_routes(app: web.Application, host: ModuleHost, admin: AdminGuard
 
         return handler
 
+    if relay is not None:
+        known = app[RELAY_ACTIONS]
+        app[RELAY_ACTIONS] = {**known, Action.DEPLOY: deploy_here}
     app.router.add_put("/api/modules/{name}", admin(deploy))
     app.router.add_post("/api/modules/{name}/canary", admin(canary))
     app.router.add_post("/api/modules/{name}/canary/promote", admin(decide(promote=True)))

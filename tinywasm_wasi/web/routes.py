@@ -175,7 +175,7 @@ def add_module_routes(
             return await relay.ask(owner, Action.RELOAD, name)
         return await reload_here(name)
 
-    async def reload_here(name: str) -> web.Response:
+    async def reload_here(name: str, _body: bytes = b"") -> web.Response:
         record = await host.swap(name, "api")
         return answer(
             {
@@ -188,7 +188,7 @@ def add_module_routes(
     async def rollback(request: web.Request) -> web.Response:
         return await relayed(request, Action.ROLLBACK, rollback_here)
 
-    async def rollback_here(name: str) -> web.Response:
+    async def rollback_here(name: str, _body: bytes = b"") -> web.Response:
         name = known_name(name)
         try:
             record = await host.rollback(name)
@@ -202,7 +202,7 @@ def add_module_routes(
     async def unpin(request: web.Request) -> web.Response:
         return await relayed(request, Action.UNPIN, unpin_here)
 
-    async def unpin_here(name: str) -> web.Response:
+    async def unpin_here(name: str, _body: bytes = b"") -> web.Response:
         name = known_name(name)
         try:
             record = await host.unpin(name)
@@ -216,7 +216,7 @@ def add_module_routes(
         owner = elsewhere(name) if relay is not None else None
         if relay is not None and owner is not None:
             return await relay.ask(owner, action, name)
-        return await here(name)
+        return await here(name, b"")
 
     if relay is not None:
         app[RELAY_ACTIONS] = {
