@@ -101,6 +101,9 @@ class Rolling:
     failed: int
 
 
+NODE = "bench"  # the workers are bench-w0, bench-w1, ...
+
+
 class Running:
     """The command line's process tree: the supervisor (or the one server) and its log."""
 
@@ -125,6 +128,8 @@ class Running:
             "--modules-dir",
             str(modules),
             "--no-watch",
+            "--node",
+            NODE,
             "--uvloop",
             "on" if loop == UVLOOP else "off",
         ]
@@ -201,7 +206,7 @@ async def wrk(binary: str, url: str, seconds: int, script: Path) -> dict[str, fl
 
 async def failover(base: str, running: Running) -> float:
     """Seconds from kill -9 of the owner of `owned` to a survivor's 200 for it."""
-    name = owner("owned", worker_names(running.workers))
+    name = owner("owned", worker_names(running.workers, NODE))
     pid = int(running.find(rf"worker {name} started \(pid (\d+)\)")[-1].group(1))
     os.kill(running.proc.pid, signal.SIGSTOP)  # no restart: the survivors must take it over
     try:

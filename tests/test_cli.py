@@ -132,6 +132,7 @@ VALUES = [
     ("--workers", "TINYWASM_WORKERS", "3", "workers", 3),
     ("--workers", "TINYWASM_WORKERS", "1", "workers", 1),
     ("--worker-index", "TINYWASM_WORKER_INDEX", "0", "worker_index", 0),
+    ("--node", "TINYWASM_NODE", "eu-1", "node", "eu-1"),
     ("--uvloop", "TINYWASM_UVLOOP", "on", "uvloop", True),
 ]
 
@@ -175,6 +176,7 @@ OTHER = {
     "TINYWASM_NATS_BUFFER": "7",
     "TINYWASM_WORKERS": "7",
     "TINYWASM_WORKER_INDEX": "",
+    "TINYWASM_NODE": "other_node",
     "TINYWASM_HISTORY": "other:1:1",
     "TINYWASM_HISTORY_MAX_TOPICS": "7",
     "TINYWASM_HISTORY_MAX_BYTES": "7KiB",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,12 +30,15 @@ from tinywasm_wasi.config import (
     MAX_MODULE_THREADS,
     MAX_WORKERS,
     WORKER_CANNOT_LISTEN,
+    WORKER_ID_TAKEN,
     Config,
     LogFormat,
 )
 from tinywasm_wasi.eventloop import choose_loop
+from tinywasm_wasi.exceptions import WorkerIdTaken
 from tinywasm_wasi.logs import configure_logging
 from tinywasm_wasi.policy.limits import LimitsError, parse_size
+from tinywasm_wasi.policy.placement import check_node_name, node_from_host, worker_name
 from tinywasm_wasi.policy.topic_history import parse_history_rule
 
 __all__ = [
@@ -357,6 +362,14 @@ SETTINGS = (
         _whole_number(1, MAX_WORKERS),
         "worker processes sharing the port, joined over NATS (an embedded nats-server "
         "on loopback unless --nats is given); 1 runs everything in this process",
+    ),
+    _Setting(
+        "node",
+        "NAME",
+        check_node_name,
+        "this machine's name in a fleet of machines on one NATS: its workers are "
+        "NAME-w0, NAME-w1, ... and must not clash with another machine's "
+        "(unset: the host's short name)",
     ),
     _Setting(
         "worker_index",
@@ -743,7 +756,8 @@ def main(
         print(exc, file=sys.stderr)
         return 2
     config = parse_config(args, environ, prog)
-    worker = f"[w{config.worker_index}] " if config.worker_index is not None else ""
+    index = config.worker_index
+    worker = f"[{worker_name(index, config.node)}] " if index is not None else ""
     configure_logging(config.log_level, config.log_format, prefix=worker)
     from tinywasm_wasi.web.connections import raise_fd_limit
 
@@ -756,6 +770,8 @@ def main(
             return 2
         from tinywasm_wasi.cluster.supervisor import Supervisor
 
+        if not config.node:  # the supervisor names its workers <node>-w0 ... (--node)
+            config = dataclasses.replace(config, node=node_from_host(socket.gethostname()))
         return Supervisor(config, args, environ).run()
     return serve_config(config, server_name, environ)
 
@@ -785,6 +801,9 @@ def serve_config(config: Config, server_name: str | None, environ: Mapping[str, 
     try:
         with asyncio.Runner(loop_factory=loop.factory) as runner:
             runner.run(run_until_signalled(server))
+    except WorkerIdTaken as exc:
+        log.error("%s", exc)
+        return WORKER_ID_TAKEN
     except OSError as exc:
         if exc.filename is None and exc.errno in _LISTEN_ERRNOS:
             log.error(

@@ -46,6 +46,9 @@ DEFAULT_MODULES_DIR = data_dir("examples", "modules/dist")
 # A worker's exit status when it cannot listen on its port: the supervisor then stops
 # every worker and exits 1, instead of restarting it forever.
 WORKER_CANNOT_LISTEN = 3
+# A worker's exit status when another live process in the fleet has its name (the same
+# --node on two machines): the supervisor stops every worker and exits 1.
+WORKER_ID_TAKEN = 4
 DEFAULT_WEB_DIR = data_dir("static", "web")
 # The CLI puts it under $XDG_CACHE_HOME instead when that is set.
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinywasm-wasi"
@@ -99,6 +102,9 @@ class Config:
     workers: int = 1
     # Set by the supervisor in each worker it starts (0-based); None: not a worker.
     worker_index: int | None = None
+    # This machine's name in a fleet: workers are <node>-w0 ... (empty: w0 ...). The CLI
+    # checks it (policy.placement.check_node_name) and defaults it to the host's short name.
+    node: str = ""
     # Run on uvloop's event loop when it is installed (the CLI applies it; see eventloop.py).
     uvloop: bool = True
     # Text lines, or one JSON object per line (tinywasm_wasi/logs.py).

@@ -13,6 +13,7 @@ Hierarchy::
     │   └── fastcall.CallTrap     a guest call trapped (fast-path layer; Guest turns it
     │       └── fastcall.CallExit     into GuestTrap); CallExit: proc_exit
     ├── ModuleClosedError     a module was used after it was closed
+    ├── WorkerIdTaken         a live process in the fleet already has this worker's name
     ├── build.BuildError      compiling a C module failed
     ├── limits.LimitsError    a limit value or limits.toml is invalid (also a ValueError)
     ├── rules.RuleError       a middleware rule or module file name is invalid (ValueError)
@@ -33,6 +34,7 @@ __all__ = [
     "TinywasmError",
     "TrapCode",
     "UnknownImportError",
+    "WorkerIdTaken",
 ]
 
 
@@ -122,3 +124,8 @@ class MailboxFullError(GuestError):
 
 class ModuleClosedError(TinywasmError, RuntimeError):
     """A module was used after it was closed."""
+
+
+class WorkerIdTaken(TinywasmError, RuntimeError):
+    """Another live process on the same NATS already beats under this worker's name
+    (two machines with the same ``--node``); the message says what to do."""

@@ -178,7 +178,7 @@ def create_app(config: Config) -> web.Application:
     # One of several workers: each module runs on its owner (policy/placement.py),
     # chosen over the live workers (supervisor/fleet.py keeps the placement current).
     placement = (
-        Placement.of(config.worker_index, config.workers)
+        Placement.of(config.worker_index, config.workers, config.node)
         if config.worker_index is not None and config.workers > 1
         else None
     )
@@ -335,6 +335,9 @@ async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
     link = app.get(NATS)
     if link is not None:
         await link.connect()  # before the modules load: their subscriptions want subjects
+        fleet = app.get(FLEET)
+        if fleet is not None:
+            await fleet.claim()  # before anything answers under this worker's name
         forwarder = app.get(_FORWARDER)
         if forwarder is not None:
             await forwarder.serve(app[_DISPATCHER].relay)
@@ -397,6 +400,9 @@ async def _watcher(app: web.Application) -> AsyncIterator[None]:
             except RuleError as exc:
                 log.error("ignoring module file %s: %s", change.path.name, exc)
                 return
+            fleet = app.get(FLEET)
+            if fleet is not None:
+                fleet.rescan()  # which files this worker has decides what it may own
             await host.schedule_admitted(name, Trigger.WATCHER)
 
         watcher = ModuleWatcher(config.modules_dir, on_change, debounce=config.watch_debounce)

@@ -138,10 +138,20 @@ def test_the_fleet_view() -> None:
                 "state": "live",
                 "owned": ["echo"],
                 "replicas": ["echo_http"],
+                "files": None,
                 "heard_ms_ago": 0,
             },
-            "w1": {"state": "live", "owned": ["chat"], "replicas": [], "heard_ms_ago": 250},
+            "w1": {
+                "state": "live",
+                "owned": ["chat"],
+                "replicas": [],
+                "files": None,
+                "heard_ms_ago": 250,
+            },
         },
+        "nowhere": {},
+        "differing": {},
+        "clashes": [],
     }
 
 
@@ -155,6 +165,8 @@ def test_the_fleet_view() -> None:
             frozenset({"chat", "echo"}),
             patterns=pattern_list({"chat": ["chat.*", "chat", "chat"], "echo": []}),
         ),
+        Beat("a-w1", frozenset({"chat"}), instance="5f3a", files=(("chat", "ab12"),)),
+        Beat("a-w1", instance="5f3a", files=()),
     ],
 )
 def test_beats_round_trip(b: Beat) -> None:
@@ -174,6 +186,9 @@ def test_beats_round_trip(b: Beat) -> None:
         b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": []}',
         b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": {"a": 1}}',
         b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "patterns": {"a": [2]}}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "instance": 1}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "files": ["x"]}',
+        b'{"worker": "w0", "owned": [], "replicas": [], "leaving": false, "files": {"x": 1}}',
     ],
 )
 def test_bad_beats_are_refused(data: bytes) -> None:
@@ -261,3 +276,124 @@ def test_a_leaving_worker_that_listed_nothing_leaves_nothing_unowned() -> None:
     members.heard(Beat("w2", frozenset({"chat"})), 0.5)
     assert members.expire(2.0) == ["w1", "w2"]
     assert members.still_unowned([]) == {"chat": ()}  # w2 died with it
+
+
+# -- a fleet across machines: files, modules that run nowhere, differing files, clashes --------
+
+
+def with_files(worker: str, *names: str, instance: str = "", digest: str = "d1") -> Beat:
+    return Beat(worker, instance=instance, files=tuple((n, digest) for n in sorted(names)))
+
+
+def fleet_table(files: dict[str, str] | None = None) -> Membership:
+    return Membership("a-w0", 0.0, timeout=1.0, instance="me", files=files)
+
+
+# (beats heard at 0.1, expire at 1.5 with only `alive` beating again at 1.0, nowhere after)
+@pytest.mark.parametrize(
+    ("mine", "beats", "alive", "nowhere"),
+    [
+        # b-w0 had only_b and died: nobody else has it
+        ({"chat": "d1"}, [with_files("b-w0", "chat", "only_b")], [], {"only_b": "b-w0"}),
+        # the other b worker still has it
+        (
+            {"chat": "d1"},
+            [with_files("b-w0", "chat", "only_b"), with_files("b-w1", "only_b")],
+            ["b-w1"],
+            {},
+        ),
+        # this worker has it
+        ({"only_b": "d1"}, [with_files("b-w0", "only_b")], [], {}),
+        # this worker's files are not known yet: it may have every file
+        (None, [with_files("b-w0", "only_b")], [], {}),
+        # a dead worker whose files were never said (an older version): nothing known
+        ({}, [Beat("b-w0", frozenset({"x"}))], [], {}),
+    ],
+)
+def test_a_module_whose_only_file_died_runs_nowhere(
+    mine: dict[str, str] | None, beats: list[Beat], alive: list[str], nowhere: dict[str, str]
+) -> None:
+    members = fleet_table(mine)
+    for b in beats:
+        members.heard(b, 0.1)
+    for b in beats:
+        if b.worker in alive:
+            members.heard(b, 1.0)
+    members.expire(1.5)
+    assert members.nowhere() == nowhere
+    assert all(members.placement().owner(n) is None for n in nowhere)
+
+
+def test_a_module_runs_somewhere_again_once_a_worker_with_its_file_joins() -> None:
+    members = fleet_table({"chat": "d1"})
+    members.heard(with_files("b-w0", "only_b"), 0.1)
+    members.expire(1.5)
+    assert members.nowhere() == {"only_b": "b-w0"}
+    members.heard(with_files("b-w0", "only_b", instance="restarted"), 2.0)
+    assert members.nowhere() == {}
+    assert members.placement().owner("only_b") == "b-w0"
+
+
+def test_placement_ranks_only_the_workers_with_the_file() -> None:
+    members = fleet_table({"chat": "d1", "only_a": "d1"})
+    members.heard(with_files("b-w0", "chat", "only_b"), 0.1)
+    placement = members.placement()
+    assert placement.able("only_a") == ("a-w0",)
+    assert placement.able("only_b") == ("b-w0",)
+    assert placement.able("chat") == ("a-w0", "b-w0")
+    assert members.able("only_b") == ["b-w0"]
+
+
+# (this worker's files, the others' beats, files that differ)
+@pytest.mark.parametrize(
+    ("mine", "beats", "differing"),
+    [
+        ({"chat": "aaa"}, [with_files("b-w0", "chat", digest="aaa")], {}),
+        (
+            {"chat": "aaa"},
+            [with_files("b-w0", "chat", digest="bbb"), with_files("b-w1", "chat", digest="bbb")],
+            {"chat": {"aaa": ["a-w0"], "bbb": ["b-w0", "b-w1"]}},
+        ),
+        # a leaving worker's files no longer count
+        (
+            {"chat": "aaa"},
+            [Beat("b-w0", leaving=True, files=(("chat", "bbb"),))],
+            {},
+        ),
+        (
+            None,
+            [with_files("b-w0", "x", digest="1"), with_files("b-w1", "x", digest="2")],
+            {"x": {"1": ["b-w0"], "2": ["b-w1"]}},
+        ),
+    ],
+)
+def test_files_that_differ_between_workers(
+    mine: dict[str, str] | None, beats: list[Beat], differing: dict[str, dict[str, list[str]]]
+) -> None:
+    members = fleet_table(mine)
+    for b in beats:
+        members.heard(b, 0.1)
+    assert members.differing() == differing
+
+
+# (beats under this worker's own name as (time, instance), look at, clashes)
+@pytest.mark.parametrize(
+    ("beats", "at", "clashes"),
+    [
+        ([], 0.5, []),
+        ([(0.1, "other")], 0.5, ["other"]),  # another process has this name
+        ([(0.1, "other")], 1.2, []),  # not heard for the timeout: gone
+        ([(0.1, "x"), (0.3, "y")], 0.5, ["x", "y"]),
+        ([(0.1, "me")], 0.5, []),  # this process's own beat (an echo) is no clash
+        ([(0.1, "")], 0.5, [""]),  # an older version's beat, which has no instance
+    ],
+)
+def test_a_beat_under_this_workers_name_from_another_process_is_a_clash(
+    beats: list[tuple[float, str]], at: float, clashes: list[str]
+) -> None:
+    members = fleet_table({})
+    for now, instance in beats:
+        assert members.heard(Beat("a-w0", frozenset({"x"}), instance=instance), now) is False
+    assert members.clashes(at) == clashes
+    assert members.live() == ("a-w0",)  # a clash never enters the table
+    assert members.placement().elsewhere == {}

@@ -7,7 +7,14 @@ from collections import Counter
 import pytest
 
 from tinywasm_wasi.policy.limits import Replicas
-from tinywasm_wasi.policy.placement import Placement, owner, worker_name, worker_names
+from tinywasm_wasi.policy.placement import (
+    Placement,
+    check_node_name,
+    node_from_host,
+    owner,
+    worker_name,
+    worker_names,
+)
 
 NAMES = [f"module{i}" for i in range(400)]
 
@@ -88,3 +95,108 @@ def test_who_runs_a_module(
 def test_a_worker_outside_the_list_is_refused(index: int, count: int) -> None:
     with pytest.raises(ValueError, match="outside"):
         Placement.of(index, count)
+
+
+# -- a fleet across machines: node names, and only workers with the file ----------------------
+
+
+@pytest.mark.parametrize(
+    ("index", "node", "expected"),
+    [(0, "", "w0"), (3, "", "w3"), (0, "eu-1", "eu-1-w0"), (12, "box_a", "box_a-w12")],
+)
+def test_worker_names_carry_the_node(index: int, node: str, expected: str) -> None:
+    assert worker_name(index, node) == expected
+
+
+@pytest.mark.parametrize("node", ["a", "eu-1", "box_a", "A9", "x" * 63])
+def test_good_node_names(node: str) -> None:
+    assert check_node_name(node) == node
+
+
+@pytest.mark.parametrize("node", ["", "-a", "_a", "a.b", "a b", "a*", "a>", "é", "x" * 64])
+def test_bad_node_names_are_refused_with_what_to_use(node: str) -> None:
+    with pytest.raises(ValueError, match="letters, digits, '-' or '_'"):
+        check_node_name(node)
+
+
+@pytest.mark.parametrize(
+    ("hostname", "node"),
+    [
+        ("vm", "vm"),
+        ("web-1.example.com", "web-1"),
+        ("Box_A", "Box_A"),
+        ("host name!", "host-name"),
+        ("-x-", "x"),
+        ("...", "node"),
+        ("", "node"),
+        ("a" * 80, "a" * 63),
+    ],
+)
+def test_the_default_node_is_the_hosts_short_name(hostname: str, node: str) -> None:
+    assert node_from_host(hostname) == node
+    check_node_name(node_from_host(hostname))
+
+
+A = ("a-w0", "a-w1")
+B = ("b-w0", "b-w1")
+FLEET = A + B
+# Machine a has chat, echo and only_a; machine b has chat, echo and only_b.
+FILES = {
+    **dict.fromkeys(A, frozenset({"chat", "echo", "only_a"})),
+    **dict.fromkeys(B, frozenset({"chat", "echo", "only_b"})),
+}
+
+
+# (module, the workers able to run it)
+@pytest.mark.parametrize(
+    ("name", "able"),
+    [
+        ("chat", FLEET),
+        ("only_a", A),
+        ("only_b", B),
+        ("nobody", ()),
+    ],
+)
+def test_only_workers_with_the_file_may_own_a_module(name: str, able: tuple[str, ...]) -> None:
+    for me in FLEET:
+        placement = Placement(me, FLEET, files=FILES)
+        assert placement.able(name) == able
+        assert placement.owner(name) == (owner(name, able) if able else None)
+        # every worker computes the same owner, and it is one of those with the file
+        assert placement.owner(name) == Placement(FLEET[0], FLEET, files=FILES).owner(name)
+
+
+def test_a_worker_whose_files_are_not_known_counts_as_having_every_file() -> None:
+    files = {w: f for w, f in FILES.items() if w != "b-w1"}  # b-w1: an older version's beats
+    placement = Placement("a-w0", FLEET, files=files)
+    assert placement.able("only_a") == ("a-w0", "a-w1", "b-w1")
+    assert placement.able("nobody") == ("b-w1",)
+
+
+# (live workers, module, its owner)
+@pytest.mark.parametrize(
+    ("live", "name", "expected"),
+    [
+        (FLEET, "only_b", owner("only_b", B)),
+        (("a-w0", "a-w1", "b-w0"), "only_b", "b-w0"),  # b-w1 died: the other b has it
+        (A, "only_b", None),  # both b died: it runs nowhere
+        (A, "chat", owner("chat", A)),
+        (("b-w1",), "only_a", None),
+    ],
+)
+def test_when_the_workers_with_a_file_die_it_runs_nowhere(
+    live: tuple[str, ...], name: str, expected: str | None
+) -> None:
+    placement = Placement(live[0], live, files=FILES)
+    assert placement.owner(name) == expected
+    assert placement.where(name) == expected
+    assert placement.runs_here(name, Replicas.ONE, False) is (expected == live[0])
+
+
+def test_a_successor_must_have_the_file() -> None:
+    for me in A:
+        placement = Placement(me, FLEET, files=FILES)
+        other = next(w for w in A if w != me)
+        assert placement.successor("only_a") == other
+        assert placement.successor("only_b") == owner("only_b", B)
+    assert Placement("a-w0", ("a-w0", *B), files=FILES).successor("only_a") is None

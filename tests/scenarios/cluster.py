@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import eventually
+from tinywasm_wasi.policy.placement import node_from_host, worker_names
 from tinywasm_wasi.server import WORKER_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -33,6 +35,12 @@ EXAMPLES = ROOT / "modules" / "dist"
 START = 90.0  # seconds for the workers to serve: two interpreters starting on a busy machine
 ECHO_HTTP_EVERYWHERE = '[echo_http]\nreplicas = "all"\n'  # the default limits.toml
 PICK_TRIES = 200  # connections opened, at most, to find one on each worker
+NODE = node_from_host(socket.gethostname())  # the supervisor's default --node
+
+
+def workers_of(count: int, node: str = NODE) -> tuple[str, ...]:
+    """The names of a supervisor's `count` workers (``<node>-w0`` ...)."""
+    return worker_names(count, node)
 
 
 class Cluster:

@@ -32,10 +32,11 @@ from tests.scenarios.cluster import (
     sample_key,
     serving,
     start_cluster,
+    workers_of,
 )
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import find_nats_server
-from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
@@ -45,7 +46,7 @@ pytestmark = [
     pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
 ]
 
-WORKERS = worker_names(3)
+WORKERS = workers_of(3)
 SINGLE = ("chat", "echo")  # the single-owner example modules (echo_http runs everywhere)
 
 
@@ -115,7 +116,7 @@ async def test_a_killed_workers_modules_start_on_the_survivors_and_come_back(
 
         await eventually(survivors_agree, "the survivors to agree on the fleet", timeout=30)
         for survivor in survivors:
-            assert cluster.count(rf"\[{survivor}\] .*worker\(s\) [w0-9, ]*\b{victim}\b") >= 1
+            assert cluster.count(rf"\[{survivor}\] .*worker\(s\) [\w, -]*\b{victim}\b") >= 1
         # It answers from the survivors, and their browsers never noticed.
         for worker, (status, text) in (
             await answers_by_worker(http, f"{base}/m/echo", workers=2)
@@ -168,7 +169,7 @@ async def test_what_is_published_for_a_module_that_runs_nowhere_is_counted(
     # survivor's browser publishes on chat is lost: counted in the fleet's lost_unowned.
     cluster = start_cluster(workers=2)
     base = await serving(cluster, 2)
-    names = worker_names(2)
+    names = workers_of(2)
     victim = owner("chat", names)
     (survivor,) = [w for w in names if w != victim]
     sockets = await chat_on_each_worker(http, base)

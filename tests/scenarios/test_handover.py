@@ -37,10 +37,11 @@ from tests.scenarios.cluster import (
     Cluster,
     metrics_of_each_worker,
     sample_key,
+    workers_of,
 )
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
-from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
 COUNTER_WAT = ROOT / "examples" / "wat" / "counter" / "counter.wat"
@@ -163,8 +164,8 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
     cluster: Cluster, counts: Counts, http: aiohttp.ClientSession
 ) -> None:
     base = await serving(cluster)
-    home = owner("counter", worker_names(2))
-    heir = next(w for w in worker_names(2) if w != home)
+    home = owner("counter", workers_of(2))
+    heir = next(w for w in workers_of(2) if w != home)
     await counts.inc(10)
     await counts.all_counted()
 
@@ -275,7 +276,7 @@ async def test_rolling_restart_loses_no_message_and_fails_no_request(
     )
     out, err = await asyncio.wait_for(restart.communicate(), timeout=300)
     assert restart.returncode == 0, (out, err, cluster.log())
-    for worker in worker_names(workers):
+    for worker in workers_of(workers):
         assert f"{worker}: replaced".encode() in out, out
     await counts.inc(5)  # and after it
     stop.set()

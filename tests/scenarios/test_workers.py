@@ -30,10 +30,11 @@ from tests.scenarios.cluster import (
     http,
     serving,
     start_cluster,
+    workers_of,
 )
 from tests.support import eventually
 from tinywasm_wasi.cluster.nats_server import find_nats_server
-from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 from tinywasm_wasi.web.relay import OWNER_HEADER
 
@@ -67,7 +68,7 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
     base = await serving(cluster, 2)
-    names = worker_names(2)
+    names = workers_of(2)
     chat_owner, echo_owner = owner("chat", names), owner("echo", names)
 
     # Browsers on different workers see each other's chat: the chat module runs on

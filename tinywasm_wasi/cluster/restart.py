@@ -1,8 +1,9 @@
 """``tinywasm restart --rolling``: ask a running supervisor for a rolling restart, over NATS.
 
-The supervisor writes ``supervisor.json`` (pid, NATS URL, port, workers) in its
-state folder; this reads it, sends a request on ``tw.ctl.restart`` and waits for
-the report: which workers were replaced, and how long each took.
+The supervisor writes ``supervisor.json`` (pid, NATS URL, port, workers, node) in
+its state folder; this reads it, sends a request on ``tw.ctl.restart.<node>`` (so
+only this machine's supervisor answers, in a fleet of several) and waits for the
+report: which workers were replaced, and how long each took.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from tinywasm_wasi.cluster.supervisor import READY_TIMEOUT, RESTART_SUBJECT, STATUS_FILE
+from tinywasm_wasi.cluster.supervisor import READY_TIMEOUT, STATUS_FILE, restart_subject
 from tinywasm_wasi.exceptions import TinywasmError
 
 __all__ = ["RestartError", "ask_rolling_restart"]
@@ -56,7 +57,8 @@ async def ask_rolling_restart(state_path: Path) -> dict[str, Any]:
     except (TimeoutError, NatsError, OSError, KeyError) as exc:
         raise RestartError(f"cannot reach the supervisor's NATS server: {exc}") from None
     try:
-        msg = await nc.request(RESTART_SUBJECT, b"rolling", timeout=workers * READY_TIMEOUT + 60)
+        subject = restart_subject(str(status.get("node", "")))
+        msg = await nc.request(subject, b"rolling", timeout=workers * READY_TIMEOUT + 60)
     except NoRespondersError:
         raise RestartError(
             f"the supervisor (pid {status.get('pid')}) does not answer restart requests"

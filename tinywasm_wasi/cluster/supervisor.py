@@ -4,24 +4,27 @@ The supervisor runs no modules itself. It:
 
 1. starts a real nats-server on 127.0.0.1 and a free port (`NatsServerProcess`),
    unless ``--nats URL`` names one to join;
-2. picks the port (a free one for ``--port 0``) and starts workers ``w0`` …
-   ``w{N-1}``: the same command line, plus ``--port``, ``--worker-index`` and
-   ``--nats``. Each listens on the port with SO_REUSEPORT, so the kernel spreads
-   connections over them, and runs the modules placement gives it
-   (policy/placement.py);
+2. picks the port (a free one for ``--port 0``) and starts workers ``<node>-w0``
+   … ``<node>-w{N-1}`` (``--node``, by default the host's short name, keeps them
+   apart from another machine's workers on the same NATS): the same command line,
+   plus ``--port``, ``--worker-index``, ``--node`` and ``--nats``. Each listens
+   on the port with SO_REUSEPORT, so the kernel spreads connections over them, and
+   runs the modules placement gives it (policy/placement.py);
 3. restarts a worker that dies, under the same index, after a backoff that
-   doubles while it keeps dying (policy/restart.py); its modules come back with it;
+   doubles while it keeps dying (policy/restart.py); its modules come back with it.
+   A worker that cannot listen at its first start, or whose name another live
+   process already has (`WORKER_ID_TAKEN`), stops them all: exit status 1;
 4. on SIGTERM or SIGINT, sends SIGTERM to every worker (each drains its modules
    and closes its browsers with 1001), waits for them (killing one that takes
    longer than the drain timeout plus `STOP_MARGIN`), then stops nats-server;
-5. on SIGHUP, or a ``restart`` request on NATS (``tinywasm restart --rolling``),
+5. on SIGHUP, or a request on ``tw.ctl.restart.<node>`` (``tinywasm restart --rolling``),
    replaces the workers one at a time (`rolling_restart`): SIGTERM to one, which
    hands its modules to the others before it exits (web/handover.py); it is
    started again at once, takes its modules back, says it is ready on
    ``tw.ctl.ready``, and only then is the next one stopped.
 
-It writes where it is (pid, NATS URL, port) to ``supervisor.json`` in the state
-folder, for ``tinywasm restart``.
+It writes where it is (pid, NATS URL, port, node) to ``supervisor.json`` in the
+state folder, for ``tinywasm restart``.
 """
 
 from __future__ import annotations
@@ -43,21 +46,26 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from tinywasm_wasi.cluster.nats_server import NatsServerError, NatsServerProcess, free_port
-from tinywasm_wasi.config import WORKER_CANNOT_LISTEN, Config
+from tinywasm_wasi.config import WORKER_CANNOT_LISTEN, WORKER_ID_TAKEN, Config
 from tinywasm_wasi.policy.placement import worker_name
 from tinywasm_wasi.policy.restart import restart_delay
 from tinywasm_wasi.supervisor.state_dir import StateDir
 from tinywasm_wasi.web.handover import READY_SUBJECT, stopping_request, subject_for
 
-__all__ = ["RESTART_SUBJECT", "STATUS_FILE", "STOP_MARGIN", "Supervisor"]
+__all__ = ["RESTART_SUBJECT", "STATUS_FILE", "STOP_MARGIN", "Supervisor", "restart_subject"]
 
-RESTART_SUBJECT = "tw.ctl.restart"  # a rolling restart, asked by `tinywasm restart --rolling`
+RESTART_SUBJECT = "tw.ctl.restart"  # + .<node>: a rolling restart (`tinywasm restart --rolling`)
 STATUS_FILE = "supervisor.json"  # in the state folder: pid, NATS URL, port, workers
 READY_TIMEOUT = 120.0  # seconds a restarted worker has to listen and take its modules back
 
 log = logging.getLogger("tinywasm.supervisor")
 
 STOP_MARGIN = 10.0  # seconds a worker gets past --drain-timeout to exit on SIGTERM
+
+
+def restart_subject(node: str) -> str:
+    """Where the supervisor of `node` takes rolling restart requests."""
+    return f"{RESTART_SUBJECT}.{node}" if node else RESTART_SUBJECT
 
 
 class Supervisor:
@@ -100,18 +108,25 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._start_rolling)
         await self._connect(urls)
         state = StateDir(config.state_path, create_parents=config.state_dir is not None)
-        status = {"pid": os.getpid(), "nats": urls, "port": port, "workers": config.workers}
+        status = {
+            "pid": os.getpid(),
+            "nats": urls,
+            "port": port,
+            "workers": config.workers,
+            "node": config.node,
+        }
         state.write(STATUS_FILE, json.dumps(status).encode())
         log.info(
-            "supervising %d workers on http://%s:%d (NATS %s)",
+            "supervising %d workers on http://%s:%d (NATS %s, node %s)",
             config.workers,
             config.host,
             port,
             urls,
+            config.node or "unnamed",
         )
         try:
             keepers = [
-                asyncio.create_task(self._keep(i, port, urls), name=f"worker {worker_name(i)}")
+                asyncio.create_task(self._keep(i, port, urls), name=f"worker {self._name(i)}")
                 for i in range(config.workers)
             ]
             await self._stopping.wait()
@@ -133,13 +148,18 @@ class Supervisor:
         log.info("closed")
         return self._status
 
+    def _name(self, index: int) -> str:
+        return worker_name(index, self.config.node)
+
     def _command(self, index: int, port: int, urls: str) -> list[str]:
         extra = ["--port", str(port), "--worker-index", str(index), "--nats", urls]
+        if self.config.node:
+            extra += ["--node", self.config.node]
         return [sys.executable, "-m", "tinywasm_wasi", *self._argv, *extra]
 
     async def _keep(self, index: int, port: int, urls: str) -> None:
         """Run worker `index`; start it again whenever it dies, until the supervisor stops."""
-        name = worker_name(index)
+        name = self._name(index)
         deaths = 0
         first = True
         while not self._stopping.is_set():
@@ -159,6 +179,18 @@ class Supervisor:
                     "port or choose another with --port / TINYWASM_PORT",
                     name,
                     port,
+                )
+                self._status = 1
+                self._stopping.set()
+                return
+            if code == WORKER_ID_TAKEN:
+                # Another machine runs a worker under this name (its line above says so).
+                log.error(
+                    "worker %s: its name is taken by another live process on NATS %s: "
+                    "stopping every worker; give each machine of the fleet its own "
+                    "--node / TINYWASM_NODE",
+                    name,
+                    urls,
                 )
                 self._status = 1
                 self._stopping.set()
@@ -195,14 +227,14 @@ class Supervisor:
             log.warning("no NATS connection for rolling restarts: %s", exc)
             return
         await self._nc.subscribe(READY_SUBJECT, cb=self._on_ready)
-        await self._nc.subscribe(RESTART_SUBJECT, cb=self._on_restart)
+        await self._nc.subscribe(restart_subject(self.config.node), cb=self._on_restart)
 
     async def _tell_stopping(self) -> None:
         """Every worker stops: none of them hands its modules to another."""
         nc = self._nc
         if nc is None:
             return
-        names = [worker_name(i) for i in range(self.config.workers)]
+        names = [self._name(i) for i in range(self.config.workers)]
         await asyncio.gather(
             *(nc.request(subject_for(name), stopping_request(), timeout=2) for name in names),
             return_exceptions=True,  # a worker that does not answer is stopped all the same
@@ -236,7 +268,7 @@ class Supervisor:
         for index in range(self.config.workers):
             if self._stopping.is_set():
                 break
-            name = worker_name(index)
+            name = self._name(index)
             proc = self._procs.get(index)
             if proc is None or proc.returncode is not None:
                 continue

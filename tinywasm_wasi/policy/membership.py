@@ -21,6 +21,15 @@ turns what one worker hears into its `Placement`:
   worker dies, its modules are **unowned** until a beat (or this worker) says
   one runs again, and what is published for them meanwhile is lost and counted
   (`still_unowned`; the counting is `bus.remote.Unowned`).
+
+Across machines each beat also says which module files its worker has (name and
+the first hex digits of the file's sha256): placement ranks only the workers with
+a module's file, two machines holding different versions of one file show in
+`differing()`, and a module whose only file was on a worker that died runs
+nowhere until a worker with its file joins (`nowhere()`). Each process beats with
+its own `instance`: a beat naming this worker from another instance is a clash
+(two processes, usually two machines with the same ``--node``), kept in `claims`,
+never taken for this worker's own.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from tinywasm_wasi.policy.placement import Placement
 
 __all__ = [
+    "DIGEST_CHARS",
     "HEARTBEAT",
     "TIMEOUT",
     "Beat",
@@ -42,11 +52,13 @@ __all__ = [
     "Membership",
     "decode_beat",
     "encode_beat",
+    "file_list",
     "pattern_list",
 ]
 
 HEARTBEAT = 0.25  # seconds between a worker's beats
 TIMEOUT = 1.0  # seconds of silence after which a worker is dead
+DIGEST_CHARS = 12  # hex digits of a file's sha256 a beat carries: enough to tell versions apart
 
 
 class BeatError(ValueError):
@@ -64,6 +76,13 @@ class Beat:
     # (module, its subscription patterns, sorted) for the owned modules that subscribed
     # to any, sorted: if the worker dies, the others count what is published for them
     patterns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    instance: str = ""  # this process, as opposed to another one using the same name
+    # (module name, digest of its file) for each module file the worker has, sorted;
+    # None: not said (an older version's beat), as if it had every file
+    files: tuple[tuple[str, str], ...] | None = None
+
+    def has_file(self, name: str) -> bool:
+        return self.files is None or any(n == name for n, _ in self.files)
 
 
 def pattern_list(
@@ -73,15 +92,23 @@ def pattern_list(
     return tuple(sorted((n, tuple(sorted(set(p)))) for n, p in subscribed.items() if p))
 
 
+def file_list(files: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A beat's `files` from module name -> the file's sha256 (shortened here)."""
+    return tuple(sorted((n, sha[:DIGEST_CHARS]) for n, sha in files.items()))
+
+
 def encode_beat(beat: Beat) -> bytes:
     raw: dict[str, object] = {
         "worker": beat.worker,
         "owned": sorted(beat.owned),
         "replicas": sorted(beat.replicas),
         "leaving": beat.leaving,
+        "instance": beat.instance,
     }
     if beat.patterns:
         raw["patterns"] = {name: list(p) for name, p in beat.patterns}
+    if beat.files is not None:
+        raw["files"] = dict(beat.files)
     return json.dumps(raw, separators=(",", ":")).encode()
 
 
@@ -111,12 +138,22 @@ def decode_beat(data: bytes) -> Beat:
         isinstance(p, list) and all(isinstance(t, str) for t in p) for p in patterns.values()
     ):
         raise BeatError("not a heartbeat: patterns must map module names to lists of patterns")
+    instance = raw.get("instance", "")  # absent from an older version's beats
+    files = raw.get("files")
+    if not isinstance(instance, str):
+        raise BeatError("not a heartbeat: instance must be a string")
+    if files is not None and not (
+        isinstance(files, dict) and all(isinstance(d, str) for d in files.values())
+    ):
+        raise BeatError("not a heartbeat: files must map module names to digests")
     return Beat(
         worker,
         frozenset(owned),
         frozenset(replicas),
         leaving,
         patterns=pattern_list({n: p for n, p in patterns.items() if n in owned}),
+        instance=instance,
+        files=None if files is None else tuple(sorted(files.items())),
     )
 
 
@@ -148,6 +185,13 @@ class Membership:
     members: dict[str, Member] = field(default_factory=dict)
     # module -> its patterns, for the modules of dead workers that run nowhere yet
     unowned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    instance: str = ""  # this process's instance
+    # this worker's module files (name -> digest); None: not known, as if it had every file
+    files: dict[str, str] | None = None
+    # other processes that beat under this worker's name: instance -> when last heard
+    claims: dict[str, float] = field(default_factory=dict)
+    # modules whose file only dead workers had: name -> the last of them
+    _nowhere: dict[str, str] = field(default_factory=dict)
     _settled: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +202,8 @@ class Membership:
         """A beat arrived. True if the placement changed (a worker joined or left, or
         what another runs changed). A worker's own beats are ignored."""
         if beat.worker == self.me:
+            if beat.instance != self.instance:
+                self.claims[beat.instance] = now  # another process under this name
             return False
         before = self.members.get(beat.worker)
         self.members[beat.worker] = Member(beat, now)
@@ -170,12 +216,51 @@ class Membership:
     def expire(self, now: float) -> list[str]:
         """Forget the workers silent for longer than the timeout; returns them, sorted."""
         dead = sorted(w for w, m in self.members.items() if now - m.heard > self.timeout)
-        for worker in dead:
-            beat = self.members.pop(worker).beat
+        gone = {worker: self.members.pop(worker).beat for worker in dead}
+        for beat in gone.values():
             patterns = dict(beat.patterns)
             for name in beat.owned:
                 self.unowned[name] = patterns.get(name, ())
+        for worker, beat in gone.items():
+            for name, _digest in beat.files or ():
+                if not self.able(name):
+                    self._nowhere[name] = worker
         return dead
+
+    def clashes(self, now: float) -> list[str]:
+        """The other processes heard within the timeout beating under this worker's name."""
+        for instance in [i for i, t in self.claims.items() if now - t > self.timeout]:
+            del self.claims[instance]
+        return sorted(self.claims)
+
+    def able(self, name: str) -> list[str]:
+        """The live workers (this one included) that have a file for `name`, sorted."""
+        able = [self.me] if self.files is None or name in self.files else []
+        for worker, member in self.members.items():
+            if not member.beat.leaving and member.beat.has_file(name):
+                able.append(worker)
+        return sorted(able)
+
+    def nowhere(self) -> dict[str, str]:
+        """The modules that run nowhere because the only workers with their file died:
+        name -> the last worker that had it. One drops out once a live worker has its file."""
+        for name in [n for n in self._nowhere if self.able(n)]:
+            del self._nowhere[name]
+        return dict(self._nowhere)
+
+    def differing(self) -> dict[str, dict[str, list[str]]]:
+        """Module files that differ between live workers: name -> digest -> workers."""
+        seen: dict[str, dict[str, list[str]]] = {}
+        lists: list[tuple[str, Iterable[tuple[str, str]]]] = [
+            (self.me, self.files.items() if self.files is not None else ())
+        ]
+        lists += [
+            (w, m.beat.files or ()) for w, m in sorted(self.members.items()) if not m.beat.leaving
+        ]
+        for worker, files in lists:
+            for name, digest in files:
+                seen.setdefault(name, {}).setdefault(digest[:DIGEST_CHARS], []).append(worker)
+        return {n: d for n, d in sorted(seen.items()) if len(d) > 1}
 
     def still_unowned(self, running_here: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """The modules a dead worker ran that run nowhere yet (not here, not in any
@@ -208,17 +293,30 @@ class Membership:
         """Placement over the live workers; single-owner modules still running on a
         live or leaving worker count as running there."""
         elsewhere: dict[str, str] = {}
+        files: dict[str, frozenset[str]] = {}
         for worker in sorted(self.members):
-            for name in self.members[worker].beat.owned:
+            beat = self.members[worker].beat
+            for name in beat.owned:
                 elsewhere.setdefault(name, worker)
-        return Placement(self.me, self.live(), elsewhere)
+            if beat.files is not None:
+                files[worker] = frozenset(n for n, _ in beat.files)
+        if self.files is not None:
+            files[self.me] = frozenset(self.files)
+        return Placement(self.me, self.live(), elsewhere, files)
 
     def fleet(self, mine: Beat, now: float) -> dict[str, object]:
         """The whole fleet as this worker sees it (JSON for /api/modules)."""
         rows = {self.me: _row(mine, MemberState.LEAVING if mine.leaving else MemberState.LIVE, 0.0)}
         for worker, member in sorted(self.members.items()):
             rows[worker] = _row(member.beat, member.state, now - member.heard)
-        return {"me": self.me, "live": list(self.live()), "workers": rows}
+        return {
+            "me": self.me,
+            "live": list(self.live()),
+            "workers": rows,
+            "nowhere": self.nowhere(),
+            "differing": self.differing(),
+            "clashes": self.clashes(now),
+        }
 
 
 def _row(beat: Beat, state: MemberState, age: float) -> dict[str, object]:
@@ -226,5 +324,6 @@ def _row(beat: Beat, state: MemberState, age: float) -> dict[str, object]:
         "state": state.value,
         "owned": sorted(beat.owned),
         "replicas": sorted(beat.replicas),
+        "files": None if beat.files is None else dict(beat.files),
         "heard_ms_ago": round(age * 1000),
     }

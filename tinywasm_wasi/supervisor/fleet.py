@@ -21,6 +21,19 @@ beat; logged when the module runs again); docs/abi.md states the guarantee.
 
 While NATS is away nobody is heard and nobody is declared dead; when it is back,
 every timeout starts again (`Membership.resume`).
+
+Across machines (a fleet: several supervisors on one NATS, each with its own
+``--node`` and modules folder) each beat lists this worker's module files with a
+digest, so placement ranks only the workers that have a module's file. The folder
+is looked at when the worker starts and whenever the watcher reports a change
+(`rescan`; with ``--no-watch`` a change to the folder changes nothing, as on one
+machine), and a module that runs here counts as a file here even if its file is
+gone (it keeps running until the watcher unloads it). Before
+it says anything, a starting worker listens for `CLAIM_WAIT` seconds (`claim`): a
+beat under its own name from another process means its name is taken, and it
+refuses to start (`WorkerIdTaken`). A module that runs nowhere (the only workers
+with its file died), a file that differs between machines, and a clash heard
+later are logged once each and shown in /api/modules.
 """
 
 from __future__ import annotations
@@ -28,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
 from bus.nats import NatsChannel, NatsLink
 from bus.remote import Unowned
+from tinywasm_wasi.exceptions import WorkerIdTaken
 from tinywasm_wasi.policy.events import LogEvent, event_extra
 from tinywasm_wasi.policy.history import Trigger
 from tinywasm_wasi.policy.membership import (
@@ -43,6 +58,7 @@ from tinywasm_wasi.policy.membership import (
     Membership,
     decode_beat,
     encode_beat,
+    file_list,
     pattern_list,
 )
 from tinywasm_wasi.policy.placement import Placement
@@ -55,6 +71,7 @@ log = logging.getLogger("tinywasm.fleet")
 BEAT_PREFIX = "tw.hb."  # a worker's beats go on tw.hb.<worker>
 SUBSCRIBE_TIMEOUT = 2.0  # seconds a started module's subscriptions may take to reach NATS
 LEAVE_MARGIN = 1.0  # seconds leave() allows past --drain-timeout for a move under way
+CLAIM_WAIT = 2 * HEARTBEAT  # seconds a starting worker listens before it uses its name
 
 
 class Fleet:
@@ -76,8 +93,14 @@ class Fleet:
         self._host = host
         self._clock = clock
         self._heartbeat = heartbeat
-        self.table = Membership(me, clock(), timeout, expected)
+        self.instance = secrets.token_hex(6)  # this process, among any under the same name
+        self.table = Membership(me, clock(), timeout, expected, instance=self.instance)
         self.me = me
+        self._claimed = False
+        self._folder: dict[str, str] = {}  # module files in the folder, at the last look
+        self._rescan = False  # the watcher saw a change: look at the folder again
+        self._scanning: asyncio.Task[None] | None = None
+        self._told: dict[str, object] = {}  # what was last logged: nowhere, differing, clashes
         self._leaving = False
         self._task: asyncio.Task[None] | None = None
         self._moving: dict[str, asyncio.Task[None]] = {}
@@ -117,6 +140,8 @@ class Fleet:
             frozenset(replicas),
             self._leaving,
             patterns=pattern_list(owned),
+            instance=self.instance,
+            files=None if self.table.files is None else file_list(self.table.files),
         )
 
     def lost(self) -> dict[str, int]:
@@ -135,10 +160,37 @@ class Fleet:
         view["lost_unowned"] = self.lost()
         return view
 
-    async def join(self) -> None:
-        """Listen to the others' beats, announce this one, and wait until settled
-        (every expected worker heard, or the timeout) before modules load."""
+    async def claim(self) -> None:
+        """Listen to the others' beats for `CLAIM_WAIT` seconds, saying nothing, and look
+        at this worker's files. Call it before anything answers under this worker's name.
+
+        Raises:
+            WorkerIdTaken: another live process beats under this worker's name.
+        """
+        if self._claimed:
+            return
         await self._link.listen(BEAT_PREFIX + "*", self._on_beat)
+        await self._scan()
+        await asyncio.sleep(CLAIM_WAIT)  # a live worker beats at least twice meanwhile
+        others = self.table.clashes(self._clock())
+        if others:
+            raise WorkerIdTaken(
+                f"worker name {self.me} is taken: another live process on the same NATS "
+                f"beats under it (instance {', '.join(others)}), so this one does not "
+                "start. Each machine of a fleet needs its own node name: set --node or "
+                "TINYWASM_NODE (it defaults to the host's short name), or stop the other one"
+            )
+        self._claimed = True
+
+    def rescan(self) -> None:
+        """The modules folder changed: look at this worker's files again soon."""
+        self._rescan = True
+        self._dirty.set()
+
+    async def join(self) -> None:
+        """Claim the name, announce this worker, and wait until settled (every expected
+        worker heard, or the timeout) before modules load."""
+        await self.claim()
         await self._publish()
         while not self.table.settled(self._clock()):
             await asyncio.sleep(self._heartbeat / 5)
@@ -172,6 +224,8 @@ class Fleet:
                 await task
         for moving in list(self._moving.values()):
             moving.cancel()
+        if self._scanning is not None:
+            self._scanning.cancel()
         await self._publish()
 
     # -- the loop's side -------------------------------------------------------------------
@@ -223,11 +277,76 @@ class Fleet:
                 if self.on_dead is not None:
                     for worker in dead:
                         self.on_dead(worker)
+            if self._rescan and self._scanning is None:
+                self._rescan = False
+                self._scanning = asyncio.get_running_loop().create_task(self._scan())
+            self._refresh_files()
             if self._dirty.is_set():
                 self._dirty.clear()
                 self._reconcile()
             self._count_unowned()
+            self._report(now)
             await self._publish()
+
+    async def _scan(self) -> None:
+        """Look at which module files the folder has (with their digests)."""
+        try:
+            self._folder = await asyncio.to_thread(self._read_files)
+        finally:
+            self._scanning = None
+        self._refresh_files()
+
+    def _refresh_files(self) -> None:
+        """This worker's files: the folder's, and the modules running here."""
+        files = dict(self._folder)
+        for name, module in list(self._host.modules.items()):
+            files.setdefault(name, module.compiled.sha256)
+        if files != self.table.files:
+            self.table.files = files
+            self._dirty.set()
+
+    def _read_files(self) -> dict[str, str]:
+        files: dict[str, str] = {}
+        for name in self._host.module_names():
+            digest = self._host.file_digest(name)
+            if digest is not None:
+                files[name] = digest[1]
+        return files
+
+    def _report(self, now: float) -> None:
+        """Log each change in what runs nowhere, which files differ, and name clashes."""
+        nowhere = self.table.nowhere()
+        before = self._told.get("nowhere", {})
+        assert isinstance(before, dict)
+        for name in sorted(set(nowhere) - set(before)):
+            log.warning(
+                "module %s runs nowhere: %s, the last worker with its file, is gone; it "
+                "starts again when a worker with %s's file joins",
+                name,
+                nowhere[name],
+                name,
+            )
+        for name in sorted(set(before) - set(nowhere)):
+            log.info("module %s: a live worker has its file again", name)
+        differing = self.table.differing()
+        if differing != self._told.get("differing", {}):
+            for name, digests in differing.items():
+                versions = "; ".join(f"{d} on {', '.join(w)}" for d, w in digests.items())
+                log.warning(
+                    "module %s: its file differs between workers (%s); each runs its own "
+                    "file, so the version depends on where it is placed",
+                    name,
+                    versions,
+                )
+        clashes = self.table.clashes(now)
+        if clashes and clashes != self._told.get("clashes"):
+            log.error(
+                "another process (instance %s) beats under this worker's name %s: two "
+                "machines share a node name; give each its own --node / TINYWASM_NODE",
+                ", ".join(clashes),
+                self.me,
+            )
+        self._told = {"nowhere": nowhere, "differing": differing, "clashes": clashes}
 
     def _owns(self, name: str) -> bool:
         placement = self._host.placement
@@ -249,8 +368,10 @@ class Fleet:
         for name in list(self._host.modules):
             if name in self._moving or not self._host.runs_alone(name):
                 continue
-            if placement.owner(name) != self.me:
-                self._move(name, start=False, reason=f"its owner is {placement.owner(name)}")
+            to = placement.owner(name)
+            if to != self.me:
+                why = f"its owner is {to}" if to else "no live worker has its file"
+                self._move(name, start=False, reason=why)
         for name in sorted(self._waiting):
             if name in self._moving:
                 continue

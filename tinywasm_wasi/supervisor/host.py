@@ -323,7 +323,7 @@ class ModuleHost:
         log.info(
             "module %s runs on worker %s, not here (%s)",
             file.name,
-            self.placement.where(file.name),
+            self.placement.where(file.name) or "(none yet)",
             self.placement.me,
         )
         return False

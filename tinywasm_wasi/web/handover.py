@@ -254,6 +254,13 @@ class HandoverService:
             return
         placement = self._host.placement
         targets = {n: placement.successor(n) if placement is not None else None for n in names}
+        alone = sorted(n for n, to in targets.items() if to is None)
+        if alone:
+            log.warning(
+                "leaving: no other live worker has the file of %s: it stops here and "
+                "runs nowhere until a worker with its file starts",
+                ", ".join(alone),
+            )
         begun = time.perf_counter()
         results = await asyncio.gather(
             *(self.give(n, to) for n, to in targets.items() if to is not None)

@@ -156,14 +156,14 @@ def add_module_routes(
 
     async def reload(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in host.modules and host.find_file(name) is None:
+        owner = elsewhere(name)  # on another machine of a fleet, its file is there, not here
+        if owner is None and name not in host.modules and host.find_file(name) is None:
             raise _not_found(
                 request.app,
                 f"no module file for {name!r} (name.wasm or [NN-]name@[rule].wasm) "
                 "in the modules folder",
                 modules=sorted(host.modules),
             )
-        owner = elsewhere(name)
         if owner is not None:
             if relay is None:
                 assert host.placement is not None  # a remote owner only with placement
