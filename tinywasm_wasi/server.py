@@ -39,7 +39,7 @@ from tinywasm_wasi.build.devloop import BUILD_TOPIC, BuildReport, SourceWatcher
 from tinywasm_wasi.config import Config
 from tinywasm_wasi.policy.history import Trigger, VersionRecord
 from tinywasm_wasi.policy.limits import Limits
-from tinywasm_wasi.policy.placement import Placement
+from tinywasm_wasi.policy.placement import Placement, worker_name
 from tinywasm_wasi.policy.rules import RuleError, parse_file_name
 from tinywasm_wasi.policy.tokens import TokenVerifier
 from tinywasm_wasi.policy.topic_history import MemoryHistory, parse_history_rule
@@ -130,7 +130,10 @@ def create_app(config: Config) -> web.Application:
     http_stats = HttpStats()
     app = web.Application()
     app[HTTP_STATS] = http_stats
-    link = NatsLink(config.nats, buffer=config.nats_buffer) if config.nats else None
+    # The connection's name says which worker it is in nats-server's monitoring (/connz).
+    worker = None if config.worker_index is None else worker_name(config.worker_index, config.node)
+    name = f"tinywasm {worker}" if worker else "tinywasm"
+    link = NatsLink(config.nats, buffer=config.nats_buffer, name=name) if config.nats else None
     # With NATS, the bus and the hub each get a channel: bus topics under tw.t.,
     # broadcasts under tw.b. (bus/remote.py); what other processes send comes back
     # through deliver_remote. Without it they are this process's alone, as before.
@@ -274,6 +277,7 @@ def create_app(config: Config) -> web.Application:
             lambda name: host.limits_for(name).call_timeout,
             host.remote_owner,
             handover,
+            fleet.gone_from if fleet is not None else None,
         )
         app[_FORWARDER] = forwarder
         app.on_response_prepare.append(_worker_header(placement.me))
@@ -337,6 +341,9 @@ async def _bus_and_runtime(app: web.Application) -> AsyncIterator[None]:
         await link.connect()  # before the modules load: their subscriptions want subjects
         fleet = app.get(FLEET)
         if fleet is not None:
+            # Its files decide what it may own; a module handed over to it may arrive
+            # before the folder is loaded: it is staged from the folder (web/handover.py).
+            app[HOST].loader.directory = app[CONFIG].modules_dir
             await fleet.claim()  # before anything answers under this worker's name
         forwarder = app.get(_FORWARDER)
         if forwarder is not None:
@@ -364,9 +371,6 @@ async def _modules(app: web.Application) -> AsyncIterator[None]:
     host = app[HOST]
     fleet = app.get(FLEET)
     if fleet is not None:
-        # A module handed over to this worker may arrive before the folder is loaded:
-        # it is staged from the folder (web/handover.py).
-        host.loader.directory = app[CONFIG].modules_dir
         await fleet.join()  # which workers are live decides which modules load here
     await host.load_dir(app[CONFIG].modules_dir)
     if fleet is not None:

@@ -95,6 +95,32 @@ class Cluster:
 ClusterFactory = Callable[..., Cluster]
 
 
+def launch(modules: Path, cache: Path, *extra: str, workers: int = 2) -> Cluster:
+    """Start ``--workers N`` (plus `extra` flags) on the folder `modules`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
+    env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(cache))
+    command = [sys.executable, "-m", "cmd.tinywasm", "--workers", str(workers)]
+    command += ["--port", "0"]
+    command += ["--modules-dir", str(modules), "--no-watch", "--drain-timeout", "1", *extra]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    return Cluster(proc, workers, modules)
+
+
+def stop(running: Cluster) -> None:
+    """SIGTERM, and SIGKILL after 30 s; then close its log."""
+    proc = running.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    running.close()
+
+
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """Start ``--workers N`` (plus `extra` flags) on the example modules; stopped after."""
@@ -116,28 +142,12 @@ def start_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
             for name, data in modules.items():
                 (folder / f"{name}.wasm").write_bytes(data)
         (folder / "limits.toml").write_text(limits)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYWASM_")}
-        env.update(TINYWASM_SERVER="wasi", TINYWASM_CACHE_DIR=str(tmp_path / "cache"))
-        command = [sys.executable, "-m", "cmd.tinywasm", "--workers", str(workers)]
-        command += ["--port", "0"]
-        command += ["--modules-dir", str(folder), "--no-watch", "--drain-timeout", "1", *extra]
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        started.append(Cluster(proc, workers, folder))
+        started.append(launch(folder, tmp_path / "cache", *extra, workers=workers))
         return started[-1]
 
     yield start
     for running in started:
-        proc = running.proc
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        running.close()
+        stop(running)
 
 
 @pytest.fixture
@@ -153,7 +163,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def serving(cluster: Cluster, workers: int) -> str:
-    """Wait until `workers` workers serve; return the base URL."""
+    """Wait until `workers` workers serve; return the base URL (the port's, on loopback)."""
     await eventually(
         lambda: (
             cluster.count(r"\] serving \d+ module") >= workers or cluster.proc.poll() is not None

@@ -170,13 +170,16 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
     await counts.all_counted()
 
     # SIGTERM to the counter's worker: the counter moves to the other one with its count,
-    # and the stream goes on exactly once while it moves.
+    # and the stream goes on exactly once while it moves. (A worker that started well
+    # before the other may have run the counter first and handed it over already: only
+    # moves after this point count.)
+    arrived = rf"\[{heir}\] .*module counter taken over from {home}"
+    returned = rf"\[{home}\] .*module counter taken over from {heir}"
+    before = cluster.count(arrived), cluster.count(returned)
     os.kill(cluster.pid_of(home), signal.SIGTERM)
     await counts.inc(20)
     await eventually(
-        lambda: cluster.count(rf"\[{heir}\] .*module counter taken over from {home}"),
-        "the counter to arrive",
-        timeout=MOVE,
+        lambda: cluster.count(arrived) > before[0], "the counter to arrive", timeout=MOVE
     )
     await counts.inc(10)
     await counts.all_counted()
@@ -186,9 +189,7 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
 
     # The supervisor starts the worker again; it takes its counter back, with the count.
     await eventually(
-        lambda: cluster.count(rf"\[{home}\] .*module counter taken over from {heir}"),
-        "the counter to come back",
-        timeout=MOVE,
+        lambda: cluster.count(returned) > before[1], "the counter to come back", timeout=MOVE
     )
     await counts.inc(10)
     await counts.all_counted()

@@ -153,6 +153,11 @@ class Fleet:
         still runs them, or they are being handed over)."""
         return {n for n in self._host.module_names() if self._owns(n)} - set(self._host.modules)
 
+    def gone_from(self, name: str) -> str | None:
+        """The last worker that had `name`'s file, when no live worker has it (it runs
+        nowhere); else None."""
+        return self.table.nowhere().get(name)
+
     def view(self) -> dict[str, object]:
         """The fleet as this worker sees it, for /api/modules."""
         view = self.table.fleet(self.beat(), self._clock())
@@ -181,6 +186,8 @@ class Fleet:
                 "TINYWASM_NODE (it defaults to the host's short name), or stop the other one"
             )
         self._claimed = True
+        # The others had no beat from this worker yet: give them the full settling time.
+        self.table.started = self._clock()
 
     def rescan(self) -> None:
         """The modules folder changed: look at this worker's files again soon."""

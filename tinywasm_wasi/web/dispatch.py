@@ -115,6 +115,7 @@ class Dispatcher:
                 await forward.settle(name)
             owner = self._elsewhere(name)
             if owner is None:
+                self._runs_somewhere(name)
                 self._target(name)  # 404 or 503 before the body is read
             body = await self._read_body(request) if request.body_exists else b""
             url = request.rel_url
@@ -199,6 +200,19 @@ class Dispatcher:
         """The answer for `failed`, its reason naming files relative to the modules folder."""
         reason = self._paths.text(failed.reason)
         return _failure(Failed(failed.status, reason, retry_after=failed.retry_after))
+
+    def _runs_somewhere(self, name: str) -> None:
+        """Raises Failed (503) when `name` runs nowhere in the fleet now."""
+        if self._forward is None or name in self._host.modules:
+            return
+        gone = self._forward.gone_from(name)
+        if gone is not None:
+            raise Failed(
+                503,
+                f"module {name!r} runs nowhere now: {gone}, the last worker with its file, "
+                "is gone; it starts again when a worker with its file joins the fleet",
+                retry_after=1,
+            )
 
     def _elsewhere(self, name: str) -> str | None:
         """The worker to forward a request for `name` to, or None to answer it here."""
@@ -356,6 +370,9 @@ class Forwarder(Protocol):
 
     def relay_to(self, name: str) -> str | None:
         """The worker this one handed `name` to, for a request that still came here."""
+
+    def gone_from(self, name: str) -> str | None:
+        """The last worker that had `name`'s file, when no live worker has it now."""
 
 
 def _not_text(request: Forwarded) -> str | None:

@@ -57,12 +57,15 @@ class NatsForwarder:
         call_timeout: Callable[[str], float],
         owner_of: Callable[[str], str | None],
         moves: Moves | None = None,
+        gone_from: Callable[[str], str | None] | None = None,
     ) -> None:
         """Forward for worker `me`; `owner_of(name)` is the worker that answers for
-        module `name`, or None when this one does (`ModuleHost.remote_owner`)."""
+        module `name`, or None when this one does (`ModuleHost.remote_owner`);
+        `gone_from(name)` the last worker with its file when it runs nowhere."""
         self._link = link
         self._me = me
         self.moves = moves
+        self._gone_from = gone_from
         self._call_timeout = call_timeout
         self._owner_of = owner_of
         self._warn = LogLimiter(log)
@@ -84,6 +87,9 @@ class NatsForwarder:
 
     def relay_to(self, name: str) -> str | None:
         return None if self.moves is None else self.moves.relay_to(name)
+
+    def gone_from(self, name: str) -> str | None:
+        return None if self._gone_from is None else self._gone_from(name)
 
     async def send(
         self, owner: str, request: Forwarded, *, retried: bool = False
