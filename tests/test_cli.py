@@ -258,6 +258,8 @@ def test_settings_combine() -> None:
 BAD_VALUES = [
     ("--host", "TINYWASM_HOST", " 127.0.0.1", "expected a non-empty value"),
     ("--port", "TINYWASM_PORT", "abc", "expected a whole number from 0 to 65535"),
+    ("--node", "TINYWASM_NODE", "web.example", "use 1 to 63 letters, digits, '-' or '_'"),
+    ("--node", "TINYWASM_NODE", "a b", "use 1 to 63 letters, digits, '-' or '_'"),
     ("--port", "TINYWASM_PORT", "80.5", "expected a whole number from 0 to 65535"),
     ("--port", "TINYWASM_PORT", "-1", "expected a whole number from 0 to 65535"),
     ("--port", "TINYWASM_PORT", "65536", "expected a whole number from 0 to 65535"),
