@@ -11,6 +11,7 @@ from tinywasm_wasi.policy.placement import (
     Placement,
     check_node_name,
     node_from_host,
+    node_of,
     owner,
     worker_name,
     worker_names,
@@ -200,3 +201,19 @@ def test_a_successor_must_have_the_file() -> None:
         assert placement.successor("only_a") == other
         assert placement.successor("only_b") == owner("only_b", B)
     assert Placement("a-w0", ("a-w0", *B), files=FILES).successor("only_a") is None
+
+
+@pytest.mark.parametrize(
+    ("worker", "node"),
+    [("w0", ""), ("alpha-w0", "alpha"), ("a-w1-w12", "a-w1"), ("web-1-w3", "web-1"), ("a-wx", "")],
+)
+def test_the_node_of_a_worker(worker: str, node: str) -> None:
+    assert node_of(worker) == node
+
+
+def test_a_whole_node_leaving_hands_over_only_to_another_node() -> None:
+    for me in A:
+        placement = Placement(me, FLEET, files=FILES)
+        assert placement.successor("chat", without_node="a") == owner("chat", B)
+        assert placement.successor("only_a", without_node="a") is None
+        assert placement.successor("only_b", without_node="a") == owner("only_b", B)

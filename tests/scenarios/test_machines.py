@@ -6,7 +6,8 @@ chat, echo (another version of the file), echo_http and beta_only. Each module r
 exactly once in the fleet, and only on a worker that has its file; either port
 answers for every module and carries the chat both ways. A third supervisor that
 reuses the node name ``alpha`` is refused and stops. When beta stops, beta_only
-runs nowhere, and alpha says so.
+runs nowhere, and alpha says so; what beta ran that alpha has files for moves to
+alpha with its state.
 """
 
 from __future__ import annotations
@@ -171,13 +172,21 @@ async def test_two_machines_on_one_nats_run_each_module_once_where_its_file_is(
         stop(clash)
     for f in (await fleets(http, bases["alpha"])).values():
         assert placed_once(f) and f["clashes"] == [], f
+    # Its supervisor's stop-all reached alpha's workers under their names: ignored, it
+    # is not their parent (otherwise they would not hand anything over below).
+    assert alpha.count(r"ignoring a stop-all from supervisor pid") >= 1, alpha.log()
 
-    # beta stops: what it ran and alpha has a file for starts on alpha; beta_only
-    # runs nowhere, and alpha says so.
+    # beta stops: what it ran and alpha has a file for is handed to alpha with its
+    # state; beta_only runs nowhere, and alpha says so.
     for ws in sockets.values():
         await ws.close()
     stop(beta)
     assert beta.proc.returncode == 0, beta.log()
+    for name in ("chat", "echo"):
+        if where[name] in BETA:
+            assert beta.count(rf"module {name} handed over to alpha-w\d") == 1, beta.log()
+            assert alpha.count(rf"module {name} taken over from {where[name]}") == 1
+    assert beta.count(r"no other live worker outside node beta has the file of beta_only")
 
     async def beta_gone() -> dict[str, Any] | None:
         seen = list((await fleets(http, bases["alpha"])).values())

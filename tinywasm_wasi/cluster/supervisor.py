@@ -230,13 +230,15 @@ class Supervisor:
         await self._nc.subscribe(restart_subject(self.config.node), cb=self._on_restart)
 
     async def _tell_stopping(self) -> None:
-        """Every worker stops: none of them hands its modules to another."""
+        """Every worker stops: none of them hands its modules to another of them (only to
+        another node's workers, in a fleet of machines)."""
         nc = self._nc
         if nc is None:
             return
         names = [self._name(i) for i in range(self.config.workers)]
+        request = stopping_request(self.config.node, os.getpid())
         await asyncio.gather(
-            *(nc.request(subject_for(name), stopping_request(), timeout=2) for name in names),
+            *(nc.request(subject_for(name), request, timeout=2) for name in names),
             return_exceptions=True,  # a worker that does not answer is stopped all the same
         )
 

@@ -40,6 +40,7 @@ __all__ = [
     "Placement",
     "check_node_name",
     "node_from_host",
+    "node_of",
     "owner",
     "worker_name",
     "worker_names",
@@ -76,6 +77,12 @@ def worker_name(index: int, node: str = "") -> str:
     if index < 0:
         raise ValueError(f"a worker index is 0 or more, not {index}")
     return f"{node}-w{index}" if node else f"w{index}"
+
+
+def node_of(worker: str) -> str:
+    """The node of worker `worker` (``alpha`` for ``alpha-w0``; "" for ``w0``)."""
+    head, sep, index = worker.rpartition("-w")
+    return head if sep and index.isdigit() else ""
 
 
 def worker_names(count: int, node: str = "") -> tuple[str, ...]:
@@ -135,10 +142,15 @@ class Placement:
         (None: it runs nowhere)."""
         return self.elsewhere.get(name) or self.owner(name)
 
-    def successor(self, name: str) -> str | None:
+    def successor(self, name: str, without_node: str | None = None) -> str | None:
         """Who owns `name` once this worker has left (a handover's target); None if no
-        other live worker has its file."""
-        others = [w for w in self.able(name) if w != self.me]
+        other live worker has its file. With `without_node`, that node's workers are
+        leaving too: only another node's may take it."""
+        others = [
+            w
+            for w in self.able(name)
+            if w != self.me and (without_node is None or node_of(w) != without_node)
+        ]
         return owner(name, others) if others else None
 
     def runs_here(self, name: str, replicas: Replicas, middleware: bool) -> bool:

@@ -6,7 +6,8 @@ Each worker answers on ``tw.ho.<worker>`` (request-reply, CBOR maps):
   patterns (`Fence`), answer once the fence is at the NATS server;
 - ``commit`` {name, from, state, marks, own, leftovers}: restore the state, take
   over from the fence, open the module, answer;
-- ``stopping``: the supervisor stops every worker; nothing moves.
+- ``stopping`` {node}: the supervisor stops every one of its workers; nothing
+  moves among them, only to another node's workers (a fleet of machines).
 
 `leave()` hands every module this worker runs alone to its successor
 (`Placement.successor`), before the server drains: the SIGTERM path of a worker
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from tinywasm_wasi.policy.handover import (
     TakerEvent,
     keep_after,
 )
+from tinywasm_wasi.policy.placement import node_of
 from tinywasm_wasi.runtime.module import Delivery, WasmModule
 from tinywasm_wasi.supervisor.host import ModuleHost
 
@@ -68,9 +71,12 @@ def subject_for(worker: str) -> str:
     return f"tw.ho.{worker}"
 
 
-def stopping_request() -> bytes:
-    """What the supervisor sends each worker before it stops them all: move nothing."""
-    return cbor2.dumps({"op": "stopping"})
+def stopping_request(node: str = "", supervisor: int | None = None) -> bytes:
+    """What the supervisor (process id `supervisor`) sends each of its workers before it
+    stops them all: move nothing among them (only to another node's workers, in a fleet
+    of machines). A worker heeds it only from its own parent process: a supervisor
+    refused for a name clash must not stop the workers that really have those names."""
+    return cbor2.dumps({"op": "stopping", "node": node, "supervisor": supervisor})
 
 
 class HandoverRefused(TinywasmError, RuntimeError):
@@ -158,7 +164,8 @@ class HandoverService:
         self.lost_messages = 0  # leftovers of a failed commit, and messages the fence dropped
         self._deaths: dict[str, asyncio.Event] = {}  # set when the fleet declares one dead
         self._leaving = False  # this worker stops: it takes nothing in
-        self._fleet_stopping = False  # every worker stops: nothing moves
+        self._fleet_stopping = False  # every worker of this supervisor stops
+        self._stopping_node = ""  # their node: only another node's workers may take a module
 
     async def start(self) -> None:
         await self._link.serve(subject_for(self.me), self._answer)
@@ -212,13 +219,26 @@ class HandoverService:
             elif op == "commit":
                 reply = await self._commit(msg)
             elif op == "stopping":
-                self._fleet_stopping = True
-                reply = {"ok": True}
+                reply = self._stopping(msg)
             else:
                 reply = {"ok": False, "error": f"unknown operation {op!r}"}
         except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:
             reply = {"ok": False, "error": f"malformed handover request: {exc}"}
         return cbor2.dumps(reply)
+
+    def _stopping(self, msg: dict[str, Any]) -> dict[str, Any]:
+        sender = msg.get("supervisor")
+        if sender is not None and sender != os.getppid():
+            log.warning(
+                "ignoring a stop-all from supervisor pid %s, which is not this worker's "
+                "(another process under the same worker name was refused)",
+                sender,
+            )
+            return {"ok": False, "error": f"worker {self.me} is not supervised by {sender}"}
+        self._fleet_stopping = True
+        node = msg.get("node")
+        self._stopping_node = node if isinstance(node, str) else ""
+        return {"ok": True}
 
     async def _ask(self, worker: str, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
         death = asyncio.ensure_future(self._death_of(worker).wait())
@@ -249,16 +269,26 @@ class HandoverService:
         names = self._host.movable()
         if not names:
             return
-        if self._fleet_stopping:
+        placement = self._host.placement
+        node = self._stopping_node
+        if self._fleet_stopping and (
+            placement is None or not node or all(node_of(w) == node for w in placement.workers)
+        ):
             log.info("every worker stops: %d module(s) stop here, not handed over", len(names))
             return
-        placement = self._host.placement
-        targets = {n: placement.successor(n) if placement is not None else None for n in names}
+        # Every worker of this supervisor stops (a machine of a fleet leaves): a module
+        # moves only to another node's worker. Else only this worker stops.
+        without = node if self._fleet_stopping else None
+        targets = {
+            n: placement.successor(n, without_node=without) if placement is not None else None
+            for n in names
+        }
         alone = sorted(n for n, to in targets.items() if to is None)
         if alone:
             log.warning(
-                "leaving: no other live worker has the file of %s: it stops here and "
+                "leaving: no other live worker%s has the file of %s: it stops here and "
                 "runs nowhere until a worker with its file starts",
+                f" outside node {without}" if without else "",
                 ", ".join(alone),
             )
         begun = time.perf_counter()
