@@ -270,6 +270,7 @@ def create_app(config: Config) -> web.Application:
         app[HANDOVER] = handover
         if fleet is not None:  # a module whose owner comes back goes to it with its state
             fleet.hand_over = handover.give
+            handover.announce = fleet.announce
             fleet.on_dead = handover.worker_gone  # a move with a dead worker stops waiting
         forwarder = NatsForwarder(
             link,

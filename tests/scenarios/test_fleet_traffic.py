@@ -28,11 +28,12 @@ from tests.scenarios.cluster import (
     sample_key,
     serving,
     start_cluster,
+    workers_of,
 )
 from tests.support import eventually
 from tests.wat import binary, guest
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
-from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
@@ -42,7 +43,7 @@ pytestmark = [
     pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
 ]
 
-WORKERS = worker_names(2)
+WORKERS = workers_of(2)
 FLOW = 60.0  # seconds for the traffic to drain through a busy machine
 PACE = 0.004  # seconds between two sends of one publisher: a steady stream, not a flood
 

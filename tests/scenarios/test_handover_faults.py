@@ -38,11 +38,12 @@ from tests.scenarios.cluster import (
     sample_key,
     serving,
     start_cluster,
+    workers_of,
 )
 from tests.support import eventually
 from tests.wat import binary, guest
 from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
-from tinywasm_wasi.policy.placement import owner, worker_names
+from tinywasm_wasi.policy.placement import owner
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
@@ -51,7 +52,7 @@ pytestmark = [
     pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
 ]
 
-WORKERS = worker_names(3)
+WORKERS = workers_of(3)
 NAME = "ticker"
 MOVE = 60.0  # seconds for a move or a restart on a busy machine
 # Well under the 40 s a taker waits for a commit from a giver that is alive: a dead

@@ -153,6 +153,10 @@ class Fleet:
         still runs them, or they are being handed over)."""
         return {n for n in self._host.module_names() if self._owns(n)} - set(self._host.modules)
 
+    async def announce(self) -> None:
+        """Publish this worker's beat now (a module just arrived by handover)."""
+        await self._publish()
+
     def gone_from(self, name: str) -> str | None:
         """The last worker that had `name`'s file, when no live worker has it (it runs
         nowhere); else None."""
@@ -199,8 +203,14 @@ class Fleet:
         worker heard, or the timeout) before modules load."""
         await self.claim()
         await self._publish()
+        last = self._clock()
         while not self.table.settled(self._clock()):
             await asyncio.sleep(self._heartbeat / 5)
+            if self._clock() - last >= self._heartbeat:
+                # Beat while settling too: a module handed to this worker meanwhile is
+                # announced, so a worker joining after it does not start a second copy.
+                last = self._clock()
+                await self._publish()
         placement = self._host.placement = self.table.placement()
         log.info("joined the fleet: live workers %s", ", ".join(placement.workers))
 

@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,8 @@ class HandoverService:
         self._deaths: dict[str, asyncio.Event] = {}  # set when the fleet declares one dead
         self._leaving = False  # this worker stops: it takes nothing in
         self._fleet_stopping = False  # every worker of this supervisor stops
+        # Publishes this worker's heartbeat now (supervisor/fleet.py), once a module arrived.
+        self.announce: Callable[[], Awaitable[None]] | None = None
         self._stopping_node = ""  # their node: only another node's workers may take a module
 
     async def start(self) -> None:
@@ -525,6 +527,10 @@ class HandoverService:
         ]
         kept = await self._open(name, arrival, msg.get("state"), marks, own, leftovers)
         self._finish(name, arrival)
+        if self.announce is not None:
+            # Its beat lists the module before the giver's next one stops listing it, so
+            # a worker that joins meanwhile never sees it run nowhere (and starts a copy).
+            await self.announce()
         self.moved_in += 1
         log.info(
             "module %s taken over from %s: %d message(s) held meanwhile delivered, %d already "
