@@ -217,6 +217,7 @@ def create_app(config: Config) -> web.Application:
             link, host, placement.me, expected=frozenset(placement.workers), channel=topics
         )
         app[FLEET] = fleet
+        host.deployer.written = fleet.file_written  # a deployed file is this worker's at once
         relay = app[_RELAY] = AdminRelay(link, placement.me)
 
     if config.admin_token is None and not is_local_host(config.host):

@@ -217,3 +217,25 @@ def test_a_whole_node_leaving_hands_over_only_to_another_node() -> None:
         assert placement.successor("chat", without_node="a") == owner("chat", B)
         assert placement.successor("only_a", without_node="a") is None
         assert placement.successor("only_b", without_node="a") == owner("only_b", B)
+
+
+# (module, the worker asking, who takes its deploy)
+@pytest.mark.parametrize(
+    ("name", "me", "target"),
+    [
+        ("only_a", "b-w0", owner("only_a", A)),  # where its file is, even asked on b
+        ("chat", "a-w0", owner("chat", FLEET)),  # its owner over the fleet
+        ("new", "a-w1", owner("new", A)),  # no file anywhere yet: this machine's owner
+        ("new", "a-w0", owner("new", A)),  # the same on both of the machine's workers
+        ("new", "b-w1", owner("new", B)),
+    ],
+)
+def test_a_deploy_goes_where_the_module_runs_or_else_to_this_machines_owner(
+    name: str, me: str, target: str
+) -> None:
+    assert Placement(me, FLEET, files=FILES).deploy_target(name) == target
+
+
+def test_a_deploy_goes_to_the_worker_that_runs_the_module_now() -> None:
+    placement = Placement("a-w0", FLEET, elsewhere={"chat": "b-w1"}, files=FILES)
+    assert placement.deploy_target("chat") == "b-w1"

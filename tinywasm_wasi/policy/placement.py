@@ -142,6 +142,16 @@ class Placement:
         (None: it runs nowhere)."""
         return self.elsewhere.get(name) or self.owner(name)
 
+    def deploy_target(self, name: str) -> str:
+        """Who takes a deploy of `name` through this worker: where it runs or should run;
+        when no live worker has its file yet (a new module), the owner among this
+        machine's workers, which share the folder the deploy writes into."""
+        found = self.where(name)
+        if found is not None:
+            return found
+        mine = node_of(self.me)
+        return owner(name, [w for w in self.workers if node_of(w) == mine])
+
     def successor(self, name: str, without_node: str | None = None) -> str | None:
         """Who owns `name` once this worker has left (a handover's target); None if no
         other live worker has its file. With `without_node`, that node's workers are

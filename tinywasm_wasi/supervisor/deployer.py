@@ -103,6 +103,10 @@ class Deployer:
         self._running_sha = running_sha
         self._pins = pins
         self._locks: dict[str, asyncio.Lock] = {}
+        # Told (name, sha256) once a deploy wrote a module's file, before its swap, and
+        # (name, None) when a refused one was put back (supervisor/fleet.py: with
+        # --workers, which files a worker has decides what it may run).
+        self.written: Callable[[str, str | None], None] | None = None
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -151,6 +155,8 @@ class Deployer:
                 await asyncio.to_thread(write_atomically, path, data)
             except OSError as exc:
                 raise ModuleLoadError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+            if self.written is not None:
+                self.written(name, sha)
             pin, pinned = self._pins.get(name), self._pins.data(name)
             if pin is not None and pin.file_sha256 == sha:  # the version rolled back from, again
                 self._pins.drop(name, "the version it was pinned against was deployed again")
@@ -159,6 +165,8 @@ class Deployer:
             result = await self._result(name, sha, began, record)
             if not result.outcome.ok:
                 await asyncio.to_thread(self._put_back, path, before)
+                if self.written is not None:
+                    self.written(name, None)
                 if before is None:  # a new name, refused: no file, so no refusal to report
                     await self._swap(name, Trigger.DEPLOY)
                 made = self._pins.get(name)

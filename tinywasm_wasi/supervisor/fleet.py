@@ -198,6 +198,16 @@ class Fleet:
         self._rescan = True
         self._dirty.set()
 
+    def file_written(self, name: str, sha256: str | None) -> None:
+        """A deploy wrote `name`'s file (None: it put an old one back). Counted as this
+        worker's file at once, so the deploy's own swap may start the module here."""
+        if sha256 is None:
+            self.rescan()
+            return
+        self._folder = {**self._folder, name: sha256}
+        self._refresh_files()
+        self._host.placement = self.table.placement()
+
     async def join(self) -> None:
         """Claim the name, announce this worker, and wait until settled (every expected
         worker heard, or the timeout) before modules load."""

@@ -236,6 +236,14 @@ class ModuleHost:
         where = self.placement.where(name)
         return None if where == self.placement.me else where
 
+    def deploy_owner(self, name: str) -> str | None:
+        """The worker a deploy of `name` is carried out by when it is not this one
+        (`Placement.deploy_target`); None when it is."""
+        if self.placement is None or name in self.modules:
+            return None
+        target = self.placement.deploy_target(name)
+        return None if target == self.placement.me else target
+
     def module_names(self) -> list[str]:
         """The names of the module files in the folder now, sorted (refused ones left out)."""
         directory = self.loader.directory

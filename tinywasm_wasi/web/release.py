@@ -118,7 +118,7 @@ def add_release_routes(
             raise web.HTTPBadRequest(
                 text="empty body: send the .wasm file's bytes (Content-Type: application/wasm)\n"
             )
-        owner = host.remote_owner(name) if relay is not None else None
+        owner = host.deploy_owner(name) if relay is not None else None
         if relay is not None and owner is not None:
             return await relay.ask(owner, Action.DEPLOY, name, data)
         return await deploy_here(name, data)
