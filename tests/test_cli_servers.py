@@ -69,8 +69,12 @@ def running() -> Iterator[list[Running]]:
     yield started
     for r in started:
         if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.communicate(timeout=10)
+            r.proc.terminate()  # a supervisor stops its workers, which hold the pipes too
+            try:
+                r.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.communicate(timeout=10)
 
 
 def get(url: str) -> tuple[int, str]:
@@ -145,12 +149,15 @@ def test_sigint_stops_the_wasi_server_too(running: list[Running]) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_workers_on_a_taken_port_stop_and_exit_1_instead_of_restarting(
-    running: list[Running],
+@pytest.mark.parametrize("holder", [(), ("--workers", "2")], ids=["server", "fleet"])
+def test_workers_on_a_taken_port_exit_1_instead_of_sharing_or_restarting(
+    holder: tuple[str, ...], running: list[Running]
 ) -> None:
-    first = start("wasi")
+    # A fleet's workers listen with SO_REUSEPORT: without the supervisor's own check, a
+    # second fleet on their port would share it silently.
+    first = start("wasi", *holder)
     running.append(first)
-    port = first.wait_for(URL.pattern).group(1)
+    port = first.wait_for(r"serving \d+ module.* on " + URL.pattern, timeout=60).group(1)
     env = {**os.environ, "TINYWASM_SERVER": "wasi", "TINYWASM_CACHE_DIR": "off"}
     proc = subprocess.run(
         [sys.executable, "-m", "cmd.tinywasm", "--port", port, "--workers", "2"],
@@ -161,7 +168,9 @@ def test_workers_on_a_taken_port_stop_and_exit_1_instead_of_restarting(
         timeout=120,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "cannot listen on" in proc.stderr and "stopping every worker" in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr[-2000:]
+    assert "another server or --workers fleet listens there" in proc.stderr
+    assert "started (pid" not in proc.stderr  # no worker was started
     assert "restarting it" not in proc.stderr
 
 

@@ -42,6 +42,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(host: str, port: int) -> OSError | None:
+    """Why `port` cannot be listened on now (something listens there, even with
+    SO_REUSEPORT, as another fleet's workers do), or None. Connections still closing
+    (TIME_WAIT) do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 def _listening(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
@@ -99,8 +112,14 @@ class NatsServerProcess:
             self.name,
             *self.extra_args,
         ]
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor, which stops
+        # the workers first and nats-server last, not every process at once.
         self._proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            process_group=0,
         )
         deadline = time.monotonic() + timeout
         while not _listening(self.host, self.port):

@@ -45,7 +45,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from tinywasm_wasi.cluster.nats_server import NatsServerError, NatsServerProcess, free_port
+from tinywasm_wasi.cluster.nats_server import (
+    NatsServerError,
+    NatsServerProcess,
+    free_port,
+    port_taken,
+)
 from tinywasm_wasi.config import WORKER_CANNOT_LISTEN, WORKER_ID_TAKEN, Config
 from tinywasm_wasi.policy.placement import worker_name
 from tinywasm_wasi.policy.restart import restart_delay
@@ -91,6 +96,18 @@ class Supervisor:
     async def _main(self) -> int:
         config = self.config
         nats: NatsServerProcess | None = None
+        taken = port_taken(config.host, config.port) if config.port else None
+        if taken is not None:
+            # Workers listen with SO_REUSEPORT, so a second fleet on the port would share
+            # it silently: the kernel would spread its clients over both fleets.
+            log.error(
+                "cannot listen on %s:%d (%s): another server or --workers fleet listens "
+                "there; stop it, or choose another port with --port / TINYWASM_PORT",
+                config.host,
+                config.port,
+                taken.strerror or taken,
+            )
+            return 1
         if config.nats:
             urls = ",".join(config.nats)
         else:
@@ -165,7 +182,10 @@ class Supervisor:
         while not self._stopping.is_set():
             begun = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                *self._command(index, port, urls), env=self._env, stdin=asyncio.subprocess.DEVNULL
+                *self._command(index, port, urls),
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                process_group=0,  # a terminal's Ctrl-C is the supervisor's to pass on
             )
             self._procs[index] = proc
             log.info("worker %s started (pid %d)", name, proc.pid)
