@@ -224,6 +224,9 @@ async def test_sigterm_to_a_worker_hands_its_module_over_with_its_state_and_back
     counts.check()
     assert counts.values[-1] == 60
     assert not cluster.find(r"died with"), cluster.log()
+    # Every worker stopped cleanly (SIGTERM, then the rolling restart): none is logged
+    # as dead, only as left.
+    assert not cluster.find(r"silent for [0-9.]+ s: dead"), cluster.log()
 
     # The supervisor stops every worker: nothing is handed over then.
     moves = cluster.count(r"handed over to")

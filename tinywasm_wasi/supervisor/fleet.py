@@ -292,13 +292,18 @@ class Fleet:
                 connected = True
                 self.table.resume(now)
             before = self.table.live()
+            leaving = {w for w, m in self.table.members.items() if m.beat.leaving}
             dead = self.table.expire(now)
             if dead:
-                log.warning(
-                    "worker(s) %s silent for %.1f s: dead; what was in flight to them is lost",
-                    ", ".join(dead),
-                    self.table.timeout,
-                )
+                left = [w for w in dead if w in leaving]  # said so, and handed over first
+                if left:
+                    log.info("worker(s) %s left", ", ".join(left))
+                if len(left) < len(dead):
+                    log.warning(
+                        "worker(s) %s silent for %.1f s: dead; what was in flight to them is lost",
+                        ", ".join(w for w in dead if w not in leaving),
+                        self.table.timeout,
+                    )
                 self._log_change(before)
                 self._dirty.set()
                 if self.on_dead is not None:
