@@ -89,6 +89,15 @@ async def test_two_workers_share_the_port_the_chat_and_the_modules(
         assert ("echo" in loaded) is (worker == echo_owner), (worker, loaded)
         assert ("chat" in loaded) is (worker == chat_owner), (worker, loaded)
 
+    # A worker that does not run a module says who does, not that its file is amiss.
+    for worker, (status, text) in (
+        await answers_by_worker(http, f"{base}/api/modules/echo")
+    ).items():
+        record = json.loads(text)
+        assert status == 200 and record["runs_on"] == (None if worker == echo_owner else echo_owner)
+        if worker != echo_owner:
+            assert record["why"].startswith(f"runs on worker {echo_owner}"), record["why"]
+
     # Reload and rollback are the owner's: another worker relays them to it over NATS
     # and sends its answer on, naming it in X-Tinywasm-Owner.
     for action, expected in (("reload", 200), ("rollback", 409)):

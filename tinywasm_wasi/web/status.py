@@ -183,7 +183,13 @@ class StatusView:
             or name in host.quarantined
             or name in host.refused
             or name in host.histories
+            or self._runs_elsewhere(name) is not None
         )
+
+    def _runs_elsewhere(self, name: str) -> str | None:
+        """The other worker whose heartbeats say it runs `name` (with --workers)."""
+        placement = self._host.placement
+        return None if placement is None else placement.elsewhere.get(name)
 
     async def module(self, name: str) -> dict[str, Any]:
         """`/api/modules/{name}`: the module's full record, its file and its history."""
@@ -207,17 +213,22 @@ class StatusView:
         if quarantine is not None:
             running_sha = quarantine.compiled.sha256  # what runs again at its retry
         pin = host.pins.get(name)
-        why = file_difference(
-            name,
-            running_sha,
-            file_sha,
-            history,
-            quarantined=quarantine is not None,
-            pin_reason=None if pin is None else pin.reason,
-        )
+        owner = self._runs_elsewhere(name) if running is None else None
+        if owner is not None:  # with --workers: its file is fine, another worker runs it
+            why: str | None = f"runs on worker {owner}, not on this one: see fleet in /api/modules"
+        else:
+            why = file_difference(
+                name,
+                running_sha,
+                file_sha,
+                history,
+                quarantined=quarantine is not None,
+                pin_reason=None if pin is None else pin.reason,
+            )
         return {
             "name": name,
             "state": state,
+            "runs_on": owner,
             "running_sha256": running_sha,
             "file": file_name,
             "file_sha256": file_sha,
