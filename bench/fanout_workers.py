@@ -38,7 +38,7 @@ from bench.common import Machine, add_common_flags, command_line, fail_on, markd
 from bench.common import percentile as pct
 from bench.fanout import HEAD, Outcome, Settings, drive
 from bench.httpfan import FAN, HttpPublisher, ServerProcess, write_fan
-from bench.workers import Running
+from bench.workers import NODE, Running
 from tinywasm_wasi.cluster.nats_server import free_port
 from tinywasm_wasi.eventloop import ASYNCIO, UVLOOP
 from tinywasm_wasi.policy.placement import owner, worker_names
@@ -113,7 +113,7 @@ async def run_workers(
     try:
         await running.serving()
         server = ServerProcess(running.proc.pid, port, f"{workers} worker(s)")
-        names = worker_names(workers)
+        names = worker_names(workers, NODE)
         fan_owner = owner(FAN, names) if workers > 1 else None
         publisher = await asyncio.to_thread(HttpPublisher, port, fan_owner)
         try:

@@ -50,7 +50,7 @@ from bench.common import percentile as pct
 from bench.fanout import HEAD, Outcome, Settings, drive
 from bench.http import WRK_SCRIPT, prepare_modules, wrk
 from bench.httpfan import FAN, HttpPublisher, ServerProcess, write_fan
-from bench.workers import Running
+from bench.workers import NODE, Running
 from tinywasm_wasi.cluster.nats_server import free_port
 from tinywasm_wasi.eventloop import UVLOOP
 from tinywasm_wasi.policy.placement import owner, worker_names
@@ -134,7 +134,7 @@ async def start_ours(stack: ExitStack, modules: Path, workers: int) -> Under:
     running = Running(modules, workers, UVLOOP, port)
     stack.callback(running.stop)
     await running.serving()
-    fan_owner = owner(FAN, worker_names(workers)) if workers > 1 else None
+    fan_owner = owner(FAN, worker_names(workers, NODE)) if workers > 1 else None
     name = f"tinywasm, {workers} worker{'s' * (workers > 1)}"
     return Under(name, ServerProcess(running.proc.pid, port, name), fan_owner)
 

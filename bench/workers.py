@@ -158,7 +158,7 @@ class Running:
     def pids(self) -> list[int]:
         """Every server process alive now: this one, its workers and its nats-server."""
         pids = [self.proc.pid]
-        pids += [int(m.group(1)) for m in self.find(r"worker w\d+ started \(pid (\d+)\)")]
+        pids += [int(m.group(1)) for m in self.find(r"worker \S*w\d+ started \(pid (\d+)\)")]
         pids += [int(m.group(1)) for m in self.find(r"nats-server .* \(pid (\d+)\)")]
         return [p for p in pids if Path(f"/proc/{p}").exists()]
 
@@ -521,7 +521,7 @@ def main() -> None:
                 f"{r.rate / base:.2f}x" if base else "",
                 f"{r.p50_ms:.2f} / {r.p99_ms:.2f}",
                 f"{r.cpu_us:.0f} µs",
-                f"{r.cpu_us / ref.cpu_us:.2f}x" if ref else "",
+                f"{r.cpu_us / ref.cpu_us:.2f}x" if ref and ref.cpu_us else "",
                 str(r.errors),
             ]
         )
