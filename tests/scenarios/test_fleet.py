@@ -21,6 +21,7 @@ import pytest
 
 from tests.scenarios.cluster import (
     EXAMPLES,
+    NEEDS_NATS,
     PICK_TRIES,
     START,
     ClusterFactory,
@@ -35,7 +36,6 @@ from tests.scenarios.cluster import (
     workers_of,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import find_nats_server
 from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
@@ -43,7 +43,7 @@ __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 WORKERS = workers_of(3)

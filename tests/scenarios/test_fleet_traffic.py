@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.scenarios.cluster import (
+    NEEDS_NATS,
     PICK_TRIES,
     ClusterFactory,
     health_of_each_worker,
@@ -32,7 +33,7 @@ from tests.scenarios.cluster import (
 )
 from tests.support import eventually
 from tests.wat import binary, guest
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
@@ -40,7 +41,7 @@ __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 WORKERS = workers_of(2)

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from bus.nats import STAMP_PREFIX
 from tests.scenarios.cluster import (
     EXAMPLES,
+    NEEDS_NATS,
     ROOT,
     START,
     Cluster,
@@ -40,7 +41,7 @@ from tests.scenarios.cluster import (
     workers_of,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 from tinywasm_wasi.policy.placement import owner
 from tinywasm_wasi.server import WORKER_HEADER
 
@@ -49,7 +50,7 @@ MOVE = 60.0  # seconds for a move or a restarted worker on a busy machine
 
 pytestmark = [
     pytest.mark.timeout(420),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 
 from bus.nats import STAMP_PREFIX
 from tests.scenarios.cluster import (
+    NEEDS_NATS,
     START,
     Cluster,
     ClusterFactory,
@@ -42,14 +43,14 @@ from tests.scenarios.cluster import (
 )
 from tests.support import eventually
 from tests.wat import binary, guest
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 from tinywasm_wasi.policy.placement import owner
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 WORKERS = workers_of(3)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.scenarios.cluster import (
     EXAMPLES,
+    NEEDS_NATS,
     START,
     Cluster,
     answers_by_worker,
@@ -34,14 +35,14 @@ from tests.scenarios.cluster import (
     workers_of,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 from tinywasm_wasi.server import WORKER_HEADER
 
 __all__ = ["http"]  # a fixture, used by name
 
 pytestmark = [
     pytest.mark.timeout(400),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 ALPHA, BETA = workers_of(2, "alpha"), workers_of(2, "beta")

@@ -16,15 +16,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerFactory
+from tests.scenarios.cluster import NEEDS_NATS
 from tests.support import eventually
 from tests.wat import guest, write
 from tests.web.test_message_sender import PINGER, SENDER_IMPORT, STRINGS, WITNESS
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess
 from tinywasm_wasi.server import NATS, WasiServer
 
 pytestmark = [
     pytest.mark.timeout(90),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 # Subscribes to `src` and broadcasts every payload on `dst`.

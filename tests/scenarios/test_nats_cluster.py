@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.scenarios.cluster import (
+    NEEDS_NATS,
     ClusterFactory,
     answers_by_worker,
     chat_on_each_worker,
@@ -30,13 +31,13 @@ from tests.scenarios.cluster import (
     workers_of,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import NatsServerProcess, find_nats_server, free_port
+from tinywasm_wasi.cluster.nats_server import NatsServerProcess, free_port
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 NODES = 3

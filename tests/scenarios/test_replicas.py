@@ -16,6 +16,7 @@ import nats
 import pytest
 
 from tests.scenarios.cluster import (
+    NEEDS_NATS,
     ClusterFactory,
     answers_by_worker,
     chat_data,
@@ -27,13 +28,12 @@ from tests.scenarios.cluster import (
     start_cluster,
 )
 from tests.support import eventually
-from tinywasm_wasi.cluster.nats_server import find_nats_server
 
 __all__ = ["http", "start_cluster"]  # fixtures, used by name
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed"),
+    NEEDS_NATS,
 ]
 
 CHAT_EVERYWHERE = '[echo_http]\nreplicas = "all"\n[chat]\nreplicas = "all"\n'
